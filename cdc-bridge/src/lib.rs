@@ -1,0 +1,4 @@
+//! The possync bridge: streams POS databases into the possync ERP extension over logical replication.
+
+pub mod decoder;
+pub mod lsn;
