@@ -1,6 +1,12 @@
 //! The possync bridge: streams POS databases into the possync ERP extension over logical replication.
 
+pub mod apply;
 pub mod assembler;
 pub mod decoder;
+pub mod http;
 pub mod lsn;
 pub mod mapping;
+pub mod metrics;
+pub mod replication;
+pub mod source;
+pub mod check;

@@ -1,1 +1,297 @@
-fn main() {}
+//! `possync-bridge`: run, check and status.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use possync_bridge::mapping::Mapping;
+use possync_bridge::metrics::Registry;
+use possync_bridge::source::{self, ApplySettings, Source};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(name = "possync-bridge", version, about = "Stream POS databases into possync over logical replication, exactly once")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stream every source into the ERP until SIGTERM or ctrl-c.
+    Run(Settings),
+    /// Check wal_level, privileges, mapped tables, slot and publication; exit 1 on a problem.
+    Check(Settings),
+    /// Per source: checkpoint, lag, held and rejected events.
+    Status(Settings),
+}
+
+#[derive(Args, Clone, Default)]
+struct Settings {
+    /// ERP database URL (postgres://...); may come from POSSYNC_ERP_URL.
+    #[arg(long, env = "POSSYNC_ERP_URL", hide_env_values = true)]
+    erp: Option<String>,
+    /// A POS source as NAME=URL; repeat for several.
+    #[arg(long = "source", value_name = "NAME=URL")]
+    sources: Vec<String>,
+    /// Mapping file (TOML); without it the reference POS schema is mapped.
+    #[arg(long)]
+    mapping: Option<PathBuf>,
+    /// Address for /metrics and /healthz, such as 127.0.0.1:9187.
+    #[arg(long)]
+    metrics: Option<String>,
+    /// Config file (TOML) saying the same; "${VAR}" in it is read from the environment.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Most POS transactions per apply_batch call.
+    #[arg(long, default_value_t = 1000)]
+    batch_max_txns: usize,
+    /// Longest wait in milliseconds for more transactions once one is ready.
+    #[arg(long, default_value_t = 1)]
+    batch_max_wait_ms: u64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    erp: Option<String>,
+    mapping: Option<PathBuf>,
+    metrics: Option<String>,
+    batch_max_txns: Option<usize>,
+    batch_max_wait_ms: Option<u64>,
+    #[serde(default)]
+    source: BTreeMap<String, String>,
+}
+
+/// Everything `run` needs, resolved from arguments, config file and environment.
+struct Resolved {
+    erp: String,
+    sources: Vec<Source>,
+    mapping: Mapping,
+    metrics: Option<String>,
+    apply: ApplySettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Config {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("mapping {path}: {source}")]
+    Mapping {
+        path: PathBuf,
+        source: possync_bridge::mapping::MappingError,
+    },
+}
+
+fn expand_env(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        match rest[start + 2..].find('}') {
+            Some(end) => {
+                let var = &rest[start + 2..start + 2 + end];
+                out.push_str(&std::env::var(var).unwrap_or_default());
+                rest = &rest[start + 3 + end..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn read(path: &PathBuf) -> Result<String, CliError> {
+    std::fs::read_to_string(path).map_err(|source| CliError::Read {
+        path: path.clone(),
+        source,
+    })
+}
+
+fn resolve(s: &Settings, need_sources: bool) -> Result<Resolved, CliError> {
+    let file: ConfigFile = match &s.config {
+        Some(path) => toml::from_str(&read(path)?).map_err(|source| CliError::Config {
+            path: path.clone(),
+            source,
+        })?,
+        None => ConfigFile::default(),
+    };
+    let erp = s
+        .erp
+        .clone()
+        .or(file.erp.as_deref().map(expand_env))
+        .ok_or_else(|| CliError::Usage("give the ERP database with --erp URL (or erp = \"...\" in --config)".into()))?;
+    let mut sources: Vec<Source> = file
+        .source
+        .iter()
+        .map(|(name, url)| Source {
+            name: name.clone(),
+            url: expand_env(url),
+        })
+        .collect();
+    for spec in &s.sources {
+        let (name, url) = spec.split_once('=').ok_or_else(|| {
+            CliError::Usage(format!("--source takes NAME=URL; got \"{}\"", spec.split('=').next().unwrap_or_default()))
+        })?;
+        if name.is_empty() || name.len() > 40 {
+            return Err(CliError::Usage("a source name must be 1 to 40 characters".into()));
+        }
+        sources.push(Source {
+            name: name.to_string(),
+            url: url.to_string(),
+        });
+    }
+    if need_sources && sources.is_empty() {
+        return Err(CliError::Usage("give at least one --source NAME=URL".into()));
+    }
+    let mapping = match s.mapping.clone().or(file.mapping) {
+        Some(path) => Mapping::from_toml(&read(&path)?).map_err(|source| CliError::Mapping { path, source })?,
+        None => Mapping::reference(),
+    };
+    let apply = ApplySettings {
+        batch_max_txns: file.batch_max_txns.unwrap_or(s.batch_max_txns).max(1),
+        batch_max_wait: Duration::from_millis(file.batch_max_wait_ms.unwrap_or(s.batch_max_wait_ms)),
+        ..ApplySettings::default()
+    };
+    Ok(Resolved {
+        erp,
+        sources,
+        mapping,
+        metrics: s.metrics.clone().or(file.metrics),
+        apply,
+    })
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("POSSYNC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let (settings, need_sources) = match &cli.command {
+        Command::Run(s) | Command::Check(s) => (s, true),
+        Command::Status(s) => (s, false),
+    };
+    let resolved = match resolve(settings, need_sources) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("possync-bridge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("possync-bridge: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run(_) => run(resolved).await,
+            Command::Check(_) => {
+                let findings =
+                    possync_bridge::check::check(&resolved.erp, &resolved.sources, &resolved.mapping).await;
+                let mut failed = false;
+                for f in &findings {
+                    println!("{} {}", if f.ok { "ok   " } else { "ERROR" }, f.what);
+                    failed |= !f.ok;
+                }
+                if failed {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Command::Status(_) => match possync_bridge::check::status(&resolved.erp, &resolved.sources).await {
+                Ok(lines) => {
+                    for l in lines {
+                        println!("{l}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("possync-bridge: status: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+        }
+    })
+}
+
+async fn run(r: Resolved) -> ExitCode {
+    let registry = Arc::new(Registry::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    if let Some(addr) = &r.metrics {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(addr = %addr, "serving /metrics and /healthz");
+                tokio::spawn(possync_bridge::http::serve(listener, registry.clone(), stop_rx.clone()));
+            }
+            Err(e) => {
+                eprintln!("possync-bridge: cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let mapping = Arc::new(r.mapping);
+    let mut tasks = Vec::new();
+    for s in r.sources {
+        let metrics = registry.source(&s.name);
+        tracing::info!(source = %s.name, slot = %s.slot(), "starting source");
+        tasks.push(tokio::spawn(source::run(
+            s,
+            r.erp.clone(),
+            mapping.clone(),
+            r.apply.clone(),
+            metrics,
+            stop_rx.clone(),
+        )));
+    }
+    wait_for_stop_signal().await;
+    tracing::info!("stopping after the batches in flight");
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_stop_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops the bridge");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,139 @@
+//! The ERP side: the per-source advisory lock, the checkpoint, and `possync.apply_batch`.
+
+use serde_json::Value;
+use tokio_postgres::{Client, NoTls};
+
+use crate::lsn::Lsn;
+
+/// First key of the advisory lock that says which bridge owns a source (ASCII "PS").
+const LOCK_CLASS: i32 = 0x5053;
+
+/// Why an ERP call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ErpError {
+    #[error("ERP database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("apply_batch returned something other than JSON: {0}")]
+    Response(#[from] serde_json::Error),
+    #[error("bad checkpoint from the ERP: {0}")]
+    Checkpoint(#[from] crate::lsn::BadLsn),
+}
+
+/// What one apply_batch call did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// False when the ERP said `skipped` (the commit LSN was at or below its checkpoint).
+    pub applied: bool,
+    pub applied_events: u64,
+    pub duplicate: u64,
+    pub conflict: u64,
+    pub held: u64,
+    pub rejected: u64,
+}
+
+/// A connection to the ERP database.
+pub struct Erp {
+    client: Client,
+}
+
+impl Erp {
+    /// Connects; the connection's driver runs as its own task.
+    pub async fn connect(url: &str) -> Result<Erp, ErpError> {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "ERP connection ended");
+            }
+        });
+        Ok(Erp { client })
+    }
+
+    /// Tries once to become the owner of `source`; the lock lives as long as this connection.
+    pub async fn try_own(&self, source: &str) -> Result<bool, ErpError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                &[&LOCK_CLASS, &source],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Where the source's stream must resume.
+    pub async fn checkpoint(&self, source: &str) -> Result<Lsn, ErpError> {
+        let row = self
+            .client
+            .query_one("SELECT possync.source_checkpoint($1)::text", &[&source])
+            .await?;
+        let text: String = row.get(0);
+        Ok(text.parse()?)
+    }
+
+    /// Applies the events of consecutive POS transactions whose last commit is `commit_lsn`, in one ERP
+    /// transaction that also advances the checkpoint.
+    pub async fn apply_batch(
+        &self,
+        source: &str,
+        commit_lsn: Lsn,
+        events: &[Value],
+    ) -> Result<BatchOutcome, ErpError> {
+        let payload = serde_json::to_string(events)?;
+        let row = self
+            .client
+            .query_one(
+                "SELECT possync.apply_batch($1, $2::text::pg_lsn, $3::text::jsonb)::text",
+                &[&source, &commit_lsn.to_string(), &payload],
+            )
+            .await?;
+        let text: String = row.get(0);
+        Ok(outcome_of(&serde_json::from_str(&text)?))
+    }
+}
+
+/// Counts the per-event statuses of an apply_batch answer.
+pub fn outcome_of(answer: &Value) -> BatchOutcome {
+    let mut o = BatchOutcome {
+        applied: answer.get("status").and_then(Value::as_str) != Some("skipped"),
+        ..BatchOutcome::default()
+    };
+    if let Some(results) = answer.get("results").and_then(Value::as_array) {
+        for r in results {
+            match r.get("status").and_then(Value::as_str) {
+                Some("applied") => o.applied_events += 1,
+                Some("duplicate") => o.duplicate += 1,
+                Some("conflict") => o.conflict += 1,
+                Some("held") => o.held += 1,
+                Some("rejected") => o.rejected += 1,
+                _ => {}
+            }
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn counts_statuses_and_recognises_skipped() {
+        let o = outcome_of(&json!({"status": "applied", "results": [
+            {"status": "applied"}, {"status": "applied"}, {"status": "rejected"},
+            {"status": "held"}, {"status": "duplicate"}, {"status": "conflict"}]}));
+        assert_eq!(
+            o,
+            BatchOutcome {
+                applied: true,
+                applied_events: 2,
+                duplicate: 1,
+                conflict: 1,
+                held: 1,
+                rejected: 1
+            }
+        );
+        assert!(!outcome_of(&json!({"status": "skipped"})).applied);
+    }
+}

@@ -1,0 +1,209 @@
+//! `possync-bridge check` and `status`: what is wrong, said plainly.
+
+use tokio_postgres::NoTls;
+
+use crate::mapping::Mapping;
+use crate::source::{Source, PUBLICATION};
+
+/// One finding of `check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub ok: bool,
+    pub what: String,
+}
+
+fn ok(what: impl Into<String>) -> Finding {
+    Finding { ok: true, what: what.into() }
+}
+
+fn problem(what: impl Into<String>) -> Finding {
+    Finding { ok: false, what: what.into() }
+}
+
+async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Checks the ERP (extension and privileges) and each source (wal_level, privileges, mapped tables, slot).
+pub async fn check(erp_url: &str, sources: &[Source], mapping: &Mapping) -> Vec<Finding> {
+    let mut out = Vec::new();
+    match connect(erp_url).await {
+        Err(e) => out.push(problem(format!("ERP: cannot connect: {e}"))),
+        Ok(erp) => {
+            let has = erp
+                .query_opt(
+                    "SELECT has_function_privilege('possync.apply_batch(text, pg_lsn, jsonb)', 'EXECUTE') \
+                     AND has_function_privilege('possync.source_checkpoint(text)', 'EXECUTE')",
+                    &[],
+                )
+                .await;
+            match has {
+                Ok(Some(row)) if row.get::<_, bool>(0) => {
+                    out.push(ok("ERP: possync is installed and apply_batch may be called"))
+                }
+                Ok(_) => out.push(problem(
+                    "ERP: this role may not execute possync.apply_batch; run SELECT possync.grant_bridge('<role>')",
+                )),
+                Err(e) => out.push(problem(format!(
+                    "ERP: possync.apply_batch is missing ({}); run CREATE EXTENSION possync",
+                    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+                ))),
+            }
+        }
+    }
+    for s in sources {
+        out.extend(check_source(s, mapping).await);
+    }
+    out
+}
+
+async fn check_source(source: &Source, mapping: &Mapping) -> Vec<Finding> {
+    let name = &source.name;
+    let mut out = Vec::new();
+    let pos = match connect(&source.url).await {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(problem(format!("{name}: cannot connect to the POS: {e}")));
+            return out;
+        }
+    };
+    match pos.query_one("SELECT current_setting('wal_level')", &[]).await {
+        Ok(row) => {
+            let level: String = row.get(0);
+            if level == "logical" {
+                out.push(ok(format!("{name}: wal_level is logical")));
+            } else {
+                out.push(problem(format!(
+                    "{name}: wal_level is {level}, it must be logical (ALTER SYSTEM SET wal_level = logical, then restart)"
+                )));
+            }
+        }
+        Err(e) => out.push(problem(format!("{name}: cannot read wal_level: {e}"))),
+    }
+    match pos
+        .query_one(
+            "SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+    {
+        Ok(row) if row.get::<_, bool>(0) => out.push(ok(format!("{name}: role may replicate"))),
+        Ok(_) => out.push(problem(format!(
+            "{name}: the role lacks the REPLICATION attribute (ALTER ROLE ... REPLICATION)"
+        ))),
+        Err(e) => out.push(problem(format!("{name}: cannot read role attributes: {e}"))),
+    }
+    for table in mapping.tables() {
+        let row = pos
+            .query_opt(
+                "SELECT c.relreplident::text, \
+                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
+                        has_table_privilege(c.oid, 'SELECT') \
+                 FROM pg_class c WHERE c.oid = to_regclass($1)",
+                &[&table],
+            )
+            .await;
+        match row {
+            Ok(None) => out.push(problem(format!("{name}: mapped table {table} does not exist"))),
+            Ok(Some(r)) => {
+                let ident: String = r.get(0);
+                let has_pk: bool = r.get(1);
+                let can_read: bool = r.get(2);
+                let identified = match ident.as_str() {
+                    "f" | "i" => true,
+                    "d" => has_pk,
+                    _ => false,
+                };
+                if !identified {
+                    out.push(problem(format!(
+                        "{name}: table {table} has no primary key or replica identity; add a primary key or ALTER TABLE {table} REPLICA IDENTITY FULL"
+                    )));
+                } else if !can_read {
+                    out.push(problem(format!(
+                        "{name}: the role may not SELECT from {table} (needed to publish it)"
+                    )));
+                } else {
+                    out.push(ok(format!("{name}: table {table} is mapped and has a replica identity")));
+                }
+            }
+            Err(e) => out.push(problem(format!("{name}: cannot inspect {table}: {e}"))),
+        }
+    }
+    let slot = source.slot();
+    match pos
+        .query_opt(
+            "SELECT plugin FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+    {
+        Ok(Some(r)) if r.get::<_, Option<String>>(0).as_deref() == Some("pgoutput") => {
+            out.push(ok(format!("{name}: slot {slot} exists")))
+        }
+        Ok(Some(_)) => out.push(problem(format!(
+            "{name}: slot {slot} exists but does not use pgoutput; drop it"
+        ))),
+        Ok(None) => out.push(ok(format!("{name}: slot {slot} will be created on first run"))),
+        Err(e) => out.push(problem(format!("{name}: cannot read replication slots: {e}"))),
+    }
+    match pos
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&PUBLICATION])
+        .await
+    {
+        Ok(Some(_)) => out.push(ok(format!("{name}: publication {PUBLICATION} exists"))),
+        Ok(None) => out.push(ok(format!(
+            "{name}: publication {PUBLICATION} will be created on first run"
+        ))),
+        Err(e) => out.push(problem(format!("{name}: cannot read publications: {e}"))),
+    }
+    out
+}
+
+/// Per-source checkpoint, lag (when the POS is given) and held / rejected counts, as printable lines.
+pub async fn status(erp_url: &str, sources: &[Source]) -> Result<Vec<String>, tokio_postgres::Error> {
+    let erp = connect(erp_url).await?;
+    let rows = erp
+        .query(
+            "SELECT s.source_id, s.checkpoint::text, coalesce(s.applied_at::text, '-'), s.events_applied, \
+                    (SELECT count(*) FROM possync.event e WHERE e.source = s.source_id AND e.status = 'held'), \
+                    (SELECT count(*) FROM possync.event e WHERE e.source = s.source_id AND e.status = 'rejected') \
+             FROM possync.source s ORDER BY 1",
+            &[],
+        )
+        .await?;
+    let mut lines = vec![format!(
+        "{:<16} {:>14} {:>14} {:>10} {:>6} {:>8}  applied_at",
+        "source", "checkpoint", "lag_bytes", "events", "held", "rejected"
+    )];
+    for r in rows {
+        let name: String = r.get(0);
+        let checkpoint: String = r.get(1);
+        let lag = match sources.iter().find(|s| s.name == name) {
+            Some(s) => match connect(&s.url).await {
+                Ok(pos) => pos
+                    .query_one(
+                        "SELECT (pg_current_wal_lsn() - $1::text::pg_lsn)::bigint",
+                        &[&checkpoint],
+                    )
+                    .await
+                    .map(|row| row.get::<_, i64>(0).to_string())
+                    .unwrap_or_else(|_| "?".into()),
+                Err(_) => "unreachable".into(),
+            },
+            None => "-".into(),
+        };
+        lines.push(format!(
+            "{:<16} {:>14} {:>14} {:>10} {:>6} {:>8}  {}",
+            name,
+            checkpoint,
+            lag,
+            r.get::<_, i64>(3),
+            r.get::<_, i64>(4),
+            r.get::<_, i64>(5),
+            r.get::<_, String>(2)
+        ));
+    }
+    Ok(lines)
+}

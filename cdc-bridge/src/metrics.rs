@@ -1,0 +1,192 @@
+//! Counters and gauges per source, rendered in the Prometheus text format.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Upper bounds (seconds) of the apply latency histogram.
+const LATENCY_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// What a source task is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SourceState {
+    Starting = 0,
+    /// Another bridge owns the source; waiting for its advisory lock.
+    Standby = 1,
+    Streaming = 2,
+    /// The last session failed; waiting to retry.
+    Retrying = 3,
+    Stopped = 4,
+}
+
+impl SourceState {
+    fn from_u8(v: u8) -> SourceState {
+        match v {
+            1 => SourceState::Standby,
+            2 => SourceState::Streaming,
+            3 => SourceState::Retrying,
+            4 => SourceState::Stopped,
+            _ => SourceState::Starting,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceState::Starting => "starting",
+            SourceState::Standby => "standby",
+            SourceState::Streaming => "streaming",
+            SourceState::Retrying => "retrying",
+            SourceState::Stopped => "stopped",
+        }
+    }
+}
+
+/// The figures of one source.
+#[derive(Debug)]
+pub struct SourceMetrics {
+    pub name: String,
+    state: AtomicU8,
+    pub transactions_applied: AtomicU64,
+    pub events_applied: AtomicU64,
+    pub events_duplicate: AtomicU64,
+    pub events_conflict: AtomicU64,
+    pub events_held: AtomicU64,
+    pub events_rejected: AtomicU64,
+    pub batches_applied: AtomicU64,
+    pub batches_skipped: AtomicU64,
+    pub retries: AtomicU64,
+    /// Last commit LSN the ERP committed.
+    pub checkpoint: AtomicU64,
+    /// Latest WAL end the POS reported.
+    pub wal_end: AtomicU64,
+    /// Microseconds: ERP commit time minus POS commit time of the last applied transaction.
+    pub lag_micros: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
+}
+
+impl SourceMetrics {
+    pub fn new(name: &str) -> SourceMetrics {
+        SourceMetrics {
+            name: name.to_string(),
+            state: AtomicU8::new(SourceState::Starting as u8),
+            transactions_applied: AtomicU64::new(0),
+            events_applied: AtomicU64::new(0),
+            events_duplicate: AtomicU64::new(0),
+            events_conflict: AtomicU64::new(0),
+            events_held: AtomicU64::new(0),
+            events_rejected: AtomicU64::new(0),
+            batches_applied: AtomicU64::new(0),
+            batches_skipped: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            checkpoint: AtomicU64::new(0),
+            wal_end: AtomicU64::new(0),
+            lag_micros: AtomicU64::new(0),
+            latency_buckets: Default::default(),
+            latency_count: AtomicU64::new(0),
+            latency_sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn set_state(&self, s: SourceState) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    pub fn state(&self) -> SourceState {
+        SourceState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Records one apply_batch round trip.
+    pub fn observe_apply(&self, seconds: f64) {
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_micros
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+}
+
+/// All sources of this process.
+#[derive(Debug, Default)]
+pub struct Registry {
+    sources: Mutex<Vec<Arc<SourceMetrics>>>,
+}
+
+impl Registry {
+    /// Adds a source and returns its figures.
+    pub fn source(&self, name: &str) -> Arc<SourceMetrics> {
+        let m = Arc::new(SourceMetrics::new(name));
+        if let Ok(mut s) = self.sources.lock() {
+            s.push(m.clone());
+        }
+        m
+    }
+
+    pub fn sources(&self) -> Vec<Arc<SourceMetrics>> {
+        self.sources.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// True when every source streams or stands by for another bridge.
+    pub fn healthy(&self) -> bool {
+        self.sources().iter().all(|s| {
+            matches!(s.state(), SourceState::Streaming | SourceState::Standby)
+        })
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let sources = self.sources();
+        let mut out = String::new();
+        let counter = |out: &mut String, name: &str, help: &str, get: &dyn Fn(&SourceMetrics) -> u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for s in &sources {
+                let _ = writeln!(out, "{name}{{source=\"{}\"}} {}", s.name, get(s));
+            }
+        };
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(&mut out, "possync_bridge_transactions_applied_total", "POS transactions the ERP committed", &|s| r(&s.transactions_applied));
+        counter(&mut out, "possync_bridge_events_applied_total", "Events posted (status applied)", &|s| r(&s.events_applied));
+        counter(&mut out, "possync_bridge_events_duplicate_total", "Events the ERP already had", &|s| r(&s.events_duplicate));
+        counter(&mut out, "possync_bridge_events_conflict_total", "Events with a known id and another payload", &|s| r(&s.events_conflict));
+        counter(&mut out, "possync_bridge_events_held_total", "Events held until they can post", &|s| r(&s.events_held));
+        counter(&mut out, "possync_bridge_events_rejected_total", "Events kept as rejected", &|s| r(&s.events_rejected));
+        counter(&mut out, "possync_bridge_batches_total", "apply_batch calls that applied", &|s| r(&s.batches_applied));
+        counter(&mut out, "possync_bridge_batches_skipped_total", "apply_batch calls at or below the checkpoint", &|s| r(&s.batches_skipped));
+        counter(&mut out, "possync_bridge_retries_total", "Sessions restarted after an error", &|s| r(&s.retries));
+        let gauge = |out: &mut String, name: &str, help: &str, get: &dyn Fn(&SourceMetrics) -> f64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for s in &sources {
+                let _ = writeln!(out, "{name}{{source=\"{}\"}} {}", s.name, get(s));
+            }
+        };
+        gauge(&mut out, "possync_bridge_lag_bytes", "POS WAL end minus the ERP checkpoint", &|s| {
+            r(&s.wal_end).saturating_sub(r(&s.checkpoint)) as f64
+        });
+        gauge(&mut out, "possync_bridge_lag_seconds", "POS commit to ERP commit of the last applied transaction", &|s| {
+            r(&s.lag_micros) as f64 / 1e6
+        });
+        gauge(&mut out, "possync_bridge_checkpoint_lsn", "Last POS commit LSN the ERP committed", &|s| r(&s.checkpoint) as f64);
+        gauge(&mut out, "possync_bridge_streaming", "1 while the source streams", &|s| {
+            f64::from(u8::from(s.state() == SourceState::Streaming))
+        });
+        let name = "possync_bridge_apply_seconds";
+        let _ = writeln!(out, "# HELP {name} apply_batch round trip\n# TYPE {name} histogram");
+        for s in &sources {
+            for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+                let _ = writeln!(out, "{name}_bucket{{source=\"{}\",le=\"{bound}\"}} {}", s.name, r(&s.latency_buckets[i]));
+            }
+            let count = r(&s.latency_count);
+            let _ = writeln!(out, "{name}_bucket{{source=\"{}\",le=\"+Inf\"}} {count}", s.name);
+            let _ = writeln!(out, "{name}_sum{{source=\"{}\"}} {}", s.name, r(&s.latency_sum_micros) as f64 / 1e6);
+            let _ = writeln!(out, "{name}_count{{source=\"{}\"}} {count}", s.name);
+        }
+        out
+    }
+}

@@ -1,0 +1,355 @@
+//! One task per POS source: own the source in the ERP, stream its WAL, apply batches exactly once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::NoTls;
+
+use crate::apply::{Erp, ErpError};
+use crate::assembler::{Assembler, PosTransaction};
+use crate::decoder::{decode, DecodeError};
+use crate::lsn::Lsn;
+use crate::mapping::Mapping;
+use crate::metrics::{SourceMetrics, SourceState};
+use crate::replication::{
+    pg_now_micros, ReplicationConnection, ReplicationError, StreamMessage,
+};
+
+/// The publication the bridge reads on every POS.
+pub const PUBLICATION: &str = "possync";
+
+/// Group commit and retry settings.
+#[derive(Debug, Clone)]
+pub struct ApplySettings {
+    /// Most POS transactions in one apply_batch call.
+    pub batch_max_txns: usize,
+    /// Longest wait for more transactions once one is ready.
+    pub batch_max_wait: Duration,
+    /// How often a standby status update is sent even when the server asks for none.
+    pub status_interval: Duration,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+impl Default for ApplySettings {
+    fn default() -> Self {
+        ApplySettings {
+            batch_max_txns: 1000,
+            batch_max_wait: Duration::from_millis(1),
+            status_interval: Duration::from_secs(1),
+            retry_min: Duration::from_millis(200),
+            retry_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One POS database streamed into the ERP.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub url: String,
+}
+
+impl Source {
+    /// The replication slot of this source.
+    pub fn slot(&self) -> String {
+        format!("possync_{}", sanitize(&self.name))
+    }
+}
+
+/// A slot name may hold lower-case letters, digits and underscores only.
+pub fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Erp(#[from] ErpError),
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    #[error("POS query failed: {0}")]
+    Pos(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("the applier stopped")]
+    ApplierGone,
+}
+
+enum SessionEnd {
+    Shutdown,
+}
+
+/// Runs a source until shutdown, restarting failed sessions with backoff and jitter.
+pub async fn run(
+    source: Source,
+    erp_url: String,
+    mapping: Arc<Mapping>,
+    settings: ApplySettings,
+    metrics: Arc<SourceMetrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut delay = settings.retry_min;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let started = Instant::now();
+        match session(&source, &erp_url, &mapping, &settings, &metrics, shutdown.clone()).await {
+            Ok(SessionEnd::Shutdown) => break,
+            Err(e) => {
+                metrics.set_state(SourceState::Retrying);
+                metrics.retries.fetch_add(1, Ordering::Relaxed);
+                if started.elapsed() > Duration::from_secs(30) {
+                    delay = settings.retry_min;
+                }
+                let jitter = rand::thread_rng().gen_range(0.5..1.5);
+                let wait = delay.mul_f64(jitter);
+                tracing::warn!(source = %source.name, error = %e, retry_in_ms = wait.as_millis() as u64, "session failed; retrying");
+                delay = (delay * 2).min(settings.retry_max);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
+        }
+    }
+    metrics.set_state(SourceState::Stopped);
+    tracing::info!(source = %source.name, "source stopped");
+}
+
+/// Creates the publication for the mapped tables, or adds tables it lacks.
+pub async fn ensure_publication(pos_url: &str, mapping: &Mapping) -> Result<(), SessionError> {
+    let (client, connection) = tokio_postgres::connect(pos_url, NoTls).await?;
+    let driver = tokio::spawn(connection);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&PUBLICATION])
+        .await?
+        .is_some();
+    let tables: Vec<String> = mapping.tables();
+    if !exists {
+        let list = tables.join(", ");
+        client
+            .batch_execute(&format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE {list}"))
+            .await?;
+        tracing::info!(publication = PUBLICATION, tables = %list, "created publication");
+    } else {
+        for t in &tables {
+            let (schema, name) = t.split_once('.').unwrap_or(("public", t));
+            let has = client
+                .query_opt(
+                    "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+                    &[&PUBLICATION, &schema, &name],
+                )
+                .await?
+                .is_some();
+            if !has {
+                client
+                    .batch_execute(&format!("ALTER PUBLICATION {PUBLICATION} ADD TABLE {t}"))
+                    .await?;
+                tracing::info!(publication = PUBLICATION, table = %t, "added table to publication");
+            }
+        }
+    }
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
+async fn session(
+    source: &Source,
+    erp_url: &str,
+    mapping: &Arc<Mapping>,
+    settings: &ApplySettings,
+    metrics: &Arc<SourceMetrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<SessionEnd, SessionError> {
+    let erp = Erp::connect(erp_url).await?;
+    let mut announced = false;
+    while !erp.try_own(&source.name).await? {
+        if !announced {
+            tracing::info!(source = %source.name, "another bridge owns this source; standing by");
+            announced = true;
+        }
+        metrics.set_state(SourceState::Standby);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => return Ok(SessionEnd::Shutdown),
+        }
+    }
+    let checkpoint = erp.checkpoint(&source.name).await?;
+    metrics.checkpoint.store(checkpoint.0, Ordering::Relaxed);
+
+    ensure_publication(&source.url, mapping).await?;
+    let mut repl = ReplicationConnection::connect(&source.url).await?;
+    let identity = repl.identify_system().await?;
+    let slot = source.slot();
+    if repl.ensure_slot(&slot).await? {
+        tracing::info!(source = %source.name, slot = %slot, "created replication slot");
+    }
+    repl.start(&slot, PUBLICATION, checkpoint).await?;
+    metrics.set_state(SourceState::Streaming);
+    tracing::info!(source = %source.name, slot = %slot, from = %checkpoint, system = %identity.system_id, "streaming");
+
+    // the flush position reported to the POS: only what the ERP has committed
+    let committed = Arc::new(AtomicU64::new(checkpoint.0));
+    let (tx, rx) = mpsc::channel::<PosTransaction>(256);
+    let reader = read_stream(
+        repl,
+        Assembler::new(&source.name, mapping.clone()),
+        tx,
+        committed.clone(),
+        settings.status_interval,
+        metrics.clone(),
+    );
+    let applier = apply_loop(&erp, source, rx, checkpoint, committed, settings, metrics, shutdown);
+    tokio::select! {
+        r = reader => match r {
+            Ok(()) => Err(SessionError::ApplierGone),
+            Err(e) => Err(e),
+        },
+        a = applier => a,
+    }
+}
+
+/// Reads the CopyBoth stream, answers keepalives at once, and hands committed transactions to the applier.
+async fn read_stream(
+    mut repl: ReplicationConnection,
+    mut assembler: Assembler,
+    tx: mpsc::Sender<PosTransaction>,
+    committed: Arc<AtomicU64>,
+    status_interval: Duration,
+    metrics: Arc<SourceMetrics>,
+) -> Result<(), SessionError> {
+    let mut received = Lsn::ZERO;
+    let mut ticker = tokio::time::interval(status_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending: Option<PosTransaction> = None;
+    loop {
+        let flush = Lsn(committed.load(Ordering::Acquire));
+        if let Some(txn) = pending.take() {
+            // the applier is behind: wait for room, but keep telling the POS we are alive
+            tokio::select! {
+                permit = tx.reserve() => match permit {
+                    Ok(p) => p.send(txn),
+                    Err(_) => return Ok(()),
+                },
+                _ = ticker.tick() => {
+                    pending = Some(txn);
+                    repl.send_status(received, flush).await?;
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            msg = repl.recv() => match msg? {
+                StreamMessage::XLogData { wal_end, data, .. } => {
+                    received = received.max(wal_end);
+                    metrics.wal_end.store(received.0, Ordering::Relaxed);
+                    if let Some(txn) = assembler.push(decode(&data)?)? {
+                        match tx.try_send(txn) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(t)) => pending = Some(t),
+                            Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+                        }
+                    }
+                }
+                StreamMessage::Keepalive { wal_end, reply_requested } => {
+                    received = received.max(wal_end);
+                    metrics.wal_end.store(received.0, Ordering::Relaxed);
+                    if reply_requested {
+                        repl.send_status(received, flush).await?;
+                    }
+                }
+            },
+            _ = ticker.tick() => repl.send_status(received, flush).await?,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn apply_loop(
+    erp: &Erp,
+    source: &Source,
+    mut rx: mpsc::Receiver<PosTransaction>,
+    checkpoint: Lsn,
+    committed: Arc<AtomicU64>,
+    settings: &ApplySettings,
+    metrics: &SourceMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<SessionEnd, SessionError> {
+    let mut applied_to = checkpoint;
+    loop {
+        let first = tokio::select! {
+            t = rx.recv() => match t {
+                Some(t) => t,
+                None => return Err(SessionError::ApplierGone),
+            },
+            _ = shutdown.changed() => return Ok(SessionEnd::Shutdown),
+        };
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + settings.batch_max_wait;
+        while batch.len() < settings.batch_max_txns {
+            match rx.try_recv() {
+                Ok(t) => {
+                    batch.push(t);
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            tokio::select! {
+                t = rx.recv() => match t {
+                    Some(t) => batch.push(t),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        // after a restart the stream may repeat the transaction at the checkpoint
+        batch.retain(|t| t.commit_lsn > applied_to);
+        let Some(last) = batch.last() else { continue };
+        let last_lsn = last.commit_lsn;
+        let last_commit_time = last.commit_time;
+        let events: Vec<Value> = batch.iter().flat_map(|t| t.events.iter().cloned()).collect();
+        let started = Instant::now();
+        // a shutdown request waits for the batch in flight: the call is not cancelled
+        let outcome = erp.apply_batch(&source.name, last_lsn, &events).await?;
+        metrics.observe_apply(started.elapsed().as_secs_f64());
+        applied_to = last_lsn;
+        committed.store(last_lsn.0, Ordering::Release);
+        metrics.checkpoint.store(last_lsn.0, Ordering::Relaxed);
+        if outcome.applied {
+            metrics.batches_applied.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .transactions_applied
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            metrics.events_applied.fetch_add(outcome.applied_events, Ordering::Relaxed);
+            metrics.events_duplicate.fetch_add(outcome.duplicate, Ordering::Relaxed);
+            metrics.events_conflict.fetch_add(outcome.conflict, Ordering::Relaxed);
+            metrics.events_held.fetch_add(outcome.held, Ordering::Relaxed);
+            metrics.events_rejected.fetch_add(outcome.rejected, Ordering::Relaxed);
+        } else {
+            metrics.batches_skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        let lag = pg_now_micros().saturating_sub(last_commit_time).max(0) as u64;
+        metrics.lag_micros.store(lag, Ordering::Relaxed);
+        tracing::debug!(source = %source.name, commit_lsn = %last_lsn, txns = batch.len(), events = events.len(), "applied batch");
+        if *shutdown.borrow() {
+            return Ok(SessionEnd::Shutdown);
+        }
+    }
+}
