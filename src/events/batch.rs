@@ -1,0 +1,552 @@
+//! The apply pipeline: a whole call's events parsed, deduplicated, checked against master data, posted in
+//! memory against balances locked once in key order, and written with one statement per table.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use pgrx::spi::SpiClient;
+use possync_events::{event_id_of, Event, EventKind, Malformed};
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+
+use super::posting::{Draft, Effect, Item};
+use super::store::{self, Writes};
+use crate::ledger::accounts;
+use crate::ledger::AccountMap;
+use crate::statements::internal;
+use crate::stock::balances::Key;
+use crate::stock::Balances;
+
+/// One event handed to the pipeline. `replay` marks a held event already in the inbox.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub raw: Value,
+    pub replay: bool,
+}
+
+impl Submission {
+    pub fn new(raw: Value) -> Submission {
+        Submission { raw, replay: false }
+    }
+}
+
+/// What happened to one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Applied,
+    Duplicate,
+    Conflict,
+    Held,
+    Rejected,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Applied => "applied",
+            Status::Duplicate => "duplicate",
+            Status::Conflict => "conflict",
+            Status::Held => "held",
+            Status::Rejected => "rejected",
+        }
+    }
+}
+
+/// An exception raised while posting: its kind, a reason a person can act on, and what is at stake.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Raised {
+    pub kind: &'static str,
+    pub reason: String,
+    pub amount: Option<Decimal>,
+}
+
+impl Raised {
+    pub fn new(kind: &'static str, reason: impl Into<String>, amount: Option<Decimal>) -> Raised {
+        Raised {
+            kind,
+            reason: reason.into(),
+            amount,
+        }
+    }
+}
+
+/// The answer for one event, as apply_event returns it.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub event_id: Option<String>,
+    pub status: Status,
+    pub journal_id: Option<i64>,
+    pub raised: Vec<Raised>,
+}
+
+impl Outcome {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "event_id": self.event_id,
+            "status": self.status.as_str(),
+            "journal_id": self.journal_id,
+            "exceptions": self.raised.iter().map(|r| json!({"kind": r.kind, "reason": r.reason})).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Per sku on a transfer: shipped and received so far.
+#[derive(Debug, Clone, Default)]
+pub struct TransferLine {
+    pub qty_shipped: Decimal,
+    pub value_shipped: Decimal,
+    pub qty_received: Decimal,
+    pub value_received: Decimal,
+    pub changed: bool,
+}
+
+/// A transfer as known to this call (loaded from the database or shipped in it).
+#[derive(Debug, Clone)]
+pub struct TransferState {
+    pub transfer_id: String,
+    pub from_location: String,
+    pub to_location: String,
+    pub out_event_id: String,
+    pub lines: BTreeMap<String, TransferLine>,
+    pub new: bool,
+}
+
+/// An active or closed reservation that a fulfillment in this call names.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    pub key: Key,
+    pub qty: Decimal,
+    pub active: bool,
+}
+
+/// Everything one call works with: master data, locked balances, state loaded on demand, and the rows to
+/// write at the end.
+pub struct Batch<'a, 'c> {
+    pub client: &'a mut SpiClient<'c>,
+    pub items: HashMap<String, Item>,
+    pub locations: HashSet<String>,
+    pub accounts: AccountMap,
+    pub balances: Balances,
+    pub reservations: HashMap<String, Reservation>,
+    transfers: HashMap<String, Option<TransferState>>,
+    sale_costs: HashMap<String, HashMap<String, (Decimal, Decimal)>>,
+    pub writes: Writes,
+    reject_negative: bool,
+}
+
+/// One parsed submission and what is known of it so far.
+struct Work {
+    raw: Value,
+    payload: String,
+    replay: bool,
+    parsed: Result<Event, Malformed>,
+}
+
+impl Batch<'_, '_> {
+    pub fn standard_cost(&self, sku: &str) -> Decimal {
+        self.items
+            .get(sku)
+            .map(|i| i.standard_cost)
+            .unwrap_or_default()
+    }
+
+    /// (quantity, value) that an earlier sale issued of `sku`, from this call or the ledger.
+    pub fn sale_cost(&mut self, event_id: &str, sku: &str) -> Option<(Decimal, Decimal)> {
+        if !self.sale_costs.contains_key(event_id) {
+            let costs = store::issued_by_event(self.client, event_id);
+            self.sale_costs.insert(event_id.to_string(), costs);
+        }
+        self.sale_costs.get(event_id)?.get(sku).copied()
+    }
+
+    /// The transfer with this id, from this call or the database.
+    pub fn transfer(&mut self, transfer_id: &str) -> Option<&TransferState> {
+        if !self.transfers.contains_key(transfer_id) {
+            let t = store::load_transfer(self.client, transfer_id);
+            self.transfers.insert(transfer_id.to_string(), t);
+        }
+        self.transfers.get(transfer_id)?.as_ref()
+    }
+
+    fn commit_draft(&mut self, ev: &Event, d: Draft) -> Option<i64> {
+        let journal_id = self.writes.journal(ev, &d.journal, &self.accounts);
+        for (k, b) in d.balances {
+            self.balances.set(k, b);
+        }
+        if ev.kind.has_tenders() || ev.kind == EventKind::Fulfillment {
+            let issued = self.sale_costs.entry(ev.event_id.clone()).or_default();
+            for ((sku, _), m) in d.moves.iter().filter(|(_, m)| m.qty < Decimal::ZERO) {
+                let e = issued.entry(sku.clone()).or_default();
+                e.0 -= m.qty;
+                e.1 -= m.value;
+            }
+        }
+        for (k, m) in d.moves {
+            self.writes.moves.push((ev.event_id.clone(), k, m));
+        }
+        for effect in d.effects {
+            match &effect {
+                Effect::Shipped(t) => {
+                    self.transfers
+                        .insert(t.transfer_id.clone(), Some(t.clone()));
+                }
+                Effect::Received {
+                    transfer_id,
+                    sku,
+                    qty,
+                    value,
+                } => {
+                    if let Some(Some(t)) = self.transfers.get_mut(transfer_id) {
+                        t.receive(sku, *qty, *value);
+                    }
+                }
+                Effect::ReservationConsumed { reservation_id, .. } => {
+                    if let Some(r) = self.reservations.get_mut(reservation_id) {
+                        r.active = false;
+                    }
+                }
+                Effect::SupplyReceived { .. } | Effect::Counted { .. } => {}
+            }
+            self.writes.effects.push((ev.clone(), effect));
+        }
+        journal_id
+    }
+
+    /// Master data an event needs that is missing: unknown location or sku.
+    fn missing_master_data(&self, ev: &Event) -> Vec<Raised> {
+        let mut raised = Vec::new();
+        let mut locs = vec![ev.location.as_str()];
+        locs.extend(ev.to_location.as_deref());
+        locs.extend(ev.from_location.as_deref());
+        let unknown: Vec<&str> = locs
+            .into_iter()
+            .filter(|l| !self.locations.contains(*l))
+            .collect();
+        if !unknown.is_empty() {
+            raised.push(Raised::new(
+                "unknown_location",
+                format!(
+                    "location {} is not in possync.location; add it and run possync.replay_held()",
+                    unknown.join(", ")
+                ),
+                None,
+            ));
+        }
+        let mut skus: Vec<&str> = ev
+            .lines
+            .iter()
+            .map(|l| l.sku.as_str())
+            .filter(|s| !self.items.contains_key(*s))
+            .collect();
+        skus.dedup();
+        if !skus.is_empty() {
+            raised.push(Raised::new(
+                "unknown_sku",
+                format!(
+                    "sku {} is not in possync.item; add it and run possync.replay_held()",
+                    skus.join(", ")
+                ),
+                None,
+            ));
+        }
+        raised
+    }
+
+    /// Negative on-hand that a draft leaves, as exceptions.
+    fn negatives(d: &Draft) -> Vec<Raised> {
+        d.moves
+            .iter()
+            .filter(|(_, m)| m.qty < Decimal::ZERO && m.on_hand_after < Decimal::ZERO)
+            .map(|((sku, loc), m)| {
+                Raised::new(
+                    "negative_on_hand",
+                    format!("sku {sku} at {loc} goes to {} on hand", m.on_hand_after),
+                    Some(m.on_hand_after),
+                )
+            })
+            .collect()
+    }
+
+    /// Posts one well-formed, new event.
+    fn post(&mut self, ev: &Event, payload: &str, replay: bool) -> Outcome {
+        let mut outcome = Outcome {
+            event_id: Some(ev.event_id.clone()),
+            status: Status::Applied,
+            journal_id: None,
+            raised: Vec::new(),
+        };
+        let mut hold = self.missing_master_data(ev);
+        let mut draft = None;
+        if hold.is_empty() {
+            match self.draft(ev) {
+                Ok(d) => match d.journal.resolve(&self.accounts) {
+                    Ok(_) => draft = Some(d),
+                    Err(missing) => {
+                        hold = missing
+                            .iter()
+                            .map(|m| Raised::new("missing_account", m.to_string(), None))
+                            .collect()
+                    }
+                },
+                Err(raised) if raised.iter().any(|r| r.kind == "conflict") => {
+                    outcome.status = Status::Rejected;
+                    outcome.raised = raised;
+                    self.writes.rejected(
+                        Some(&ev.event_id),
+                        Some(&ev.location),
+                        payload,
+                        &outcome.raised,
+                    );
+                    return outcome;
+                }
+                Err(raised) => hold = raised,
+            }
+        }
+        let Some(mut d) = draft else {
+            outcome.status = Status::Held;
+            outcome.raised = hold;
+            if !replay {
+                let hold_key = (ev.kind == EventKind::TransferIn
+                    && outcome
+                        .raised
+                        .iter()
+                        .any(|r| r.kind == "awaiting_transfer_out"))
+                .then(|| transfer_hold_key(ev.transfer_id.as_deref().unwrap_or_default()));
+                self.writes.event(ev, payload, "held", None, hold_key);
+                self.writes.raised(ev, &outcome.raised);
+            }
+            return outcome;
+        };
+        let negatives = Self::negatives(&d);
+        if !negatives.is_empty() && self.reject_negative {
+            outcome.status = Status::Rejected;
+            outcome.raised = negatives;
+            self.writes.rejected(
+                Some(&ev.event_id),
+                Some(&ev.location),
+                payload,
+                &outcome.raised,
+            );
+            return outcome;
+        }
+        d.raised.extend(negatives);
+        let raised = std::mem::take(&mut d.raised);
+        outcome.journal_id = self.commit_draft(ev, d);
+        if replay {
+            self.writes
+                .replayed
+                .push((ev.event_id.clone(), outcome.journal_id));
+        } else {
+            self.writes
+                .event(ev, payload, "applied", outcome.journal_id, None);
+        }
+        self.writes.raised(ev, &raised);
+        outcome.raised = raised;
+        outcome
+    }
+}
+
+/// The key under which a transfer_in waits for its transfer_out.
+pub fn transfer_hold_key(transfer_id: &str) -> String {
+    format!("transfer:{transfer_id}")
+}
+
+/// Applies submissions in order; returns one outcome per submission, in the same order.
+pub fn apply(
+    client: &mut SpiClient<'_>,
+    submissions: Vec<Submission>,
+    source: Option<&str>,
+) -> Vec<Outcome> {
+    let reject_negative = crate::guc::reject_negative_on_hand();
+    let mut work: Vec<Work> = submissions
+        .into_iter()
+        .map(|s| {
+            let mut parsed = Event::from_json(&s.raw);
+            if let Ok(ev) = parsed.as_mut() {
+                if ev.source.is_none() {
+                    ev.source = source.map(str::to_string);
+                }
+            }
+            Work {
+                payload: s.raw.to_string(),
+                raw: s.raw,
+                replay: s.replay,
+                parsed,
+            }
+        })
+        .collect();
+    let submitted = work.len();
+
+    // transfer_ins already waiting for a transfer_out in this call post right after it
+    let shipped: Vec<String> = work
+        .iter()
+        .filter_map(|w| w.parsed.as_ref().ok())
+        .filter(|e| e.kind == EventKind::TransferOut)
+        .filter_map(|e| e.transfer_id.as_deref().map(transfer_hold_key))
+        .collect();
+    let waiting = store::held_by_keys(client, &shipped);
+    let mut follow: HashMap<String, Vec<Work>> = HashMap::new();
+    for (_, raw) in waiting {
+        let parsed = Event::from_json(&raw);
+        if let Ok(ev) = &parsed {
+            let k = transfer_hold_key(ev.transfer_id.as_deref().unwrap_or_default());
+            follow.entry(k).or_default().push(Work {
+                payload: raw.to_string(),
+                raw,
+                replay: true,
+                parsed,
+            });
+        }
+    }
+
+    // known ids: same payload is a duplicate, another payload a conflict
+    let fresh: Vec<(String, String)> = work
+        .iter()
+        .filter(|w| !w.replay)
+        .filter_map(|w| {
+            w.parsed
+                .as_ref()
+                .ok()
+                .map(|e| (e.event_id.clone(), w.payload.clone()))
+        })
+        .collect();
+    let known = store::known_events(client, &fresh);
+
+    let mut skus = BTreeSet::new();
+    let mut locs = BTreeSet::new();
+    let mut keys = BTreeSet::new();
+    let mut reservation_ids = BTreeSet::new();
+    let all_events = work
+        .iter()
+        .chain(follow.values().flatten())
+        .filter_map(|w| w.parsed.as_ref().ok());
+    for ev in all_events {
+        locs.insert(ev.location.clone());
+        locs.extend(ev.to_location.clone());
+        locs.extend(ev.from_location.clone());
+        for l in &ev.lines {
+            skus.insert(l.sku.clone());
+            if ev.kind != EventKind::DayClose {
+                keys.insert((l.sku.clone(), ev.location.clone()));
+            }
+            reservation_ids.extend(l.reservation_id.clone());
+        }
+    }
+    let items = store::items(client, &skus);
+    let locations = store::locations(client, &locs);
+    // only balances of items and locations that exist: others cannot post
+    keys.retain(|(s, l)| items.contains_key(s) && locations.contains(l));
+    let balances = Balances::lock(client, &keys);
+    let reservations = store::reservations(client, &reservation_ids);
+    let accounts = accounts::load(client);
+
+    let mut batch = Batch {
+        client,
+        items,
+        locations,
+        accounts,
+        balances,
+        reservations,
+        transfers: HashMap::new(),
+        sale_costs: HashMap::new(),
+        writes: Writes::default(),
+        reject_negative,
+    };
+    let mut seen: HashMap<String, Value> = HashMap::new();
+    let mut outcomes = Vec::with_capacity(submitted);
+    for w in work.iter_mut() {
+        let outcome = match &w.parsed {
+            Err(m) => {
+                let id = event_id_of(&w.raw);
+                let raised = vec![Raised::new("malformed", m.to_string(), None)];
+                let loc = w
+                    .raw
+                    .get("location")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                batch
+                    .writes
+                    .rejected(id.as_deref(), loc.as_deref(), &w.payload, &raised);
+                Outcome {
+                    event_id: id,
+                    status: Status::Rejected,
+                    journal_id: None,
+                    raised,
+                }
+            }
+            Ok(ev) => {
+                let earlier = seen.get(&ev.event_id).map(|raw| raw == &w.raw);
+                let stored = known.get(&ev.event_id).copied();
+                match (w.replay, earlier.or(stored)) {
+                    (false, Some(true)) => Outcome {
+                        event_id: Some(ev.event_id.clone()),
+                        status: Status::Duplicate,
+                        journal_id: None,
+                        raised: Vec::new(),
+                    },
+                    (false, Some(false)) => {
+                        let raised = vec![Raised::new(
+                            "conflict",
+                            format!(
+                                "event {} was already received with a different payload; this one is kept here and was not posted",
+                                ev.event_id
+                            ),
+                            None,
+                        )];
+                        batch.writes.rejected(
+                            Some(&ev.event_id),
+                            Some(&ev.location),
+                            &w.payload,
+                            &raised,
+                        );
+                        Outcome {
+                            event_id: Some(ev.event_id.clone()),
+                            status: Status::Conflict,
+                            journal_id: None,
+                            raised,
+                        }
+                    }
+                    _ => {
+                        let ev = ev.clone();
+                        let o = batch.post(&ev, &w.payload, w.replay);
+                        if o.status == Status::Applied && ev.kind == EventKind::TransferOut {
+                            let k =
+                                transfer_hold_key(ev.transfer_id.as_deref().unwrap_or_default());
+                            for f in follow.remove(&k).unwrap_or_default() {
+                                if let Ok(fev) = &f.parsed {
+                                    batch.post(fev, &f.payload, true);
+                                }
+                            }
+                        }
+                        o
+                    }
+                }
+            }
+        };
+        if let Ok(ev) = &w.parsed {
+            if outcome.status != Status::Conflict && outcome.status != Status::Rejected {
+                seen.entry(ev.event_id.clone())
+                    .or_insert_with(|| w.raw.clone());
+            }
+        }
+        outcomes.push(outcome);
+    }
+    let Batch {
+        client,
+        balances,
+        writes,
+        transfers,
+        ..
+    } = batch;
+    balances.write(client);
+    let transfers: Vec<TransferState> = transfers.into_values().flatten().collect();
+    let journal_ids = writes.flush(client, &transfers);
+    for o in outcomes.iter_mut() {
+        if let Some(j) = o.journal_id {
+            o.journal_id = journal_ids
+                .get(&j)
+                .copied()
+                .or_else(|| internal("journal id was not assigned"));
+        }
+    }
+    outcomes
+}

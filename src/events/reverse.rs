@@ -1,0 +1,141 @@
+//! Reversing entries: the exact opposite of an applied event's stock moves and journal.
+
+use std::collections::BTreeSet;
+
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use rust_decimal::Decimal;
+use serde_json::json;
+
+use super::store::Writes;
+use crate::errors::{misuse, null_argument};
+use crate::ledger::JournalLine;
+use crate::statements::{get_decimal, get_i64, get_text, internal, run, text};
+use crate::stock::{Balances, StockMove};
+
+const EVENT: &str =
+    "SELECT status, journal_id, location_id, business_date::text FROM possync.event \
+     WHERE event_id = $1 FOR UPDATE";
+const MOVES: &str =
+    "SELECT sku, location_id, qty::text, unit_cost::text, value::text FROM possync.stock_move \
+     WHERE event_id = $1 ORDER BY move_id";
+const LINES: &str = "SELECT line_no::bigint, account_code, location_id, debit::text, credit::text FROM possync.journal_line \
+     WHERE journal_id = $1 ORDER BY line_no";
+const INSERT_REVERSAL: &str = "INSERT INTO possync.event (event_id, kind, location_id, business_date, status, journal_id, payload) \
+     VALUES ($1, 'reversal', $2, current_date, 'applied', $3::bigint, $4::jsonb)";
+const MARK_REVERSED: &str = "UPDATE possync.event SET status = 'reversed' WHERE event_id = $1";
+
+/// Posts the exact reversal of an applied event (stock and journal); returns {event_id, status, ...}.
+#[pg_extern]
+fn reverse_event(event_id: Option<&str>, reason: Option<&str>) -> JsonB {
+    let f = "possync.reverse_event";
+    let Some(event_id) = event_id else {
+        null_argument(f, "event_id")
+    };
+    let Some(reason) = reason.filter(|r| !r.trim().is_empty()) else {
+        misuse(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{f}: argument reason must be given"),
+            "say why the posting is reversed; finance reads it in the journal memo",
+        )
+    };
+    let reversal_id = format!("{event_id}:reversal");
+    let result = Spi::connect_mut(|client| {
+        let row = run(client, EVENT, &[text(event_id)]).next().map(|r| {
+            (
+                get_text(&r, 1).unwrap_or_default(),
+                get_i64(&r, 2),
+                get_text(&r, 3),
+                get_text(&r, 4),
+            )
+        });
+        let Some((status, journal_id, location, business_date)) = row else {
+            misuse(
+                PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+                format!("{f}: argument event_id {event_id:?} is not a posted event"),
+                "reverse an event that possync.apply_event applied",
+            )
+        };
+        match status.as_str() {
+            "reversed" => {
+                return json!({"event_id": event_id, "status": "duplicate", "reversal_event_id": reversal_id,
+                              "journal_id": null, "exceptions": []})
+            }
+            "applied" => {}
+            other => misuse(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("{f}: argument event_id {event_id:?} is {other}, not applied"),
+                "a held event has posted nothing; it needs no reversal",
+            ),
+        }
+        let moves: Vec<((String, String), StockMove)> = run(client, MOVES, &[text(event_id)])
+            .map(|r| {
+                let key = (
+                    get_text(&r, 1).unwrap_or_default(),
+                    get_text(&r, 2).unwrap_or_default(),
+                );
+                let m = StockMove {
+                    qty: get_decimal(&r, 3).unwrap_or_default(),
+                    unit_cost: get_decimal(&r, 4).unwrap_or_default(),
+                    value: get_decimal(&r, 5).unwrap_or_default(),
+                    on_hand_after: Decimal::ZERO,
+                    value_after: Decimal::ZERO,
+                };
+                (key, m)
+            })
+            .collect();
+        let lines: Vec<JournalLine> = match journal_id {
+            None => Vec::new(),
+            Some(j) => run(client, LINES, &[DatumWithOid::from(j)])
+                .map(|r| JournalLine {
+                    line_no: get_i64(&r, 1).unwrap_or_default() as i32,
+                    account_code: get_text(&r, 2).unwrap_or_default(),
+                    location_id: get_text(&r, 3).unwrap_or_default(),
+                    // swapped: the reversal debits what was credited
+                    debit: get_decimal(&r, 5).unwrap_or_default(),
+                    credit: get_decimal(&r, 4).unwrap_or_default(),
+                })
+                .collect(),
+        };
+        let keys: BTreeSet<(String, String)> = moves.iter().map(|(k, _)| k.clone()).collect();
+        let mut balances = Balances::lock(client, &keys);
+        let mut writes = Writes::default();
+        for (k, m) in &moves {
+            let mut b = balances.get(k).clone();
+            let back = b.reverse(m);
+            balances.set(k.clone(), b);
+            writes.moves.push((reversal_id.clone(), k.clone(), back));
+        }
+        let provisional = writes.journal_lines(
+            &reversal_id,
+            location.as_deref(),
+            business_date.as_deref(),
+            format!("reversal of {event_id}: {reason}"),
+            lines,
+            journal_id,
+        );
+        balances.write(client);
+        let ids = writes.flush(client, &[]);
+        let new_journal = provisional.map(|p| {
+            ids.get(&p)
+                .copied()
+                .unwrap_or_else(|| internal("journal id lost"))
+        });
+        let payload = json!({"reverses": event_id, "reason": reason}).to_string();
+        run(
+            client,
+            INSERT_REVERSAL,
+            &[
+                text(&reversal_id),
+                DatumWithOid::from(location.clone()),
+                DatumWithOid::from(new_journal.map(|j| j.to_string())),
+                text(&payload),
+            ],
+        );
+        run(client, MARK_REVERSED, &[text(event_id)]);
+        json!({"event_id": event_id, "status": "applied", "reversal_event_id": reversal_id,
+               "journal_id": new_journal, "exceptions": []})
+    });
+    JsonB(result)
+}

@@ -1,0 +1,591 @@
+//! Reads the pipeline needs, and the writes it collects and flushes with one statement per table.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use pgrx::spi::SpiClient;
+use possync_events::Event;
+use rust_decimal::Decimal;
+use serde_json::Value;
+
+use super::batch::{Raised, Reservation, TransferLine, TransferState};
+use super::posting::{Effect, Item};
+use crate::ledger::{AccountMap, JournalDraft, JournalLine};
+use crate::statements::{decimals, get_bool, get_decimal, get_text, internal, run, text, texts};
+use crate::stock::balances::Key;
+use crate::stock::StockMove;
+
+const KNOWN_EVENTS: &str = "SELECT e.event_id, e.payload = x.p::jsonb \
+     FROM unnest($1::text[], $2::text[]) AS x(id, p) JOIN possync.event e ON e.event_id = x.id";
+
+/// For ids already in the inbox: whether the stored payload equals the new one.
+pub fn known_events(
+    client: &mut SpiClient<'_>,
+    fresh: &[(String, String)],
+) -> HashMap<String, bool> {
+    if fresh.is_empty() {
+        return HashMap::new();
+    }
+    let ids = texts(fresh.iter().map(|f| f.0.clone()));
+    let payloads = texts(fresh.iter().map(|f| f.1.clone()));
+    run(client, KNOWN_EVENTS, &[ids, payloads])
+        .map(|row| {
+            let id = get_text(&row, 1).unwrap_or_default();
+            (id, get_bool(&row, 2).unwrap_or(false))
+        })
+        .collect()
+}
+
+const ITEMS: &str =
+    "SELECT sku, item_class, standard_cost::text FROM possync.item WHERE sku = ANY($1::text[])";
+
+pub fn items(client: &mut SpiClient<'_>, skus: &BTreeSet<String>) -> HashMap<String, Item> {
+    if skus.is_empty() {
+        return HashMap::new();
+    }
+    run(client, ITEMS, &[texts(skus.iter().cloned())])
+        .map(|row| {
+            let sku = get_text(&row, 1).unwrap_or_default();
+            let item = Item {
+                item_class: get_text(&row, 2),
+                standard_cost: get_decimal(&row, 3).unwrap_or_default(),
+            };
+            (sku, item)
+        })
+        .collect()
+}
+
+const LOCATIONS: &str =
+    "SELECT location_id FROM possync.location WHERE location_id = ANY($1::text[])";
+
+pub fn locations(client: &mut SpiClient<'_>, ids: &BTreeSet<String>) -> HashSet<String> {
+    if ids.is_empty() {
+        return HashSet::new();
+    }
+    run(client, LOCATIONS, &[texts(ids.iter().cloned())])
+        .filter_map(|row| get_text(&row, 1))
+        .collect()
+}
+
+// locked after the balances, the order every reservation path uses
+const RESERVATIONS: &str = "SELECT reservation_id, sku, location_id, qty::text, status = 'active' \
+     FROM possync.reservation WHERE reservation_id = ANY($1::text[]) ORDER BY reservation_id FOR UPDATE";
+
+pub fn reservations(
+    client: &mut SpiClient<'_>,
+    ids: &BTreeSet<String>,
+) -> HashMap<String, Reservation> {
+    if ids.is_empty() {
+        return HashMap::new();
+    }
+    run(client, RESERVATIONS, &[texts(ids.iter().cloned())])
+        .map(|row| {
+            let id = get_text(&row, 1).unwrap_or_default();
+            let r = Reservation {
+                key: (
+                    get_text(&row, 2).unwrap_or_default(),
+                    get_text(&row, 3).unwrap_or_default(),
+                ),
+                qty: get_decimal(&row, 4).unwrap_or_default(),
+                active: get_bool(&row, 5).unwrap_or(false),
+            };
+            (id, r)
+        })
+        .collect()
+}
+
+const ISSUED: &str = "SELECT sku, (-sum(qty))::text, (-sum(value))::text FROM possync.stock_move \
+     WHERE event_id = $1 AND qty < 0 GROUP BY sku";
+
+/// Per sku, the quantity and value an event issued.
+pub fn issued_by_event(
+    client: &mut SpiClient<'_>,
+    event_id: &str,
+) -> HashMap<String, (Decimal, Decimal)> {
+    run(client, ISSUED, &[text(event_id)])
+        .map(|row| {
+            let sku = get_text(&row, 1).unwrap_or_default();
+            (
+                sku,
+                (
+                    get_decimal(&row, 2).unwrap_or_default(),
+                    get_decimal(&row, 3).unwrap_or_default(),
+                ),
+            )
+        })
+        .collect()
+}
+
+const TRANSFER: &str = "SELECT t.from_location, t.to_location, t.out_event_id, l.sku, l.qty_shipped::text, \
+        l.value_shipped::text, l.qty_received::text, l.value_received::text \
+     FROM possync.transfer t JOIN possync.transfer_line l USING (transfer_id) WHERE t.transfer_id = $1";
+
+pub fn load_transfer(client: &mut SpiClient<'_>, transfer_id: &str) -> Option<TransferState> {
+    let mut state: Option<TransferState> = None;
+    for row in run(client, TRANSFER, &[text(transfer_id)]) {
+        let t = state.get_or_insert_with(|| TransferState {
+            transfer_id: transfer_id.to_string(),
+            from_location: get_text(&row, 1).unwrap_or_default(),
+            to_location: get_text(&row, 2).unwrap_or_default(),
+            out_event_id: get_text(&row, 3).unwrap_or_default(),
+            lines: Default::default(),
+            new: false,
+        });
+        t.lines.insert(
+            get_text(&row, 4).unwrap_or_default(),
+            TransferLine {
+                qty_shipped: get_decimal(&row, 5).unwrap_or_default(),
+                value_shipped: get_decimal(&row, 6).unwrap_or_default(),
+                qty_received: get_decimal(&row, 7).unwrap_or_default(),
+                value_received: get_decimal(&row, 8).unwrap_or_default(),
+                changed: false,
+            },
+        );
+    }
+    state
+}
+
+const HELD_BY_KEYS: &str = "SELECT event_id, payload::text FROM possync.event \
+     WHERE status = 'held' AND hold_key = ANY($1::text[]) ORDER BY received_at, event_id";
+const HELD_ONE: &str = "SELECT event_id, payload::text FROM possync.event \
+     WHERE status = 'held' AND event_id = $1 FOR UPDATE";
+const HELD_ALL: &str = "SELECT event_id, payload::text FROM possync.event \
+     WHERE status = 'held' ORDER BY received_at, event_id FOR UPDATE";
+
+fn payload_rows(rows: pgrx::spi::SpiTupleTable<'_>) -> Vec<(String, Value)> {
+    rows.map(|row| {
+        let id = get_text(&row, 1).unwrap_or_default();
+        let raw = get_text(&row, 2).unwrap_or_default();
+        let value = serde_json::from_str(&raw).unwrap_or_else(|e| {
+            internal(&format!("stored payload of event {id} is not JSON: {e}"))
+        });
+        (id, value)
+    })
+    .collect()
+}
+
+/// Held events waiting under any of these hold keys (transfer_ins waiting for their transfer_out).
+pub fn held_by_keys(client: &mut SpiClient<'_>, keys: &[String]) -> Vec<(String, Value)> {
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    payload_rows(run(client, HELD_BY_KEYS, &[texts(keys.iter().cloned())]))
+}
+
+/// Held events, all or one, oldest first, locked against a concurrent replay.
+pub fn held(client: &mut SpiClient<'_>, event_id: Option<&str>) -> Vec<(String, Value)> {
+    match event_id {
+        Some(id) => payload_rows(run(client, HELD_ONE, &[text(id)])),
+        None => payload_rows(run(client, HELD_ALL, &[])),
+    }
+}
+
+struct EventRow {
+    event: Event,
+    payload: String,
+    status: &'static str,
+    journal: Option<i64>,
+    hold_key: Option<String>,
+}
+
+struct JournalRow {
+    event_id: String,
+    location: Option<String>,
+    business_date: Option<String>,
+    memo: String,
+    reverses: Option<i64>,
+}
+
+struct ExceptionRow {
+    event_id: Option<String>,
+    kind: &'static str,
+    reason: String,
+    payload: Option<String>,
+    location: Option<String>,
+    amount: Option<Decimal>,
+}
+
+/// Rows collected during a call; journal ids are provisional (1, 2, ...) until [`Writes::flush`].
+#[derive(Default)]
+pub struct Writes {
+    events: Vec<EventRow>,
+    pub replayed: Vec<(String, Option<i64>)>,
+    pub moves: Vec<(String, Key, StockMove)>,
+    journals: Vec<JournalRow>,
+    lines: Vec<(i64, JournalLine)>,
+    exceptions: Vec<ExceptionRow>,
+    pub effects: Vec<(Event, Effect)>,
+}
+
+impl Writes {
+    pub fn event(
+        &mut self,
+        ev: &Event,
+        payload: &str,
+        status: &'static str,
+        journal: Option<i64>,
+        hold_key: Option<String>,
+    ) {
+        self.events.push(EventRow {
+            event: ev.clone(),
+            payload: payload.to_string(),
+            status,
+            journal,
+            hold_key,
+        });
+    }
+
+    /// Exceptions raised by a posted or held event.
+    pub fn raised(&mut self, ev: &Event, raised: &[Raised]) {
+        for r in raised {
+            self.exceptions.push(ExceptionRow {
+                event_id: Some(ev.event_id.clone()),
+                kind: r.kind,
+                reason: r.reason.clone(),
+                payload: None,
+                location: Some(ev.location.clone()),
+                amount: r.amount,
+            });
+        }
+    }
+
+    /// An event that was not posted: kept whole, with the reasons, in the exception table.
+    pub fn rejected(
+        &mut self,
+        event_id: Option<&str>,
+        location: Option<&str>,
+        payload: &str,
+        raised: &[Raised],
+    ) {
+        for r in raised {
+            self.exceptions.push(ExceptionRow {
+                event_id: event_id.map(str::to_string),
+                kind: r.kind,
+                reason: r.reason.clone(),
+                payload: Some(payload.to_string()),
+                location: location.map(str::to_string),
+                amount: r.amount,
+            });
+        }
+    }
+
+    /// Adds a journal for the event's draft (already known to resolve); None when it has no lines.
+    pub fn journal(
+        &mut self,
+        ev: &Event,
+        draft: &JournalDraft,
+        accounts: &AccountMap,
+    ) -> Option<i64> {
+        let lines = draft
+            .resolve(accounts)
+            .unwrap_or_else(|_| internal("a journal lost its accounts between check and write"));
+        self.journal_lines(
+            &ev.event_id,
+            Some(&ev.location),
+            Some(&ev.business_date),
+            format!("{} {}", ev.kind, ev.event_id),
+            lines,
+            None,
+        )
+    }
+
+    /// Adds a journal from resolved lines; returns its provisional id.
+    pub fn journal_lines(
+        &mut self,
+        event_id: &str,
+        location: Option<&str>,
+        business_date: Option<&str>,
+        memo: String,
+        lines: Vec<JournalLine>,
+        reverses: Option<i64>,
+    ) -> Option<i64> {
+        if lines.is_empty() {
+            return None;
+        }
+        self.journals.push(JournalRow {
+            event_id: event_id.to_string(),
+            location: location.map(str::to_string),
+            business_date: business_date.map(str::to_string),
+            memo,
+            reverses,
+        });
+        let id = self.journals.len() as i64;
+        self.lines.extend(lines.into_iter().map(|l| (id, l)));
+        Some(id)
+    }
+
+    /// Writes everything collected; returns provisional journal id → real journal id.
+    pub fn flush(
+        self,
+        client: &mut SpiClient<'_>,
+        transfers: &[TransferState],
+    ) -> HashMap<i64, i64> {
+        let ids = allocate_journal_ids(client, self.journals.len());
+        let real = |p: Option<i64>| p.and_then(|p| ids.get(&p).copied());
+        if !self.journals.is_empty() {
+            let j = &self.journals;
+            run(
+                client,
+                INSERT_JOURNALS,
+                &[
+                    texts((1..=j.len() as i64).map(|p| real(Some(p)).map(|r| r.to_string()))),
+                    texts(j.iter().map(|r| r.event_id.clone())),
+                    texts(j.iter().map(|r| r.location.clone())),
+                    texts(j.iter().map(|r| r.business_date.clone())),
+                    texts(j.iter().map(|r| r.memo.clone())),
+                    texts(j.iter().map(|r| r.reverses.map(|x| x.to_string()))),
+                ],
+            );
+            let l = &self.lines;
+            run(
+                client,
+                INSERT_LINES,
+                &[
+                    texts(l.iter().map(|(p, _)| real(Some(*p)).map(|r| r.to_string()))),
+                    texts(l.iter().map(|(_, x)| x.line_no.to_string())),
+                    texts(l.iter().map(|(_, x)| x.account_code.clone())),
+                    texts(l.iter().map(|(_, x)| x.location_id.clone())),
+                    decimals(l.iter().map(|(_, x)| x.debit)),
+                    decimals(l.iter().map(|(_, x)| x.credit)),
+                ],
+            );
+        }
+        if !self.events.is_empty() {
+            let e = &self.events;
+            run(
+                client,
+                INSERT_EVENTS,
+                &[
+                    texts(e.iter().map(|r| r.event.event_id.clone())),
+                    texts(e.iter().map(|r| r.event.source.clone())),
+                    texts(e.iter().map(|r| r.event.kind.as_str().to_string())),
+                    texts(e.iter().map(|r| r.event.location.clone())),
+                    texts(e.iter().map(|r| r.event.register.clone())),
+                    texts(e.iter().map(|r| r.event.sequence.map(|s| s.to_string()))),
+                    texts(e.iter().map(|r| r.event.business_date.clone())),
+                    texts(e.iter().map(|r| r.event.occurred_at.clone())),
+                    texts(e.iter().map(|r| r.status.to_string())),
+                    texts(e.iter().map(|r| real(r.journal).map(|x| x.to_string()))),
+                    texts(e.iter().map(|r| r.payload.clone())),
+                    texts(e.iter().map(|r| r.hold_key.clone())),
+                ],
+            );
+        }
+        if !self.replayed.is_empty() {
+            let r = &self.replayed;
+            run(
+                client,
+                MARK_REPLAYED,
+                &[
+                    texts(r.iter().map(|x| x.0.clone())),
+                    texts(r.iter().map(|x| real(x.1).map(|j| j.to_string()))),
+                ],
+            );
+        }
+        if !self.moves.is_empty() {
+            let m = &self.moves;
+            run(
+                client,
+                INSERT_MOVES,
+                &[
+                    texts(m.iter().map(|x| x.0.clone())),
+                    texts(m.iter().map(|x| x.1 .0.clone())),
+                    texts(m.iter().map(|x| x.1 .1.clone())),
+                    decimals(m.iter().map(|x| x.2.qty)),
+                    decimals(m.iter().map(|x| x.2.unit_cost)),
+                    decimals(m.iter().map(|x| x.2.value)),
+                    decimals(m.iter().map(|x| x.2.on_hand_after)),
+                    decimals(m.iter().map(|x| x.2.value_after)),
+                ],
+            );
+        }
+        if !self.exceptions.is_empty() {
+            let x = &self.exceptions;
+            run(
+                client,
+                INSERT_EXCEPTIONS,
+                &[
+                    texts(x.iter().map(|r| r.event_id.clone())),
+                    texts(x.iter().map(|r| r.kind.to_string())),
+                    texts(x.iter().map(|r| r.reason.clone())),
+                    texts(x.iter().map(|r| r.payload.clone())),
+                    texts(x.iter().map(|r| r.location.clone())),
+                    texts(x.iter().map(|r| r.amount.map(|a| a.to_string()))),
+                ],
+            );
+        }
+        write_effects(client, &self.effects, transfers);
+        ids
+    }
+}
+
+fn allocate_journal_ids(client: &mut SpiClient<'_>, n: usize) -> HashMap<i64, i64> {
+    if n == 0 {
+        return HashMap::new();
+    }
+    let rows = run(
+        client,
+        ALLOCATE_JOURNAL_IDS,
+        &[pgrx::datum::DatumWithOid::from(n as i64)],
+    );
+    let ids: Vec<i64> = rows
+        .filter_map(|r| crate::statements::get_i64(&r, 1))
+        .collect();
+    if ids.len() != n {
+        internal("could not allocate journal ids");
+    }
+    ids.into_iter()
+        .enumerate()
+        .map(|(i, id)| (i as i64 + 1, id))
+        .collect()
+}
+
+const ALLOCATE_JOURNAL_IDS: &str =
+    "SELECT nextval('possync.journal_id_seq') FROM generate_series(1, $1::bigint)";
+
+const INSERT_JOURNALS: &str = "INSERT INTO possync.journal (journal_id, event_id, location_id, business_date, memo, reverses) \
+     SELECT j::bigint, e, l, d::date, m, r::bigint \
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS x(j, e, l, d, m, r)";
+
+const INSERT_LINES: &str = "INSERT INTO possync.journal_line (journal_id, line_no, account_code, location_id, debit, credit) \
+     SELECT j::bigint, n::integer, a, l, dr::numeric, cr::numeric \
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS x(j, n, a, l, dr, cr)";
+
+const INSERT_EVENTS: &str = "INSERT INTO possync.event (event_id, source, kind, location_id, register, sequence, \
+        business_date, occurred_at, status, journal_id, payload, hold_key) \
+     SELECT id, src, k, l, reg, seq::bigint, d::date, coalesce(o::timestamptz, now()), st, j::bigint, p::jsonb, h \
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+                   $9::text[], $10::text[], $11::text[], $12::text[]) AS x(id, src, k, l, reg, seq, d, o, st, j, p, h)";
+
+const MARK_REPLAYED: &str = "WITH posted AS ( \
+        UPDATE possync.event e SET status = 'applied', journal_id = x.j::bigint, hold_key = NULL \
+          FROM unnest($1::text[], $2::text[]) AS x(id, j) WHERE e.event_id = x.id RETURNING e.event_id) \
+     UPDATE possync.exception x SET status = 'resolved', resolved_at = now(), \
+            resolution = 'posted by replay once the missing data arrived' \
+       FROM posted WHERE x.event_id = posted.event_id AND x.status = 'open' \
+        AND x.kind IN ('unknown_sku', 'unknown_location', 'missing_account', 'awaiting_transfer_out')";
+
+const INSERT_MOVES: &str = "INSERT INTO possync.stock_move (event_id, sku, location_id, qty, unit_cost, value, \
+        on_hand_after, value_after) \
+     SELECT e, s, l, q::numeric, c::numeric, v::numeric, oh::numeric, va::numeric \
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
+            AS x(e, s, l, q, c, v, oh, va)";
+
+const INSERT_EXCEPTIONS: &str = "INSERT INTO possync.exception (event_id, kind, reason, payload, location_id, amount) \
+     SELECT e, k, r, p::jsonb, l, a::numeric \
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS x(e, k, r, p, l, a)";
+
+const SUPPLY_RECEIVED: &str = "UPDATE possync.supply s SET qty_open = greatest(s.qty_open - x.q, 0) \
+     FROM (SELECT id, sum(q::numeric) AS q FROM unnest($1::text[], $2::text[]) AS u(id, q) GROUP BY id) x \
+     WHERE s.supply_id = x.id";
+
+const RESERVATIONS_CONSUMED: &str = "UPDATE possync.reservation r \
+        SET status = 'consumed', closed_at = now(), consumed_by = x.e \
+       FROM unnest($1::text[], $2::text[]) AS x(id, e) WHERE r.reservation_id = x.id AND r.status = 'active'";
+
+const INSERT_TRANSFERS: &str =
+    "INSERT INTO possync.transfer (transfer_id, from_location, to_location, out_event_id) \
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])";
+
+const UPSERT_TRANSFER_LINES: &str = "INSERT INTO possync.transfer_line AS t (transfer_id, sku, qty_shipped, value_shipped, \
+        qty_received, value_received) \
+     SELECT id, s, qs::numeric, vs::numeric, qr::numeric, vr::numeric \
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS x(id, s, qs, vs, qr, vr) \
+     ON CONFLICT (transfer_id, sku) DO UPDATE SET qty_received = EXCLUDED.qty_received, \
+        value_received = EXCLUDED.value_received";
+
+const INSERT_COUNT_LINES: &str = "INSERT INTO possync.count_line (event_id, sku, location_id, business_date, system_qty, counted_qty) \
+     SELECT e, s, l, d::date, sq::numeric, cq::numeric \
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS x(e, s, l, d, sq, cq) \
+     ON CONFLICT (event_id, sku) DO UPDATE SET counted_qty = EXCLUDED.counted_qty";
+
+fn write_effects(
+    client: &mut SpiClient<'_>,
+    effects: &[(Event, Effect)],
+    transfers: &[TransferState],
+) {
+    let mut supply = (Vec::new(), Vec::new());
+    let mut consumed = (Vec::new(), Vec::new());
+    let mut counted: Vec<(&Event, &str, Decimal, Decimal)> = Vec::new();
+    for (ev, effect) in effects {
+        match effect {
+            Effect::SupplyReceived { supply_id, qty } => {
+                supply.0.push(supply_id.clone());
+                supply.1.push(*qty);
+            }
+            Effect::ReservationConsumed { reservation_id, .. } => {
+                consumed.0.push(reservation_id.clone());
+                consumed.1.push(ev.event_id.clone());
+            }
+            Effect::Counted {
+                sku,
+                system_qty,
+                counted_qty,
+            } => counted.push((ev, sku, *system_qty, *counted_qty)),
+            Effect::Shipped(_) | Effect::Received { .. } => {}
+        }
+    }
+    if !supply.0.is_empty() {
+        run(
+            client,
+            SUPPLY_RECEIVED,
+            &[texts(supply.0), decimals(supply.1)],
+        );
+    }
+    if !consumed.0.is_empty() {
+        run(
+            client,
+            RESERVATIONS_CONSUMED,
+            &[texts(consumed.0), texts(consumed.1)],
+        );
+    }
+    if !counted.is_empty() {
+        run(
+            client,
+            INSERT_COUNT_LINES,
+            &[
+                texts(counted.iter().map(|c| c.0.event_id.clone())),
+                texts(counted.iter().map(|c| c.1.to_string())),
+                texts(counted.iter().map(|c| c.0.location.clone())),
+                texts(counted.iter().map(|c| c.0.business_date.clone())),
+                decimals(counted.iter().map(|c| c.2)),
+                decimals(counted.iter().map(|c| c.3)),
+            ],
+        );
+    }
+    let new: Vec<&TransferState> = transfers.iter().filter(|t| t.new).collect();
+    if !new.is_empty() {
+        run(
+            client,
+            INSERT_TRANSFERS,
+            &[
+                texts(new.iter().map(|t| t.transfer_id.clone())),
+                texts(new.iter().map(|t| t.from_location.clone())),
+                texts(new.iter().map(|t| t.to_location.clone())),
+                texts(new.iter().map(|t| t.out_event_id.clone())),
+            ],
+        );
+    }
+    let lines: Vec<(&str, &str, &TransferLine)> = transfers
+        .iter()
+        .flat_map(|t| {
+            t.lines
+                .iter()
+                .filter(move |(_, l)| t.new || l.changed)
+                .map(move |(sku, l)| (t.transfer_id.as_str(), sku.as_str(), l))
+        })
+        .collect();
+    if !lines.is_empty() {
+        run(
+            client,
+            UPSERT_TRANSFER_LINES,
+            &[
+                texts(lines.iter().map(|l| l.0.to_string())),
+                texts(lines.iter().map(|l| l.1.to_string())),
+                decimals(lines.iter().map(|l| l.2.qty_shipped)),
+                decimals(lines.iter().map(|l| l.2.value_shipped)),
+                decimals(lines.iter().map(|l| l.2.qty_received)),
+                decimals(lines.iter().map(|l| l.2.value_received)),
+            ],
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! Prepared statements kept for the life of the backend, and conversions at the SPI boundary.
+//!
+//! Every statement is planned once per backend and reused; arguments are passed as arrays so that one
+//! statement writes a whole batch (`unnest`), never one statement per row.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::PgOid;
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData, SpiTupleTable};
+use rust_decimal::Decimal;
+
+thread_local! {
+    static PLANS: RefCell<HashMap<&'static str, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+}
+
+/// Runs `sql` as a kept plan (prepared on first use) with `args`.
+pub fn run<'c>(
+    client: &mut SpiClient<'c>,
+    sql: &'static str,
+    args: &[DatumWithOid],
+) -> SpiTupleTable<'c> {
+    PLANS.with(|plans| {
+        let mut plans = plans.borrow_mut();
+        if !plans.contains_key(sql) {
+            let oids: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
+            let plan = client
+                .prepare_mut(sql, &oids)
+                .unwrap_or_else(|e| {
+                    internal(&format!("preparing a possync statement failed: {e}: {sql}"))
+                })
+                .keep();
+            plans.insert(sql, plan);
+        }
+        let Some(plan) = plans.get(sql) else {
+            internal("a prepared statement vanished from the plan cache")
+        };
+        client
+            .update(plan, None, args)
+            .unwrap_or_else(|e| internal(&format!("a possync statement failed: {e}: {sql}")))
+    })
+}
+
+/// An internal error: a bug or a broken installation, never bad user data.
+pub fn internal(message: &str) -> ! {
+    ereport!(
+        PgLogLevel::ERROR,
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        message.to_string()
+    );
+    unreachable!("ereport(ERROR) does not return")
+}
+
+/// A text[] argument.
+pub fn texts<'a, I, S>(values: I) -> DatumWithOid<'a>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<Option<String>>,
+{
+    let v: Vec<Option<String>> = values.into_iter().map(Into::into).collect();
+    DatumWithOid::from(v)
+}
+
+/// A text[] argument of decimals (cast to numeric[] in SQL).
+pub fn decimals<'a, I>(values: I) -> DatumWithOid<'a>
+where
+    I: IntoIterator<Item = Decimal>,
+{
+    texts(values.into_iter().map(|d| Some(d.to_string())))
+}
+
+/// A text argument.
+pub fn text<'a>(value: &str) -> DatumWithOid<'a> {
+    DatumWithOid::from(value.to_string())
+}
+
+/// Column `n` (1-based) as text, or None for NULL.
+pub fn get_text(row: &SpiHeapTupleData, n: usize) -> Option<String> {
+    row.get::<String>(n)
+        .unwrap_or_else(|e| internal(&format!("reading column {n} as text: {e}")))
+}
+
+/// Column `n` (1-based), selected as `::text`, as a Decimal; None for NULL.
+pub fn get_decimal(row: &SpiHeapTupleData, n: usize) -> Option<Decimal> {
+    get_text(row, n).map(|s| {
+        Decimal::from_str(&s)
+            .unwrap_or_else(|_| internal(&format!("{s} does not fit a 28-digit decimal")))
+    })
+}
+
+/// Column `n` (1-based) as bigint.
+pub fn get_i64(row: &SpiHeapTupleData, n: usize) -> Option<i64> {
+    row.get::<i64>(n)
+        .unwrap_or_else(|e| internal(&format!("reading column {n} as bigint: {e}")))
+}
+
+/// Column `n` (1-based) as boolean.
+pub fn get_bool(row: &SpiHeapTupleData, n: usize) -> Option<bool> {
+    row.get::<bool>(n)
+        .unwrap_or_else(|e| internal(&format!("reading column {n} as boolean: {e}")))
+}

@@ -1,0 +1,167 @@
+//! Moving weighted average cost per sku and location.
+//!
+//! Values are rounded to cents (half away from zero) per move; the average is kept to 6 decimals. A move that
+//! empties the location takes the whole remaining value, so no cents are stranded.
+
+use rust_decimal::{Decimal, RoundingStrategy};
+
+/// Rounds money to cents, half away from zero.
+pub fn cents(d: Decimal) -> Decimal {
+    d.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+}
+
+/// Rounds a unit cost to the 6 decimals the average is kept in.
+pub fn unit(d: Decimal) -> Decimal {
+    d.round_dp_with_strategy(6, RoundingStrategy::MidpointAwayFromZero)
+}
+
+/// Quantity and value of one sku at one location, as locked for this transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Balance {
+    pub on_hand: Decimal,
+    pub value: Decimal,
+    /// None until something has been received here; then the item's standard cost is not used.
+    pub avg_cost: Option<Decimal>,
+    pub reserved: Decimal,
+}
+
+/// One stock ledger row: signed quantity and value, and the balance after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StockMove {
+    pub qty: Decimal,
+    pub unit_cost: Decimal,
+    pub value: Decimal,
+    pub on_hand_after: Decimal,
+    pub value_after: Decimal,
+}
+
+impl Balance {
+    pub fn empty() -> Balance {
+        Balance {
+            on_hand: Decimal::ZERO,
+            value: Decimal::ZERO,
+            avg_cost: None,
+            reserved: Decimal::ZERO,
+        }
+    }
+
+    /// The cost of one unit leaving now: the moving average, or the standard cost before any receipt.
+    pub fn current_cost(&self, standard_cost: Decimal) -> Decimal {
+        self.avg_cost.unwrap_or(standard_cost)
+    }
+
+    /// `qty` units (positive) leave at the moving average cost.
+    pub fn issue(&mut self, qty: Decimal, standard_cost: Decimal) -> StockMove {
+        let cost = self.current_cost(standard_cost);
+        let after = self.on_hand - qty;
+        let value = if after.is_zero() {
+            self.value
+        } else {
+            cents(qty * cost)
+        };
+        self.issue_at_value(qty, value, cost)
+    }
+
+    /// `qty` units (positive) leave carrying exactly `value`; the average is unchanged.
+    pub fn issue_at_value(
+        &mut self,
+        qty: Decimal,
+        value: Decimal,
+        unit_cost: Decimal,
+    ) -> StockMove {
+        self.on_hand -= qty;
+        self.value -= value;
+        self.record(-qty, unit_cost, -value)
+    }
+
+    /// `qty` units (positive) arrive at `unit_cost` each.
+    pub fn receive(&mut self, qty: Decimal, unit_cost: Decimal) -> StockMove {
+        self.receive_at_value(qty, cents(qty * unit_cost), unit_cost)
+    }
+
+    /// `qty` units (positive) arrive carrying exactly `value`; the average moves to value / on_hand.
+    pub fn receive_at_value(
+        &mut self,
+        qty: Decimal,
+        value: Decimal,
+        unit_cost: Decimal,
+    ) -> StockMove {
+        self.on_hand += qty;
+        self.value += value;
+        if self.on_hand > Decimal::ZERO && self.value >= Decimal::ZERO {
+            self.avg_cost = Some(unit(self.value / self.on_hand));
+        } else if self.avg_cost.is_none() {
+            // still short after the receipt: the receipt's cost is the best average there is
+            self.avg_cost = Some(unit(unit_cost));
+        }
+        self.record(qty, unit(unit_cost), value)
+    }
+
+    /// Undoes a move exactly (for reversals): the opposite quantity and value.
+    pub fn reverse(&mut self, original: &StockMove) -> StockMove {
+        let qty = -original.qty;
+        let value = -original.value;
+        if qty > Decimal::ZERO {
+            self.receive_at_value(qty, value, original.unit_cost)
+        } else {
+            self.issue_at_value(-qty, -value, original.unit_cost)
+        }
+    }
+
+    fn record(&self, qty: Decimal, unit_cost: Decimal, value: Decimal) -> StockMove {
+        StockMove {
+            qty,
+            unit_cost,
+            value,
+            on_hand_after: self.on_hand,
+            value_after: self.value,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Decimal {
+        s.parse().expect("decimal")
+    }
+
+    #[test]
+    fn moving_average_and_no_stranded_cents() {
+        let mut b = Balance::empty();
+        b.receive(d("3"), d("1.00"));
+        b.receive(d("1"), d("2.00"));
+        // (3.00 + 2.00) / 4
+        assert_eq!(b.avg_cost, Some(d("1.25")));
+        let m = b.issue(d("1"), d("9"));
+        assert_eq!(m.value, d("-1.25"));
+        b.receive(d("2"), d("1.10"));
+        // (3.75 + 2.20) / 5 = 1.19
+        assert_eq!(b.avg_cost, Some(d("1.19")));
+        b.receive(d("1"), d("0.01"));
+        // 5.96 / 6 = 0.993333..
+        assert_eq!(b.avg_cost, Some(d("0.993333")));
+        let m1 = b.issue(d("5"), d("0"));
+        assert_eq!(m1.value, d("-4.97"));
+        let m2 = b.issue(d("1"), d("0"));
+        // the last unit takes what is left: 5.96 - 4.97
+        assert_eq!(m2.value, d("-0.99"));
+        assert_eq!((b.on_hand, b.value), (d("0"), d("0")));
+    }
+
+    #[test]
+    fn standard_cost_before_any_receipt_and_negative_stock() {
+        let mut b = Balance::empty();
+        let m = b.issue(d("2"), d("4.005"));
+        assert_eq!(m.value, d("-8.01"));
+        assert_eq!(b.on_hand, d("-2"));
+        let r = b.receive(d("5"), d("5"));
+        assert_eq!(r.value, d("25.00"));
+        assert_eq!(b.value, d("16.99"));
+        assert_eq!(b.avg_cost, Some(d("5.663333")));
+        let back = b.reverse(&r);
+        assert_eq!(back.value, d("-25.00"));
+        assert_eq!((b.on_hand, b.value), (d("-2"), d("-8.01")));
+    }
+}
