@@ -13,11 +13,17 @@ pub struct Finding {
 }
 
 fn ok(what: impl Into<String>) -> Finding {
-    Finding { ok: true, what: what.into() }
+    Finding {
+        ok: true,
+        what: what.into(),
+    }
 }
 
 fn problem(what: impl Into<String>) -> Finding {
-    Finding { ok: false, what: what.into() }
+    Finding {
+        ok: false,
+        what: what.into(),
+    }
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
@@ -69,7 +75,10 @@ async fn check_source(source: &Source, mapping: &Mapping) -> Vec<Finding> {
             return out;
         }
     };
-    match pos.query_one("SELECT current_setting('wal_level')", &[]).await {
+    match pos
+        .query_one("SELECT current_setting('wal_level')", &[])
+        .await
+    {
         Ok(row) => {
             let level: String = row.get(0);
             if level == "logical" {
@@ -106,7 +115,9 @@ async fn check_source(source: &Source, mapping: &Mapping) -> Vec<Finding> {
             )
             .await;
         match row {
-            Ok(None) => out.push(problem(format!("{name}: mapped table {table} does not exist"))),
+            Ok(None) => out.push(problem(format!(
+                "{name}: mapped table {table} does not exist"
+            ))),
             Ok(Some(r)) => {
                 let ident: String = r.get(0);
                 let has_pk: bool = r.get(1);
@@ -125,7 +136,9 @@ async fn check_source(source: &Source, mapping: &Mapping) -> Vec<Finding> {
                         "{name}: the role may not SELECT from {table} (needed to publish it)"
                     )));
                 } else {
-                    out.push(ok(format!("{name}: table {table} is mapped and has a replica identity")));
+                    out.push(ok(format!(
+                        "{name}: table {table} is mapped and has a replica identity"
+                    )));
                 }
             }
             Err(e) => out.push(problem(format!("{name}: cannot inspect {table}: {e}"))),
@@ -145,11 +158,18 @@ async fn check_source(source: &Source, mapping: &Mapping) -> Vec<Finding> {
         Ok(Some(_)) => out.push(problem(format!(
             "{name}: slot {slot} exists but does not use pgoutput; drop it"
         ))),
-        Ok(None) => out.push(ok(format!("{name}: slot {slot} will be created on first run"))),
-        Err(e) => out.push(problem(format!("{name}: cannot read replication slots: {e}"))),
+        Ok(None) => out.push(ok(format!(
+            "{name}: slot {slot} will be created on first run"
+        ))),
+        Err(e) => out.push(problem(format!(
+            "{name}: cannot read replication slots: {e}"
+        ))),
     }
     match pos
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&PUBLICATION])
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&PUBLICATION],
+        )
         .await
     {
         Ok(Some(_)) => out.push(ok(format!("{name}: publication {PUBLICATION} exists"))),
@@ -162,7 +182,10 @@ async fn check_source(source: &Source, mapping: &Mapping) -> Vec<Finding> {
 }
 
 /// Per-source checkpoint, lag (when the POS is given) and held / rejected counts, as printable lines.
-pub async fn status(erp_url: &str, sources: &[Source]) -> Result<Vec<String>, tokio_postgres::Error> {
+pub async fn status(
+    erp_url: &str,
+    sources: &[Source],
+) -> Result<Vec<String>, tokio_postgres::Error> {
     let erp = connect(erp_url).await?;
     let rows = erp
         .query(

@@ -9,7 +9,11 @@ use tokio::sync::watch;
 use crate::metrics::Registry;
 
 /// Serves until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -34,7 +38,9 @@ async fn respond(mut stream: TcpStream, registry: &Registry) -> std::io::Result<
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
         let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut chunk))
             .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out")
+            })??;
         if n == 0 {
             break;
         }
@@ -57,7 +63,11 @@ async fn respond(mut stream: TcpStream, registry: &Registry) -> std::io::Result<
                 .map(|s| format!("{} {}\n", s.name, s.state().as_str()))
                 .collect();
             if registry.healthy() {
-                ("200 OK", "text/plain; charset=utf-8", format!("ok\n{detail}"))
+                (
+                    "200 OK",
+                    "text/plain; charset=utf-8",
+                    format!("ok\n{detail}"),
+                )
             } else {
                 (
                     "503 Service Unavailable",
@@ -67,7 +77,11 @@ async fn respond(mut stream: TcpStream, registry: &Registry) -> std::io::Result<
             }
         }
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        _ => ("405 Method Not Allowed", "text/plain", "use GET\n".to_string()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "use GET\n".to_string(),
+        ),
     };
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod assembler;
+pub mod check;
 pub mod decoder;
 pub mod http;
 pub mod lsn;
@@ -9,4 +10,3 @@ pub mod mapping;
 pub mod metrics;
 pub mod replication;
 pub mod source;
-pub mod check;

@@ -14,7 +14,11 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(name = "possync-bridge", version, about = "Stream POS databases into possync over logical replication, exactly once")]
+#[command(
+    name = "possync-bridge",
+    version,
+    about = "Stream POS databases into possync over logical replication, exactly once"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -137,7 +141,11 @@ fn resolve(s: &Settings, need_sources: bool) -> Result<Resolved, CliError> {
         .erp
         .clone()
         .or(file.erp.as_deref().map(expand_env))
-        .ok_or_else(|| CliError::Usage("give the ERP database with --erp URL (or erp = \"...\" in --config)".into()))?;
+        .ok_or_else(|| {
+            CliError::Usage(
+                "give the ERP database with --erp URL (or erp = \"...\" in --config)".into(),
+            )
+        })?;
     let mut sources: Vec<Source> = file
         .source
         .iter()
@@ -148,10 +156,15 @@ fn resolve(s: &Settings, need_sources: bool) -> Result<Resolved, CliError> {
         .collect();
     for spec in &s.sources {
         let (name, url) = spec.split_once('=').ok_or_else(|| {
-            CliError::Usage(format!("--source takes NAME=URL; got \"{}\"", spec.split('=').next().unwrap_or_default()))
+            CliError::Usage(format!(
+                "--source takes NAME=URL; got \"{}\"",
+                spec.split('=').next().unwrap_or_default()
+            ))
         })?;
         if name.is_empty() || name.len() > 40 {
-            return Err(CliError::Usage("a source name must be 1 to 40 characters".into()));
+            return Err(CliError::Usage(
+                "a source name must be 1 to 40 characters".into(),
+            ));
         }
         sources.push(Source {
             name: name.to_string(),
@@ -159,15 +172,20 @@ fn resolve(s: &Settings, need_sources: bool) -> Result<Resolved, CliError> {
         });
     }
     if need_sources && sources.is_empty() {
-        return Err(CliError::Usage("give at least one --source NAME=URL".into()));
+        return Err(CliError::Usage(
+            "give at least one --source NAME=URL".into(),
+        ));
     }
     let mapping = match s.mapping.clone().or(file.mapping) {
-        Some(path) => Mapping::from_toml(&read(&path)?).map_err(|source| CliError::Mapping { path, source })?,
+        Some(path) => Mapping::from_toml(&read(&path)?)
+            .map_err(|source| CliError::Mapping { path, source })?,
         None => Mapping::reference(),
     };
     let apply = ApplySettings {
         batch_max_txns: file.batch_max_txns.unwrap_or(s.batch_max_txns).max(1),
-        batch_max_wait: Duration::from_millis(file.batch_max_wait_ms.unwrap_or(s.batch_max_wait_ms)),
+        batch_max_wait: Duration::from_millis(
+            file.batch_max_wait_ms.unwrap_or(s.batch_max_wait_ms),
+        ),
         ..ApplySettings::default()
     };
     Ok(Resolved {
@@ -214,8 +232,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(_) => run(resolved).await,
             Command::Check(_) => {
-                let findings =
-                    possync_bridge::check::check(&resolved.erp, &resolved.sources, &resolved.mapping).await;
+                let findings = possync_bridge::check::check(
+                    &resolved.erp,
+                    &resolved.sources,
+                    &resolved.mapping,
+                )
+                .await;
                 let mut failed = false;
                 for f in &findings {
                     println!("{} {}", if f.ok { "ok   " } else { "ERROR" }, f.what);
@@ -227,18 +249,20 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
             }
-            Command::Status(_) => match possync_bridge::check::status(&resolved.erp, &resolved.sources).await {
-                Ok(lines) => {
-                    for l in lines {
-                        println!("{l}");
+            Command::Status(_) => {
+                match possync_bridge::check::status(&resolved.erp, &resolved.sources).await {
+                    Ok(lines) => {
+                        for l in lines {
+                            println!("{l}");
+                        }
+                        ExitCode::SUCCESS
                     }
-                    ExitCode::SUCCESS
+                    Err(e) => {
+                        eprintln!("possync-bridge: status: {e}");
+                        ExitCode::FAILURE
+                    }
                 }
-                Err(e) => {
-                    eprintln!("possync-bridge: status: {e}");
-                    ExitCode::FAILURE
-                }
-            },
+            }
         }
     })
 }
@@ -250,7 +274,11 @@ async fn run(r: Resolved) -> ExitCode {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
                 tracing::info!(addr = %addr, "serving /metrics and /healthz");
-                tokio::spawn(possync_bridge::http::serve(listener, registry.clone(), stop_rx.clone()));
+                tokio::spawn(possync_bridge::http::serve(
+                    listener,
+                    registry.clone(),
+                    stop_rx.clone(),
+                ));
             }
             Err(e) => {
                 eprintln!("possync-bridge: cannot listen on {addr}: {e}");

@@ -280,10 +280,7 @@ impl Mapping {
             (None, None) => String::new(),
         };
         let mut ev = Map::new();
-        ev.insert(
-            "event_id".into(),
-            Value::from(render_id(&em.event_id, row)),
-        );
+        ev.insert("event_id".into(), Value::from(render_id(&em.event_id, row)));
         ev.insert("kind".into(), Value::from(kind.clone()));
         ev.insert("source".into(), Value::from(source));
         put_fields(&mut ev, &em.fields, &kind, row);
@@ -304,7 +301,7 @@ impl Mapping {
                 }
             }
             if let Some(ob) = &child.order_by {
-                rows.sort_by(|a, b| order_key(a.1.get(ob)).cmp(&order_key(b.1.get(ob))));
+                rows.sort_by_key(|a| order_key(a.1.get(ob)));
             }
             let mut items = Vec::with_capacity(rows.len());
             for (_, r) in &rows {
@@ -320,7 +317,11 @@ impl Mapping {
             }
             raw_children.insert(
                 child.table.clone(),
-                Value::Array(rows.iter().map(|(_, r)| Value::Object((*r).clone())).collect()),
+                Value::Array(
+                    rows.iter()
+                        .map(|(_, r)| Value::Object((*r).clone()))
+                        .collect(),
+                ),
             );
         }
         let built = Value::Object(ev);
@@ -465,7 +466,9 @@ pub fn row_of(relation: &Relation, tuple: &Tuple) -> Map<String, Value> {
         let v = match datum {
             Datum::UnchangedToast => continue,
             Datum::Null => Value::Null,
-            Datum::Binary(b) => Value::from(b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+            Datum::Binary(b) => {
+                Value::from(b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+            }
             Datum::Text(t) => json_of_text(col.type_oid, t),
         };
         m.insert(col.name.clone(), v);
@@ -491,7 +494,10 @@ pub fn rfc3339(iso: &str) -> String {
     let mut s = iso.replacen(' ', "T", 1);
     let b = s.as_bytes();
     let n = b.len();
-    if n >= 3 && (b[n - 3] == b'+' || b[n - 3] == b'-') && b[n - 2].is_ascii_digit() && b[n - 1].is_ascii_digit()
+    if n >= 3
+        && (b[n - 3] == b'+' || b[n - 3] == b'-')
+        && b[n - 2].is_ascii_digit()
+        && b[n - 1].is_ascii_digit()
     {
         s.push_str(":00");
     }

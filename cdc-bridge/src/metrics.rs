@@ -135,56 +135,134 @@ impl Registry {
 
     /// True when every source streams or stands by for another bridge.
     pub fn healthy(&self) -> bool {
-        self.sources().iter().all(|s| {
-            matches!(s.state(), SourceState::Streaming | SourceState::Standby)
-        })
+        self.sources()
+            .iter()
+            .all(|s| matches!(s.state(), SourceState::Streaming | SourceState::Standby))
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let sources = self.sources();
         let mut out = String::new();
-        let counter = |out: &mut String, name: &str, help: &str, get: &dyn Fn(&SourceMetrics) -> u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for s in &sources {
-                let _ = writeln!(out, "{name}{{source=\"{}\"}} {}", s.name, get(s));
-            }
-        };
+        let counter =
+            |out: &mut String, name: &str, help: &str, get: &dyn Fn(&SourceMetrics) -> u64| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+                for s in &sources {
+                    let _ = writeln!(out, "{name}{{source=\"{}\"}} {}", s.name, get(s));
+                }
+            };
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter(&mut out, "possync_bridge_transactions_applied_total", "POS transactions the ERP committed", &|s| r(&s.transactions_applied));
-        counter(&mut out, "possync_bridge_events_applied_total", "Events posted (status applied)", &|s| r(&s.events_applied));
-        counter(&mut out, "possync_bridge_events_duplicate_total", "Events the ERP already had", &|s| r(&s.events_duplicate));
-        counter(&mut out, "possync_bridge_events_conflict_total", "Events with a known id and another payload", &|s| r(&s.events_conflict));
-        counter(&mut out, "possync_bridge_events_held_total", "Events held until they can post", &|s| r(&s.events_held));
-        counter(&mut out, "possync_bridge_events_rejected_total", "Events kept as rejected", &|s| r(&s.events_rejected));
-        counter(&mut out, "possync_bridge_batches_total", "apply_batch calls that applied", &|s| r(&s.batches_applied));
-        counter(&mut out, "possync_bridge_batches_skipped_total", "apply_batch calls at or below the checkpoint", &|s| r(&s.batches_skipped));
-        counter(&mut out, "possync_bridge_retries_total", "Sessions restarted after an error", &|s| r(&s.retries));
-        let gauge = |out: &mut String, name: &str, help: &str, get: &dyn Fn(&SourceMetrics) -> f64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-            for s in &sources {
-                let _ = writeln!(out, "{name}{{source=\"{}\"}} {}", s.name, get(s));
-            }
-        };
-        gauge(&mut out, "possync_bridge_lag_bytes", "POS WAL end minus the ERP checkpoint", &|s| {
-            r(&s.wal_end).saturating_sub(r(&s.checkpoint)) as f64
-        });
-        gauge(&mut out, "possync_bridge_lag_seconds", "POS commit to ERP commit of the last applied transaction", &|s| {
-            r(&s.lag_micros) as f64 / 1e6
-        });
-        gauge(&mut out, "possync_bridge_checkpoint_lsn", "Last POS commit LSN the ERP committed", &|s| r(&s.checkpoint) as f64);
-        gauge(&mut out, "possync_bridge_streaming", "1 while the source streams", &|s| {
-            f64::from(u8::from(s.state() == SourceState::Streaming))
-        });
+        counter(
+            &mut out,
+            "possync_bridge_transactions_applied_total",
+            "POS transactions the ERP committed",
+            &|s| r(&s.transactions_applied),
+        );
+        counter(
+            &mut out,
+            "possync_bridge_events_applied_total",
+            "Events posted (status applied)",
+            &|s| r(&s.events_applied),
+        );
+        counter(
+            &mut out,
+            "possync_bridge_events_duplicate_total",
+            "Events the ERP already had",
+            &|s| r(&s.events_duplicate),
+        );
+        counter(
+            &mut out,
+            "possync_bridge_events_conflict_total",
+            "Events with a known id and another payload",
+            &|s| r(&s.events_conflict),
+        );
+        counter(
+            &mut out,
+            "possync_bridge_events_held_total",
+            "Events held until they can post",
+            &|s| r(&s.events_held),
+        );
+        counter(
+            &mut out,
+            "possync_bridge_events_rejected_total",
+            "Events kept as rejected",
+            &|s| r(&s.events_rejected),
+        );
+        counter(
+            &mut out,
+            "possync_bridge_batches_total",
+            "apply_batch calls that applied",
+            &|s| r(&s.batches_applied),
+        );
+        counter(
+            &mut out,
+            "possync_bridge_batches_skipped_total",
+            "apply_batch calls at or below the checkpoint",
+            &|s| r(&s.batches_skipped),
+        );
+        counter(
+            &mut out,
+            "possync_bridge_retries_total",
+            "Sessions restarted after an error",
+            &|s| r(&s.retries),
+        );
+        let gauge =
+            |out: &mut String, name: &str, help: &str, get: &dyn Fn(&SourceMetrics) -> f64| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+                for s in &sources {
+                    let _ = writeln!(out, "{name}{{source=\"{}\"}} {}", s.name, get(s));
+                }
+            };
+        gauge(
+            &mut out,
+            "possync_bridge_lag_bytes",
+            "POS WAL end minus the ERP checkpoint",
+            &|s| r(&s.wal_end).saturating_sub(r(&s.checkpoint)) as f64,
+        );
+        gauge(
+            &mut out,
+            "possync_bridge_lag_seconds",
+            "POS commit to ERP commit of the last applied transaction",
+            &|s| r(&s.lag_micros) as f64 / 1e6,
+        );
+        gauge(
+            &mut out,
+            "possync_bridge_checkpoint_lsn",
+            "Last POS commit LSN the ERP committed",
+            &|s| r(&s.checkpoint) as f64,
+        );
+        gauge(
+            &mut out,
+            "possync_bridge_streaming",
+            "1 while the source streams",
+            &|s| f64::from(u8::from(s.state() == SourceState::Streaming)),
+        );
         let name = "possync_bridge_apply_seconds";
-        let _ = writeln!(out, "# HELP {name} apply_batch round trip\n# TYPE {name} histogram");
+        let _ = writeln!(
+            out,
+            "# HELP {name} apply_batch round trip\n# TYPE {name} histogram"
+        );
         for s in &sources {
             for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "{name}_bucket{{source=\"{}\",le=\"{bound}\"}} {}", s.name, r(&s.latency_buckets[i]));
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{source=\"{}\",le=\"{bound}\"}} {}",
+                    s.name,
+                    r(&s.latency_buckets[i])
+                );
             }
             let count = r(&s.latency_count);
-            let _ = writeln!(out, "{name}_bucket{{source=\"{}\",le=\"+Inf\"}} {count}", s.name);
-            let _ = writeln!(out, "{name}_sum{{source=\"{}\"}} {}", s.name, r(&s.latency_sum_micros) as f64 / 1e6);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{source=\"{}\",le=\"+Inf\"}} {count}",
+                s.name
+            );
+            let _ = writeln!(
+                out,
+                "{name}_sum{{source=\"{}\"}} {}",
+                s.name,
+                r(&s.latency_sum_micros) as f64 / 1e6
+            );
             let _ = writeln!(out, "{name}_count{{source=\"{}\"}} {count}", s.name);
         }
         out

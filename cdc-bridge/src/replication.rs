@@ -54,7 +54,11 @@ pub struct SystemIdentity {
 #[derive(Debug)]
 pub enum StreamMessage {
     /// WAL data: one pgoutput message.
-    XLogData { wal_start: Lsn, wal_end: Lsn, data: Bytes },
+    XLogData {
+        wal_start: Lsn,
+        wal_end: Lsn,
+        data: Bytes,
+    },
     /// The server's keepalive; `reply_requested` asks for a status update at once.
     Keepalive { wal_end: Lsn, reply_requested: bool },
 }
@@ -245,9 +249,9 @@ impl ReplicationConnection {
     /// IDENTIFY_SYSTEM.
     pub async fn identify_system(&mut self) -> Result<SystemIdentity, ReplicationError> {
         let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
-        let row = rows
-            .first()
-            .ok_or(ReplicationError::Malformed("IDENTIFY_SYSTEM returned no row"))?;
+        let row = rows.first().ok_or(ReplicationError::Malformed(
+            "IDENTIFY_SYSTEM returned no row",
+        ))?;
         let col = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
         Ok(SystemIdentity {
             system_id: col(0),
@@ -343,4 +347,3 @@ impl ReplicationConnection {
             .await
     }
 }
-

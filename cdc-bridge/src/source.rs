@@ -15,9 +15,7 @@ use crate::decoder::{decode, DecodeError};
 use crate::lsn::Lsn;
 use crate::mapping::Mapping;
 use crate::metrics::{SourceMetrics, SourceState};
-use crate::replication::{
-    pg_now_micros, ReplicationConnection, ReplicationError, StreamMessage,
-};
+use crate::replication::{pg_now_micros, ReplicationConnection, ReplicationError, StreamMessage};
 
 /// The publication the bridge reads on every POS.
 pub const PUBLICATION: &str = "possync";
@@ -108,7 +106,16 @@ pub async fn run(
             break;
         }
         let started = Instant::now();
-        match session(&source, &erp_url, &mapping, &settings, &metrics, shutdown.clone()).await {
+        match session(
+            &source,
+            &erp_url,
+            &mapping,
+            &settings,
+            &metrics,
+            shutdown.clone(),
+        )
+        .await
+        {
             Ok(SessionEnd::Shutdown) => break,
             Err(e) => {
                 metrics.set_state(SourceState::Retrying);
@@ -136,14 +143,19 @@ pub async fn ensure_publication(pos_url: &str, mapping: &Mapping) -> Result<(), 
     let (client, connection) = tokio_postgres::connect(pos_url, NoTls).await?;
     let driver = tokio::spawn(connection);
     let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&PUBLICATION])
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&PUBLICATION],
+        )
         .await?
         .is_some();
     let tables: Vec<String> = mapping.tables();
     if !exists {
         let list = tables.join(", ");
         client
-            .batch_execute(&format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE {list}"))
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {PUBLICATION} FOR TABLE {list}"
+            ))
             .await?;
         tracing::info!(publication = PUBLICATION, tables = %list, "created publication");
     } else {
@@ -215,7 +227,9 @@ async fn session(
         settings.status_interval,
         metrics.clone(),
     );
-    let applier = apply_loop(&erp, source, rx, checkpoint, committed, settings, metrics, shutdown);
+    let applier = apply_loop(
+        &erp, source, rx, checkpoint, committed, settings, metrics, shutdown,
+    );
     tokio::select! {
         r = reader => match r {
             Ok(()) => Err(SessionError::ApplierGone),
@@ -324,7 +338,10 @@ async fn apply_loop(
         let Some(last) = batch.last() else { continue };
         let last_lsn = last.commit_lsn;
         let last_commit_time = last.commit_time;
-        let events: Vec<Value> = batch.iter().flat_map(|t| t.events.iter().cloned()).collect();
+        let events: Vec<Value> = batch
+            .iter()
+            .flat_map(|t| t.events.iter().cloned())
+            .collect();
         let started = Instant::now();
         // a shutdown request waits for the batch in flight: the call is not cancelled
         let outcome = erp.apply_batch(&source.name, last_lsn, &events).await?;
@@ -337,11 +354,21 @@ async fn apply_loop(
             metrics
                 .transactions_applied
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            metrics.events_applied.fetch_add(outcome.applied_events, Ordering::Relaxed);
-            metrics.events_duplicate.fetch_add(outcome.duplicate, Ordering::Relaxed);
-            metrics.events_conflict.fetch_add(outcome.conflict, Ordering::Relaxed);
-            metrics.events_held.fetch_add(outcome.held, Ordering::Relaxed);
-            metrics.events_rejected.fetch_add(outcome.rejected, Ordering::Relaxed);
+            metrics
+                .events_applied
+                .fetch_add(outcome.applied_events, Ordering::Relaxed);
+            metrics
+                .events_duplicate
+                .fetch_add(outcome.duplicate, Ordering::Relaxed);
+            metrics
+                .events_conflict
+                .fetch_add(outcome.conflict, Ordering::Relaxed);
+            metrics
+                .events_held
+                .fetch_add(outcome.held, Ordering::Relaxed);
+            metrics
+                .events_rejected
+                .fetch_add(outcome.rejected, Ordering::Relaxed);
         } else {
             metrics.batches_skipped.fetch_add(1, Ordering::Relaxed);
         }

@@ -31,11 +31,19 @@ fn the_captured_stream_assembles_into_mapped_transactions() {
     assert_eq!(e["event_id"], "T1");
     assert_eq!(e["occurred_at"], "2026-11-26T14:03:07.12+00:00");
     let dec = |v: &serde_json::Value| -> rust_decimal::Decimal {
-        v.as_str().and_then(|s| s.parse().ok()).expect("a decimal string")
+        v.as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("a decimal string")
     };
     assert_eq!(dec(&e["lines"][0]["qty"]), rust_decimal::Decimal::from(2));
-    assert_eq!(dec(&e["lines"][0]["discount"]), rust_decimal::Decimal::new(400, 2));
-    assert_eq!(dec(&e["tenders"][0]["amount"]), rust_decimal::Decimal::new(3886, 2));
+    assert_eq!(
+        dec(&e["lines"][0]["discount"]),
+        rust_decimal::Decimal::new(400, 2)
+    );
+    assert_eq!(
+        dec(&e["tenders"][0]["amount"]),
+        rust_decimal::Decimal::new(3886, 2)
+    );
     let ev = possync_events::Event::from_json(e).expect("well-formed");
     assert_eq!(ev.sold_net(), rust_decimal::Decimal::new(3598, 2));
     // the delete of the tender, and the truncate of the outbox, are kept as unmapped

@@ -139,7 +139,11 @@ fn delete_carries_the_key_and_update_under_replica_identity_full_the_old_row() {
     let full = all
         .iter()
         .find_map(|(x, m)| match m {
-            Message::Update { old: Some(old), new, .. } if *x == 745 => Some((old, new)),
+            Message::Update {
+                old: Some(old),
+                new,
+                ..
+            } if *x == 745 => Some((old, new)),
             _ => None,
         })
         .expect("the replica identity full update");
@@ -207,16 +211,16 @@ fn relation_cache_is_refreshed_by_relation_messages() {
                 seen += 1;
             }
             Message::Insert { relation, new } => {
-                assert_eq!(cache.get(relation).expect("described").columns.len(), new.len());
+                assert_eq!(
+                    cache.get(relation).expect("described").columns.len(),
+                    new.len()
+                );
             }
             _ => {}
         }
     }
     assert!(seen >= 5);
-    assert!(matches!(
-        cache.get(1),
-        Err(DecodeError::UnknownRelation(1))
-    ));
+    assert!(matches!(cache.get(1), Err(DecodeError::UnknownRelation(1))));
 }
 
 #[test]
@@ -237,6 +241,9 @@ fn truncated_and_unknown_messages_are_errors_not_panics() {
         decode(&insert[..insert.len() - 1]),
         Err(DecodeError::Truncated { .. })
     ));
-    assert!(matches!(decode(b"Z"), Err(DecodeError::UnknownMessage('Z'))));
+    assert!(matches!(
+        decode(b"Z"),
+        Err(DecodeError::UnknownMessage('Z'))
+    ));
     assert!(matches!(decode(b""), Err(DecodeError::Truncated { .. })));
 }

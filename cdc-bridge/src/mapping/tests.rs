@@ -129,7 +129,12 @@ fn rows_without_their_header_and_updates_and_deletes_become_unmapped_with_the_ra
         row: Map::new(),
         old: None,
     };
-    let changes = vec![sale_line("T8", 1, "ORPHAN", "1", "2"), update, delete, truncate];
+    let changes = vec![
+        sale_line("T8", 1, "ORPHAN", "1", "2"),
+        update,
+        delete,
+        truncate,
+    ];
     let events = Mapping::reference().events_of("east", LSN, &changes);
     assert_eq!(events.len(), 4);
     for (i, e) in events.iter().enumerate() {
@@ -221,7 +226,10 @@ fn day_close_builds_totals_and_an_id_from_a_template() {
 #[test]
 fn outbox_payloads_pass_through_unchanged_even_when_not_events() {
     let changes = vec![
-        insert("pos.outbox", json!({"id": 1, "payload": {"event_id": "O1", "kind": "receipt", "anything": [1, 2]}})),
+        insert(
+            "pos.outbox",
+            json!({"id": 1, "payload": {"event_id": "O1", "kind": "receipt", "anything": [1, 2]}}),
+        ),
         insert("pos.outbox", json!({"id": 2, "payload": [1, 2, 3]})),
     ];
     let events = Mapping::reference().events_of("east", LSN, &changes);
@@ -266,9 +274,18 @@ fn a_mapping_file_adapts_another_schema() {
     .expect("valid mapping");
     assert_eq!(m.tables(), ["till.receipt", "till.item", "till.payment"]);
     let changes = vec![
-        insert("till.receipt", json!({"rid": 7, "shop": "S1", "day": "2026-01-02"})),
-        insert("till.item", json!({"receipt": 7, "article": "A", "n": "3", "price": "2.50"})),
-        insert("till.payment", json!({"receipt": 7, "how": "cash", "paid": "7.50"})),
+        insert(
+            "till.receipt",
+            json!({"rid": 7, "shop": "S1", "day": "2026-01-02"}),
+        ),
+        insert(
+            "till.item",
+            json!({"receipt": 7, "article": "A", "n": "3", "price": "2.50"}),
+        ),
+        insert(
+            "till.payment",
+            json!({"receipt": 7, "how": "cash", "paid": "7.50"}),
+        ),
     ];
     let events = m.events_of("s1", LSN, &changes);
     assert_eq!(events.len(), 1);
@@ -307,6 +324,12 @@ fn invalid_mapping_files_say_what_is_wrong() {
 
 #[test]
 fn timestamps_become_rfc3339() {
-    assert_eq!(rfc3339("2026-11-26 14:03:07.12+00"), "2026-11-26T14:03:07.12+00:00");
-    assert_eq!(rfc3339("2026-11-26 14:03:07+05:30"), "2026-11-26T14:03:07+05:30");
+    assert_eq!(
+        rfc3339("2026-11-26 14:03:07.12+00"),
+        "2026-11-26T14:03:07.12+00:00"
+    );
+    assert_eq!(
+        rfc3339("2026-11-26 14:03:07+05:30"),
+        "2026-11-26T14:03:07+05:30"
+    );
 }

@@ -1,0 +1,8 @@
+//! End-to-end tests: real POS and ERP clusters, the bridge binary in between, results checked against totals
+//! computed from the POS tables. Run after `make install` (the ERP side needs the real extension):
+//! `cargo test -p possync-e2e -- --test-threads=1`.
+
+mod check;
+mod exactly_once;
+mod outage;
+mod takeover;

@@ -1,0 +1,107 @@
+use std::time::{Duration, Instant};
+
+use possync_e2e::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erp_outage_never_blocks_the_till_and_loses_nothing() {
+    let _serial = serial().await;
+    let pos = pos_cluster(&[]).await;
+    let erp = erp_cluster().await;
+    let pos_db = pos.connect("pos").await;
+    let erp_url = erp.url("erp");
+    let bridge = Bridge::start(&erp_url, &[("east", pos.url("pos"))], &[]);
+
+    run_sales(&pos_db, "A", 1, 50, 50).await;
+    wait_caught_up(&erp_url, &pos_db, "east", Duration::from_secs(60)).await;
+
+    erp.stop();
+    let outage = Instant::now();
+    // 12 s of sales at 25/s while the ERP is down
+    let slowest = run_sales(&pos_db, "B", 1, 300, 25).await;
+    let down_for = outage.elapsed();
+    assert!(
+        down_for >= Duration::from_secs(10),
+        "outage lasted only {down_for:?}"
+    );
+    eprintln!("slowest POS commit during a {down_for:?} ERP outage: {slowest:?}");
+    // a commit that waited on the ERP would have waited for the whole outage
+    assert!(
+        slowest < down_for / 4,
+        "a POS commit took {slowest:?} while the ERP was down"
+    );
+    let retries_during = bridge
+        .metric("possync_bridge_retries_total", "east")
+        .unwrap_or(0.0);
+    assert!(
+        retries_during >= 1.0,
+        "the bridge did not notice the outage"
+    );
+    let (code, _) = bridge
+        .http_get("/healthz")
+        .expect("healthz answers during the outage");
+    assert_eq!(code, 503, "unhealthy while the ERP is down");
+    erp.restart();
+
+    wait_caught_up(&erp_url, &pos_db, "east", Duration::from_secs(120)).await;
+    let erp_db = erp.connect("erp").await;
+    let expected = pos_totals(&pos_db).await;
+    assert_eq!(expected.transactions, 350);
+    assert_eq!(erp_totals(&erp_db, "east").await, expected);
+    assert_eq!(doubled(&erp_db).await, 0);
+    assert_eq!(bridge.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pos_restart_and_an_apply_blocked_past_wal_sender_timeout_lose_nothing() {
+    let _serial = serial().await;
+    let pos = pos_cluster(&["wal_sender_timeout = '2s'"]).await;
+    let erp = erp_cluster().await;
+    let erp_url = erp.url("erp");
+    let bridge = Bridge::start(&erp_url, &[("west", pos.url("pos"))], &[]);
+    {
+        let pos_db = pos.connect("pos").await;
+        run_sales(&pos_db, "A", 1, 40, 50).await;
+        wait_caught_up(&erp_url, &pos_db, "west", Duration::from_secs(60)).await;
+    }
+
+    // block apply_batch for 3x the POS's wal_sender_timeout: keepalives keep the stream alive
+    let blocker = erp.connect("erp").await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE possync.source IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let retries_before = bridge
+        .metric("possync_bridge_retries_total", "west")
+        .unwrap_or(-1.0);
+    {
+        let pos_db = pos.connect("pos").await;
+        run_sales(&pos_db, "B", 1, 20, 20).await;
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    blocker.batch_execute("COMMIT").await.expect("unlock");
+    let pos_db = pos.connect("pos").await;
+    wait_caught_up(&erp_url, &pos_db, "west", Duration::from_secs(60)).await;
+    let retries_after = bridge
+        .metric("possync_bridge_retries_total", "west")
+        .unwrap_or(-1.0);
+    assert_eq!(
+        retries_after,
+        retries_before,
+        "the replication connection should survive a slow apply (keepalives)\n{}",
+        bridge.log()
+    );
+    drop(pos_db);
+
+    // the POS restarts: the bridge reconnects and resumes
+    pos.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pos.restart();
+    let pos_db = pos.connect("pos").await;
+    run_sales(&pos_db, "C", 1, 40, 50).await;
+    wait_caught_up(&erp_url, &pos_db, "west", Duration::from_secs(90)).await;
+    let erp_db = erp.connect("erp").await;
+    let expected = pos_totals(&pos_db).await;
+    assert_eq!(expected.transactions, 100);
+    assert_eq!(erp_totals(&erp_db, "west").await, expected);
+    assert_eq!(doubled(&erp_db).await, 0);
+}
