@@ -131,6 +131,8 @@ pub struct Batch<'a, 'c> {
     sale_costs: HashMap<String, HashMap<String, (Decimal, Decimal)>>,
     pub writes: Writes,
     reject_negative: bool,
+    /// transfer_ins held earlier in this call, by hold key, for a transfer_out later in it
+    held_here: HashMap<String, Vec<(Event, String)>>,
 }
 
 /// One parsed submission and what is known of it so far.
@@ -311,8 +313,15 @@ impl Batch<'_, '_> {
                         .iter()
                         .any(|r| r.kind == "awaiting_transfer_out"))
                 .then(|| transfer_hold_key(ev.transfer_id.as_deref().unwrap_or_default()));
-                self.writes.event(ev, payload, "held", None, hold_key);
+                self.writes
+                    .event(ev, payload, "held", None, hold_key.clone());
                 self.writes.raised(ev, &outcome.raised);
+                if let Some(k) = hold_key {
+                    self.held_here
+                        .entry(k)
+                        .or_default()
+                        .push((ev.clone(), payload.to_string()));
+                }
             }
             return outcome;
         };
@@ -450,6 +459,7 @@ pub fn apply(
         sale_costs: HashMap::new(),
         writes: Writes::default(),
         reject_negative,
+        held_here: HashMap::new(),
     };
     let mut seen: HashMap<String, Value> = HashMap::new();
     let mut outcomes = Vec::with_capacity(submitted);
@@ -515,6 +525,9 @@ pub fn apply(
                                 if let Ok(fev) = &f.parsed {
                                     batch.post(fev, &f.payload, true);
                                 }
+                            }
+                            for (fev, payload) in batch.held_here.remove(&k).unwrap_or_default() {
+                                batch.post(&fev, &payload, true);
                             }
                         }
                         o

@@ -370,6 +370,21 @@ impl Writes {
                 ],
             );
         }
+        if !self.exceptions.is_empty() {
+            let x = &self.exceptions;
+            run(
+                client,
+                INSERT_EXCEPTIONS,
+                &[
+                    texts(x.iter().map(|r| r.event_id.clone())),
+                    texts(x.iter().map(|r| r.kind.to_string())),
+                    texts(x.iter().map(|r| r.reason.clone())),
+                    texts(x.iter().map(|r| r.payload.clone())),
+                    texts(x.iter().map(|r| r.location.clone())),
+                    texts(x.iter().map(|r| r.amount.map(|a| a.to_string()))),
+                ],
+            );
+        }
         if !self.replayed.is_empty() {
             let r = &self.replayed;
             run(
@@ -395,21 +410,6 @@ impl Writes {
                     decimals(m.iter().map(|x| x.2.value)),
                     decimals(m.iter().map(|x| x.2.on_hand_after)),
                     decimals(m.iter().map(|x| x.2.value_after)),
-                ],
-            );
-        }
-        if !self.exceptions.is_empty() {
-            let x = &self.exceptions;
-            run(
-                client,
-                INSERT_EXCEPTIONS,
-                &[
-                    texts(x.iter().map(|r| r.event_id.clone())),
-                    texts(x.iter().map(|r| r.kind.to_string())),
-                    texts(x.iter().map(|r| r.reason.clone())),
-                    texts(x.iter().map(|r| r.payload.clone())),
-                    texts(x.iter().map(|r| r.location.clone())),
-                    texts(x.iter().map(|r| r.amount.map(|a| a.to_string()))),
                 ],
             );
         }

@@ -1,0 +1,44 @@
+# possync: every target first installs what a fresh Debian 12 machine lacks (scripts/bootstrap.sh, quick when
+# everything is present), then does its job. `make demo` and `make test` are the two commands a new user needs.
+
+SHELL := /bin/bash
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+BUILD ?= $(CURDIR)/target
+PGRX_TEST_DIR := $(BUILD)/pgrx-test
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: all deps install test test-unit test-extension test-e2e demo bench lint
+
+all: test
+
+deps:
+	@./scripts/bootstrap.sh
+
+## install: build the extension (release) and install it into the system PostgreSQL 15
+install: deps
+	cargo pgrx install --release --pg-config $(PG_CONFIG)
+
+## test: unit tests, the extension's #[pg_test]s on a throwaway server, then the end-to-end tests
+test: deps test-unit test-extension install test-e2e
+
+test-unit:
+	cargo test -p possync-events -p possync-bridge
+
+test-extension:
+	@mkdir -p $(PGRX_TEST_DIR) && chown postgres $(PGRX_TEST_DIR)
+	cargo pgrx test pg15 --runas postgres --pgdata $(PGRX_TEST_DIR)/data
+
+test-e2e:
+	cargo test -p possync-e2e -- --test-threads=1
+
+## demo: a throwaway ERP cluster, possync installed, a sample store day posted, stock and trial balance shown
+demo: deps install
+	./scripts/demo.sh
+
+## bench: posting throughput against the PL/pgSQL baseline, printed side by side
+bench: deps install
+	./bench/run.sh $(STAGE)
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
