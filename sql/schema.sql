@@ -176,15 +176,18 @@ CREATE TABLE reservation (
     sku            text NOT NULL,
     location_id    text NOT NULL,
     qty            numeric NOT NULL CONSTRAINT reservation_qty_positive CHECK (qty > 0),
-    -- active holds stock; released, expired and consumed (by a fulfillment) do not
+    -- active holds stock; released, expired and consumed (by a fulfillment) do not; insufficient records a
+    -- refused request, so the same id asked again gets the same answer
     status         text NOT NULL DEFAULT 'active'
-                   CONSTRAINT reservation_status_known CHECK (status IN ('active', 'released', 'expired', 'consumed')),
+                   CONSTRAINT reservation_status_known
+                   CHECK (status IN ('active', 'released', 'expired', 'consumed', 'insufficient')),
     expires_at     timestamptz,
     created_at     timestamptz NOT NULL DEFAULT now(),
     closed_at      timestamptz,
     consumed_by    text
 );
 CREATE INDEX reservation_expiring ON reservation (expires_at) WHERE status = 'active';
+CREATE INDEX reservation_active_by_item ON reservation (sku, location_id, expires_at) WHERE status = 'active';
 
 ----------------------------------------------------------------------------------------------------
 -- The general ledger: balanced journals, never changed

@@ -5,6 +5,7 @@
 
 use pgrx::prelude::*;
 
+pub mod atp;
 mod errors;
 pub mod events;
 mod guc;
@@ -27,6 +28,7 @@ pub extern "C-unwind" fn _PG_init() {
 #[pg_schema]
 mod tests {
     include!("pg_tests/posting.rs");
+    include!("pg_tests/atp.rs");
 }
 
 /// Required by `cargo pgrx test`.
