@@ -29,6 +29,7 @@ pub extern "C-unwind" fn _PG_init() {
 mod tests {
     include!("pg_tests/posting.rs");
     include!("pg_tests/atp.rs");
+    include!("pg_tests/scenario.rs");
 }
 
 /// Required by `cargo pgrx test`.

@@ -3,6 +3,7 @@
 //! `cargo test -p possync-e2e -- --test-threads=1`.
 
 mod check;
+mod concurrency;
 mod exactly_once;
 mod outage;
 mod takeover;
