@@ -1,0 +1,280 @@
+#!/usr/bin/env bash
+# make bench: every figure beside its baseline, measured in the same run on a throwaway PostgreSQL 15 cluster.
+#
+#   bench/run.sh [STAGE ...]     stages: posting atp bridge (default: all, and the report is written afresh)
+#
+# Stages:
+#   posting  possync.apply_events vs the PL/pgSQL baseline (bench/baseline.sql), 3-line sales, one connection,
+#            batches of 100 and of 1 (autocommit); both ledgers are checked to come out identical
+#   atp      pgbench, 2 clients: possync.atp(sku, location) vs SELECT 1, p99 latency from the per-transaction
+#            log, and reserve+release pairs per second
+#   bridge   bench/bridge.sh when it exists (it may print `row|...` lines for the table)
+#
+# Output: the table on stdout, and target/bench/report.md (rewritten by a full run, appended by a single stage).
+# Benchmarks print figures; nothing here passes or fails on a timing.
+#
+# Environment: BENCH_DIR (target/bench), BENCH_PORT (54329), BENCH_LOCATIONS (50), BENCH_SKUS (200),
+# BENCH_BATCH_EVENTS (50000), BENCH_SINGLE_EVENTS (8000), BENCH_ATP_SECONDS (10), BENCH_SYNC_COMMIT (on),
+# BENCH_PROFILE=1 (load pg_stat_statements, track=all, and print the top statements after the posting stage),
+# PG_BIN (/usr/lib/postgresql/15/bin).
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+OUT=${BENCH_DIR:-$ROOT/target/bench}
+PORT=${BENCH_PORT:-54329}
+LOCATIONS=${BENCH_LOCATIONS:-50}
+SKUS=${BENCH_SKUS:-200}
+BATCH_EVENTS=${BENCH_BATCH_EVENTS:-50000}
+SINGLE_EVENTS=${BENCH_SINGLE_EVENTS:-8000}
+ATP_SECONDS=${BENCH_ATP_SECONDS:-10}
+SYNC_COMMIT=${BENCH_SYNC_COMMIT:-on}
+PROFILE=${BENCH_PROFILE:-0}
+PGDATA_DIR=$OUT/pgdata
+SOCK=$OUT/sock
+REPORT=$OUT/report.md
+ALL_STAGES=(posting atp bridge)
+FULL_RUN=0
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "bench: $*"; exit 1; }
+
+as_postgres() {
+    if [ "$(id -un)" = postgres ]; then "$@"; else sudo -u postgres "$@"; fi
+}
+
+psql_bench() { # psql_bench DB SQL
+    "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$SOCK" -p "$PORT" -U postgres -d "$1" -tA -c "$2"
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# the throwaway cluster: started on first use, stopped on exit (also on failure or Ctrl-C)
+
+CLUSTER_UP=0
+
+stop_cluster() {
+    if [ "$CLUSTER_UP" = 1 ]; then
+        as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null 2>&1 || true
+        CLUSTER_UP=0
+        say "bench: stopped the cluster in $PGDATA_DIR"
+    fi
+}
+trap stop_cluster EXIT
+trap 'exit 130' INT TERM
+
+ensure_cluster() {
+    [ "$CLUSTER_UP" = 1 ] && return 0
+    [ -x "$PG_BIN/initdb" ] || die "no PostgreSQL 15 in $PG_BIN (run make deps)"
+    mkdir -p "$OUT"
+    chown postgres "$OUT" 2>/dev/null || true
+    if [ -f "$PGDATA_DIR/postmaster.pid" ]; then
+        as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    as_postgres rm -rf "$PGDATA_DIR" "$SOCK"
+    as_postgres mkdir -p "$SOCK"
+    as_postgres "$PG_BIN/initdb" -D "$PGDATA_DIR" -U postgres -A trust -E UTF8 --no-locale >/dev/null \
+        || die "initdb failed in $PGDATA_DIR"
+    local preload=""
+    [ "$PROFILE" = 1 ] && preload="shared_preload_libraries = 'pg_stat_statements'
+pg_stat_statements.track = all
+pg_stat_statements.track_utility = off"
+    as_postgres tee -a "$PGDATA_DIR/postgresql.conf" >/dev/null <<EOF
+# possync bench: socket only, room for the run without forced checkpoints
+port = $PORT
+listen_addresses = ''
+unix_socket_directories = '$SOCK'
+shared_buffers = 256MB
+max_wal_size = 4GB
+checkpoint_timeout = 30min
+synchronous_commit = $SYNC_COMMIT
+max_connections = 20
+$preload
+EOF
+    as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$OUT/postgres.log" -w start >/dev/null \
+        || die "the cluster did not start; see $OUT/postgres.log"
+    CLUSTER_UP=1
+    say "bench: cluster up (PostgreSQL $(psql_bench postgres 'SHOW server_version'), socket $SOCK, port $PORT)"
+}
+
+fresh_db() { # fresh_db NAME
+    psql_bench postgres "DROP DATABASE IF EXISTS $1"
+    psql_bench postgres "CREATE DATABASE $1"
+}
+
+conninfo() { echo "host=$SOCK port=$PORT user=postgres dbname=$1"; }
+
+BENCH_BIN=""
+build_bench() {
+    [ -n "$BENCH_BIN" ] && return 0
+    local target=${CARGO_TARGET_DIR:-$ROOT/target}
+    say "bench: building possync-bench (release)"
+    (cd "$ROOT" && CARGO_TARGET_DIR=$target cargo build --release -q -p possync-bench) \
+        || die "building possync-bench failed"
+    BENCH_BIN=$target/release/possync-bench
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# the table: rows `row|figure|value|baseline|ratio|target|verdict`, printed aligned and written as markdown
+
+machine() {
+    local model
+    model=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//') || true
+    echo "$(nproc) cores (${model:-unknown cpu}), $("$PG_BIN/postgres" --version | sed 's/^postgres (PostgreSQL) /PostgreSQL /'), $(. /etc/os-release 2>/dev/null; echo "${PRETTY_NAME:-unknown os}"), synchronous_commit=$SYNC_COMMIT"
+}
+
+print_table() { # print_table STAGE ROWS_FILE
+    local rows=$2
+    {
+        echo "figure|possync|baseline|ratio|target|"
+        sed 's/^row|//' "$rows"
+    } | column -t -s '|' -o '  '
+    {
+        echo
+        echo "### $1 — $(date -u '+%Y-%m-%d %H:%M UTC')"
+        echo
+        [ "$FULL_RUN" = 1 ] || { echo "Machine: $(machine)"; echo; }
+        echo "| figure | possync | baseline | ratio | target | |"
+        echo "|---|---:|---:|---:|---|---|"
+        sed 's/^row|//; s/|/ | /g; s/^/| /; s/$/ |/' "$rows"
+    } >>"$REPORT"
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# stages
+
+stage_posting() {
+    ensure_cluster
+    build_bench
+    fresh_db bench_posting
+    if [ "$PROFILE" = 1 ]; then
+        psql_bench bench_posting "CREATE EXTENSION pg_stat_statements"
+    fi
+    local rows=$OUT/rows-posting.txt
+    "$BENCH_BIN" posting --db "$(conninfo bench_posting)" --locations "$LOCATIONS" --skus "$SKUS" \
+        --batch-events "$BATCH_EVENTS" --single-events "$SINGLE_EVENTS" | grep '^row|' >"$rows" \
+        || die "the posting stage failed (see the message above)"
+    print_table posting "$rows"
+    if [ "$PROFILE" = 1 ]; then
+        say "bench: top statements by total time (pg_stat_statements, track=all)"
+        "$PG_BIN/psql" -X -h "$SOCK" -p "$PORT" -U postgres -d bench_posting -P pager=off -c "
+            SELECT round(total_exec_time::numeric, 0) AS total_ms, calls,
+                   round((total_exec_time / calls)::numeric * 1000, 1) AS mean_us, rows,
+                   left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
+              FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25"
+    fi
+}
+
+# pgbench_run NAME SCRIPT: prints "tps p99_ms"
+pgbench_run() {
+    local name=$1 script=$2 dir=$OUT/atp
+    rm -f "$dir/$name".log*
+    local out
+    out=$(cd "$dir" && "$PG_BIN/pgbench" -n -M prepared -c 2 -j 2 -T "$ATP_SECONDS" \
+        -D nskus="$SKUS" -D nlocations="$LOCATIONS" -f "$script" -l --log-prefix="$name.log" \
+        -h "$SOCK" -p "$PORT" -U postgres bench_atp 2>&1) || { say "$out"; die "pgbench $name failed"; }
+    local tps failed
+    tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out" | head -1)
+    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out")
+    [ -n "$tps" ] || { say "$out"; die "pgbench $name printed no tps"; }
+    [ "${failed:-0}" = 0 ] || say "bench: pgbench $name: $failed failed transactions"
+    # per-transaction log: client_id transaction_no latency_us script_no epoch_s epoch_us
+    local p99
+    p99=$(cat "$dir/$name".log* | awk '{print $3}' | sort -n |
+        awk '{v[NR]=$1} END {if (NR == 0) {print "nan"} else {i=int(NR*0.99); if (i < NR*0.99) i++; printf "%.3f", v[i]/1000}}')
+    echo "$tps $p99"
+}
+
+stage_atp() {
+    ensure_cluster
+    build_bench
+    fresh_db bench_atp
+    "$BENCH_BIN" setup --db "$(conninfo bench_atp)" --locations "$LOCATIONS" --skus "$SKUS" \
+        || die "setting up the atp database failed"
+    local rows=$OUT/rows-atp.txt
+    : >"$rows"
+    local have
+    have=$(psql_bench bench_atp "SELECT string_agg(DISTINCT p.proname, ',' ORDER BY p.proname)
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = 'possync' AND p.proname IN ('atp', 'reserve', 'release')")
+    if [[ ",$have," != *,atp,* ]]; then
+        say "bench: atp: possync.atp() not installed yet; re-run 'make install' once the ATP functions are in the extension"
+        echo "row|atp() calls/s, 2 clients|atp() not installed yet|—|—|>= 0.6x|not run" >>"$rows"
+        print_table atp "$rows"
+        return 0
+    fi
+    mkdir -p "$OUT/atp"
+    psql_bench bench_atp "VACUUM ANALYZE"
+    say "bench: atp: SELECT 1, then possync.atp(), 2 clients, ${ATP_SECONDS}s each"
+    local base atp
+    base=$(pgbench_run select1 "$ROOT/bench/pgbench/select1.sql")
+    atp=$(pgbench_run atp "$ROOT/bench/pgbench/atp.sql")
+    read -r base_tps base_p99 <<<"$base"
+    read -r atp_tps atp_p99 <<<"$atp"
+    awk -v a="$atp_tps" -v b="$base_tps" 'BEGIN {
+        r = a / b; printf "row|atp() calls/s, 2 clients|%.0f|%.0f (SELECT 1)|%.2fx|>= 0.6x|%s\n", a, b, r, (r >= 0.6 ? "met" : "below") }' >>"$rows"
+    awk -v a="$atp_p99" -v b="$base_p99" 'BEGIN {
+        printf "row|atp() p99 latency, ms|%.3f|%.3f (SELECT 1)|%.2fx|< 1 ms|%s\n", a, b, a / b, (a < 1 ? "met" : "below") }' >>"$rows"
+    if [[ ",$have," == *,reserve,* && ",$have," == *,release,* ]]; then
+        say "bench: atp: reserve + release pairs, 2 clients, ${ATP_SECONDS}s"
+        local pairs pairs_tps pairs_p99
+        pairs=$(pgbench_run reserve_release "$ROOT/bench/pgbench/reserve_release.sql")
+        read -r pairs_tps pairs_p99 <<<"$pairs"
+        printf 'row|reserve+release pairs/s, 2 clients (p99 %s ms per pair)|%.0f|—|—|reported|\n' \
+            "$pairs_p99" "$pairs_tps" >>"$rows"
+    else
+        say "bench: atp: possync.reserve()/release() not installed yet; pairs per second not measured"
+        echo "row|reserve+release pairs/s, 2 clients|reserve()/release() not installed yet|—|—|reported|not run" >>"$rows"
+    fi
+    print_table atp "$rows"
+}
+
+stage_bridge() {
+    local rows=$OUT/rows-bridge.txt
+    if [ ! -f "$ROOT/bench/bridge.sh" ]; then
+        say "bench: bridge: bench/bridge.sh is not there yet; stage skipped"
+        echo "row|bridge lag and drain|bench/bridge.sh not written yet|—|—|—|not run" >"$rows"
+        print_table bridge "$rows"
+        return 0
+    fi
+    mkdir -p "$OUT"
+    # bridge.sh runs its own clusters; lines starting `row|` join the table, the rest is passed through
+    if ! BENCH_DIR=$OUT PG_BIN=$PG_BIN bash "$ROOT/bench/bridge.sh" >"$OUT/bridge.out"; then
+        cat "$OUT/bridge.out" >&2
+        die "bench/bridge.sh failed"
+    fi
+    grep -v '^row|' "$OUT/bridge.out" >&2 || true
+    grep '^row|' "$OUT/bridge.out" >"$rows" || true
+    print_table bridge "$rows"
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+
+main() {
+    local stages=("$@")
+    mkdir -p "$OUT"
+    if [ ${#stages[@]} -eq 0 ] || [ "${stages[*]}" = all ]; then
+        stages=("${ALL_STAGES[@]}")
+        FULL_RUN=1
+        {
+            echo "# possync benchmark report"
+            echo
+            echo "Written by \`make bench\` on $(date -u '+%Y-%m-%d %H:%M UTC'). Machine: $(machine)."
+            echo "Each figure is measured beside its baseline in the same run, on the same cluster."
+        } >"$REPORT"
+    fi
+    for stage in "${stages[@]}"; do
+        case $stage in
+        posting | atp | bridge) ;;
+        *) die "unknown stage '$stage' (stages: ${ALL_STAGES[*]})" ;;
+        esac
+    done
+    say "bench: machine: $(machine)"
+    for stage in "${stages[@]}"; do
+        say "bench: stage $stage"
+        "stage_$stage"
+    done
+    say "bench: report in $REPORT"
+}
+
+main "$@"
