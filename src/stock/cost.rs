@@ -7,7 +7,10 @@ use rust_decimal::{Decimal, RoundingStrategy};
 
 /// Rounds money to cents, half away from zero.
 pub fn cents(d: Decimal) -> Decimal {
-    d.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+    let mut c = d.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
+    // always two decimals, so ledgers read 3.10 rather than 3.1
+    c.rescale(2);
+    c
 }
 
 /// Rounds a unit cost to the 6 decimals the average is kept in.
