@@ -81,6 +81,16 @@ CREATE TABLE supply (
 );
 CREATE INDEX supply_by_sku ON supply (sku, location_id, expected_at) WHERE qty_open > 0;
 
+-- Promotions the tills may name on a line; an unknown code or one used outside its dates is flagged.
+CREATE TABLE promotion (
+    promotion_code   text PRIMARY KEY,
+    description      text NOT NULL DEFAULT '',
+    starts_on        date,
+    ends_on          date,
+    -- the largest discount the promotion gives, as a percentage of the line's gross; NULL: no limit
+    max_discount_pct numeric
+);
+
 ----------------------------------------------------------------------------------------------------
 -- The inbox: every event ever accepted, and where each stream stands
 ----------------------------------------------------------------------------------------------------
@@ -269,11 +279,46 @@ CREATE TABLE exception (
     location_id  text,
     -- money or quantity at stake, where there is one
     amount       numeric,
+    -- structured facts for the audit (missing sequence numbers, expected and posted day totals, ...)
+    detail       jsonb,
+    -- the stream the event came in on, when it came through apply_batch
+    source       text,
     raised_at    timestamptz NOT NULL DEFAULT now(),
     resolved_at  timestamptz,
     resolution   text
 );
 CREATE INDEX exception_by_event ON exception (event_id);
+CREATE INDEX exception_open_by_location ON exception (location_id, kind) WHERE status = 'open';
+
+----------------------------------------------------------------------------------------------------
+-- Sales audit: register sequences and audited days
+----------------------------------------------------------------------------------------------------
+
+-- Every (source, location, register, sequence) received, to spot gaps and reused numbers.
+CREATE TABLE register_sequence (
+    source      text NOT NULL,
+    location_id text NOT NULL,
+    register    text NOT NULL,
+    sequence    bigint NOT NULL,
+    event_id    text NOT NULL,
+    PRIMARY KEY (source, location_id, register, sequence)
+);
+
+-- The highest sequence seen per register: a jump past it names the numbers in between as missing.
+CREATE TABLE register_state (
+    source        text NOT NULL,
+    location_id   text NOT NULL,
+    register      text NOT NULL,
+    last_sequence bigint NOT NULL,
+    PRIMARY KEY (source, location_id, register)
+);
+
+CREATE TABLE audited_day (
+    location_id   text NOT NULL,
+    business_date date NOT NULL,
+    audited_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (location_id, business_date)
+);
 CREATE INDEX exception_open ON exception (kind) WHERE status = 'open';
 
 ----------------------------------------------------------------------------------------------------
@@ -299,3 +344,7 @@ SELECT pg_catalog.pg_extension_config_dump('journal', '');
 SELECT pg_catalog.pg_extension_config_dump('journal_line', '');
 SELECT pg_catalog.pg_extension_config_dump('exception', '');
 SELECT pg_catalog.pg_extension_config_dump('journal_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('promotion', '');
+SELECT pg_catalog.pg_extension_config_dump('register_sequence', '');
+SELECT pg_catalog.pg_extension_config_dump('register_state', '');
+SELECT pg_catalog.pg_extension_config_dump('audited_day', '');

@@ -6,6 +6,7 @@
 use pgrx::prelude::*;
 
 pub mod atp;
+pub mod audit;
 mod errors;
 pub mod events;
 mod guc;
@@ -16,6 +17,7 @@ pub mod stock;
 ::pgrx::pg_module_magic!(name, version);
 
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+pgrx::extension_sql_file!("../sql/audit.sql", name = "audit");
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

@@ -10,9 +10,11 @@ use serde_json::{json, Value};
 
 use super::posting::{Draft, Effect, Item};
 use super::store::{self, Writes};
+use crate::audit::config::{check_lines, Rules};
+use crate::audit::sequence::{self, Seen};
 use crate::ledger::accounts;
 use crate::ledger::AccountMap;
-use crate::statements::internal;
+use crate::statements::{internal, run, text};
 use crate::stock::balances::Key;
 use crate::stock::Balances;
 
@@ -133,6 +135,9 @@ pub struct Batch<'a, 'c> {
     reject_negative: bool,
     /// transfer_ins held earlier in this call, by hold key, for a transfer_out later in it
     held_here: HashMap<String, Vec<(Event, String)>>,
+    rules: Rules,
+    sequences: Vec<Seen>,
+    closes: Vec<String>,
 }
 
 /// One parsed submission and what is known of it so far.
@@ -270,6 +275,28 @@ impl Batch<'_, '_> {
 
     /// Posts one well-formed, new event.
     fn post(&mut self, ev: &Event, payload: &str, replay: bool) -> Outcome {
+        let outcome = self.post_event(ev, payload, replay);
+        if !replay && matches!(outcome.status, Status::Applied | Status::Held) {
+            if let (Some(register), Some(sequence)) = (&ev.register, ev.sequence) {
+                if ev.kind.has_tenders() {
+                    self.sequences.push(Seen {
+                        source: ev.source.clone().unwrap_or_default(),
+                        location: ev.location.clone(),
+                        register: register.clone(),
+                        sequence,
+                        event_id: ev.event_id.clone(),
+                        business_date: ev.business_date.clone(),
+                    });
+                }
+            }
+            if ev.kind == EventKind::DayClose && outcome.status == Status::Applied {
+                self.closes.push(ev.event_id.clone());
+            }
+        }
+        outcome
+    }
+
+    fn post_event(&mut self, ev: &Event, payload: &str, replay: bool) -> Outcome {
         let mut outcome = Outcome {
             event_id: Some(ev.event_id.clone()),
             status: Status::Applied,
@@ -338,6 +365,9 @@ impl Batch<'_, '_> {
             return outcome;
         }
         d.raised.extend(negatives);
+        if ev.kind.has_tenders() || ev.kind == EventKind::Fulfillment {
+            d.raised.extend(check_lines(ev, &self.rules));
+        }
         let raised = std::mem::take(&mut d.raised);
         outcome.journal_id = self.commit_draft(ev, d);
         if replay {
@@ -351,6 +381,26 @@ impl Batch<'_, '_> {
         self.writes.raised(ev, &raised);
         outcome.raised = raised;
         outcome
+    }
+}
+
+const CHECK_DAY_CLOSE: &str = "SELECT possync.check_day_close($1)";
+
+/// Tax rates and promotions the lines of this call name, and the tolerances, for the line checks.
+fn audit_rules<'w>(client: &mut SpiClient<'_>, work: impl Iterator<Item = &'w Work>) -> Rules {
+    let mut codes = BTreeSet::new();
+    let mut promotions = BTreeSet::new();
+    for ev in work.filter_map(|w| w.parsed.as_ref().ok()) {
+        for l in &ev.lines {
+            codes.extend(l.tax_code.clone());
+            promotions.extend(l.promotion.clone());
+        }
+    }
+    Rules {
+        tax_rates: store::tax_rates(client, &codes),
+        promotions: store::promotions(client, &promotions),
+        tax_tolerance: crate::guc::tax_tolerance(),
+        max_discount_pct: crate::guc::max_discount_pct(),
     }
 }
 
@@ -447,6 +497,7 @@ pub fn apply(
     let balances = Balances::lock(client, &keys);
     let reservations = store::reservations(client, &reservation_ids);
     let accounts = accounts::load(client);
+    let rules = audit_rules(client, work.iter().chain(follow.values().flatten()));
 
     let mut batch = Batch {
         client,
@@ -460,7 +511,11 @@ pub fn apply(
         writes: Writes::default(),
         reject_negative,
         held_here: HashMap::new(),
+        rules,
+        sequences: Vec::new(),
+        closes: Vec::new(),
     };
+    batch.writes.source = source.map(str::to_string);
     let mut seen: HashMap<String, Value> = HashMap::new();
     let mut outcomes = Vec::with_capacity(submitted);
     for w in work.iter_mut() {
@@ -548,11 +603,17 @@ pub fn apply(
         balances,
         writes,
         transfers,
+        sequences,
+        closes,
         ..
     } = batch;
     balances.write(client);
     let transfers: Vec<TransferState> = transfers.into_values().flatten().collect();
     let journal_ids = writes.flush(client, &transfers);
+    sequence::check(client, sequences);
+    for close in closes {
+        run(client, CHECK_DAY_CLOSE, &[text(&close)]);
+    }
     for o in outcomes.iter_mut() {
         if let Some(j) = o.journal_id {
             o.journal_id = journal_ids

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::batch::{Raised, Reservation, TransferLine, TransferState};
 use super::posting::{Effect, Item};
+use crate::audit::config::Promotion;
 use crate::ledger::{AccountMap, JournalDraft, JournalLine};
 use crate::statements::{decimals, get_bool, get_decimal, get_text, internal, run, text, texts};
 use crate::stock::balances::Key;
@@ -50,6 +51,46 @@ pub fn items(client: &mut SpiClient<'_>, skus: &BTreeSet<String>) -> HashMap<Str
                 standard_cost: get_decimal(&row, 3).unwrap_or_default(),
             };
             (sku, item)
+        })
+        .collect()
+}
+
+const TAX_RATES: &str =
+    "SELECT tax_code, rate::text FROM possync.tax_code WHERE tax_code = ANY($1::text[])";
+
+pub fn tax_rates(client: &mut SpiClient<'_>, codes: &BTreeSet<String>) -> HashMap<String, Decimal> {
+    if codes.is_empty() {
+        return HashMap::new();
+    }
+    run(client, TAX_RATES, &[texts(codes.iter().cloned())])
+        .map(|row| {
+            (
+                get_text(&row, 1).unwrap_or_default(),
+                get_decimal(&row, 2).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+const PROMOTIONS: &str =
+    "SELECT promotion_code, starts_on::text, ends_on::text, max_discount_pct::text \
+     FROM possync.promotion WHERE promotion_code = ANY($1::text[])";
+
+pub fn promotions(
+    client: &mut SpiClient<'_>,
+    codes: &BTreeSet<String>,
+) -> HashMap<String, Promotion> {
+    if codes.is_empty() {
+        return HashMap::new();
+    }
+    run(client, PROMOTIONS, &[texts(codes.iter().cloned())])
+        .map(|row| {
+            let p = Promotion {
+                starts_on: get_text(&row, 2),
+                ends_on: get_text(&row, 3),
+                max_discount_pct: get_decimal(&row, 4),
+            };
+            (get_text(&row, 1).unwrap_or_default(), p)
         })
         .collect()
 }
@@ -207,6 +248,8 @@ struct ExceptionRow {
 /// Rows collected during a call; journal ids are provisional (1, 2, ...) until [`Writes::flush`].
 #[derive(Default)]
 pub struct Writes {
+    /// the stream this call came in on (apply_batch), recorded on its exceptions
+    pub source: Option<String>,
     events: Vec<EventRow>,
     pub replayed: Vec<(String, Option<i64>)>,
     pub moves: Vec<(String, Key, StockMove)>,
@@ -382,6 +425,7 @@ impl Writes {
                     texts(x.iter().map(|r| r.payload.clone())),
                     texts(x.iter().map(|r| r.location.clone())),
                     texts(x.iter().map(|r| r.amount.map(|a| a.to_string()))),
+                    texts(x.iter().map(|_| self.source.clone())),
                 ],
             );
         }
@@ -470,9 +514,10 @@ const INSERT_MOVES: &str = "INSERT INTO possync.stock_move (event_id, sku, locat
        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
             AS x(e, s, l, q, c, v, oh, va)";
 
-const INSERT_EXCEPTIONS: &str = "INSERT INTO possync.exception (event_id, kind, reason, payload, location_id, amount) \
-     SELECT e, k, r, p::jsonb, l, a::numeric \
-       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS x(e, k, r, p, l, a)";
+const INSERT_EXCEPTIONS: &str = "INSERT INTO possync.exception (event_id, kind, reason, payload, location_id, amount, source) \
+     SELECT e, k, r, p::jsonb, l, a::numeric, s \
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+         AS x(e, k, r, p, l, a, s)";
 
 const SUPPLY_RECEIVED: &str = "UPDATE possync.supply s SET qty_open = greatest(s.qty_open - x.q, 0) \
      FROM (SELECT id, sum(q::numeric) AS q FROM unnest($1::text[], $2::text[]) AS u(id, q) GROUP BY id) x \

@@ -1,0 +1,316 @@
+-- possync audit: day close comparison, reconciliation, invariants, trace, the exception workflow and KPIs.
+-- Everything here reads the ledgers; nothing here posts.
+
+-- Compares a day_close with what was posted for its location, register and business date. Raises one
+-- day_close_mismatch exception listing each difference (expected = the register's figure, posted = the ERP's),
+-- or resolves an earlier one when they now agree. Returns the number of differences.
+CREATE FUNCTION check_day_close(close_event_id text) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    dc         possync.event;
+    totals     jsonb;
+    posted     record;
+    posted_tenders jsonb;
+    diffs      jsonb := '[]';
+    tender     text;
+    want       numeric;
+    got        numeric;
+BEGIN
+    SELECT * INTO dc FROM possync.event e WHERE e.event_id = close_event_id AND e.kind = 'day_close';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'possync.check_day_close: argument close_event_id % is not a day_close event',
+            quote_literal(close_event_id) USING ERRCODE = 'no_data_found';
+    END IF;
+    totals := dc.payload -> 'totals';
+    WITH ev AS (
+        SELECT e.event_id, e.kind, e.sequence, e.payload FROM possync.event e
+         WHERE e.location_id = dc.location_id AND e.register IS NOT DISTINCT FROM dc.register
+           AND e.business_date = dc.business_date AND e.kind IN ('sale', 'return', 'exchange')
+           AND e.status IN ('applied', 'held')),
+    lines AS (
+        SELECT CASE WHEN ev.kind = 'return' OR coalesce((l ->> 'returned')::boolean, false) THEN -1 ELSE 1 END AS sign, l
+          FROM ev, jsonb_array_elements(ev.payload -> 'lines') l)
+    SELECT coalesce((SELECT sum(sign * round((l ->> 'qty')::numeric * (l ->> 'unit_price')::numeric
+                                             - coalesce((l ->> 'discount')::numeric, 0), 2)) FROM lines), 0) AS net_sales,
+           coalesce((SELECT sum(sign * coalesce((l ->> 'tax')::numeric, 0)) FROM lines), 0) AS tax,
+           (SELECT count(*) FROM ev) AS transaction_count,
+           coalesce((SELECT max(ev.sequence) FROM ev), 0) AS last_sequence,
+           coalesce((SELECT jsonb_object_agg(t.type, t.amount) FROM (
+               SELECT x ->> 'type' AS type, sum((x ->> 'amount')::numeric) AS amount
+                 FROM ev, jsonb_array_elements(ev.payload -> 'tenders') x GROUP BY 1) t), '{}') AS tenders
+      INTO posted;
+    posted_tenders := posted.tenders;
+
+    FOR tender, want, got IN
+        SELECT f, (totals ->> f)::numeric, v FROM (VALUES
+            ('net_sales', posted.net_sales), ('tax', posted.tax),
+            ('transaction_count', posted.transaction_count::numeric),
+            ('last_sequence', posted.last_sequence::numeric)) AS c(f, v)
+    LOOP
+        IF coalesce(want, 0) <> got THEN
+            diffs := diffs || jsonb_build_object('field', tender, 'expected', coalesce(want, 0), 'posted', got,
+                                                 'difference', coalesce(want, 0) - got);
+        END IF;
+    END LOOP;
+    FOR tender IN SELECT jsonb_object_keys(coalesce(totals -> 'tenders', '{}'))
+                  UNION SELECT jsonb_object_keys(posted_tenders) LOOP
+        want := coalesce((totals -> 'tenders' ->> tender)::numeric, 0);
+        got := coalesce((posted_tenders ->> tender)::numeric, 0);
+        IF want <> got THEN
+            diffs := diffs || jsonb_build_object('field', 'tender:' || tender, 'expected', want, 'posted', got,
+                                                 'difference', want - got);
+        END IF;
+    END LOOP;
+
+    -- an earlier comparison of the same register and day is superseded by this one
+    UPDATE possync.exception x SET status = 'resolved', resolved_at = now(),
+           resolution = CASE WHEN jsonb_array_length(diffs) = 0 THEN 'day close now matches what was posted'
+                             ELSE 'superseded by a newer comparison' END
+     WHERE x.kind = 'day_close_mismatch' AND x.status = 'open' AND x.location_id = dc.location_id
+       AND x.detail ->> 'register' IS NOT DISTINCT FROM dc.register
+       AND x.detail ->> 'business_date' = dc.business_date::text;
+    IF jsonb_array_length(diffs) > 0 THEN
+        INSERT INTO possync.exception (event_id, kind, reason, location_id, amount, detail, source)
+        SELECT dc.event_id, 'day_close_mismatch',
+               format('register %s on %s: %s', dc.register, dc.business_date,
+                      string_agg(format('%s expected %s, posted %s', d ->> 'field', d ->> 'expected', d ->> 'posted'), '; ')),
+               dc.location_id,
+               coalesce((SELECT (d2 ->> 'difference')::numeric FROM jsonb_array_elements(diffs) d2
+                          WHERE d2 ->> 'field' = 'net_sales'), 0),
+               jsonb_build_object('register', dc.register, 'business_date', dc.business_date::text, 'differences', diffs),
+               dc.source
+          FROM jsonb_array_elements(diffs) d;
+    END IF;
+    RETURN jsonb_array_length(diffs);
+END
+$$;
+
+-- Exceptions a person has to look at, oldest first, with what to do about each.
+CREATE VIEW open_exceptions AS
+SELECT x.exception_id, x.kind, now() - x.raised_at AS age, x.location_id, x.amount AS amount_at_stake,
+       x.event_id, x.reason,
+       CASE WHEN x.kind IN ('unknown_sku', 'unknown_location', 'missing_account', 'awaiting_transfer_out')
+                THEN 'held: add the missing data, then SELECT possync.replay_held()'
+            WHEN x.kind IN ('malformed', 'conflict') OR (x.kind = 'negative_on_hand' AND x.payload IS NOT NULL)
+                THEN 'rejected: SELECT possync.resubmit(exception_id, corrected_event)'
+            ELSE 'review, then SELECT possync.resolve_exception(exception_id, note)' END AS next_step,
+       x.payload, x.detail, x.source, x.raised_at
+  FROM possync.exception x
+ WHERE x.status = 'open'
+ ORDER BY x.raised_at, x.exception_id;
+
+-- Closes an exception with a note saying why.
+CREATE FUNCTION resolve_exception(exception_id bigint, note text) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    x possync.exception;
+BEGIN
+    IF exception_id IS NULL THEN
+        RAISE EXCEPTION 'possync.resolve_exception: argument exception_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF note IS NULL OR btrim(note) = '' THEN
+        RAISE EXCEPTION 'possync.resolve_exception: argument note must say why the exception is resolved'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT * INTO x FROM possync.exception e WHERE e.exception_id = resolve_exception.exception_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'possync.resolve_exception: argument exception_id % does not exist', exception_id
+            USING ERRCODE = 'no_data_found', HINT = 'see SELECT * FROM possync.open_exceptions';
+    END IF;
+    IF x.status = 'resolved' THEN
+        RAISE EXCEPTION 'possync.resolve_exception: argument exception_id % is already resolved', exception_id
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE possync.exception e SET status = 'resolved', resolved_at = now(), resolution = note
+     WHERE e.exception_id = resolve_exception.exception_id;
+    RETURN jsonb_build_object('exception_id', exception_id, 'kind', x.kind, 'status', 'resolved');
+END
+$$;
+
+-- Re-checks a store day (its day closes) and returns its status; a clean day is marked audited.
+CREATE FUNCTION audit_day(location text, business_date date) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    dc      text;
+    open_x  jsonb;
+    done_at timestamptz;
+BEGIN
+    IF location IS NULL THEN
+        RAISE EXCEPTION 'possync.audit_day: argument location must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF business_date IS NULL THEN
+        RAISE EXCEPTION 'possync.audit_day: argument business_date must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM possync.location l WHERE l.location_id = audit_day.location) THEN
+        RAISE EXCEPTION 'possync.audit_day: argument location % is not in possync.location', quote_literal(location)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR dc IN SELECT e.event_id FROM possync.event e
+               WHERE e.kind = 'day_close' AND e.location_id = audit_day.location
+                 AND e.business_date = audit_day.business_date LOOP
+        PERFORM possync.check_day_close(dc);
+    END LOOP;
+    SELECT coalesce(jsonb_agg(jsonb_build_object('exception_id', x.exception_id, 'kind', x.kind,
+                                                 'reason', x.reason, 'amount', x.amount) ORDER BY x.exception_id), '[]')
+      INTO open_x
+      FROM possync.exception x
+      LEFT JOIN possync.event e ON e.event_id = x.event_id
+     WHERE x.status = 'open' AND x.location_id = audit_day.location
+       AND (e.business_date = audit_day.business_date
+            OR x.detail ->> 'business_date' = audit_day.business_date::text);
+    IF jsonb_array_length(open_x) = 0 THEN
+        INSERT INTO possync.audited_day (location_id, business_date) VALUES (location, business_date)
+        ON CONFLICT (location_id, business_date) DO UPDATE SET audited_at = now()
+        RETURNING audited_at INTO done_at;
+        RETURN jsonb_build_object('location', location, 'business_date', business_date, 'status', 'clean',
+                                  'audited_at', done_at, 'exceptions', open_x);
+    END IF;
+    RETURN jsonb_build_object('location', location, 'business_date', business_date, 'status', 'exceptions',
+                              'exceptions', open_x);
+END
+$$;
+
+-- Only discrepancies: stock ledger value vs GL inventory per location, stock_balance vs the sum of stock_move,
+-- in-transit vs open transfers. An empty result means the books agree.
+CREATE FUNCTION reconcile(location text DEFAULT NULL)
+RETURNS TABLE (check_name text, location_id text, sku text, expected numeric, actual numeric, difference numeric)
+LANGUAGE sql STABLE AS $$
+    WITH inventory_accounts AS (SELECT DISTINCT account_code FROM possync.account_map WHERE role = 'inventory'),
+    transit_accounts AS (SELECT DISTINCT account_code FROM possync.account_map WHERE role = 'in_transit'),
+    stock AS (SELECT b.location_id, sum(b.value) AS v FROM possync.stock_balance b GROUP BY 1),
+    gl AS (SELECT l.location_id, sum(l.debit - l.credit) AS v FROM possync.journal_line l
+            WHERE l.account_code IN (SELECT account_code FROM inventory_accounts) GROUP BY 1),
+    moves AS (SELECT m.sku, m.location_id, sum(m.qty) AS q, sum(m.value) AS v FROM possync.stock_move m GROUP BY 1, 2),
+    open_transfers AS (SELECT t.from_location AS location_id, sum(tl.value_shipped - tl.value_received) AS v
+                         FROM possync.transfer t JOIN possync.transfer_line tl USING (transfer_id) GROUP BY 1),
+    transit AS (SELECT l.location_id, sum(l.debit - l.credit) AS v FROM possync.journal_line l
+                 WHERE l.account_code IN (SELECT account_code FROM transit_accounts) GROUP BY 1),
+    found AS (
+        SELECT 'stock_value_vs_gl_inventory' AS check_name, coalesce(s.location_id, g.location_id) AS location_id,
+               NULL::text AS sku, coalesce(s.v, 0) AS expected, coalesce(g.v, 0) AS actual
+          FROM stock s FULL JOIN gl g ON g.location_id = s.location_id
+        UNION ALL
+        SELECT 'balance_qty_vs_moves', coalesce(b.location_id, m.location_id), coalesce(b.sku, m.sku),
+               coalesce(b.on_hand, 0), coalesce(m.q, 0)
+          FROM possync.stock_balance b FULL JOIN moves m ON m.sku = b.sku AND m.location_id = b.location_id
+        UNION ALL
+        SELECT 'balance_value_vs_moves', coalesce(b.location_id, m.location_id), coalesce(b.sku, m.sku),
+               coalesce(b.value, 0), coalesce(m.v, 0)
+          FROM possync.stock_balance b FULL JOIN moves m ON m.sku = b.sku AND m.location_id = b.location_id
+        UNION ALL
+        SELECT 'in_transit_vs_open_transfers', coalesce(o.location_id, t.location_id), NULL,
+               coalesce(o.v, 0), coalesce(t.v, 0)
+          FROM open_transfers o FULL JOIN transit t ON t.location_id = o.location_id)
+    SELECT f.check_name, f.location_id, f.sku, f.expected, f.actual, f.expected - f.actual
+      FROM found f
+     WHERE f.expected <> f.actual AND (reconcile.location IS NULL OR f.location_id = reconcile.location)
+     ORDER BY 1, 2, 3
+$$;
+
+-- Only broken invariants; an empty result means the ledgers are sound.
+CREATE FUNCTION check_invariants() RETURNS TABLE (invariant text, detail text) LANGUAGE sql STABLE AS $$
+    SELECT 'journal_unbalanced', format('journal %s: debits %s, credits %s', journal_id, sum(debit), sum(credit))
+      FROM possync.journal_line GROUP BY journal_id HAVING sum(debit) <> sum(credit)
+    UNION ALL
+    SELECT 'journal_line_both_sides', format('journal %s line %s', journal_id, line_no)
+      FROM possync.journal_line WHERE debit <> 0 AND credit <> 0
+    UNION ALL
+    SELECT 'stock_move_chain_broken',
+           format('move %s (%s at %s): on_hand_after %s but the moves add up to %s, value_after %s but %s',
+                  move_id, sku, location_id, on_hand_after, running_qty, value_after, running_value)
+      FROM (SELECT m.*, sum(qty) OVER w AS running_qty, sum(value) OVER w AS running_value
+              FROM possync.stock_move m
+            WINDOW w AS (PARTITION BY sku, location_id ORDER BY move_id)) r
+     WHERE on_hand_after <> running_qty OR value_after <> running_value
+    UNION ALL
+    SELECT 'balance_differs_from_moves', format('%s at %s: %s %s, moves add up to %s', sku, location_id,
+           check_name, expected, actual)
+      FROM possync.reconcile() WHERE check_name LIKE 'balance_%'
+    UNION ALL
+    SELECT 'reserved_negative', format('%s at %s: reserved %s', sku, location_id, reserved)
+      FROM possync.stock_balance WHERE reserved < 0
+    UNION ALL
+    SELECT 'reserved_differs_from_reservations', format('%s at %s: reserved %s, active reservations %s',
+           b.sku, b.location_id, b.reserved, coalesce(r.q, 0))
+      FROM possync.stock_balance b
+      LEFT JOIN (SELECT sku, location_id, sum(qty) AS q FROM possync.reservation WHERE status = 'active'
+                  GROUP BY 1, 2) r USING (sku, location_id)
+     WHERE b.reserved <> coalesce(r.q, 0)
+    UNION ALL
+    SELECT 'ledger_not_append_only', format('trigger %s on %s is disabled: ledger rows may have been changed',
+           t.tgname, t.tgrelid::regclass)
+      FROM pg_catalog.pg_trigger t
+     WHERE t.tgname IN ('stock_move_append_only', 'journal_append_only', 'journal_line_append_only',
+                        'journal_line_balanced')
+       AND t.tgenabled = 'D'
+$$;
+
+-- The journal lines (and their events) whose sum is an account's balance, for a location and a date range.
+CREATE FUNCTION trace(account text, location text DEFAULT NULL, from_date date DEFAULT NULL, to_date date DEFAULT NULL)
+RETURNS TABLE (event_id text, journal_id bigint, line_no integer, business_date date, debit numeric, credit numeric)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF account IS NULL THEN
+        RAISE EXCEPTION 'possync.trace: argument account must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM possync.account a WHERE a.account_code = trace.account) THEN
+        RAISE EXCEPTION 'possync.trace: argument account % is not in possync.account', quote_literal(account)
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'pass an account code such as 4000';
+    END IF;
+    RETURN QUERY
+    SELECT j.event_id, l.journal_id, l.line_no, j.business_date, l.debit, l.credit
+      FROM possync.journal_line l JOIN possync.journal j USING (journal_id)
+     WHERE l.account_code = trace.account
+       AND (trace.location IS NULL OR l.location_id = trace.location)
+       AND (trace.from_date IS NULL OR j.business_date >= trace.from_date)
+       AND (trace.to_date IS NULL OR j.business_date <= trace.to_date)
+     ORDER BY j.business_date, l.journal_id, l.line_no;
+END
+$$;
+
+-- Per source: where it stands, how busy it is, what it left behind.
+CREATE VIEW kpi_integration AS
+SELECT s.source_id, s.checkpoint, s.applied_at AS last_applied_at, now() - s.applied_at AS lag,
+       (SELECT count(*) FROM possync.event e WHERE e.source = s.source_id
+           AND e.received_at > now() - interval '5 minutes') AS events_last_5_minutes,
+       (SELECT count(*) FROM possync.event e WHERE e.source = s.source_id
+           AND e.received_at > now() - interval '1 hour') AS events_last_hour,
+       (SELECT count(*) FROM possync.event e WHERE e.source = s.source_id AND e.status = 'held') AS held,
+       (SELECT count(*) FROM possync.exception x WHERE x.source = s.source_id AND x.status = 'open'
+           AND x.kind IN ('malformed', 'conflict')) AS rejected,
+       s.events_applied
+  FROM possync.source s;
+
+-- From count events: how close the books were to the shelf.
+CREATE VIEW kpi_inventory_accuracy AS
+SELECT c.location_id, count(DISTINCT c.sku) AS items_counted, sum(c.counted_qty) AS counted_qty,
+       sum(abs(c.counted_qty - c.system_qty)) AS absolute_variance,
+       CASE WHEN sum(c.counted_qty) = 0 THEN NULL
+            ELSE round(1 - sum(abs(c.counted_qty - c.system_qty)) / sum(c.counted_qty), 4) END AS accuracy,
+       max(c.business_date) AS last_counted
+  FROM possync.count_line c GROUP BY c.location_id;
+
+-- Promises that could not be kept: refused reservations and shelves that went below zero.
+CREATE VIEW kpi_oversell AS
+SELECT l.location_id,
+       (SELECT count(*) FROM possync.reservation r WHERE r.location_id = l.location_id
+           AND r.status = 'insufficient') AS insufficient_reservations,
+       (SELECT count(*) FROM possync.exception x WHERE x.location_id = l.location_id
+           AND x.kind = 'negative_on_hand') AS negative_on_hand,
+       (SELECT count(*) FROM possync.stock_balance b WHERE b.location_id = l.location_id AND b.on_hand < 0)
+           AS skus_negative_now
+  FROM possync.location l;
+
+-- The sales audit at a glance: open exceptions by kind and age, manual adjustments, audited days.
+CREATE VIEW kpi_audit AS
+SELECT 'open_exceptions' AS measure, x.kind AS dimension,
+       CASE WHEN now() - x.raised_at < interval '1 hour' THEN 'under 1 hour'
+            WHEN now() - x.raised_at < interval '1 day' THEN 'under 1 day'
+            ELSE '1 day or more' END AS age, count(*)::numeric AS value
+  FROM possync.exception x WHERE x.status = 'open' GROUP BY 2, 3
+UNION ALL
+SELECT 'manual_adjustments', 'count', NULL, count(DISTINCT m.event_id)::numeric
+  FROM possync.stock_move m JOIN possync.event e USING (event_id) WHERE e.kind = 'adjustment'
+UNION ALL
+SELECT 'manual_adjustments', 'value', NULL, coalesce(sum(abs(m.value)), 0)
+  FROM possync.stock_move m JOIN possync.event e USING (event_id) WHERE e.kind = 'adjustment'
+UNION ALL
+SELECT 'days_audited', 'count', NULL, count(*)::numeric FROM possync.audited_day;
