@@ -38,6 +38,11 @@ impl Assembler {
         }
     }
 
+    /// True between a Begin and its Commit.
+    pub fn in_transaction(&self) -> bool {
+        self.open.is_some()
+    }
+
     /// Feeds one message; returns the transaction when the message is its Commit.
     pub fn push(&mut self, message: Message) -> Result<Option<PosTransaction>, DecodeError> {
         match message {

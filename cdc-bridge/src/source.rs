@@ -249,11 +249,17 @@ async fn read_stream(
     metrics: Arc<SourceMetrics>,
 ) -> Result<(), SessionError> {
     let mut received = Lsn::ZERO;
+    let mut handed = Lsn::ZERO;
     let mut ticker = tokio::time::interval(status_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending: Option<PosTransaction> = None;
     loop {
-        let flush = Lsn(committed.load(Ordering::Acquire));
+        let flush = flush_position(
+            Lsn(committed.load(Ordering::Acquire)),
+            received,
+            handed,
+            pending.is_none() && !assembler.in_transaction(),
+        );
         if let Some(txn) = pending.take() {
             // the applier is behind: wait for room, but keep telling the POS we are alive
             tokio::select! {
@@ -274,6 +280,7 @@ async fn read_stream(
                     received = received.max(wal_end);
                     metrics.wal_end.store(received.0, Ordering::Relaxed);
                     if let Some(txn) = assembler.push(decode(&data)?)? {
+                        handed = txn.commit_lsn;
                         match tx.try_send(txn) {
                             Ok(()) => {}
                             Err(mpsc::error::TrySendError::Full(t)) => pending = Some(t),
@@ -285,12 +292,29 @@ async fn read_stream(
                     received = received.max(wal_end);
                     metrics.wal_end.store(received.0, Ordering::Relaxed);
                     if reply_requested {
+                        let flush = flush_position(
+                            Lsn(committed.load(Ordering::Acquire)),
+                            received,
+                            handed,
+                            !assembler.in_transaction(),
+                        );
                         repl.send_status(received, flush).await?;
                     }
                 }
             },
             _ = ticker.tick() => repl.send_status(received, flush).await?,
         }
+    }
+}
+
+/// The flush position to report: what the ERP committed. When every transaction received so far is committed
+/// and none is half received, the WAL up to `received` holds nothing more for this source, so that position is
+/// reported instead; otherwise a POS fast shutdown would wait for this walsender forever.
+pub fn flush_position(committed: Lsn, received: Lsn, handed: Lsn, nothing_in_hand: bool) -> Lsn {
+    if nothing_in_hand && committed >= handed {
+        committed.max(received)
+    } else {
+        committed
     }
 }
 
@@ -378,5 +402,22 @@ async fn apply_loop(
         if *shutdown.borrow() {
             return Ok(SessionEnd::Shutdown);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flush_never_passes_an_uncommitted_transaction() {
+        let (c, r, h) = (Lsn(100), Lsn(500), Lsn(300));
+        // a handed transaction at 300 is not committed yet: report 100
+        assert_eq!(flush_position(c, r, h, true), Lsn(100));
+        // a transaction is half received or waiting for the applier: report 100
+        assert_eq!(flush_position(c, r, Lsn(90), false), Lsn(100));
+        // everything handed is committed and nothing is in hand: the WAL up to 500 holds nothing for us
+        assert_eq!(flush_position(Lsn(300), r, h, true), Lsn(500));
+        assert_eq!(sanitize("Store-42.East"), "store_42_east");
     }
 }

@@ -377,6 +377,19 @@ impl Bridge {
         Some((code, body))
     }
 
+    /// Waits until the source streams (its slot and publication exist).
+    pub fn wait_streaming(&self, source: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.metric("possync_bridge_streaming", source) != Some(1.0) {
+            assert!(
+                Instant::now() < deadline,
+                "{source} did not start streaming within {within:?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// A metric's value for a source, read over HTTP.
     pub fn metric(&self, name: &str, source: &str) -> Option<f64> {
         let (_, body) = self.http_get("/metrics")?;

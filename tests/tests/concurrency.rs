@@ -10,7 +10,9 @@ async fn numeric(client: &tokio_postgres::Client, sql: &str) -> Decimal {
         .query_one(&format!("SELECT coalesce(({sql}), 0)::text"), &[])
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    row.get::<_, String>(0).parse().unwrap_or_else(|e| panic!("{sql}: {e}"))
+    row.get::<_, String>(0)
+        .parse()
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -21,7 +23,10 @@ async fn concurrent_postings_to_the_same_balances_lose_nothing_and_never_deadloc
     let receipt = json!({"event_id": "rcpt", "kind": "receipt", "location": STORE, "business_date": "2026-11-26",
         "lines": [{"sku": SKUS[0], "qty": 1000, "unit_cost": "3.00"}, {"sku": SKUS[1], "qty": 1000, "unit_cost": "7.00"}]});
     setup
-        .execute("SELECT possync.apply_event($1::text::jsonb)", &[&receipt.to_string()])
+        .execute(
+            "SELECT possync.apply_event($1::text::jsonb)",
+            &[&receipt.to_string()],
+        )
         .await
         .expect("receipt");
 
@@ -62,13 +67,24 @@ async fn concurrent_postings_to_the_same_balances_lose_nothing_and_never_deadloc
             &format!("SELECT on_hand FROM possync.stock_balance WHERE sku = '{sku}' AND location_id = '{STORE}'"),
         )
         .await;
-        assert_eq!(on_hand, Decimal::from(1000) - sold_each, "{sku}: no lost update");
+        assert_eq!(
+            on_hand,
+            Decimal::from(1000) - sold_each,
+            "{sku}: no lost update"
+        );
     }
-    let revenue = numeric(&setup, "SELECT sum(credit) - sum(debit) FROM possync.journal_line WHERE account_code = '4000'").await;
+    let revenue = numeric(
+        &setup,
+        "SELECT sum(credit) - sum(debit) FROM possync.journal_line WHERE account_code = '4000'",
+    )
+    .await;
     assert_eq!(revenue, sales * Decimal::from(30));
     let stock_value = numeric(&setup, "SELECT sum(value) FROM possync.stock_balance").await;
-    let gl_inventory =
-        numeric(&setup, "SELECT sum(debit) - sum(credit) FROM possync.journal_line WHERE account_code = '1200'").await;
+    let gl_inventory = numeric(
+        &setup,
+        "SELECT sum(debit) - sum(credit) FROM possync.journal_line WHERE account_code = '1200'",
+    )
+    .await;
     assert_eq!(stock_value, gl_inventory);
 }
 
@@ -80,10 +96,20 @@ async fn racing_reservations_never_oversell() {
     let receipt = json!({"event_id": "rcpt", "kind": "receipt", "location": STORE, "business_date": "2026-11-26",
         "lines": [{"sku": SKUS[2], "qty": 100, "unit_cost": "1.00"}]});
     setup
-        .execute("SELECT possync.apply_event($1::text::jsonb)", &[&receipt.to_string()])
+        .execute(
+            "SELECT possync.apply_event($1::text::jsonb)",
+            &[&receipt.to_string()],
+        )
         .await
         .expect("receipt");
-    assert_eq!(numeric(&setup, &format!("SELECT possync.atp('{}', '{STORE}')", SKUS[2])).await, Decimal::from(100));
+    assert_eq!(
+        numeric(
+            &setup,
+            &format!("SELECT possync.atp('{}', '{STORE}')", SKUS[2])
+        )
+        .await,
+        Decimal::from(100)
+    );
 
     let mut tasks = Vec::new();
     for conn in 0..8 {
@@ -114,7 +140,18 @@ async fn racing_reservations_never_oversell() {
         insufficient += i;
     }
     assert_eq!((reserved, insufficient), (100, 300));
-    assert_eq!(numeric(&setup, &format!("SELECT possync.atp('{}', '{STORE}')", SKUS[2])).await, Decimal::ZERO);
-    let held = numeric(&setup, "SELECT sum(qty) FROM possync.reservation WHERE status = 'active'").await;
+    assert_eq!(
+        numeric(
+            &setup,
+            &format!("SELECT possync.atp('{}', '{STORE}')", SKUS[2])
+        )
+        .await,
+        Decimal::ZERO
+    );
+    let held = numeric(
+        &setup,
+        "SELECT sum(qty) FROM possync.reservation WHERE status = 'active'",
+    )
+    .await;
     assert_eq!(held, Decimal::from(100));
 }

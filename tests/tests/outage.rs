@@ -10,6 +10,7 @@ async fn an_erp_outage_never_blocks_the_till_and_loses_nothing() {
     let pos_db = pos.connect("pos").await;
     let erp_url = erp.url("erp");
     let bridge = Bridge::start(&erp_url, &[("east", pos.url("pos"))], &[]);
+    bridge.wait_streaming("east", Duration::from_secs(30));
 
     run_sales(&pos_db, "A", 1, 50, 50).await;
     wait_caught_up(&erp_url, &pos_db, "east", Duration::from_secs(60)).await;
@@ -58,6 +59,7 @@ async fn a_pos_restart_and_an_apply_blocked_past_wal_sender_timeout_lose_nothing
     let erp = erp_cluster().await;
     let erp_url = erp.url("erp");
     let bridge = Bridge::start(&erp_url, &[("west", pos.url("pos"))], &[]);
+    bridge.wait_streaming("west", Duration::from_secs(30));
     {
         let pos_db = pos.connect("pos").await;
         run_sales(&pos_db, "A", 1, 40, 50).await;
