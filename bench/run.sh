@@ -16,7 +16,8 @@
 # Environment: BENCH_DIR (target/bench), BENCH_PORT (54329), BENCH_LOCATIONS (50), BENCH_SKUS (200),
 # BENCH_BATCH_EVENTS (50000), BENCH_SINGLE_EVENTS (8000), BENCH_ATP_SECONDS (10), BENCH_SYNC_COMMIT (on),
 # BENCH_PROFILE=1 (load pg_stat_statements, track=all, and print the top statements after the posting stage),
-# PG_BIN (/usr/lib/postgresql/15/bin).
+# BENCH_KEEP=1 (leave the cluster running afterwards, for EXPLAIN and friends), BENCH_EXTRA_SQL=FILE (a what-if:
+# SQL run in the posting database after possync is installed, e.g. a candidate fix; its rows are labelled), PG_BIN (/usr/lib/postgresql/15/bin).
 
 set -euo pipefail
 
@@ -54,7 +55,10 @@ psql_bench() { # psql_bench DB SQL
 CLUSTER_UP=0
 
 stop_cluster() {
-    if [ "$CLUSTER_UP" = 1 ]; then
+    if [ "$CLUSTER_UP" = 1 ] && [ "${BENCH_KEEP:-0}" = 1 ]; then
+        say "bench: BENCH_KEEP=1: the cluster keeps running: psql -h $SOCK -p $PORT -U postgres bench_posting;" \
+            "stop it with: sudo -u postgres $PG_BIN/pg_ctl -D $PGDATA_DIR stop"
+    elif [ "$CLUSTER_UP" = 1 ]; then
         as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null 2>&1 || true
         CLUSTER_UP=0
         say "bench: stopped the cluster in $PGDATA_DIR"
@@ -150,10 +154,17 @@ stage_posting() {
     if [ "$PROFILE" = 1 ]; then
         psql_bench bench_posting "CREATE EXTENSION pg_stat_statements"
     fi
-    local rows=$OUT/rows-posting.txt
+    local rows=$OUT/rows-posting.txt extra=()
+    if [ -n "${BENCH_EXTRA_SQL:-}" ]; then
+        say "bench: posting: what-if run: $BENCH_EXTRA_SQL is applied after possync is installed"
+        extra=(--extra-sql "$BENCH_EXTRA_SQL")
+    fi
     "$BENCH_BIN" posting --db "$(conninfo bench_posting)" --locations "$LOCATIONS" --skus "$SKUS" \
-        --batch-events "$BATCH_EVENTS" --single-events "$SINGLE_EVENTS" | grep '^row|' >"$rows" \
+        --batch-events "$BATCH_EVENTS" --single-events "$SINGLE_EVENTS" "${extra[@]}" | grep '^row|' >"$rows" \
         || die "the posting stage failed (see the message above)"
+    if [ -n "${BENCH_EXTRA_SQL:-}" ]; then
+        sed -i "s/^row|\([^|]*\)|/row|\1 (what-if: $(basename "$BENCH_EXTRA_SQL"))|/" "$rows"
+    fi
     print_table posting "$rows"
     if [ "$PROFILE" = 1 ]; then
         say "bench: top statements by total time (pg_stat_statements, track=all)"

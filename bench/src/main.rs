@@ -4,6 +4,7 @@
 //! possync-bench setup   --db CONNINFO [--locations 50] [--skus 200]
 //! possync-bench posting --db CONNINFO [--locations 50] [--skus 200] [--seed 42]
 //!                       [--warmup-events 1000] [--batch-events 50000] [--single-events 8000]
+//!                       [--extra-sql FILE]   (a what-if: SQL run after possync is installed)
 //! ```
 //!
 //! `setup` installs possync with the default chart, the chain's master data and opening stock (the ATP stage
@@ -98,6 +99,7 @@ struct Args {
     warmup_events: usize,
     batch_events: usize,
     single_events: usize,
+    extra_sql: Option<String>,
 }
 
 fn parse_args() -> Result<Args, BenchError> {
@@ -116,6 +118,7 @@ fn parse_args() -> Result<Args, BenchError> {
         warmup_events: 1_000,
         batch_events: 50_000,
         single_events: 8_000,
+        extra_sql: None,
     };
     while let Some(flag) = it.next() {
         let value = it
@@ -133,6 +136,12 @@ fn parse_args() -> Result<Args, BenchError> {
             "--warmup-events" => args.warmup_events = number(&value)? as usize,
             "--batch-events" => args.batch_events = number(&value)? as usize,
             "--single-events" => args.single_events = number(&value)? as usize,
+            "--extra-sql" => {
+                let sql = std::fs::read_to_string(&value).map_err(|e| {
+                    BenchError::Usage(format!("cannot read --extra-sql {value}: {e}"))
+                })?;
+                args.extra_sql = Some(sql);
+            }
             _ => return Err(BenchError::Usage(format!("unknown flag {flag}"))),
         }
     }
@@ -164,6 +173,7 @@ async fn run(args: Args) -> Result<(), BenchError> {
                 warmup_events: args.warmup_events,
                 batch_events: args.batch_events,
                 single_events: args.single_events,
+                extra_sql: args.extra_sql,
             };
             posting::run(&client, plan).await.map(|rows| {
                 for row in rows {

@@ -23,13 +23,15 @@ const COPY_MASTER_DATA: &str = "\
     INSERT INTO baseline.stock_balance (sku, location_id, on_hand, value, avg_cost, reserved) \
         SELECT sku, location_id, on_hand, value, avg_cost, reserved FROM possync.stock_balance;";
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     pub chain: Chain,
     pub seed: u64,
     pub warmup_events: usize,
     pub batch_events: usize,
     pub single_events: usize,
+    /// SQL run after possync is installed (a what-if, such as a candidate fix)
+    pub extra_sql: Option<String>,
 }
 
 /// Which implementation a run posts through.
@@ -68,6 +70,12 @@ pub async fn run(client: &Client, plan: Plan) -> Result<Vec<Row>, BenchError> {
         plan.chain.locations, plan.chain.skus
     );
     plan.chain.install(client).await?;
+    if let Some(sql) = &plan.extra_sql {
+        client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| BenchError::sql("running the --extra-sql file", e))?;
+    }
     client
         .batch_execute(BASELINE_SQL)
         .await
