@@ -157,9 +157,10 @@ BEGIN
        AND (e.business_date = audit_day.business_date
             OR x.detail ->> 'business_date' = audit_day.business_date::text);
     IF jsonb_array_length(open_x) = 0 THEN
-        INSERT INTO possync.audited_day (location_id, business_date) VALUES (location, business_date)
-        ON CONFLICT (location_id, business_date) DO UPDATE SET audited_at = now()
-        RETURNING audited_at INTO done_at;
+        INSERT INTO possync.audited_day AS a (location_id, business_date)
+        VALUES (audit_day.location, audit_day.business_date)
+        ON CONFLICT ON CONSTRAINT audited_day_pkey DO UPDATE SET audited_at = now()
+        RETURNING a.audited_at INTO done_at;
         RETURN jsonb_build_object('location', location, 'business_date', business_date, 'status', 'clean',
                                   'audited_at', done_at, 'exceptions', open_x);
     END IF;

@@ -32,6 +32,7 @@ mod tests {
     include!("pg_tests/posting.rs");
     include!("pg_tests/atp.rs");
     include!("pg_tests/scenario.rs");
+    include!("pg_tests/audit.rs");
 }
 
 /// Required by `cargo pgrx test`.
