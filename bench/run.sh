@@ -14,7 +14,7 @@
 # Benchmarks print figures; nothing here passes or fails on a timing.
 #
 # Environment: BENCH_DIR (target/bench), BENCH_PORT (54329), BENCH_LOCATIONS (50), BENCH_SKUS (200),
-# BENCH_BATCH_EVENTS (50000), BENCH_SINGLE_EVENTS (8000), BENCH_ATP_SECONDS (10), BENCH_SYNC_COMMIT (on),
+# BENCH_POSSYNC (package | installed, see below), BENCH_BATCH_EVENTS (50000), BENCH_SINGLE_EVENTS (8000), BENCH_ATP_SECONDS (10), BENCH_SYNC_COMMIT (on),
 # BENCH_PROFILE=1 (load pg_stat_statements, track=all, and print the top statements after the posting stage),
 # BENCH_KEEP=1 (leave the cluster running afterwards, for EXPLAIN and friends), BENCH_EXTRA_SQL=FILE (a what-if:
 # SQL run in the posting database after possync is installed, e.g. a candidate fix; its rows are labelled), PG_BIN (/usr/lib/postgresql/15/bin).
@@ -32,6 +32,12 @@ SINGLE_EVENTS=${BENCH_SINGLE_EVENTS:-8000}
 ATP_SECONDS=${BENCH_ATP_SECONDS:-10}
 SYNC_COMMIT=${BENCH_SYNC_COMMIT:-on}
 PROFILE=${BENCH_PROFILE:-0}
+PG_CONFIG=${PG_CONFIG:-$PG_BIN/pg_config}
+# BENCH_POSSYNC=package (default) measures a release build of this tree, packaged into a private server tree;
+# BENCH_POSSYNC=installed measures whatever is installed in the system PostgreSQL (quicker, but a concurrent
+# `cargo pgrx test` installs a debug build there)
+POSSYNC_FROM=${BENCH_POSSYNC:-package}
+SERVER_BIN=$PG_BIN
 PGDATA_DIR=$OUT/pgdata
 SOCK=$OUT/sock
 REPORT=$OUT/report.md
@@ -57,9 +63,9 @@ CLUSTER_UP=0
 stop_cluster() {
     if [ "$CLUSTER_UP" = 1 ] && [ "${BENCH_KEEP:-0}" = 1 ]; then
         say "bench: BENCH_KEEP=1: the cluster keeps running: psql -h $SOCK -p $PORT -U postgres bench_posting;" \
-            "stop it with: sudo -u postgres $PG_BIN/pg_ctl -D $PGDATA_DIR stop"
+            "stop it with: sudo -u postgres $SERVER_BIN/pg_ctl -D $PGDATA_DIR stop"
     elif [ "$CLUSTER_UP" = 1 ]; then
-        as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null 2>&1 || true
+        as_postgres "$SERVER_BIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null 2>&1 || true
         CLUSTER_UP=0
         say "bench: stopped the cluster in $PGDATA_DIR"
     fi
@@ -67,17 +73,54 @@ stop_cluster() {
 trap stop_cluster EXIT
 trap 'exit 130' INT TERM
 
+# A server tree of our own: the system's PostgreSQL binaries (copied: postgres finds lib/ and share/ relative to
+# its own path), its libraries and share files linked, and possync's files from a release package of this tree.
+private_server() {
+    local pkg=$OUT/pkg root=$OUT/pg bindir libdir sharedir
+    bindir=$("$PG_CONFIG" --bindir)
+    libdir=$("$PG_CONFIG" --pkglibdir)
+    sharedir=$("$PG_CONFIG" --sharedir)
+    say "bench: packaging possync (release build of this tree; log in $OUT/package.log)"
+    rm -rf "$pkg"
+    (cd "$ROOT" && cargo pgrx package -p possync --pg-config "$PG_CONFIG" --out-dir "$pkg") >"$OUT/package.log" 2>&1 \
+        || { tail -30 "$OUT/package.log" >&2; die "cargo pgrx package failed"; }
+    [ -f "$pkg$libdir/possync.so" ] || die "the package has no $libdir/possync.so (see $OUT/package.log)"
+    rm -rf "$root"
+    mkdir -p "$root$bindir" "$root$libdir" "$root$sharedir/extension"
+    cp -a "$bindir/postgres" "$bindir/initdb" "$bindir/pg_ctl" "$root$bindir/"
+    local f
+    for f in "$libdir"/*; do
+        [ "$(basename "$f")" = possync.so ] || ln -s "$f" "$root$libdir/"
+    done
+    for f in "$sharedir"/*; do
+        [ "$(basename "$f")" = extension ] || ln -s "$f" "$root$sharedir/"
+    done
+    for f in "$sharedir"/extension/*; do
+        case $(basename "$f") in possync.control | possync--*) ;; *) ln -s "$f" "$root$sharedir/extension/" ;; esac
+    done
+    cp "$pkg$libdir/possync.so" "$root$libdir/"
+    cp "$pkg$sharedir"/extension/possync* "$root$sharedir/extension/"
+    SERVER_BIN=$root$bindir
+    POSSYNC_BUILD="release package of $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- src sql Cargo.toml || echo '+changes')"
+}
+POSSYNC_BUILD="as installed in $PG_BIN/.."
+
 ensure_cluster() {
     [ "$CLUSTER_UP" = 1 ] && return 0
     [ -x "$PG_BIN/initdb" ] || die "no PostgreSQL 15 in $PG_BIN (run make deps)"
     mkdir -p "$OUT"
     chown postgres "$OUT" 2>/dev/null || true
+    case $POSSYNC_FROM in
+    package) private_server ;;
+    installed) ;;
+    *) die "BENCH_POSSYNC is package or installed, not '$POSSYNC_FROM'" ;;
+    esac
     if [ -f "$PGDATA_DIR/postmaster.pid" ]; then
-        as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m immediate -w stop >/dev/null 2>&1 || true
+        as_postgres "$SERVER_BIN/pg_ctl" -D "$PGDATA_DIR" -m immediate -w stop >/dev/null 2>&1 || true
     fi
     as_postgres rm -rf "$PGDATA_DIR" "$SOCK"
     as_postgres mkdir -p "$SOCK"
-    as_postgres "$PG_BIN/initdb" -D "$PGDATA_DIR" -U postgres -A trust -E UTF8 --no-locale >/dev/null \
+    as_postgres "$SERVER_BIN/initdb" -D "$PGDATA_DIR" -U postgres -A trust -E UTF8 --no-locale >/dev/null \
         || die "initdb failed in $PGDATA_DIR"
     local preload=""
     [ "$PROFILE" = 1 ] && preload="shared_preload_libraries = 'pg_stat_statements'
@@ -95,10 +138,11 @@ synchronous_commit = $SYNC_COMMIT
 max_connections = 20
 $preload
 EOF
-    as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$OUT/postgres.log" -w start >/dev/null \
+    as_postgres "$SERVER_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$OUT/postgres.log" -w start >/dev/null \
         || die "the cluster did not start; see $OUT/postgres.log"
     CLUSTER_UP=1
-    say "bench: cluster up (PostgreSQL $(psql_bench postgres 'SHOW server_version'), socket $SOCK, port $PORT)"
+    say "bench: cluster up (PostgreSQL $(psql_bench postgres 'SHOW server_version'), socket $SOCK, port $PORT," \
+        "possync: $POSSYNC_BUILD)"
 }
 
 fresh_db() { # fresh_db NAME
@@ -124,7 +168,7 @@ build_bench() {
 machine() {
     local model
     model=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//') || true
-    echo "$(nproc) cores (${model:-unknown cpu}), $("$PG_BIN/postgres" --version | sed 's/^postgres (PostgreSQL) /PostgreSQL /'), $(. /etc/os-release 2>/dev/null; echo "${PRETTY_NAME:-unknown os}"), synchronous_commit=$SYNC_COMMIT"
+    echo "$(nproc) cores (${model:-unknown cpu}), $("$PG_BIN/postgres" --version | sed 's/^postgres (PostgreSQL) /PostgreSQL /'), $(. /etc/os-release 2>/dev/null; echo "${PRETTY_NAME:-unknown os}"), synchronous_commit=$SYNC_COMMIT, possync: $POSSYNC_BUILD"
 }
 
 print_table() { # print_table STAGE ROWS_FILE
@@ -267,6 +311,7 @@ main() {
     if [ ${#stages[@]} -eq 0 ] || [ "${stages[*]}" = all ]; then
         stages=("${ALL_STAGES[@]}")
         FULL_RUN=1
+        ensure_cluster # first, so that the header names the possync build measured
         {
             echo "# possync benchmark report"
             echo
