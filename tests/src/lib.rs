@@ -259,11 +259,14 @@ fn bridge_binary() -> PathBuf {
     BIN.get_or_init(|| {
         // the test binary lives in <target>/<profile>/deps; the bridge in <target>/<profile>
         let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-        let profile_dir = exe
+        // test binaries live in <target>/<profile>/deps, the bench binary in <target>/<profile>
+        let mut profile_dir = exe
             .parent()
-            .and_then(Path::parent)
             .map(Path::to_path_buf)
-            .unwrap_or_else(|| panic!("unexpected test binary location {}", exe.display()));
+            .unwrap_or_else(|| panic!("unexpected binary location {}", exe.display()));
+        if profile_dir.file_name().is_some_and(|n| n == "deps") {
+            profile_dir.pop();
+        }
         let target_dir = profile_dir
             .parent()
             .map(Path::to_path_buf)

@@ -1,0 +1,329 @@
+//! `make bench`, bridge stage: live lag at a steady POS rate, backlog drain and peak RSS of possync-bridge, each
+//! beside PostgreSQL's own logical replication (a subscription copying the same POS tables into the ERP cluster),
+//! measured in the same run. Prints `row|figure|possync|baseline|ratio|target|note` lines for bench/run.sh.
+//!
+//! Environment: BENCH_RATE (1000 POS transactions/s), BENCH_LIVE_SECONDS (10), BENCH_BACKLOG (100000).
+
+use std::time::{Duration, Instant};
+
+use possync_e2e::{erp_cluster, pos_cluster, Bridge, Cluster, POS_SCHEMA, SKUS, STORE};
+use tokio_postgres::Client;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A server-side procedure committing `n` sales of 3 lines and 1 tender, one transaction each.
+const SALES_PROCEDURE: &str = r#"
+CREATE PROCEDURE public.bench_sales(prefix text, n int) LANGUAGE plpgsql AS $$
+DECLARE
+    skus text[] := ARRAY[SKUS_LIST];
+    i int; l int; q numeric; p numeric; t numeric; total numeric;
+BEGIN
+    FOR i IN 1..n LOOP
+        INSERT INTO pos.sale (txn_id, store_id, register_id, seq, business_date, occurred_at)
+        VALUES (prefix || i, 'STORE', '1', i, '2026-11-26', clock_timestamp());
+        total := 0;
+        FOR l IN 1..3 LOOP
+            q := 1 + (i + l) % 3;
+            p := 1 + ((i * 7 + l * 13) % 4000) / 100.0;
+            t := round(q * p * 0.08875, 2);
+            total := total + q * p + t;
+            INSERT INTO pos.sale_line (txn_id, line_no, sku, qty, unit_price, tax, tax_code)
+            VALUES (prefix || i, l, skus[1 + (i + l) % array_length(skus, 1)], q, p, t, 'NY');
+        END LOOP;
+        INSERT INTO pos.tender (txn_id, tender_no, tender_type, amount) VALUES (prefix || i, 1, 'card', total);
+        COMMIT;
+    END LOOP;
+END $$;
+"#;
+
+async fn one_sale(pos: &Client, id: &str, seq: i64) {
+    let sql = format!(
+        "BEGIN;
+         INSERT INTO pos.sale (txn_id, store_id, register_id, seq, business_date, occurred_at) VALUES ('{id}', '{STORE}', '1', {seq}, '2026-11-26', clock_timestamp());
+         INSERT INTO pos.sale_line (txn_id, line_no, sku, qty, unit_price, tax, tax_code) VALUES
+           ('{id}', 1, '{a}', 1, 10.00, 0.89, 'NY'), ('{id}', 2, '{b}', 2, 5.50, 0.98, 'NY'), ('{id}', 3, '{c}', 1, 3.25, 0.29, 'NY');
+         INSERT INTO pos.tender (txn_id, tender_no, tender_type, amount) VALUES ('{id}', 1, 'card', 26.41);
+         COMMIT;",
+        a = SKUS[0],
+        b = SKUS[1],
+        c = SKUS[2]
+    );
+    pos.batch_execute(&sql)
+        .await
+        .unwrap_or_else(|e| panic!("POS sale {id}: {e}"));
+}
+
+/// Commits `total` sales at `rate`/s over 4 connections.
+async fn steady_load(pos: &Cluster, prefix: &str, rate: u32, total: u32) -> f64 {
+    let workers = 4u32;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let client = pos.connect("pos").await;
+        let prefix = prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(1) * workers / rate.max(1));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut i = w;
+            while i < total {
+                ticker.tick().await;
+                one_sale(&client, &format!("{prefix}{i}"), i64::from(i)).await;
+                i += workers;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap_or_else(|e| panic!("load task: {e}"));
+    }
+    f64::from(total) / started.elapsed().as_secs_f64()
+}
+
+async fn count(client: &Client, sql: &str) -> i64 {
+    client
+        .query_one(sql, &[])
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+async fn wait_count(client: &Client, sql: &str, want: i64, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let have = count(client, sql).await;
+        if have >= want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{sql}: {have} of {want} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// p50, p99, max of a lag column in milliseconds.
+async fn lag_ms(client: &Client, sql: &str) -> (f64, f64, f64) {
+    let q = format!(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms)
+         FROM (SELECT (extract(epoch FROM lag) * 1000)::float8 AS ms FROM ({sql}) s) x"
+    );
+    let r = client
+        .query_one(&q, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{q}: {e}"));
+    let f = |i: usize| r.get::<_, Option<f64>>(i).unwrap_or(f64::NAN);
+    (f(0), f(1), f(2))
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let rate: u32 = env_or("BENCH_RATE", 1000);
+    let live_seconds: u32 = env_or("BENCH_LIVE_SECONDS", 10);
+    let backlog: u32 = env_or("BENCH_BACKLOG", 100_000);
+    let live_total = rate * live_seconds;
+
+    let pos = pos_cluster(&[]).await;
+    let erp = erp_cluster().await;
+    let pos_db = pos.connect("pos").await;
+    let erp_db = erp.connect("erp").await;
+    let skus: Vec<String> = SKUS.iter().map(|s| format!("'{s}'")).collect();
+    pos_db
+        .batch_execute(
+            &SALES_PROCEDURE
+                .replace("SKUS_LIST", &skus.join(", "))
+                .replace("'STORE'", &format!("'{STORE}'")),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("bench procedure: {e}"));
+    // when each event reached the ERP: written inside the posting transaction, as the subscriber's default is
+    erp_db
+        .batch_execute(
+            "CREATE SCHEMA bench;
+             CREATE TABLE bench.arrival (event_id text PRIMARY KEY, at timestamptz NOT NULL);
+             CREATE FUNCTION bench.arrived() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN INSERT INTO bench.arrival VALUES (NEW.event_id, clock_timestamp()) ON CONFLICT DO NOTHING; RETURN NULL; END $$;
+             CREATE TRIGGER bench_arrival AFTER INSERT ON possync.event FOR EACH ROW EXECUTE FUNCTION bench.arrived();",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("bench arrival table: {e}"));
+    // the native baseline: the same POS tables copied into a database of the ERP cluster
+    erp.create_database("native").await;
+    let native = erp.connect("native").await;
+    native
+        .batch_execute(&format!(
+            "{POS_SCHEMA}
+             ALTER TABLE pos.sale ADD COLUMN arrived timestamptz DEFAULT clock_timestamp();"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("native schema: {e}"));
+    pos_db
+        .batch_execute("CREATE PUBLICATION native FOR TABLE pos.sale, pos.sale_line, pos.tender")
+        .await
+        .unwrap_or_else(|e| panic!("native publication: {e}"));
+
+    let source = [("bench", pos.url("pos"))];
+    let erp_url = erp.url("erp");
+
+    // 1. live lag, bridge
+    let bridge = Bridge::start(&erp_url, &source, &[]);
+    bridge.wait_streaming("bench", Duration::from_secs(60));
+    let achieved = steady_load(&pos, "L", rate, live_total).await;
+    wait_count(
+        &erp_db,
+        "SELECT count(*) FROM possync.event WHERE event_id LIKE 'L%'",
+        i64::from(live_total),
+        Duration::from_secs(300),
+    )
+    .await;
+    let bridge_lag = lag_ms(
+        &erp_db,
+        "SELECT a.at - e.occurred_at AS lag FROM possync.event e JOIN bench.arrival a USING (event_id) WHERE e.event_id LIKE 'L%'",
+    )
+    .await;
+    let rss_live = peak_rss_mb(bridge.pid());
+    eprintln!(
+        "bench: bridge live: {achieved:.0} tx/s committed, lag p50/p99/max {bridge_lag:?} ms"
+    );
+    let _ = bridge.terminate();
+
+    // 2. live lag, native subscription (created now, so it starts at the current WAL position)
+    native
+        .batch_execute(&format!(
+            "CREATE SUBSCRIPTION native CONNECTION 'host=127.0.0.1 port={} dbname=pos user=postgres' PUBLICATION native WITH (copy_data = false)",
+            pos.port
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("native subscription: {e}"));
+    wait_count(
+        &native,
+        "SELECT count(*) FROM pg_stat_subscription WHERE subname = 'native' AND received_lsn IS NOT NULL",
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    let native_achieved = steady_load(&pos, "N", rate, live_total).await;
+    wait_count(
+        &native,
+        "SELECT count(*) FROM pos.sale WHERE txn_id LIKE 'N%'",
+        i64::from(live_total),
+        Duration::from_secs(300),
+    )
+    .await;
+    let native_lag = lag_ms(
+        &native,
+        "SELECT arrived - occurred_at AS lag FROM pos.sale WHERE txn_id LIKE 'N%'",
+    )
+    .await;
+    eprintln!("bench: native live: {native_achieved:.0} tx/s committed, lag p50/p99/max {native_lag:?} ms");
+
+    // the bridge catches up on the native phase's sales, so that its backlog below is the same as the subscription's
+    let bridge = Bridge::start(&erp_url, &source, &[]);
+    wait_count(
+        &erp_db,
+        "SELECT count(*) FROM possync.event WHERE event_id LIKE 'N%'",
+        i64::from(live_total),
+        Duration::from_secs(300),
+    )
+    .await;
+    let _ = bridge.terminate();
+
+    // 3. backlog: committed while the bridge is stopped and the subscription disabled, then drained by each
+    native
+        .batch_execute("ALTER SUBSCRIPTION native DISABLE")
+        .await
+        .unwrap_or_else(|e| panic!("disable subscription: {e}"));
+    let made = Instant::now();
+    pos_db
+        .batch_execute(&format!("CALL public.bench_sales('D', {backlog})"))
+        .await
+        .unwrap_or_else(|e| panic!("backlog: {e}"));
+    eprintln!(
+        "bench: {backlog} backlog transactions committed in {:.1} s",
+        made.elapsed().as_secs_f64()
+    );
+    let bridge = Bridge::start(&erp_url, &source, &[]);
+    let started = Instant::now();
+    let mut applied;
+    loop {
+        applied = bridge
+            .metric("possync_bridge_transactions_applied_total", "bench")
+            .unwrap_or(0.0);
+        if applied >= f64::from(backlog) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "bridge drained {applied} of {backlog}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bridge_secs = started.elapsed().as_secs_f64();
+    let rss_drain = peak_rss_mb(bridge.pid());
+    let _ = bridge.terminate();
+    let posted = count(
+        &erp_db,
+        "SELECT count(*) FROM possync.event WHERE event_id LIKE 'D%' AND status = 'applied'",
+    )
+    .await;
+    eprintln!("bench: bridge drained {backlog} in {bridge_secs:.1} s ({posted} posted as applied)");
+
+    let started = Instant::now();
+    native
+        .batch_execute("ALTER SUBSCRIPTION native ENABLE")
+        .await
+        .unwrap_or_else(|e| panic!("enable subscription: {e}"));
+    wait_count(
+        &native,
+        "SELECT count(*) FROM pos.sale WHERE txn_id LIKE 'D%'",
+        i64::from(backlog),
+        Duration::from_secs(1800),
+    )
+    .await;
+    let native_secs = started.elapsed().as_secs_f64();
+    let _ = native.batch_execute("DROP SUBSCRIPTION native").await;
+
+    let bridge_rate = f64::from(backlog) / bridge_secs;
+    let native_rate = f64::from(backlog) / native_secs;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!(
+        "bridge bench on {cores} cores: POS committed {achieved:.0} tx/s (bridge phase) and {native_achieved:.0} tx/s (native phase); lag = event written in the ERP minus POS commit, 3-line sales with 1 tender"
+    );
+    let (b50, b99, bmax) = bridge_lag;
+    let (n50, n99, nmax) = native_lag;
+    println!("row|live lag p50 at {rate} tx/s (ms)|{b50:.1}|{n50:.1}|{:.2}||native subscription as baseline", b50 / n50);
+    println!(
+        "row|live lag p99 at {rate} tx/s (ms)|{b99:.1}|{n99:.1}|{:.2}|≤ 10 ms|",
+        b99 / n99
+    );
+    println!(
+        "row|live lag max at {rate} tx/s (ms)|{bmax:.1}|{nmax:.1}|{:.2}||",
+        bmax / nmax
+    );
+    println!(
+        "row|backlog drain of {backlog} txns (txns/s)|{bridge_rate:.0}|{native_rate:.0}|{:.2}|≥ 5,000/s|events posted with ledgers; native copies rows only",
+        bridge_rate / native_rate
+    );
+    println!(
+        "row|bridge peak RSS (MB)|{:.1}|—|—|< 64 MB|live phase {rss_live:.1} MB",
+        rss_drain.max(rss_live)
+    );
+}
