@@ -1,0 +1,407 @@
+//! Streams the day into a POS database: writers commit transactions (one connection each, a location always
+//! on the same writer so its order holds), the web shop reserves on the ERP, and a monitor matches every POS
+//! commit with the ERP's commit of its event to measure lag.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+
+use crate::day::{Day, PosTxn, Step};
+use crate::erp::{self, CommitClock};
+use crate::error::SimError;
+use crate::pos;
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub pos_url: String,
+    pub erp_url: Option<String>,
+    /// Trading-hours POS transactions per second; 0: as fast as possible.
+    pub rate: u32,
+    pub writers: usize,
+    pub progress: bool,
+    /// How long to wait at the end for the ERP to post everything.
+    pub wait: Duration,
+}
+
+/// One POS commit, as the till saw it acknowledged.
+#[derive(Debug)]
+struct Commit {
+    event_id: String,
+    at_us: i64,
+    trading: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    committed: AtomicU64,
+    /// Commits the monitor has not taken yet.
+    commits: Mutex<Vec<Commit>>,
+    /// Commits the monitor took but has not found in the ERP yet.
+    unmatched: AtomicU64,
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
+/// What the run measured.
+#[derive(Debug, Default, Clone)]
+pub struct RunStats {
+    pub pos_transactions: u64,
+    pub trading_transactions: u64,
+    pub seconds_writing: f64,
+    pub reservations: HashMap<String, u64>,
+    pub releases: u64,
+    /// POS transactions whose event the ERP holds (matched by id).
+    pub seen_in_erp: u64,
+    pub not_seen: u64,
+    /// First POS commit to last ERP commit.
+    pub seconds_end_to_end: f64,
+    pub lag_trading_ms: Percentiles,
+    pub lag_all_ms: Percentiles,
+    pub events_applied: i64,
+    pub open_exceptions: i64,
+    pub clock: Option<&'static str>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Percentiles {
+    pub samples: usize,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    fn of(lags_us: &mut [i64]) -> Percentiles {
+        if lags_us.is_empty() {
+            return Percentiles::default();
+        }
+        lags_us.sort_unstable();
+        let at = |q: usize| {
+            lags_us[((lags_us.len() - 1) * q / 100).min(lags_us.len() - 1)] as f64 / 1000.0
+        };
+        Percentiles {
+            samples: lags_us.len(),
+            p50: at(50),
+            p99: at(99),
+            max: lags_us[lags_us.len() - 1] as f64 / 1000.0,
+        }
+    }
+}
+
+impl RunStats {
+    pub fn to_json(&self) -> serde_json::Value {
+        let p = |p: &Percentiles| json!({"samples": p.samples, "p50_ms": p.p50, "p99_ms": p.p99, "max_ms": p.max});
+        json!({
+            "pos_transactions": self.pos_transactions,
+            "trading_transactions": self.trading_transactions,
+            "seconds_writing": self.seconds_writing,
+            "pos_tps": rate(self.pos_transactions, self.seconds_writing),
+            "seen_in_erp": self.seen_in_erp,
+            "not_seen": self.not_seen,
+            "seconds_end_to_end": self.seconds_end_to_end,
+            "events_per_second": rate(self.seen_in_erp, self.seconds_end_to_end),
+            "lag_trading": p(&self.lag_trading_ms),
+            "lag_all": p(&self.lag_all_ms),
+            "events_applied": self.events_applied,
+            "open_exceptions": self.open_exceptions,
+            "reservations": self.reservations,
+            "releases": self.releases,
+            "lag_clock": self.clock,
+        })
+    }
+}
+
+fn rate(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        (n as f64 / secs * 10.0).round() / 10.0
+    } else {
+        0.0
+    }
+}
+
+/// Matches POS commits with the ERP's commits of the same event ids.
+struct LagTracker {
+    clock: CommitClock,
+    pending: Vec<Commit>,
+    trading: Vec<i64>,
+    all: Vec<i64>,
+    /// (ERP commit, lag) of recent matches, for the live p99.
+    window: Vec<(i64, i64)>,
+    first_pos_us: Option<i64>,
+    last_erp_us: i64,
+}
+
+impl LagTracker {
+    fn new(clock: CommitClock) -> LagTracker {
+        LagTracker {
+            clock,
+            pending: Vec::new(),
+            trading: Vec::new(),
+            all: Vec::new(),
+            window: Vec::new(),
+            first_pos_us: None,
+            last_erp_us: 0,
+        }
+    }
+
+    async fn poll(&mut self, erp: &Client, shared: &Shared) -> Result<(), SimError> {
+        if let Ok(mut c) = shared.commits.lock() {
+            self.pending.append(&mut c);
+            // set under the lock: whoever sees the buffer empty also sees these as unmatched
+            shared
+                .unmatched
+                .store(self.pending.len() as u64, Ordering::Relaxed);
+        }
+        if self.first_pos_us.is_none() {
+            self.first_pos_us = self.pending.iter().map(|c| c.at_us).min();
+        }
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = self
+            .pending
+            .iter()
+            .take(5000)
+            .map(|c| c.event_id.as_str())
+            .collect();
+        let found: HashMap<String, i64> = erp::committed_at(erp, self.clock, &ids)
+            .await?
+            .into_iter()
+            .collect();
+        let mut still = Vec::with_capacity(self.pending.len());
+        for c in self.pending.drain(..) {
+            match found.get(&c.event_id) {
+                Some(&erp_us) => {
+                    let lag = (erp_us - c.at_us).max(0);
+                    self.all.push(lag);
+                    if c.trading {
+                        self.trading.push(lag);
+                    }
+                    self.window.push((erp_us, lag));
+                    self.last_erp_us = self.last_erp_us.max(erp_us);
+                }
+                None => still.push(c),
+            }
+        }
+        self.pending = still;
+        shared
+            .unmatched
+            .store(self.pending.len() as u64, Ordering::Relaxed);
+        let horizon = now_us() - 5_000_000;
+        self.window.retain(|(at, _)| *at >= horizon);
+        Ok(())
+    }
+
+    fn live_p99_ms(&self) -> Option<f64> {
+        let mut lags: Vec<i64> = self.window.iter().map(|w| w.1).collect();
+        (!lags.is_empty()).then(|| Percentiles::of(&mut lags).p99)
+    }
+}
+
+fn progress_line(shared: &Shared, started: Instant, applied: i64, open: i64, p99: Option<f64>) {
+    let committed = shared.committed.load(Ordering::Relaxed);
+    let secs = started.elapsed().as_secs_f64().max(0.001);
+    let lag = p99.map_or("-".to_string(), |v| format!("{v:.1} ms"));
+    let mut err = std::io::stderr();
+    let _ = write!(
+        err,
+        "\r\x1b[2K  POS txns committed {committed:>7} ({:>5.0}/s) | events applied {applied:>7} | lag p99 (5 s) {lag:>9} | open exceptions {open:>4}",
+        committed as f64 / secs
+    );
+    let _ = err.flush();
+}
+
+/// Runs the day into the POS database and, with an ERP, reserves and measures.
+pub async fn run(day: Day, opts: &RunOptions) -> Result<RunStats, SimError> {
+    let writers = opts.writers.max(1);
+    let shared = Arc::new(Shared::default());
+    let mut senders = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let client = pos::connect(&opts.pos_url, "POS").await?;
+        let (tx, mut rx) = mpsc::channel::<(Box<PosTxn>, bool)>(64);
+        senders.push(tx);
+        let shared = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some((txn, trading)) = rx.recv().await {
+                pos::commit(&client, &txn).await?;
+                let at_us = now_us();
+                shared.committed.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut c) = shared.commits.lock() {
+                    c.push(Commit {
+                        event_id: txn.event_id().to_string(),
+                        at_us,
+                        trading,
+                    });
+                }
+            }
+            Ok::<(), SimError>(())
+        }));
+    }
+    let erp = match &opts.erp_url {
+        Some(url) => Some(pos::connect(url, "ERP").await?),
+        None => {
+            tracing::warn!("no --erp given: web orders are not reserved and lag is not measured");
+            None
+        }
+    };
+    // the monitor has its own connection so that reserve calls never wait behind it
+    let monitor_erp = match &opts.erp_url {
+        Some(url) => Some(pos::connect(url, "ERP").await?),
+        None => None,
+    };
+    let clock = match &monitor_erp {
+        Some(c) => CommitClock::detect(c).await,
+        None => CommitClock::ReceivedAt,
+    };
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let monitor = {
+        let shared = shared.clone();
+        let progress = opts.progress;
+        tokio::spawn(async move {
+            let mut tracker = LagTracker::new(clock);
+            let Some(erp) = monitor_erp else {
+                return (tracker, 0, 0);
+            };
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let (mut applied, mut open) = (0, 0);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop_rx.changed() => break,
+                }
+                if let Err(e) = tracker.poll(&erp, &shared).await {
+                    tracing::debug!(error = %e, "progress poll failed");
+                }
+                if let Ok((a, o)) = erp::applied_and_open(&erp).await {
+                    (applied, open) = (a, o);
+                }
+                if progress {
+                    progress_line(&shared, started, applied, open, tracker.live_p99_ms());
+                }
+            }
+            (tracker, applied, open)
+        })
+    };
+
+    let mut stats = RunStats::default();
+    let mut routes: HashMap<String, usize> = HashMap::new();
+    let mut trading_started: Option<Instant> = None;
+    let mut trading_sent: u64 = 0;
+    let result: Result<(), SimError> = async {
+        for step in day.steps {
+            match step {
+                Step::Pos { txn, trading } => {
+                    if trading {
+                        stats.trading_transactions += 1;
+                        if opts.rate > 0 {
+                            let t0 = *trading_started.get_or_insert_with(Instant::now);
+                            let due = t0
+                                + Duration::from_secs_f64(
+                                    trading_sent as f64 / f64::from(opts.rate),
+                                );
+                            tokio::time::sleep_until(due.into()).await;
+                        }
+                        trading_sent += 1;
+                    }
+                    let n = routes.len();
+                    let w = *routes
+                        .entry(txn.location().to_string())
+                        .or_insert(n % writers);
+                    senders[w]
+                        .send((txn, trading))
+                        .await
+                        .map_err(|_| SimError::WriterGone(format!("writer {w}")))?;
+                }
+                Step::Reserve {
+                    reservation_id,
+                    sku,
+                    location,
+                    qty,
+                } => {
+                    if let Some(erp) = &erp {
+                        let status =
+                            erp::reserve(erp, &reservation_id, &sku, &location, qty).await?;
+                        *stats.reservations.entry(status).or_default() += 1;
+                    }
+                }
+                Step::Release { reservation_id } => {
+                    if let Some(erp) = &erp {
+                        erp::release(erp, &reservation_id).await?;
+                        stats.releases += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    drop(senders);
+    let mut writer_error = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => writer_error = writer_error.or(Some(e)),
+            Err(e) => writer_error = writer_error.or(Some(SimError::WriterGone(e.to_string()))),
+        }
+    }
+    stats.seconds_writing = started.elapsed().as_secs_f64();
+    stats.pos_transactions = shared.committed.load(Ordering::Relaxed);
+    // a writer's own error says more than the dispatcher's "writer gone"
+    if let Some(e) = writer_error {
+        let _ = stop_tx.send(true);
+        return Err(e);
+    }
+    result.inspect_err(|_| {
+        let _ = stop_tx.send(true);
+    })?;
+
+    // wait for the ERP to post everything, the monitor still showing progress
+    if opts.erp_url.is_some() {
+        let deadline = Instant::now() + opts.wait;
+        loop {
+            let done = shared
+                .commits
+                .lock()
+                .map(|c| c.is_empty() && shared.unmatched.load(Ordering::Relaxed) == 0)
+                .unwrap_or(true);
+            if done || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let _ = stop_tx.send(true);
+    let (mut tracker, applied, open) = monitor
+        .await
+        .map_err(|e| SimError::WriterGone(format!("monitor: {e}")))?;
+    if opts.progress {
+        eprintln!();
+    }
+    stats.seen_in_erp = tracker.all.len() as u64;
+    stats.not_seen = tracker.pending.len() as u64;
+    stats.events_applied = applied;
+    stats.open_exceptions = open;
+    if let Some(first) = tracker.first_pos_us {
+        stats.seconds_end_to_end = (tracker.last_erp_us - first).max(0) as f64 / 1e6;
+    }
+    stats.lag_trading_ms = Percentiles::of(&mut tracker.trading);
+    stats.lag_all_ms = Percentiles::of(&mut tracker.all);
+    stats.clock = opts.erp_url.as_ref().map(|_| match clock {
+        CommitClock::CommitTimestamp => "commit timestamps (POS commit acknowledged -> ERP commit)",
+        CommitClock::ReceivedAt => "received_at (POS commit acknowledged -> ERP apply start)",
+    });
+    Ok(stats)
+}
