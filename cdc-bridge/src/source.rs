@@ -218,7 +218,8 @@ async fn session(
 
     // the flush position reported to the POS: only what the ERP has committed
     let committed = Arc::new(AtomicU64::new(checkpoint.0));
-    let (tx, rx) = mpsc::channel::<PosTransaction>(256);
+    // room for two full batches: the next batch is decoded while the current one is applied
+    let (tx, rx) = mpsc::channel::<PosTransaction>((settings.batch_max_txns * 2).clamp(64, 8192));
     let reader = read_stream(
         repl,
         Assembler::new(&source.name, mapping.clone()),

@@ -80,6 +80,31 @@ async fn a_second_bridge_stands_by_and_takes_over_and_metrics_are_served_over_ht
 
     let erp_db = erp.connect("erp").await;
     assert_eq!(doubled(&erp_db).await, 0);
+
+    // status shows each source's checkpoint as the ERP holds it, and its lag against the POS
+    let out = std::process::Command::new(bridge_path())
+        .args([
+            "status",
+            "--erp",
+            &erp_url,
+            "--source",
+            &format!("north={}", pos.url("pos")),
+        ])
+        .output()
+        .expect("run possync-bridge status");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let checkpoint: String = erp_db
+        .query_one("SELECT possync.source_checkpoint('north')::text", &[])
+        .await
+        .expect("checkpoint")
+        .get(0);
+    let north = text
+        .lines()
+        .find(|l| l.starts_with("north "))
+        .unwrap_or_else(|| panic!("no north line in\n{text}"));
+    assert!(north.contains(&checkpoint), "{north}");
+    assert!(text.lines().any(|l| l.starts_with("south ")), "{text}");
     let n = pos_totals(&north).await;
     let s = pos_totals(&south).await;
     assert_eq!(
