@@ -99,11 +99,11 @@ async fn a_second_bridge_stands_by_and_takes_over_and_metrics_are_served_over_ht
         .await
         .expect("checkpoint")
         .get(0);
-    let north = text
+    let north_line = text
         .lines()
         .find(|l| l.starts_with("north "))
         .unwrap_or_else(|| panic!("no north line in\n{text}"));
-    assert!(north.contains(&checkpoint), "{north}");
+    assert!(north_line.contains(&checkpoint), "{north_line}");
     assert!(text.lines().any(|l| l.starts_with("south ")), "{text}");
     let n = pos_totals(&north).await;
     let s = pos_totals(&south).await;
