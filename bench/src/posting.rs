@@ -86,9 +86,10 @@ pub async fn run(client: &Client, plan: Plan) -> Result<Vec<Row>, BenchError> {
         .map_err(|e| BenchError::sql("copying master data into the baseline", e))?;
 
     // every implementation gets exactly the same events, generated before the clock starts
-    let warmup = Sales::new(plan.chain, plan.seed, "w").payloads(plan.warmup_events, 100);
-    let batched = Sales::new(plan.chain, plan.seed + 1, "b").payloads(plan.batch_events, 100);
-    let single = Sales::new(plan.chain, plan.seed + 2, "s").payloads(plan.single_events, 1);
+    let mut sales = Sales::new(plan.chain, plan.seed);
+    let warmup = sales.payloads("w", plan.warmup_events, 100);
+    let batched = sales.payloads("b", plan.batch_events, 100);
+    let single = sales.payloads("s", plan.single_events, 1);
 
     for imp in [Implementation::Possync, Implementation::Baseline] {
         eprintln!(
@@ -196,7 +197,9 @@ const LEDGER_DIFFERENCES: &str = "\
       (SELECT count(*) FROM possync.exception), \
       (SELECT count(*) FROM baseline.exception), \
       (SELECT count(*) FROM possync.event WHERE event_id LIKE 'sale-%' AND status = 'applied'), \
-      (SELECT count(*) FROM baseline.event WHERE status = 'applied')";
+      (SELECT count(*) FROM baseline.event WHERE status = 'applied'), \
+      (SELECT coalesce(string_agg(kind || ' ' || n, ', '), 'none') \
+         FROM (SELECT kind, count(*) AS n FROM possync.exception GROUP BY kind) k)";
 
 async fn verify_same_ledgers(client: &Client) -> Result<(), BenchError> {
     let row = client
@@ -208,12 +211,13 @@ async fn verify_same_ledgers(client: &Client) -> Result<(), BenchError> {
     let moves: i64 = row.get(2);
     let exceptions = (row.get::<_, i64>(3), row.get::<_, i64>(4));
     let events = (row.get::<_, i64>(5), row.get::<_, i64>(6));
+    let possync_kinds: String = row.get(7);
     if accounts != 0 || balances != 0 || moves != 0 || exceptions != (0, 0) || events.0 != events.1
     {
         return Err(BenchError::Unexpected(format!(
             "possync and the baseline did not post the same ledgers: {accounts} account balances and \
              {balances} stock balances differ, stock moves differ by {moves}, exceptions (possync, baseline) \
-             {exceptions:?}, applied events {events:?}"
+             {exceptions:?} (possync's: {possync_kinds}), applied events {events:?}"
         )));
     }
     eprintln!(

@@ -1,5 +1,7 @@
 //! Deterministic 3-line sales with one card tender, paid exactly (no over/short).
 
+use std::collections::HashMap;
+
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
@@ -26,29 +28,37 @@ impl Rng {
     }
 }
 
-/// A stream of sales over the chain; `prefix` keeps the ids of separate phases apart.
+/// Registers per store.
+const REGISTERS: u32 = 4;
+
+/// One stream of sales over the chain. Each register numbers its sales 1, 2, 3, ... without gaps across the
+/// whole stream (possync audits register sequences), whichever phase a sale belongs to.
 pub struct Sales {
     chain: Chain,
     rng: Rng,
-    prefix: String,
     next: u64,
+    sequences: HashMap<(u32, u32), u64>,
 }
 
 impl Sales {
-    pub fn new(chain: Chain, seed: u64, prefix: &str) -> Sales {
+    pub fn new(chain: Chain, seed: u64) -> Sales {
         Sales {
             chain,
             rng: Rng::new(seed),
-            prefix: prefix.to_string(),
             next: 0,
+            sequences: HashMap::new(),
         }
     }
 
-    /// The next sale: three distinct skus, 1-3 units each, every fifth line 10 % off, tax on the net.
-    pub fn sale(&mut self) -> Value {
+    /// The next sale: three distinct skus, 1-3 units each, every fifth line 10 % off, tax on the net; `phase`
+    /// names the part of the run in its event id.
+    pub fn sale(&mut self, phase: &str) -> Value {
         self.next += 1;
         let loc = self.rng.pick(self.chain.locations);
-        let register = self.rng.pick(4);
+        let register = self.rng.pick(REGISTERS);
+        let sequence = self.sequences.entry((loc, register)).or_insert(0);
+        *sequence += 1;
+        let sequence = *sequence;
         let mut skus: Vec<u32> = Vec::with_capacity(3);
         while skus.len() < 3 {
             let s = self.rng.pick(self.chain.skus);
@@ -85,11 +95,11 @@ impl Sales {
         let second = self.next % 60;
         let minute = (self.next / 60) % 60;
         json!({
-            "event_id": format!("sale-{}-{}", self.prefix, self.next),
+            "event_id": format!("sale-{phase}-{}", self.next),
             "kind": "sale",
             "location": location_id(loc),
             "register": register.to_string(),
-            "sequence": self.next,
+            "sequence": sequence,
             "business_date": "2026-11-26",
             "occurred_at": format!("2026-11-26T14:{minute:02}:{second:02}.120Z"),
             "currency": "USD",
@@ -98,13 +108,13 @@ impl Sales {
         })
     }
 
-    /// `count` sales as JSON array payloads of `batch` events each (the last may be shorter).
-    pub fn payloads(&mut self, count: usize, batch: usize) -> Vec<(usize, String)> {
+    /// The next `count` sales as JSON array payloads of `batch` events each (the last may be shorter).
+    pub fn payloads(&mut self, phase: &str, count: usize, batch: usize) -> Vec<(usize, String)> {
         let mut out = Vec::with_capacity(count.div_ceil(batch));
         let mut left = count;
         while left > 0 {
             let n = batch.min(left);
-            let events: Vec<Value> = (0..n).map(|_| self.sale()).collect();
+            let events: Vec<Value> = (0..n).map(|_| self.sale(phase)).collect();
             out.push((n, Value::Array(events).to_string()));
             left -= n;
         }
