@@ -46,10 +46,45 @@ impl Default for ApplySettings {
 }
 
 /// One POS database streamed into the ERP.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Source {
     pub name: String,
     pub url: String,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("name", &self.name)
+            .field("url", &redact_password(&self.url))
+            .finish()
+    }
+}
+
+/// A connection URL or key=value string with its password replaced by `***`, for messages and logs.
+pub fn redact_password(url: &str) -> String {
+    if let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    {
+        let scheme = &url[..url.len() - rest.len()];
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}{user}:***@{host}");
+            }
+        }
+        return url.to_string();
+    }
+    url.split_whitespace()
+        .map(|kv| {
+            if kv.starts_with("password=") {
+                "password=***".to_string()
+            } else {
+                kv.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl Source {
@@ -420,5 +455,26 @@ mod tests {
         // everything handed is committed and nothing is in hand: the WAL up to 500 holds nothing for us
         assert_eq!(flush_position(Lsn(300), r, h, true), Lsn(500));
         assert_eq!(sanitize("Store-42.East"), "store_42_east");
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_urls_and_debug_output() {
+        assert_eq!(
+            redact_password("postgres://bridge:s3cret@pos42:5432/pos"),
+            "postgres://bridge:***@pos42:5432/pos"
+        );
+        assert_eq!(
+            redact_password("host=pos42 user=bridge password=s3cret dbname=pos"),
+            "host=pos42 user=bridge password=*** dbname=pos"
+        );
+        assert_eq!(
+            redact_password("postgres://bridge@pos42/pos"),
+            "postgres://bridge@pos42/pos"
+        );
+        let s = Source {
+            name: "s42".into(),
+            url: "postgresql://u:hunter2@h/db".into(),
+        };
+        assert!(!format!("{s:?}").contains("hunter2"));
     }
 }

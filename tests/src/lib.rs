@@ -176,12 +176,50 @@ impl Cluster {
         self.pg_ctl_start();
     }
 
+    /// From now on TCP connections must authenticate with `method` (md5 or scram-sha-256) and this password.
+    pub async fn require_password(&self, method: &str, password: &str) {
+        let encryption = if method == "md5" {
+            "md5"
+        } else {
+            "scram-sha-256"
+        };
+        self.connect("postgres")
+            .await
+            .batch_execute(&format!(
+                "SET password_encryption = '{encryption}'; ALTER USER postgres PASSWORD '{password}'"
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{}: set password: {e}", self.name));
+        let hba = format!(
+            "local all all trust\nhost all all 127.0.0.1/32 {method}\nhost replication all 127.0.0.1/32 {method}\n"
+        );
+        let path = self.dir.join("data").join("pg_hba.conf");
+        std::fs::write(&path, hba).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        let out = pg("pg_ctl", &["-D", &self.data(), "reload"]);
+        assert!(out.status.success(), "{}: reload failed", self.name);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// A URL carrying a password.
+    pub fn url_with_password(&self, db: &str, password: &str) -> String {
+        format!(
+            "postgres://postgres:{password}@127.0.0.1:{}/{db}",
+            self.port
+        )
+    }
+
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
+    /// A client over the cluster's Unix socket (trust, whatever TCP requires).
     pub async fn connect(&self, db: &str) -> Client {
-        let (client, conn) = tokio_postgres::connect(&self.url(db), NoTls)
+        let conninfo = format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.dir.display(),
+            self.port
+        );
+        let (client, conn) = tokio_postgres::connect(&conninfo, NoTls)
             .await
             .unwrap_or_else(|e| panic!("{}: cannot connect to {db}: {e}", self.name));
         tokio::spawn(conn);

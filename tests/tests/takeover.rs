@@ -17,7 +17,14 @@ async fn a_second_bridge_stands_by_and_takes_over_and_metrics_are_served_over_ht
     let pos2 = pos_cluster(&[]).await;
     let erp = erp_cluster().await;
     let erp_url = erp.url("erp");
-    let sources = [("north", pos.url("pos")), ("south", pos2.url("pos"))];
+    // the POS servers ask for passwords: md5 on one, SCRAM-SHA-256 on the other
+    pos.require_password("md5", "north-pw-4f1c").await;
+    pos2.require_password("scram-sha-256", "south-pw-9e2d")
+        .await;
+    let sources = [
+        ("north", pos.url_with_password("pos", "north-pw-4f1c")),
+        ("south", pos2.url_with_password("pos", "south-pw-9e2d")),
+    ];
     let first = Bridge::start(&erp_url, &sources, &[]);
     wait_for(
         "the first bridge to stream",
@@ -65,6 +72,7 @@ async fn a_second_bridge_stands_by_and_takes_over_and_metrics_are_served_over_ht
     assert_eq!((code, body.lines().next()), (200, Some("ok")));
     assert_eq!(first.http_get("/nope").map(|(c, _)| c), Some(404));
 
+    let first_log = first.log();
     first.kill9();
     run_sales(&north, "N", 31, 30, 100).await;
     wait_caught_up(&erp_url, &north, "north", Duration::from_secs(60)).await;
@@ -88,7 +96,7 @@ async fn a_second_bridge_stands_by_and_takes_over_and_metrics_are_served_over_ht
             "--erp",
             &erp_url,
             "--source",
-            &format!("north={}", pos.url("pos")),
+            &format!("north={}", sources[0].1),
         ])
         .output()
         .expect("run possync-bridge status");
@@ -105,6 +113,13 @@ async fn a_second_bridge_stands_by_and_takes_over_and_metrics_are_served_over_ht
         .unwrap_or_else(|| panic!("no north line in\n{text}"));
     assert!(north_line.contains(&checkpoint), "{north_line}");
     assert!(text.lines().any(|l| l.starts_with("south ")), "{text}");
+    for log in [first_log, second.log()] {
+        assert!(log.contains("streaming"), "{log}");
+        assert!(
+            !log.contains("north-pw-4f1c") && !log.contains("south-pw-9e2d"),
+            "a password appears in the bridge log"
+        );
+    }
     let n = pos_totals(&north).await;
     let s = pos_totals(&south).await;
     assert_eq!(
