@@ -17,7 +17,8 @@
 # BENCH_POSSYNC (package | installed, see below), BENCH_BATCH_EVENTS (50000), BENCH_SINGLE_EVENTS (8000), BENCH_ATP_SECONDS (10), BENCH_SYNC_COMMIT (on),
 # BENCH_PROFILE=1 (load pg_stat_statements, track=all, and print the top statements after the posting stage),
 # BENCH_KEEP=1 (leave the cluster running afterwards, for EXPLAIN and friends), BENCH_EXTRA_SQL=FILE (a what-if:
-# SQL run in the posting database after possync is installed, e.g. a candidate fix; its rows are labelled), PG_BIN (/usr/lib/postgresql/15/bin).
+# SQL run in the posting database once possync and the baseline exist, e.g. a candidate fix applied to both; its
+# rows are labelled), PG_BIN (/usr/lib/postgresql/15/bin).
 
 set -euo pipefail
 
@@ -200,7 +201,7 @@ stage_posting() {
     fi
     local rows=$OUT/rows-posting.txt extra=()
     if [ -n "${BENCH_EXTRA_SQL:-}" ]; then
-        say "bench: posting: what-if run: $BENCH_EXTRA_SQL is applied after possync is installed"
+        say "bench: posting: what-if run: $BENCH_EXTRA_SQL is applied once possync and the baseline exist"
         extra=(--extra-sql "$BENCH_EXTRA_SQL")
     fi
     "$BENCH_BIN" posting --db "$(conninfo bench_posting)" --locations "$LOCATIONS" --skus "$SKUS" \

@@ -4,7 +4,7 @@
 //! possync-bench setup   --db CONNINFO [--locations 50] [--skus 200]
 //! possync-bench posting --db CONNINFO [--locations 50] [--skus 200] [--seed 42]
 //!                       [--warmup-events 1000] [--batch-events 50000] [--single-events 8000]
-//!                       [--extra-sql FILE]   (a what-if: SQL run after possync is installed)
+//!                       [--extra-sql FILE]   (a what-if: SQL run once both schemas exist)
 //! ```
 //!
 //! `setup` installs possync with the default chart, the chain's master data and opening stock (the ATP stage

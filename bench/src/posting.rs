@@ -70,12 +70,6 @@ pub async fn run(client: &Client, plan: Plan) -> Result<Vec<Row>, BenchError> {
         plan.chain.locations, plan.chain.skus
     );
     plan.chain.install(client).await?;
-    if let Some(sql) = &plan.extra_sql {
-        client
-            .batch_execute(sql)
-            .await
-            .map_err(|e| BenchError::sql("running the --extra-sql file", e))?;
-    }
     client
         .batch_execute(BASELINE_SQL)
         .await
@@ -84,6 +78,13 @@ pub async fn run(client: &Client, plan: Plan) -> Result<Vec<Row>, BenchError> {
         .batch_execute(COPY_MASTER_DATA)
         .await
         .map_err(|e| BenchError::sql("copying master data into the baseline", e))?;
+    // a what-if (a candidate fix) may change both schemas, so that the comparison stays like for like
+    if let Some(sql) = &plan.extra_sql {
+        client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| BenchError::sql("running the --extra-sql file", e))?;
+    }
 
     // every implementation gets exactly the same events, generated before the clock starts
     let mut sales = Sales::new(plan.chain, plan.seed);
