@@ -228,16 +228,17 @@ CREATE TABLE journal_line (
 );
 CREATE INDEX journal_line_by_account ON journal_line (account_code, location_id);
 
--- A journal's lines are written in one statement and must balance when it ends; whoever writes them.
+-- A journal's lines must balance at the end of every statement that writes them, whoever writes them. Lines are
+-- never updated or deleted (below), so checking the lines a statement adds, per journal, keeps every journal
+-- balanced: each statement adds a net zero to each journal it touches. No existing line is read.
 CREATE FUNCTION journal_must_balance() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     bad record;
 BEGIN
-    SELECT l.journal_id, sum(l.debit) AS debits, sum(l.credit) AS credits INTO bad
-      FROM possync.journal_line l
-     WHERE l.journal_id IN (SELECT DISTINCT n.journal_id FROM new_lines n)
-     GROUP BY l.journal_id
-    HAVING sum(l.debit) <> sum(l.credit)
+    SELECT n.journal_id, sum(n.debit) AS debits, sum(n.credit) AS credits INTO bad
+      FROM new_lines n
+     GROUP BY n.journal_id
+    HAVING sum(n.debit) <> sum(n.credit)
      LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'journal % does not balance: debits % and credits %', bad.journal_id, bad.debits, bad.credits
