@@ -169,7 +169,7 @@ build_bench() {
 machine() {
     local model
     model=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//') || true
-    echo "$(nproc) cores (${model:-unknown cpu}), $("$PG_BIN/postgres" --version | sed 's/^postgres (PostgreSQL) /PostgreSQL /'), $(. /etc/os-release 2>/dev/null; echo "${PRETTY_NAME:-unknown os}"), synchronous_commit=$SYNC_COMMIT, possync: $POSSYNC_BUILD"
+    echo "$(nproc) cores (${model:-unknown cpu}), $("$PG_BIN/postgres" --version | sed 's/^postgres (PostgreSQL) /PostgreSQL /'), $(. /etc/os-release 2>/dev/null; echo "${PRETTY_NAME:-unknown os}"), synchronous_commit=$SYNC_COMMIT"
 }
 
 print_table() { # print_table STAGE ROWS_FILE
@@ -182,7 +182,7 @@ print_table() { # print_table STAGE ROWS_FILE
         echo
         echo "### $1 — $(date -u '+%Y-%m-%d %H:%M UTC')"
         echo
-        [ "$FULL_RUN" = 1 ] || { echo "Machine: $(machine)"; echo; }
+        [ "$FULL_RUN" = 1 ] || { echo "Machine: $(machine). possync: $POSSYNC_BUILD."; echo; }
         echo "| figure | possync | baseline | ratio | target | |"
         echo "|---|---:|---:|---:|---|---|"
         sed 's/^row|//; s/|/ | /g; s/^/| /; s/$/ |/' "$rows"
@@ -316,7 +316,7 @@ main() {
         {
             echo "# possync benchmark report"
             echo
-            echo "Written by \`make bench\` on $(date -u '+%Y-%m-%d %H:%M UTC'). Machine: $(machine)."
+            echo "Written by \`make bench\` on $(date -u '+%Y-%m-%d %H:%M UTC'). Machine: $(machine). possync: $POSSYNC_BUILD."
             echo "Each figure is measured beside its baseline in the same run, on the same cluster."
         } >"$REPORT"
     fi
