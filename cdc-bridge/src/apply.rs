@@ -48,6 +48,11 @@ impl Erp {
         Ok(Erp { client })
     }
 
+    /// True once the connection is gone (and with it the ownership lock).
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
     /// Tries once to become the owner of `source`; the lock lives as long as this connection.
     pub async fn try_own(&self, source: &str) -> Result<bool, ErpError> {
         let row = self

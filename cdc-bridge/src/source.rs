@@ -120,6 +120,8 @@ pub enum SessionError {
     Decode(#[from] DecodeError),
     #[error("the applier stopped")]
     ApplierGone,
+    #[error("the ERP connection was lost, and with it the ownership of the source")]
+    ErpConnectionLost,
 }
 
 enum SessionEnd {
@@ -366,13 +368,20 @@ async fn apply_loop(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<SessionEnd, SessionError> {
     let mut applied_to = checkpoint;
+    let mut liveness = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let first = tokio::select! {
-            t = rx.recv() => match t {
-                Some(t) => t,
-                None => return Err(SessionError::ApplierGone),
-            },
-            _ = shutdown.changed() => return Ok(SessionEnd::Shutdown),
+        let first = loop {
+            tokio::select! {
+                t = rx.recv() => match t {
+                    Some(t) => break t,
+                    None => return Err(SessionError::ApplierGone),
+                },
+                _ = shutdown.changed() => return Ok(SessionEnd::Shutdown),
+                // a lost ERP connection also lost the ownership lock: stop streaming so another bridge can take over
+                _ = liveness.tick() => if erp.is_closed() {
+                    return Err(SessionError::ErpConnectionLost);
+                },
+            }
         };
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + settings.batch_max_wait;
@@ -399,8 +408,8 @@ async fn apply_loop(
         let last_lsn = last.commit_lsn;
         let last_commit_time = last.commit_time;
         let events: Vec<Value> = batch
-            .iter()
-            .flat_map(|t| t.events.iter().cloned())
+            .iter_mut()
+            .flat_map(|t| std::mem::take(&mut t.events))
             .collect();
         let started = Instant::now();
         // a shutdown request waits for the batch in flight: the call is not cancelled

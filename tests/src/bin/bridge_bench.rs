@@ -276,6 +276,9 @@ async fn main() {
     }
     let bridge_secs = started.elapsed().as_secs_f64();
     let rss_drain = peak_rss_mb(bridge.pid());
+    let in_apply = bridge
+        .metric("possync_bridge_apply_seconds_sum", "bench")
+        .unwrap_or(f64::NAN);
     let _ = bridge.terminate();
     let posted = count(
         &erp_db,
@@ -319,7 +322,7 @@ async fn main() {
         bmax / nmax
     );
     println!(
-        "row|backlog drain of {backlog} txns (txns/s)|{bridge_rate:.0}|{native_rate:.0}|{:.2}|≥ 5,000/s|events posted with ledgers; native copies rows only",
+        "row|backlog drain of {backlog} txns (txns/s)|{bridge_rate:.0}|{native_rate:.0}|{:.2}|≥ 5,000/s|events posted with ledgers (native copies rows only); {in_apply:.1} of {bridge_secs:.1} s inside apply_batch",
         bridge_rate / native_rate
     );
     println!(
