@@ -323,3 +323,51 @@ async fn wait_for_stop_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_names_sources_and_reads_secrets_from_the_environment() {
+        std::env::set_var("POSSYNC_TEST_PW", "s3cret");
+        let dir = std::env::temp_dir().join(format!("possync-bridge-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("bridge.toml");
+        std::fs::write(
+            &path,
+            "erp = \"postgres://bridge:${POSSYNC_TEST_PW}@erp/erp\"\nbatch_max_txns = 50\n[source]\nstore42 = \"postgres://b:${POSSYNC_TEST_PW}@pos42/pos\"\n",
+        )
+        .expect("write config");
+        let settings = Settings {
+            config: Some(path),
+            sources: vec!["store7=postgres://b@pos7/pos".into()],
+            batch_max_txns: 1000,
+            ..Settings::default()
+        };
+        let r = resolve(&settings, true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.erp, "postgres://bridge:s3cret@erp/erp");
+        let names: Vec<&str> = r.sources.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["store42", "store7"]);
+        assert_eq!(r.sources[0].url, "postgres://b:s3cret@pos42/pos");
+        assert_eq!(r.apply.batch_max_txns, 50);
+        assert_eq!(
+            r.mapping.tables().len(),
+            7,
+            "the reference mapping by default"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn missing_erp_and_malformed_sources_are_usage_errors() {
+        let no_erp = Settings::default();
+        assert!(matches!(resolve(&no_erp, true), Err(CliError::Usage(_))));
+        let bad = Settings {
+            erp: Some("postgres://erp/erp".into()),
+            sources: vec!["postgres://nameless".into()],
+            ..Settings::default()
+        };
+        assert!(resolve(&bad, true).is_err_and(|e| e.to_string().contains("NAME=URL")));
+    }
+}
