@@ -1,78 +1,207 @@
 #!/usr/bin/env bash
-# make demo: a throwaway ERP cluster with possync, a store day of POS events posted, and what finance and
-# operations see afterwards. Everything it starts, it stops.
+# make demo: a simulated trading day streamed from a POS database into possync, live.
+#
+# Starts two throwaway PostgreSQL 15 clusters under target/demo (a POS with wal_level=logical, and an ERP with
+# possync), loads the ERP's master data, creates the reference POS schema, starts possync-bridge between them
+# and lets possync-sim trade a day at the tills while a progress line updates. Then it prints what finance and
+# operations see, and stops everything it started (also on Ctrl-C).
+#
+#   scripts/demo.sh [--seconds N] [--rate TXNS_PER_S] [--stores N] [--skus N] [--registers N] [--seed N] [--keep]
+#
+# The same settings as environment variables: DEMO_SECONDS (40), DEMO_RATE (250), DEMO_STORES (8), DEMO_SKUS
+# (2000), DEMO_REGISTERS (4), DEMO_SEED (42). Others: DEMO_DIR, DEMO_POS_PORT, DEMO_ERP_PORT, DEMO_METRICS
+# (127.0.0.1:9187), DEMO_BIN_DIR (use the binaries there instead of building them), DEMO_KEEP=1 (leave both
+# clusters running and print their URLs; the end-to-end test uses this).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$(pwd)
 
 PG_BIN=/usr/lib/postgresql/15/bin
-DEMO_DIR="$(pwd)/target/demo"
-PORT=${DEMO_PORT:-55432}
-EVENTS=${DEMO_EVENTS:-demo/store-day.json}
+DEMO_DIR=${DEMO_DIR:-$ROOT/target/demo}
+POS_PORT=${DEMO_POS_PORT:-55433}
+ERP_PORT=${DEMO_ERP_PORT:-55432}
+METRICS=${DEMO_METRICS:-127.0.0.1:9187}
+SECONDS_OF_TRADING=${DEMO_SECONDS:-40}
+RATE=${DEMO_RATE:-250}
+STORES=${DEMO_STORES:-8}
+SKUS=${DEMO_SKUS:-2000}
+REGISTERS=${DEMO_REGISTERS:-4}
+SEED=${DEMO_SEED:-42}
+KEEP=${DEMO_KEEP:-0}
 
-as_pg() { if [ "$(id -u)" -eq 0 ]; then sudo -u postgres "$@"; else "$@"; fi; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --seconds) SECONDS_OF_TRADING=$2; shift 2 ;;
+    --rate) RATE=$2; shift 2 ;;
+    --stores) STORES=$2; shift 2 ;;
+    --skus) SKUS=$2; shift 2 ;;
+    --registers) REGISTERS=$2; shift 2 ;;
+    --seed) SEED=$2; shift 2 ;;
+    --keep) KEEP=1; shift ;;
+    -h|--help) usage 0 ;;
+    *) echo "demo.sh: unknown argument $1" >&2; usage 2 ;;
+  esac
+done
+for n in "$SECONDS_OF_TRADING" "$RATE" "$STORES" "$SKUS" "$REGISTERS" "$SEED"; do
+  [[ "$n" =~ ^[0-9]+$ ]] || { echo "demo.sh: \"$n\" is not a whole number" >&2; exit 2; }
+done
+[ "$RATE" -gt 0 ] || { echo "demo.sh: --rate must be above 0" >&2; exit 2; }
+TRANSACTIONS=$((SECONDS_OF_TRADING * RATE))
+
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+as_pg() { if [ "$(id -u)" -eq 0 ]; then sudo -u postgres "$@"; else "$@"; fi; }
 
+# ---------------------------------------------------------------------------------------------------------------
+# binaries
+# ---------------------------------------------------------------------------------------------------------------
+if [ -n "${DEMO_BIN_DIR:-}" ]; then
+  BIN=$DEMO_BIN_DIR
+else
+  say "building possync-bridge and possync-sim (release)"
+  cargo build --release -q -p possync-bridge -p possync-sim
+  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+fi
+for b in possync-bridge possync-sim; do
+  [ -x "$BIN/$b" ] || { echo "demo.sh: $BIN/$b is missing" >&2; exit 1; }
+done
+
+# ---------------------------------------------------------------------------------------------------------------
+# clusters, and stopping everything this script started
+# ---------------------------------------------------------------------------------------------------------------
+BRIDGE_PID=""
+cleanup() {
+  local code=$?
+  trap - EXIT INT TERM
+  if [ -n "$BRIDGE_PID" ] && kill -0 "$BRIDGE_PID" 2>/dev/null; then
+    kill -TERM "$BRIDGE_PID" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$BRIDGE_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$BRIDGE_PID" 2>/dev/null || true
+  fi
+  if [ "$KEEP" = 1 ] && [ "$code" -eq 0 ]; then
+    echo "kept running: POS postgres://postgres@127.0.0.1:$POS_PORT/pos  ERP postgres://postgres@127.0.0.1:$ERP_PORT/erp"
+    echo "stop them with: $PG_BIN/pg_ctl -D $DEMO_DIR/pos stop; $PG_BIN/pg_ctl -D $DEMO_DIR/erp stop (as postgres)"
+  else
+    for c in pos erp; do
+      [ -f "$DEMO_DIR/$c/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$DEMO_DIR/$c" -m fast -w stop >/dev/null 2>&1 || true
+    done
+  fi
+  exit "$code"
+}
+trap cleanup EXIT
+trap 'echo; echo "demo.sh: interrupted, stopping"; exit 130' INT TERM
+
+# a cluster left by an interrupted run is stopped before its folder is removed
+for c in pos erp; do
+  [ -f "$DEMO_DIR/$c/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$DEMO_DIR/$c" -m immediate -w stop >/dev/null 2>&1 || true
+done
 rm -rf "$DEMO_DIR"
 mkdir -p "$DEMO_DIR"
 [ "$(id -u)" -eq 0 ] && chown postgres "$DEMO_DIR"
-stop() { as_pg "$PG_BIN/pg_ctl" -D "$DEMO_DIR/data" -m fast -w stop >/dev/null 2>&1 || true; }
-trap stop EXIT
 
-say "starting a throwaway PostgreSQL 15 (ERP) in $DEMO_DIR on port $PORT"
-as_pg "$PG_BIN/initdb" -D "$DEMO_DIR/data" -U postgres -A trust >/dev/null
-as_pg "$PG_BIN/pg_ctl" -D "$DEMO_DIR/data" -l "$DEMO_DIR/server.log" -w \
-  -o "-p $PORT -k $DEMO_DIR -c listen_addresses=''" start >/dev/null
-psql_erp() { psql -X -q -v ON_ERROR_STOP=1 -h "$DEMO_DIR" -p "$PORT" -U postgres "$@"; }
-psql_erp -d postgres -c "CREATE DATABASE erp"
+start_cluster() { # name port extra-settings...
+  local name=$1 port=$2; shift 2
+  as_pg "$PG_BIN/initdb" -D "$DEMO_DIR/$name" -U postgres -A trust --no-sync >/dev/null
+  {
+    echo "port = $port"
+    echo "listen_addresses = '127.0.0.1'"
+    echo "unix_socket_directories = '$DEMO_DIR'"
+    echo "max_connections = 50"
+    # one machine runs both clusters, the bridge and the tills: keep each server small
+    echo "shared_buffers = 128MB"
+    for s in "$@"; do echo "$s"; done
+  } | as_pg tee -a "$DEMO_DIR/$name/postgresql.auto.conf" >/dev/null
+  as_pg "$PG_BIN/pg_ctl" -D "$DEMO_DIR/$name" -l "$DEMO_DIR/$name.log" -w -t 60 start >/dev/null
+}
 
-say "CREATE EXTENSION possync, the default chart, locations and items"
-psql_erp -d erp <<'SQL'
-CREATE EXTENSION possync;
-SELECT possync.install_default_chart() AS accounts_installed;
-INSERT INTO possync.location (location_id, name, kind) VALUES
-    ('DC1', 'Distribution centre', 'dc'), ('S042', 'Store 42', 'store'), ('S043', 'Store 43', 'store');
-INSERT INTO possync.item (sku, description, item_class, standard_cost) VALUES
-    ('TSHIRT-M', 'T-shirt, medium', 'apparel', 6.40), ('JEANS-32', 'Jeans 32', 'apparel', 21.75),
-    ('CAP', 'Cap', 'accessories', 3.10), ('SOCKS-3P', 'Socks, 3 pack', 'accessories', 2.05),
-    ('HOODIE-L', 'Hoodie, large', 'apparel', 15.20);
-INSERT INTO possync.tax_code (tax_code, rate) VALUES ('NY', 0.08875);
-SQL
+say "starting a POS cluster (port $POS_PORT, wal_level=logical) and an ERP cluster (port $ERP_PORT) in $DEMO_DIR"
+start_cluster pos "$POS_PORT" "wal_level = logical" "max_wal_senders = 10" "max_replication_slots = 10"
+# commit timestamps let the simulator measure lag as POS commit to ERP commit
+start_cluster erp "$ERP_PORT" "track_commit_timestamp = on"
+POS_URL="postgres://postgres@127.0.0.1:$POS_PORT/pos"
+ERP_URL="postgres://postgres@127.0.0.1:$ERP_PORT/erp"
+psql_pos() { psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$POS_PORT" -U postgres -d pos "$@"; }
+psql_erp() { psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$ERP_PORT" -U postgres -d erp "$@"; }
+psql -X -q -h 127.0.0.1 -p "$POS_PORT" -U postgres -d postgres -c "CREATE DATABASE pos"
+psql -X -q -h 127.0.0.1 -p "$ERP_PORT" -U postgres -d postgres -c "CREATE DATABASE erp"
 
-say "posting a store day: $(python3 -c "import json,sys;print(len(json.load(open(sys.argv[1]))))" "$EVENTS") events from $EVENTS"
-psql_erp -d erp -v events="$(cat "$EVENTS")" <<'SQL'
+SIM=("$BIN/possync-sim" --seed "$SEED" --stores "$STORES" --registers "$REGISTERS" --skus "$SKUS"
+     --transactions "$TRANSACTIONS")
+
+say "ERP: CREATE EXTENSION possync, the default chart and the retailer's master data"
+psql_erp -c "CREATE EXTENSION possync"
+"${SIM[@]}" setup-erp --erp "$ERP_URL"
+
+say "POS: the reference POS schema"
+psql_pos -f cdc-bridge/sql/reference_pos_schema.sql
+
+say "starting possync-bridge"
+POSSYNC_LOG=info NO_COLOR=1 "$BIN/possync-bridge" run --erp "$ERP_URL" --source "pos-central=$POS_URL" \
+  --metrics "$METRICS" 2>"$DEMO_DIR/bridge.log" &
+BRIDGE_PID=$!
+for _ in $(seq 1 300); do
+  if curl -fs "http://$METRICS/metrics" 2>/dev/null | grep -q '^possync_bridge_streaming{source="pos-central"} 1'; then
+    break
+  fi
+  kill -0 "$BRIDGE_PID" 2>/dev/null || { echo "the bridge stopped:"; tail -20 "$DEMO_DIR/bridge.log"; exit 1; }
+  sleep 0.1
+done
+curl -fs "http://$METRICS/metrics" | grep -q '^possync_bridge_streaming{source="pos-central"} 1' \
+  || { echo "the bridge did not start streaming:"; tail -20 "$DEMO_DIR/bridge.log"; exit 1; }
+echo "bridge streaming; metrics at http://$METRICS/metrics (health: http://$METRICS/healthz), log $DEMO_DIR/bridge.log"
+
+say "trading: $STORES stores x $REGISTERS registers, a DC and a web shop, $SKUS SKUs; $TRANSACTIONS customer transactions at $RATE/s (about ${SECONDS_OF_TRADING} s)"
+"${SIM[@]}" run --pos "$POS_URL" --erp "$ERP_URL" --rate "$RATE" --progress --stats "$DEMO_DIR/stats.json"
+
+say "ATP of the five best sellers, network-wide"
+psql_erp <<'SQL'
 \pset footer off
-SELECT r->>'status' AS status, count(*) AS events
-  FROM jsonb_array_elements(possync.apply_events(:'events'::jsonb)) r GROUP BY 1 ORDER BY 1;
-SQL
-
-say "the master data that was missing arrives; held events post"
-psql_erp -d erp <<'SQL'
-INSERT INTO possync.item (sku, description, item_class, standard_cost) VALUES ('SCARF', 'Scarf', 'accessories', 9.00);
-SELECT possync.replay_held() AS posted_from_hold;
-SQL
-
-say "stock by location (quantity and value at moving average cost)"
-psql_erp -d erp <<'SQL'
-\pset footer off
-SELECT location_id, sku, on_hand, value, avg_cost, possync.atp(sku, location_id) AS atp
-  FROM possync.stock_balance ORDER BY location_id, sku;
+WITH sold AS (
+  SELECT m.sku, -sum(m.qty) AS units_sold
+    FROM possync.stock_move m JOIN possync.event e USING (event_id)
+   WHERE e.kind IN ('sale', 'exchange', 'fulfillment') AND m.qty < 0
+   GROUP BY m.sku ORDER BY 2 DESC LIMIT 5)
+SELECT s.sku, s.units_sold, b.on_hand, b.reserved, possync.atp(s.sku) AS atp_network,
+       possync.atp(s.sku, NULL, now() + interval '10 years') AS atp_with_open_supply
+  FROM sold s
+  CROSS JOIN LATERAL (SELECT sum(on_hand) AS on_hand, sum(reserved) AS reserved
+                        FROM possync.stock_balance WHERE sku = s.sku) b
+ ORDER BY s.units_sold DESC;
 SQL
 
 say "trial balance"
-psql_erp -d erp <<'SQL'
+psql_erp <<'SQL'
 \pset footer off
-SELECT account_code, name, sum(debit) AS debit, sum(credit) AS credit
+SELECT account_code, name, sum(debit) AS debit, sum(credit) AS credit, sum(debit) - sum(credit) AS balance
   FROM possync.trial_balance GROUP BY account_code, name
  UNION ALL
-SELECT 'total', CASE WHEN sum(debit) = sum(credit) THEN 'balances' ELSE 'DOES NOT BALANCE' END, sum(debit), sum(credit)
+SELECT 'total', CASE WHEN sum(debit) = sum(credit) THEN 'balances' ELSE 'DOES NOT BALANCE' END,
+       sum(debit), sum(credit), sum(debit) - sum(credit)
   FROM possync.trial_balance
  ORDER BY 1;
 SQL
 
-say "exceptions kept for a person to look at"
-psql_erp -d erp <<'SQL'
+say "reconcile: stock ledger against the general ledger, balances against moves"
+if [ "$(psql_erp -At -c "SELECT count(*) FROM pg_proc WHERE proname = 'reconcile' AND pronamespace = 'possync'::regnamespace")" = 0 ]; then
+  echo "reconcile not available (possync.reconcile() is not in this version of the extension)"
+else
+  n=$(psql_erp -At -c "SELECT count(*) FROM possync.reconcile()")
+  if [ "$n" = 0 ]; then echo "reconcile clean: no discrepancies"; else
+    echo "reconcile found $n discrepancies:"; psql_erp -c "SELECT * FROM possync.reconcile() LIMIT 20"
+  fi
+fi
+
+say "exceptions kept for a person, by kind"
+psql_erp <<'SQL'
 \pset footer off
-SELECT kind, status, event_id, left(reason, 90) AS reason FROM possync.exception ORDER BY exception_id;
+SELECT kind, status, count(*) AS exceptions, min(event_id) AS for_example
+  FROM possync.exception GROUP BY kind, status ORDER BY status, kind;
 SQL
 
-say "done; stopping the cluster"
+say "POS against ERP"
+"${SIM[@]}" totals --pos "$POS_URL" --erp "$ERP_URL"
+
+say "the bridge's own figures (http://$METRICS/metrics)"
+curl -fs "http://$METRICS/metrics" | grep -E '^possync_bridge_(transactions_applied_total|events_(applied|held|rejected)_total|batches_total|retries_total|lag_seconds)\{' || true
+
+say "done; stopping the bridge and both clusters"

@@ -46,9 +46,13 @@ impl PosTxn {
         }
     }
 
-    /// The location whose POS writer commits it (per-location order is kept).
-    pub fn location(&self) -> &str {
+    /// The location whose POS writer commits it: its own, but a transfer_in goes with its transfer_out's
+    /// location, so that a shipment is booked before its receipt unless the day says otherwise.
+    pub fn route(&self) -> &str {
         match self {
+            PosTxn::Stock(e) if e.kind == EventKind::TransferIn => {
+                e.from_location.as_deref().unwrap_or(&e.location)
+            }
             PosTxn::Sale(e) | PosTxn::Stock(e) | PosTxn::DayClose(e) => &e.location,
             PosTxn::Outbox { location, .. } => location,
         }
@@ -66,8 +70,13 @@ impl PosTxn {
 /// One thing that happens during the day, in order.
 #[derive(Debug, Clone)]
 pub enum Step {
-    /// `trading`: paced at the target rate (opening stock and day close are not).
-    Pos { txn: Box<PosTxn>, trading: bool },
+    /// `trading`: paced at the target rate (opening stock and day close are not); `planted`: a bad row or a
+    /// sale of an item the ERP does not know yet (held), left out of the lag figures.
+    Pos {
+        txn: Box<PosTxn>,
+        trading: bool,
+        planted: bool,
+    },
     /// The web shop holds stock at a store with `possync.reserve`.
     Reserve {
         reservation_id: String,
@@ -77,6 +86,8 @@ pub enum Step {
     },
     /// The customer cancelled: `possync.release`.
     Release { reservation_id: String },
+    /// The ERP's item master catches up with the items the stores already sell; held sales are replayed.
+    LateItems,
 }
 
 /// Counts by what was generated, for the summary.
@@ -106,6 +117,13 @@ pub struct Stocking {
     /// Units the DC receives per item (its purchase order `PO-<sku>`).
     pub dc: Vec<i64>,
 }
+
+/// What the day plants on purpose: rows the ERP rejects, and sales it holds until the item master catches up.
+pub const PLANTED: [&str; 3] = [
+    "sale (unknown sku)",
+    "sale (malformed line)",
+    "fulfillment (malformed payload)",
+];
 
 /// Best sellers the DC receives again at midday (purchase orders `PO2-<sku>`).
 pub const MIDDAY_RECEIPT_ITEMS: usize = 20;
@@ -252,9 +270,11 @@ impl<'a> Gen<'a> {
 
     fn push(&mut self, txn: PosTxn, trading: bool, what: &'static str) {
         self.mix.add(what);
+        let planted = PLANTED.contains(&what);
         self.steps.push(Step::Pos {
             txn: Box::new(txn),
             trading,
+            planted,
         });
     }
 
@@ -392,6 +412,9 @@ impl<'a> Gen<'a> {
         }
         if i == n * 3 / 4 {
             self.cycle_count(1 % stores);
+        }
+        if i == n * 4 / 5 {
+            self.steps.push(Step::LateItems);
         }
         if i == n * 9 / 10 {
             // the store scans the delivery before the DC's shipment is booked: held, then posted by itself

@@ -173,6 +173,10 @@ pub async fn applied_and_open(erp: &Client) -> Result<(i64, i64), SimError> {
     Ok((r.get(0), r.get(1)))
 }
 
+/// The POS transaction id of a rejected event: the bridge sends a row it cannot turn into a well-formed event
+/// under an id of its own, with the event it built (and so the POS id) inside the payload.
+pub const REJECTED_ID: &str = "coalesce(payload #>> '{event,event_id}', event_id)";
+
 /// How the ERP's commit time of an event is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitClock {
@@ -208,8 +212,8 @@ pub async fn committed_at(
     let sql = format!(
         "SELECT event_id, (extract(epoch FROM {ev}) * 1000000)::int8 FROM possync.event WHERE event_id = ANY($1)
          UNION ALL
-         SELECT event_id, (extract(epoch FROM min({ex})) * 1000000)::int8 FROM possync.exception
-          WHERE event_id = ANY($1) AND kind = 'malformed' GROUP BY event_id"
+         SELECT {REJECTED_ID}, (extract(epoch FROM min({ex})) * 1000000)::int8 FROM possync.exception
+          WHERE {REJECTED_ID} = ANY($1) AND kind = 'malformed' GROUP BY 1"
     );
     let rows = erp
         .query(&sql, &[&ids])

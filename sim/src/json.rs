@@ -6,6 +6,7 @@ use std::io::Write;
 use serde_json::Value;
 use tokio_postgres::Client;
 
+use crate::catalog::Catalog;
 use crate::day::{Day, Step};
 use crate::erp;
 use crate::error::SimError;
@@ -31,6 +32,7 @@ pub fn write_array(day: &Day, out: &mut dyn Write) -> std::io::Result<usize> {
 /// Returns the count of each status the ERP answered.
 pub async fn apply(
     day: &Day,
+    cat: &Catalog,
     erp_client: &Client,
     batch: usize,
 ) -> Result<BTreeMap<String, u64>, SimError> {
@@ -58,6 +60,11 @@ pub async fn apply(
                 flush(erp_client, &mut pending, &mut statuses).await?;
                 erp::release(erp_client, reservation_id).await?;
                 *statuses.entry("release".into()).or_default() += 1;
+            }
+            Step::LateItems => {
+                flush(erp_client, &mut pending, &mut statuses).await?;
+                let (_, posted) = erp::late_items(erp_client, cat).await?;
+                *statuses.entry("replayed from hold".into()).or_default() += posted as u64;
             }
         }
     }

@@ -216,7 +216,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, SimError> {
                 progress,
                 wait: Duration::from_secs(wait),
             };
-            let s = run::run(day, &opts).await?;
+            let s = run::run(day, &cat, &opts).await?;
             print_stats(&s);
             if let Some(path) = stats {
                 let text = serde_json::to_string_pretty(&s.to_json()).unwrap_or_default();
@@ -236,11 +236,16 @@ async fn execute(cli: Cli) -> Result<ExitCode, SimError> {
                 Some(url) => {
                     let client = pos::connect(&url, "ERP").await?;
                     let started = std::time::Instant::now();
-                    let statuses = json::apply(&day, &client, batch).await?;
+                    let statuses = json::apply(&day, &cat, &client, batch).await?;
                     let secs = started.elapsed().as_secs_f64();
                     let events: u64 = statuses
                         .iter()
-                        .filter(|(k, _)| !k.starts_with("re"))
+                        .filter(|(k, _)| {
+                            matches!(
+                                k.as_str(),
+                                "applied" | "duplicate" | "conflict" | "held" | "rejected"
+                            )
+                        })
                         .map(|(_, v)| v)
                         .sum();
                     println!(
@@ -334,4 +339,9 @@ fn print_stats(s: &run::RunStats) {
         "web orders: reservations {:?}, released {}",
         s.reservations, s.releases
     );
+    if let Some((added, posted)) = s.late_items {
+        println!(
+            "item master caught up mid-day: {added} items added, {posted} held sales posted by possync.replay_held()"
+        );
+    }
 }

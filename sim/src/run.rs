@@ -3,7 +3,7 @@
 //! commit with the ERP's commit of its event to measure lag.
 
 use std::collections::HashMap;
-use std::io::Write as _;
+use std::io::{IsTerminal, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,6 +12,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
+use crate::catalog::Catalog;
 use crate::day::{Day, PosTxn, Step};
 use crate::erp::{self, CommitClock};
 use crate::error::SimError;
@@ -34,6 +35,7 @@ pub struct RunOptions {
 struct Commit {
     event_id: String,
     at_us: i64,
+    /// Counted in the trading-hours lag (paced, and not a planted bad row).
     trading: bool,
 }
 
@@ -61,6 +63,8 @@ pub struct RunStats {
     pub seconds_writing: f64,
     pub reservations: HashMap<String, u64>,
     pub releases: u64,
+    /// (items added, held events posted) when the item master caught up.
+    pub late_items: Option<(u64, i32)>,
     /// POS transactions whose event the ERP holds (matched by id).
     pub seen_in_erp: u64,
     pub not_seen: u64,
@@ -117,6 +121,7 @@ impl RunStats {
             "open_exceptions": self.open_exceptions,
             "reservations": self.reservations,
             "releases": self.releases,
+            "late_items": self.late_items.map(|(a, p)| json!({"added": a, "held_posted": p})),
             "lag_clock": self.clock,
         })
     }
@@ -209,21 +214,53 @@ impl LagTracker {
     }
 }
 
-fn progress_line(shared: &Shared, started: Instant, applied: i64, open: i64, p99: Option<f64>) {
+/// The live line: redrawn in place on a terminal, printed every few seconds into a log.
+fn progress_line(
+    shared: &Shared,
+    last: &mut (Instant, u64),
+    applied: i64,
+    open: i64,
+    p99: Option<f64>,
+) {
     let committed = shared.committed.load(Ordering::Relaxed);
-    let secs = started.elapsed().as_secs_f64().max(0.001);
+    let secs = last.0.elapsed().as_secs_f64();
+    let tty = std::io::stderr().is_terminal();
+    if !tty && secs < 5.0 {
+        return;
+    }
+    let per_s = (committed - last.1) as f64 / secs.max(0.001);
+    *last = (Instant::now(), committed);
     let lag = p99.map_or("-".to_string(), |v| format!("{v:.1} ms"));
-    let mut err = std::io::stderr();
-    let _ = write!(
-        err,
-        "\r\x1b[2K  POS txns committed {committed:>7} ({:>5.0}/s) | events applied {applied:>7} | lag p99 (5 s) {lag:>9} | open exceptions {open:>4}",
-        committed as f64 / secs
+    let line = format!(
+        "POS txns committed {committed:>7} ({per_s:>5.0}/s) | events applied {applied:>7} | lag p99 (last 5 s) {lag:>9} | open exceptions {open:>4}"
     );
+    let mut err = std::io::stderr();
+    let _ = if tty {
+        write!(err, "\r\x1b[2K  {line}")
+    } else {
+        writeln!(err, "  {line}")
+    };
     let _ = err.flush();
 }
 
+/// Waits until the monitor has found every commit so far in the ERP, or `within` has passed.
+async fn wait_until_posted(shared: &Shared, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let done = shared
+            .commits
+            .lock()
+            .map(|c| c.is_empty() && shared.unmatched.load(Ordering::Relaxed) == 0)
+            .unwrap_or(true);
+        if done || Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Runs the day into the POS database and, with an ERP, reserves and measures.
-pub async fn run(day: Day, opts: &RunOptions) -> Result<RunStats, SimError> {
+pub async fn run(day: Day, cat: &Catalog, opts: &RunOptions) -> Result<RunStats, SimError> {
     let writers = opts.writers.max(1);
     let shared = Arc::new(Shared::default());
     let mut senders = Vec::new();
@@ -276,6 +313,7 @@ pub async fn run(day: Day, opts: &RunOptions) -> Result<RunStats, SimError> {
                 return (tracker, 0, 0);
             };
             let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let mut last = (Instant::now(), 0u64);
             let (mut applied, mut open) = (0, 0);
             loop {
                 tokio::select! {
@@ -289,7 +327,7 @@ pub async fn run(day: Day, opts: &RunOptions) -> Result<RunStats, SimError> {
                     (applied, open) = (a, o);
                 }
                 if progress {
-                    progress_line(&shared, started, applied, open, tracker.live_p99_ms());
+                    progress_line(&shared, &mut last, applied, open, tracker.live_p99_ms());
                 }
             }
             (tracker, applied, open)
@@ -303,7 +341,20 @@ pub async fn run(day: Day, opts: &RunOptions) -> Result<RunStats, SimError> {
     let result: Result<(), SimError> = async {
         for step in day.steps {
             match step {
-                Step::Pos { txn, trading } => {
+                Step::Pos {
+                    txn,
+                    trading,
+                    planted,
+                } => {
+                    if trading && trading_started.is_none() && erp.is_some() {
+                        // the stores open once their opening stock is posted
+                        let t = Instant::now();
+                        wait_until_posted(&shared, opts.wait).await;
+                        tracing::info!(
+                            seconds = format!("{:.1}", t.elapsed().as_secs_f64()),
+                            "opening stock posted; trading starts"
+                        );
+                    }
                     if trading {
                         stats.trading_transactions += 1;
                         if opts.rate > 0 {
@@ -317,11 +368,9 @@ pub async fn run(day: Day, opts: &RunOptions) -> Result<RunStats, SimError> {
                         trading_sent += 1;
                     }
                     let n = routes.len();
-                    let w = *routes
-                        .entry(txn.location().to_string())
-                        .or_insert(n % writers);
+                    let w = *routes.entry(txn.route().to_string()).or_insert(n % writers);
                     senders[w]
-                        .send((txn, trading))
+                        .send((txn, trading && !planted))
                         .await
                         .map_err(|_| SimError::WriterGone(format!("writer {w}")))?;
                 }
@@ -341,6 +390,12 @@ pub async fn run(day: Day, opts: &RunOptions) -> Result<RunStats, SimError> {
                     if let Some(erp) = &erp {
                         erp::release(erp, &reservation_id).await?;
                         stats.releases += 1;
+                    }
+                }
+                Step::LateItems => {
+                    if let Some(erp) = &erp {
+                        let (added, posted) = erp::late_items(erp, cat).await?;
+                        stats.late_items = Some((added, posted));
                     }
                 }
             }
@@ -370,24 +425,13 @@ pub async fn run(day: Day, opts: &RunOptions) -> Result<RunStats, SimError> {
 
     // wait for the ERP to post everything, the monitor still showing progress
     if opts.erp_url.is_some() {
-        let deadline = Instant::now() + opts.wait;
-        loop {
-            let done = shared
-                .commits
-                .lock()
-                .map(|c| c.is_empty() && shared.unmatched.load(Ordering::Relaxed) == 0)
-                .unwrap_or(true);
-            if done || Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        wait_until_posted(&shared, opts.wait).await;
     }
     let _ = stop_tx.send(true);
     let (mut tracker, applied, open) = monitor
         .await
         .map_err(|e| SimError::WriterGone(format!("monitor: {e}")))?;
-    if opts.progress {
+    if opts.progress && std::io::stderr().is_terminal() {
         eprintln!();
     }
     stats.seen_in_erp = tracker.all.len() as u64;

@@ -3,6 +3,7 @@
 use rust_decimal::Decimal;
 use tokio_postgres::Client;
 
+use crate::erp::REJECTED_ID;
 use crate::error::SimError;
 
 /// One figure from both sides.
@@ -36,9 +37,12 @@ fn dec(row: &tokio_postgres::Row, i: usize) -> Decimal {
 pub async fn compare(pos: &Client, erp: &Client) -> Result<Comparison, SimError> {
     let not_posted: Vec<String> = erp
         .query(
-            "SELECT event_id FROM possync.event WHERE status <> 'applied'
-             UNION SELECT event_id FROM possync.exception WHERE kind IN ('malformed', 'conflict') AND event_id IS NOT NULL
-             ORDER BY 1",
+            &format!(
+                "SELECT event_id FROM possync.event WHERE status <> 'applied'
+                 UNION SELECT {REJECTED_ID} FROM possync.exception
+                  WHERE kind IN ('malformed', 'conflict') AND {REJECTED_ID} IS NOT NULL
+                 ORDER BY 1"
+            ),
             &[],
         )
         .await
