@@ -132,11 +132,10 @@ CREATE FUNCTION journal_must_balance() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     bad record;
 BEGIN
-    SELECT l.journal_id, sum(l.debit) AS debits, sum(l.credit) AS credits INTO bad
-      FROM baseline.journal_line l
-     WHERE l.journal_id IN (SELECT DISTINCT n.journal_id FROM new_lines n)
-     GROUP BY l.journal_id
-    HAVING sum(l.debit) <> sum(l.credit)
+    SELECT n.journal_id, sum(n.debit) AS debits, sum(n.credit) AS credits INTO bad
+      FROM new_lines n
+     GROUP BY n.journal_id
+    HAVING sum(n.debit) <> sum(n.credit)
      LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'journal % does not balance: debits % and credits %', bad.journal_id, bad.debits, bad.credits
