@@ -290,6 +290,9 @@ CREATE TABLE exception (
 );
 CREATE INDEX exception_by_event ON exception (event_id);
 CREATE INDEX exception_open_by_location ON exception (location_id, kind) WHERE status = 'open';
+-- a late transaction finds the open gap of its register directly
+CREATE INDEX exception_open_gaps ON exception (location_id, (detail ->> 'register'))
+    WHERE kind = 'missing_transaction' AND status = 'open';
 
 ----------------------------------------------------------------------------------------------------
 -- Sales audit: register sequences and audited days
