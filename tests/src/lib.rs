@@ -448,11 +448,12 @@ impl Drop for Bridge {
     }
 }
 
-/// One generated POS sale: 3 lines and 1 tender that pays it exactly.
-pub fn sale_sql(txn_id: &str, seq: i64) -> String {
+/// One generated POS sale: 3 lines and 1 tender that pays it exactly. Each workload prefix is its own register,
+/// so register sequences stay gap-free and unique, as the ERP's sales audit expects.
+pub fn sale_sql(register: &str, txn_id: &str, seq: i64) -> String {
     let mut rng = rand::thread_rng();
     let mut sql = format!(
-        "BEGIN; INSERT INTO pos.sale (txn_id, store_id, register_id, seq, kind, business_date) VALUES ('{txn_id}', '{STORE}', '1', {seq}, 'sale', '2026-11-26');"
+        "BEGIN; INSERT INTO pos.sale (txn_id, store_id, register_id, seq, kind, business_date) VALUES ('{txn_id}', '{STORE}', '{register}', {seq}, 'sale', '2026-11-26');"
     );
     let mut total = Decimal::ZERO;
     for line in 1..=3 {
@@ -477,7 +478,7 @@ pub fn sale_sql(txn_id: &str, seq: i64) -> String {
     sql
 }
 
-/// Commits `count` sales at about `per_second`, returning the slowest commit.
+/// Commits `count` sales at about `per_second` on register `prefix`, returning the slowest commit.
 pub async fn run_sales(
     pos: &Client,
     prefix: &str,
@@ -490,7 +491,7 @@ pub async fn run_sales(
     for i in 0..count {
         ticker.tick().await;
         let seq = first_seq + i;
-        let sql = sale_sql(&format!("{prefix}-{seq:06}"), seq);
+        let sql = sale_sql(prefix, &format!("{prefix}-{seq:06}"), seq);
         let started = Instant::now();
         pos.batch_execute(&sql)
             .await

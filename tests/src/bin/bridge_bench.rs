@@ -25,7 +25,7 @@ DECLARE
 BEGIN
     FOR i IN 1..n LOOP
         INSERT INTO pos.sale (txn_id, store_id, register_id, seq, business_date, occurred_at)
-        VALUES (prefix || i, 'STORE', '1', i, '2026-11-26', clock_timestamp());
+        VALUES (prefix || i, 'STORE', prefix, i, '2026-11-26', clock_timestamp());
         total := 0;
         FOR l IN 1..3 LOOP
             q := 1 + (i + l) % 3;
@@ -41,10 +41,10 @@ BEGIN
 END $$;
 "#;
 
-async fn one_sale(pos: &Client, id: &str, seq: i64) {
+async fn one_sale(pos: &Client, register: &str, id: &str, seq: i64) {
     let sql = format!(
         "BEGIN;
-         INSERT INTO pos.sale (txn_id, store_id, register_id, seq, business_date, occurred_at) VALUES ('{id}', '{STORE}', '1', {seq}, '2026-11-26', clock_timestamp());
+         INSERT INTO pos.sale (txn_id, store_id, register_id, seq, business_date, occurred_at) VALUES ('{id}', '{STORE}', '{register}', {seq}, '2026-11-26', clock_timestamp());
          INSERT INTO pos.sale_line (txn_id, line_no, sku, qty, unit_price, tax, tax_code) VALUES
            ('{id}', 1, '{a}', 1, 10.00, 0.89, 'NY'), ('{id}', 2, '{b}', 2, 5.50, 0.98, 'NY'), ('{id}', 3, '{c}', 1, 3.25, 0.29, 'NY');
          INSERT INTO pos.tender (txn_id, tender_no, tender_type, amount) VALUES ('{id}', 1, 'card', 26.41);
@@ -72,7 +72,7 @@ async fn steady_load(pos: &Cluster, prefix: &str, rate: u32, total: u32) -> f64 
             let mut i = w;
             while i < total {
                 ticker.tick().await;
-                one_sale(&client, &format!("{prefix}{i}"), i64::from(i)).await;
+                one_sale(&client, &prefix, &format!("{prefix}{i}"), i64::from(i) + 1).await;
                 i += workers;
             }
         }));
