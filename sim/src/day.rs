@@ -129,12 +129,12 @@ pub const PLANTED: [&str; 3] = [
 pub const MIDDAY_RECEIPT_ITEMS: usize = 20;
 
 impl Plan {
-    /// Opening quantities: 1.5 × expected units sold per store and item, plus 3; the DC holds that for every
-    /// store plus a third of network demand.
+    /// Opening quantities: 1.5 × expected units sold per store and item, plus 6 (a basket may take 4 of a slow
+    /// seller); the DC holds that for every store plus a third of network demand.
     pub fn stocking(&self, cat: &Catalog) -> Stocking {
         let stores = self.scale.stores.max(1) as u128;
         let total = u128::from(cat.total_weight());
-        // about 4.5 lines × 1.4 units per transaction
+        // generous on purpose: 6.3 units per transaction (about 3.5 lines × 1.3 units are drawn)
         let units_x10 = u128::from(self.transactions) * 63;
         let mut store = vec![vec![0i64; cat.items.len()]; stores as usize];
         let mut dc = vec![0i64; cat.items.len()];
@@ -142,7 +142,7 @@ impl Plan {
             let w = u128::from(cat.weight_of_rank(rank));
             let network = units_x10 * w / total / 10;
             let per_store = (network / stores) as i64;
-            let target = per_store * 3 / 2 + 3;
+            let target = per_store * 3 / 2 + 6;
             for s in store.iter_mut() {
                 s[item] = target;
             }
