@@ -61,17 +61,6 @@ const NETWORK: &str = "WITH k AS ( \
      LEFT JOIN possync.stock_balance b ON b.sku = $1 AND b.location_id = k.location_id \
      ORDER BY k.location_id";
 
-// The hot path: one indexed read of the balance row, the parts computed in SQL, the numeric returned as is.
-// A balance row exists only for a known sku and location, so no existence checks are needed when it is found.
-const FAST: &str = "SELECT b.on_hand - b.reserved \
-        + CASE WHEN b.reserved > 0 THEN coalesce((SELECT sum(r.qty) FROM possync.reservation r \
-            WHERE r.sku = $1 AND r.location_id = $2 AND r.status = 'active' AND r.expires_at <= now()), 0) \
-          ELSE 0 END \
-        - coalesce((SELECT s.qty FROM possync.safety_stock s WHERE s.sku = $1 AND s.location_id = $2), 0) \
-        + coalesce((SELECT sum(p.qty_open) FROM possync.supply p \
-            WHERE p.sku = $1 AND p.location_id = $2 AND p.qty_open > 0 AND p.expected_at <= $3), 0) \
-     FROM possync.stock_balance b WHERE b.sku = $1 AND b.location_id = $2";
-
 const SKU_KNOWN: &str = "SELECT EXISTS (SELECT 1 FROM possync.item WHERE sku = $1)";
 
 fn unknown(function: &str, argument: &str, value: &str, table: &str) -> ! {
@@ -157,9 +146,11 @@ fn now_or(at: Option<TimestampWithTimeZone>) -> TimestampWithTimeZone {
     })
 }
 
-/// Available-to-promise for a sku at a location (may be negative: oversold) or across the network.
+/// Available-to-promise with every check: the network figure, and a location without a balance row (unknown
+/// sku or location raise). `possync.atp` (sql/finalize.sql) answers the common case, a location with a balance
+/// row, in PL/pgSQL with a cached plan, and calls this for the rest.
 #[pg_extern(stable, parallel_safe)]
-fn atp(
+fn atp_checked(
     sku: Option<&str>,
     location: default!(Option<&str>, "NULL"),
     at: default!(Option<TimestampWithTimeZone>, "now()"),
