@@ -52,7 +52,7 @@ struct Settings {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Most POS transactions per apply_batch call.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 100)]
     batch_max_txns: usize,
     /// Longest wait in milliseconds for more transactions once one is ready.
     #[arg(long, default_value_t = 1)]

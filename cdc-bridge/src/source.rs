@@ -36,7 +36,7 @@ pub struct ApplySettings {
 impl Default for ApplySettings {
     fn default() -> Self {
         ApplySettings {
-            batch_max_txns: 1000,
+            batch_max_txns: 100,
             batch_max_wait: Duration::from_millis(1),
             status_interval: Duration::from_secs(1),
             retry_min: Duration::from_millis(200),

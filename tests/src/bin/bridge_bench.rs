@@ -2,7 +2,8 @@
 //! beside PostgreSQL's own logical replication (a subscription copying the same POS tables into the ERP cluster),
 //! measured in the same run. Prints `row|figure|possync|baseline|ratio|target|note` lines for bench/run.sh.
 //!
-//! Environment: BENCH_RATE (1000 POS transactions/s), BENCH_LIVE_SECONDS (10), BENCH_BACKLOG (100000).
+//! Environment: BENCH_RATE (1000 POS transactions/s), BENCH_LIVE_SECONDS (10), BENCH_BACKLOG (100000),
+//! BENCH_BATCH_TXNS (the bridge's --batch-max-txns, 100).
 
 use std::time::{Duration, Instant};
 
@@ -138,6 +139,8 @@ async fn main() {
     let live_seconds: u32 = env_or("BENCH_LIVE_SECONDS", 10);
     let backlog: u32 = env_or("BENCH_BACKLOG", 100_000);
     let live_total = rate * live_seconds;
+    let batch_txns: String = env_or("BENCH_BATCH_TXNS", "100".to_string());
+    let bridge_args = ["--batch-max-txns", batch_txns.as_str()];
 
     let pos = pos_cluster(&[]).await;
     let erp = erp_cluster().await;
@@ -182,7 +185,7 @@ async fn main() {
     let erp_url = erp.url("erp");
 
     // 1. live lag, bridge
-    let bridge = Bridge::start(&erp_url, &source, &[]);
+    let bridge = Bridge::start(&erp_url, &source, &bridge_args);
     bridge.wait_streaming("bench", Duration::from_secs(60));
     let achieved = steady_load(&pos, "L", rate, live_total).await;
     wait_count(
@@ -234,7 +237,7 @@ async fn main() {
     eprintln!("bench: native live: {native_achieved:.0} tx/s committed, lag p50/p99/max {native_lag:?} ms");
 
     // the bridge catches up on the native phase's sales, so that its backlog below is the same as the subscription's
-    let bridge = Bridge::start(&erp_url, &source, &[]);
+    let bridge = Bridge::start(&erp_url, &source, &bridge_args);
     wait_count(
         &erp_db,
         "SELECT count(*) FROM possync.event WHERE event_id LIKE 'N%'",
@@ -258,7 +261,7 @@ async fn main() {
         "bench: {backlog} backlog transactions committed in {:.1} s",
         made.elapsed().as_secs_f64()
     );
-    let bridge = Bridge::start(&erp_url, &source, &[]);
+    let bridge = Bridge::start(&erp_url, &source, &bridge_args);
     let started = Instant::now();
     let mut applied;
     loop {
