@@ -12,8 +12,7 @@ use super::posting::{Draft, Effect, Item};
 use super::store::{self, Writes};
 use crate::audit::config::{check_lines, Rules};
 use crate::audit::sequence::{self, Seen};
-use crate::ledger::accounts;
-use crate::ledger::AccountMap;
+use crate::ledger::{AccountMap, JournalLine};
 use crate::statements::{internal, run, text};
 use crate::stock::balances::Key;
 use crate::stock::Balances;
@@ -136,6 +135,8 @@ pub struct Batch<'a, 'c> {
     /// transfer_ins held earlier in this call, by hold key, for a transfer_out later in it
     held_here: HashMap<String, Vec<(Event, String)>>,
     rules: Rules,
+    /// some event in this call returns goods against an original sale: remember what sales issued
+    returns_here: bool,
     sequences: Vec<Seen>,
     closes: Vec<String>,
 }
@@ -174,12 +175,12 @@ impl Batch<'_, '_> {
         self.transfers.get(transfer_id)?.as_ref()
     }
 
-    fn commit_draft(&mut self, ev: &Event, d: Draft) -> Option<i64> {
-        let journal_id = self.writes.journal(ev, &d.journal, &self.accounts);
+    fn commit_draft(&mut self, ev: &Event, d: Draft, lines: Vec<JournalLine>) -> Option<i64> {
+        let journal_id = self.writes.journal(ev, lines);
         for (k, b) in d.balances {
             self.balances.set(k, b);
         }
-        if ev.kind.has_tenders() || ev.kind == EventKind::Fulfillment {
+        if self.returns_here && (ev.kind.has_tenders() || ev.kind == EventKind::Fulfillment) {
             let issued = self.sale_costs.entry(ev.event_id.clone()).or_default();
             for ((sku, _), m) in d.moves.iter().filter(|(_, m)| m.qty < Decimal::ZERO) {
                 let e = issued.entry(sku.clone()).or_default();
@@ -213,7 +214,7 @@ impl Batch<'_, '_> {
                 }
                 Effect::SupplyReceived { .. } | Effect::Counted { .. } => {}
             }
-            self.writes.effects.push((ev.clone(), effect));
+            self.writes.effect(ev, effect);
         }
         journal_id
     }
@@ -308,7 +309,7 @@ impl Batch<'_, '_> {
         if hold.is_empty() {
             match self.draft(ev) {
                 Ok(d) => match d.journal.resolve(&self.accounts) {
-                    Ok(_) => draft = Some(d),
+                    Ok(lines) => draft = Some((d, lines)),
                     Err(missing) => {
                         hold = missing
                             .iter()
@@ -330,7 +331,7 @@ impl Batch<'_, '_> {
                 Err(raised) => hold = raised,
             }
         }
-        let Some(mut d) = draft else {
+        let Some((mut d, lines)) = draft else {
             outcome.status = Status::Held;
             outcome.raised = hold;
             if !replay {
@@ -369,7 +370,7 @@ impl Batch<'_, '_> {
             d.raised.extend(check_lines(ev, &self.rules));
         }
         let raised = std::mem::take(&mut d.raised);
-        outcome.journal_id = self.commit_draft(ev, d);
+        outcome.journal_id = self.commit_draft(ev, d, lines);
         if replay {
             self.writes
                 .replayed
@@ -386,24 +387,6 @@ impl Batch<'_, '_> {
 
 const CHECK_DAY_CLOSE: &str = "SELECT possync.check_day_close($1)";
 
-/// Tax rates and promotions the lines of this call name, and the tolerances, for the line checks.
-fn audit_rules<'w>(client: &mut SpiClient<'_>, work: impl Iterator<Item = &'w Work>) -> Rules {
-    let mut codes = BTreeSet::new();
-    let mut promotions = BTreeSet::new();
-    for ev in work.filter_map(|w| w.parsed.as_ref().ok()) {
-        for l in &ev.lines {
-            codes.extend(l.tax_code.clone());
-            promotions.extend(l.promotion.clone());
-        }
-    }
-    Rules {
-        tax_rates: store::tax_rates(client, &codes),
-        promotions: store::promotions(client, &promotions),
-        tax_tolerance: crate::guc::tax_tolerance(),
-        max_discount_pct: crate::guc::max_discount_pct(),
-    }
-}
-
 /// The key under which a transfer_in waits for its transfer_out.
 pub fn transfer_hold_key(transfer_id: &str) -> String {
     format!("transfer:{transfer_id}")
@@ -416,7 +399,7 @@ pub fn apply(
     source: Option<&str>,
 ) -> Vec<Outcome> {
     let reject_negative = crate::guc::reject_negative_on_hand();
-    let mut work: Vec<Work> = submissions
+    let work: Vec<Work> = submissions
         .into_iter()
         .map(|s| {
             let mut parsed = Event::from_json(&s.raw);
@@ -458,17 +441,21 @@ pub fn apply(
     }
 
     // known ids: same payload is a duplicate, another payload a conflict
-    let fresh: Vec<(String, String)> = work
+    let fresh: Vec<String> = work
         .iter()
         .filter(|w| !w.replay)
+        .filter_map(|w| w.parsed.as_ref().ok().map(|e| e.event_id.clone()))
+        .collect();
+    let stored = store::known_events(client, &fresh);
+    let known: HashMap<String, bool> = work
+        .iter()
         .filter_map(|w| {
-            w.parsed
-                .as_ref()
-                .ok()
-                .map(|e| (e.event_id.clone(), w.payload.clone()))
+            let id = &w.parsed.as_ref().ok()?.event_id;
+            stored
+                .get(id)
+                .map(|payload| (id.clone(), payload == &w.raw))
         })
         .collect();
-    let known = store::known_events(client, &fresh);
 
     let mut skus = BTreeSet::new();
     let mut locs = BTreeSet::new();
@@ -490,14 +477,40 @@ pub fn apply(
             reservation_ids.extend(l.reservation_id.clone());
         }
     }
-    let items = store::items(client, &skus);
-    let locations = store::locations(client, &locs);
+    let returns_here = work.iter().filter_map(|w| w.parsed.as_ref().ok()).any(|e| {
+        e.lines
+            .iter()
+            .any(|l| l.returned && l.original_event_id.is_some())
+    });
+    let mut tax_codes = BTreeSet::new();
+    let mut promotions = BTreeSet::new();
+    for ev in work
+        .iter()
+        .chain(follow.values().flatten())
+        .filter_map(|w| w.parsed.as_ref().ok())
+    {
+        for l in &ev.lines {
+            tax_codes.extend(l.tax_code.clone());
+            promotions.extend(l.promotion.clone());
+        }
+    }
+    let store::MasterData {
+        items,
+        locations,
+        accounts,
+        tax_rates,
+        promotions,
+    } = store::master_data(client, &skus, &locs, &tax_codes, &promotions);
+    let rules = Rules {
+        tax_rates,
+        promotions,
+        tax_tolerance: crate::guc::tax_tolerance(),
+        max_discount_pct: crate::guc::max_discount_pct(),
+    };
     // only balances of items and locations that exist: others cannot post
     keys.retain(|(s, l)| items.contains_key(s) && locations.contains(l));
     let balances = Balances::lock(client, &keys);
     let reservations = store::reservations(client, &reservation_ids);
-    let accounts = accounts::load(client);
-    let rules = audit_rules(client, work.iter().chain(follow.values().flatten()));
 
     let mut batch = Batch {
         client,
@@ -512,13 +525,15 @@ pub fn apply(
         reject_negative,
         held_here: HashMap::new(),
         rules,
+        returns_here,
         sequences: Vec::new(),
         closes: Vec::new(),
     };
     batch.writes.source = source.map(str::to_string);
-    let mut seen: HashMap<String, Value> = HashMap::new();
+    // event id -> index in `work` of its first accepted occurrence in this call
+    let mut seen: HashMap<String, usize> = HashMap::new();
     let mut outcomes = Vec::with_capacity(submitted);
-    for w in work.iter_mut() {
+    for (i, w) in work.iter().enumerate() {
         let outcome = match &w.parsed {
             Err(m) => {
                 let id = event_id_of(&w.raw);
@@ -539,7 +554,7 @@ pub fn apply(
                 }
             }
             Ok(ev) => {
-                let earlier = seen.get(&ev.event_id).map(|raw| raw == &w.raw);
+                let earlier = seen.get(&ev.event_id).map(|&j| work[j].raw == w.raw);
                 let stored = known.get(&ev.event_id).copied();
                 match (w.replay, earlier.or(stored)) {
                     (false, Some(true)) => Outcome {
@@ -571,8 +586,7 @@ pub fn apply(
                         }
                     }
                     _ => {
-                        let ev = ev.clone();
-                        let o = batch.post(&ev, &w.payload, w.replay);
+                        let o = batch.post(ev, &w.payload, w.replay);
                         if o.status == Status::Applied && ev.kind == EventKind::TransferOut {
                             let k =
                                 transfer_hold_key(ev.transfer_id.as_deref().unwrap_or_default());
@@ -592,8 +606,7 @@ pub fn apply(
         };
         if let Ok(ev) = &w.parsed {
             if outcome.status != Status::Conflict && outcome.status != Status::Rejected {
-                seen.entry(ev.event_id.clone())
-                    .or_insert_with(|| w.raw.clone());
+                seen.entry(ev.event_id.clone()).or_insert(i);
             }
         }
         outcomes.push(outcome);
@@ -607,9 +620,9 @@ pub fn apply(
         closes,
         ..
     } = batch;
-    balances.write(client);
     let transfers: Vec<TransferState> = transfers.into_values().flatten().collect();
-    let journal_ids = writes.flush(client, &transfers);
+    let ids = store::allocate_journal_ids(client, writes.journal_count());
+    let journal_ids = writes.flush(client, &balances, &transfers, ids);
     sequence::check(client, sequences);
     for close in closes {
         run(client, CHECK_DAY_CLOSE, &[text(&close)]);

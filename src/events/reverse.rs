@@ -115,8 +115,7 @@ fn reverse_event(event_id: Option<&str>, reason: Option<&str>) -> JsonB {
             lines,
             journal_id,
         );
-        balances.write(client);
-        let ids = writes.flush(client, &[]);
+        let ids = writes.flush(client, &balances, &[], Vec::new());
         let new_journal = provisional.map(|p| {
             ids.get(&p)
                 .copied()

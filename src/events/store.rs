@@ -10,101 +10,100 @@ use serde_json::Value;
 use super::batch::{Raised, Reservation, TransferLine, TransferState};
 use super::posting::{Effect, Item};
 use crate::audit::config::Promotion;
-use crate::ledger::{AccountMap, JournalDraft, JournalLine};
+use crate::ledger::journal::Mapping;
+use crate::ledger::{AccountMap, JournalLine};
 use crate::statements::{decimals, get_bool, get_decimal, get_text, internal, run, text, texts};
 use crate::stock::balances::Key;
-use crate::stock::StockMove;
+use crate::stock::{Balances, StockMove};
 
-const KNOWN_EVENTS: &str = "SELECT e.event_id, e.payload = x.p::jsonb \
-     FROM unnest($1::text[], $2::text[]) AS x(id, p) JOIN possync.event e ON e.event_id = x.id";
+const KNOWN_EVENTS: &str =
+    "SELECT event_id, payload::text FROM possync.event WHERE event_id = ANY($1::text[])";
 
-/// For ids already in the inbox: whether the stored payload equals the new one.
-pub fn known_events(
-    client: &mut SpiClient<'_>,
-    fresh: &[(String, String)],
-) -> HashMap<String, bool> {
-    if fresh.is_empty() {
-        return HashMap::new();
-    }
-    let ids = texts(fresh.iter().map(|f| f.0.clone()));
-    let payloads = texts(fresh.iter().map(|f| f.1.clone()));
-    run(client, KNOWN_EVENTS, &[ids, payloads])
-        .map(|row| {
-            let id = get_text(&row, 1).unwrap_or_default();
-            (id, get_bool(&row, 2).unwrap_or(false))
-        })
-        .collect()
-}
-
-const ITEMS: &str =
-    "SELECT sku, item_class, standard_cost::text FROM possync.item WHERE sku = ANY($1::text[])";
-
-pub fn items(client: &mut SpiClient<'_>, skus: &BTreeSet<String>) -> HashMap<String, Item> {
-    if skus.is_empty() {
-        return HashMap::new();
-    }
-    run(client, ITEMS, &[texts(skus.iter().cloned())])
-        .map(|row| {
-            let sku = get_text(&row, 1).unwrap_or_default();
-            let item = Item {
-                item_class: get_text(&row, 2),
-                standard_cost: get_decimal(&row, 3).unwrap_or_default(),
-            };
-            (sku, item)
-        })
-        .collect()
-}
-
-const TAX_RATES: &str =
-    "SELECT tax_code, rate::text FROM possync.tax_code WHERE tax_code = ANY($1::text[])";
-
-pub fn tax_rates(client: &mut SpiClient<'_>, codes: &BTreeSet<String>) -> HashMap<String, Decimal> {
-    if codes.is_empty() {
-        return HashMap::new();
-    }
-    run(client, TAX_RATES, &[texts(codes.iter().cloned())])
-        .map(|row| {
-            (
-                get_text(&row, 1).unwrap_or_default(),
-                get_decimal(&row, 2).unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
-const PROMOTIONS: &str =
-    "SELECT promotion_code, starts_on::text, ends_on::text, max_discount_pct::text \
-     FROM possync.promotion WHERE promotion_code = ANY($1::text[])";
-
-pub fn promotions(
-    client: &mut SpiClient<'_>,
-    codes: &BTreeSet<String>,
-) -> HashMap<String, Promotion> {
-    if codes.is_empty() {
-        return HashMap::new();
-    }
-    run(client, PROMOTIONS, &[texts(codes.iter().cloned())])
-        .map(|row| {
-            let p = Promotion {
-                starts_on: get_text(&row, 2),
-                ends_on: get_text(&row, 3),
-                max_discount_pct: get_decimal(&row, 4),
-            };
-            (get_text(&row, 1).unwrap_or_default(), p)
-        })
-        .collect()
-}
-
-const LOCATIONS: &str =
-    "SELECT location_id FROM possync.location WHERE location_id = ANY($1::text[])";
-
-pub fn locations(client: &mut SpiClient<'_>, ids: &BTreeSet<String>) -> HashSet<String> {
+/// The stored payloads of ids already in the inbox (usually none: only duplicates and conflicts).
+pub fn known_events(client: &mut SpiClient<'_>, ids: &[String]) -> HashMap<String, Value> {
     if ids.is_empty() {
-        return HashSet::new();
+        return HashMap::new();
     }
-    run(client, LOCATIONS, &[texts(ids.iter().cloned())])
-        .filter_map(|row| get_text(&row, 1))
+    payload_rows(run(client, KNOWN_EVENTS, &[texts(ids.iter().cloned())]))
+        .into_iter()
         .collect()
+}
+
+/// The master data one call needs, read in one statement.
+pub struct MasterData {
+    pub items: HashMap<String, Item>,
+    pub locations: HashSet<String>,
+    pub accounts: AccountMap,
+    pub tax_rates: HashMap<String, Decimal>,
+    pub promotions: HashMap<String, Promotion>,
+}
+
+const MASTER_DATA: &str = "\
+    SELECT 'i', sku, item_class, standard_cost::text, NULL FROM possync.item WHERE sku = ANY($1::text[]) \
+    UNION ALL SELECT 'l', location_id, NULL, NULL, NULL FROM possync.location WHERE location_id = ANY($2::text[]) \
+    UNION ALL SELECT 'a', role, account_code, location_id, item_class FROM possync.account_map \
+    UNION ALL SELECT 't', tax_code, rate::text, NULL, NULL FROM possync.tax_code WHERE tax_code = ANY($3::text[]) \
+    UNION ALL SELECT 'p', promotion_code, starts_on::text, ends_on::text, max_discount_pct::text \
+      FROM possync.promotion WHERE promotion_code = ANY($4::text[])";
+
+/// Items and locations the call names, the whole account map (small), tax codes and promotions named.
+pub fn master_data(
+    client: &mut SpiClient<'_>,
+    skus: &BTreeSet<String>,
+    locations: &BTreeSet<String>,
+    tax_codes: &BTreeSet<String>,
+    promotions: &BTreeSet<String>,
+) -> MasterData {
+    let mut md = MasterData {
+        items: HashMap::new(),
+        locations: HashSet::new(),
+        accounts: AccountMap::default(),
+        tax_rates: HashMap::new(),
+        promotions: HashMap::new(),
+    };
+    let mut mappings = Vec::new();
+    let args = [
+        texts(skus.iter().cloned()),
+        texts(locations.iter().cloned()),
+        texts(tax_codes.iter().cloned()),
+        texts(promotions.iter().cloned()),
+    ];
+    for row in run(client, MASTER_DATA, &args) {
+        let key = get_text(&row, 2).unwrap_or_default();
+        match get_text(&row, 1).as_deref() {
+            Some("i") => {
+                let item = Item {
+                    item_class: get_text(&row, 3),
+                    standard_cost: get_decimal(&row, 4).unwrap_or_default(),
+                };
+                md.items.insert(key, item);
+            }
+            Some("l") => {
+                md.locations.insert(key);
+            }
+            Some("a") => mappings.push(Mapping {
+                role: key,
+                account_code: get_text(&row, 3).unwrap_or_default(),
+                location_id: get_text(&row, 4),
+                item_class: get_text(&row, 5),
+            }),
+            Some("t") => {
+                md.tax_rates
+                    .insert(key, get_decimal(&row, 3).unwrap_or_default());
+            }
+            Some("p") => {
+                let p = Promotion {
+                    starts_on: get_text(&row, 3),
+                    ends_on: get_text(&row, 4),
+                    max_discount_pct: get_decimal(&row, 5),
+                };
+                md.promotions.insert(key, p);
+            }
+            _ => {}
+        }
+    }
+    md.accounts = AccountMap::new(mappings);
+    md
 }
 
 // locked after the balances, the order every reservation path uses
@@ -221,7 +220,14 @@ pub fn held(client: &mut SpiClient<'_>, event_id: Option<&str>) -> Vec<(String, 
 }
 
 struct EventRow {
-    event: Event,
+    event_id: String,
+    source: Option<String>,
+    kind: &'static str,
+    location: String,
+    register: Option<String>,
+    sequence: Option<i64>,
+    business_date: String,
+    occurred_at: Option<String>,
     payload: String,
     status: &'static str,
     journal: Option<i64>,
@@ -256,7 +262,7 @@ pub struct Writes {
     journals: Vec<JournalRow>,
     lines: Vec<(i64, JournalLine)>,
     exceptions: Vec<ExceptionRow>,
-    pub effects: Vec<(Event, Effect)>,
+    pub effects: Vec<(String, String, String, Effect)>,
 }
 
 impl Writes {
@@ -269,12 +275,29 @@ impl Writes {
         hold_key: Option<String>,
     ) {
         self.events.push(EventRow {
-            event: ev.clone(),
+            event_id: ev.event_id.clone(),
+            source: ev.source.clone(),
+            kind: ev.kind.as_str(),
+            location: ev.location.clone(),
+            register: ev.register.clone(),
+            sequence: ev.sequence,
+            business_date: ev.business_date.clone(),
+            occurred_at: ev.occurred_at.clone(),
             payload: payload.to_string(),
             status,
             journal,
             hold_key,
         });
+    }
+
+    /// A side effect of a posted event, written after the ledgers.
+    pub fn effect(&mut self, ev: &Event, effect: Effect) {
+        self.effects.push((
+            ev.event_id.clone(),
+            ev.location.clone(),
+            ev.business_date.clone(),
+            effect,
+        ));
     }
 
     /// Exceptions raised by a posted or held event.
@@ -311,16 +334,8 @@ impl Writes {
         }
     }
 
-    /// Adds a journal for the event's draft (already known to resolve); None when it has no lines.
-    pub fn journal(
-        &mut self,
-        ev: &Event,
-        draft: &JournalDraft,
-        accounts: &AccountMap,
-    ) -> Option<i64> {
-        let lines = draft
-            .resolve(accounts)
-            .unwrap_or_else(|_| internal("a journal lost its accounts between check and write"));
+    /// Adds the event's journal from its resolved lines; None when it has no lines.
+    pub fn journal(&mut self, ev: &Event, lines: Vec<JournalLine>) -> Option<i64> {
         self.journal_lines(
             &ev.event_id,
             Some(&ev.location),
@@ -356,60 +371,89 @@ impl Writes {
         Some(id)
     }
 
-    /// Writes everything collected; returns provisional journal id → real journal id.
+    /// How many journal ids the flush will need.
+    pub fn journal_count(&self) -> usize {
+        self.journals.len()
+    }
+
+    /// Writes everything collected: journals, their lines, events, stock moves and balances in one statement,
+    /// then exceptions, replays and side effects. `ids` are real journal ids for the provisional ones, in order
+    /// (more than needed is fine). Returns provisional journal id -> real journal id.
     pub fn flush(
         self,
         client: &mut SpiClient<'_>,
+        balances: &Balances,
         transfers: &[TransferState],
+        mut ids: Vec<i64>,
     ) -> HashMap<i64, i64> {
-        let ids = allocate_journal_ids(client, self.journals.len());
+        if ids.len() < self.journals.len() {
+            ids = allocate_journal_ids(client, self.journals.len());
+        }
+        let ids: HashMap<i64, i64> = ids
+            .into_iter()
+            .take(self.journals.len())
+            .enumerate()
+            .map(|(i, id)| (i as i64 + 1, id))
+            .collect();
         let real = |p: Option<i64>| p.and_then(|p| ids.get(&p).copied());
-        if !self.journals.is_empty() {
-            let j = &self.journals;
+        let nothing_to_post = self.journals.is_empty()
+            && self.events.is_empty()
+            && self.moves.is_empty()
+            && balances.changed().is_empty();
+        if !nothing_to_post {
+            let (j, l, e, m) = (&self.journals, &self.lines, &self.events, &self.moves);
+            let changed = balances.changed();
             run(
                 client,
-                INSERT_JOURNALS,
+                POST,
                 &[
+                    // journals
                     texts((1..=j.len() as i64).map(|p| real(Some(p)).map(|r| r.to_string()))),
                     texts(j.iter().map(|r| r.event_id.clone())),
                     texts(j.iter().map(|r| r.location.clone())),
                     texts(j.iter().map(|r| r.business_date.clone())),
                     texts(j.iter().map(|r| r.memo.clone())),
                     texts(j.iter().map(|r| r.reverses.map(|x| x.to_string()))),
-                ],
-            );
-            let l = &self.lines;
-            run(
-                client,
-                INSERT_LINES,
-                &[
+                    // journal lines
                     texts(l.iter().map(|(p, _)| real(Some(*p)).map(|r| r.to_string()))),
                     texts(l.iter().map(|(_, x)| x.line_no.to_string())),
                     texts(l.iter().map(|(_, x)| x.account_code.clone())),
                     texts(l.iter().map(|(_, x)| x.location_id.clone())),
                     decimals(l.iter().map(|(_, x)| x.debit)),
                     decimals(l.iter().map(|(_, x)| x.credit)),
-                ],
-            );
-        }
-        if !self.events.is_empty() {
-            let e = &self.events;
-            run(
-                client,
-                INSERT_EVENTS,
-                &[
-                    texts(e.iter().map(|r| r.event.event_id.clone())),
-                    texts(e.iter().map(|r| r.event.source.clone())),
-                    texts(e.iter().map(|r| r.event.kind.as_str().to_string())),
-                    texts(e.iter().map(|r| r.event.location.clone())),
-                    texts(e.iter().map(|r| r.event.register.clone())),
-                    texts(e.iter().map(|r| r.event.sequence.map(|s| s.to_string()))),
-                    texts(e.iter().map(|r| r.event.business_date.clone())),
-                    texts(e.iter().map(|r| r.event.occurred_at.clone())),
+                    // events
+                    texts(e.iter().map(|r| r.event_id.clone())),
+                    texts(e.iter().map(|r| r.source.clone())),
+                    texts(e.iter().map(|r| r.kind.to_string())),
+                    texts(e.iter().map(|r| r.location.clone())),
+                    texts(e.iter().map(|r| r.register.clone())),
+                    texts(e.iter().map(|r| r.sequence.map(|s| s.to_string()))),
+                    texts(e.iter().map(|r| r.business_date.clone())),
+                    texts(e.iter().map(|r| r.occurred_at.clone())),
                     texts(e.iter().map(|r| r.status.to_string())),
                     texts(e.iter().map(|r| real(r.journal).map(|x| x.to_string()))),
                     texts(e.iter().map(|r| r.payload.clone())),
                     texts(e.iter().map(|r| r.hold_key.clone())),
+                    // stock moves
+                    texts(m.iter().map(|x| x.0.clone())),
+                    texts(m.iter().map(|x| x.1 .0.clone())),
+                    texts(m.iter().map(|x| x.1 .1.clone())),
+                    decimals(m.iter().map(|x| x.2.qty)),
+                    decimals(m.iter().map(|x| x.2.unit_cost)),
+                    decimals(m.iter().map(|x| x.2.value)),
+                    decimals(m.iter().map(|x| x.2.on_hand_after)),
+                    decimals(m.iter().map(|x| x.2.value_after)),
+                    // balances
+                    texts(changed.iter().map(|(k, _)| k.0.clone())),
+                    texts(changed.iter().map(|(k, _)| k.1.clone())),
+                    decimals(changed.iter().map(|(_, b)| b.on_hand)),
+                    decimals(changed.iter().map(|(_, b)| b.value)),
+                    texts(
+                        changed
+                            .iter()
+                            .map(|(_, b)| b.avg_cost.map(|c| c.to_string())),
+                    ),
+                    decimals(changed.iter().map(|(_, b)| b.reserved)),
                 ],
             );
         }
@@ -440,31 +484,15 @@ impl Writes {
                 ],
             );
         }
-        if !self.moves.is_empty() {
-            let m = &self.moves;
-            run(
-                client,
-                INSERT_MOVES,
-                &[
-                    texts(m.iter().map(|x| x.0.clone())),
-                    texts(m.iter().map(|x| x.1 .0.clone())),
-                    texts(m.iter().map(|x| x.1 .1.clone())),
-                    decimals(m.iter().map(|x| x.2.qty)),
-                    decimals(m.iter().map(|x| x.2.unit_cost)),
-                    decimals(m.iter().map(|x| x.2.value)),
-                    decimals(m.iter().map(|x| x.2.on_hand_after)),
-                    decimals(m.iter().map(|x| x.2.value_after)),
-                ],
-            );
-        }
         write_effects(client, &self.effects, transfers);
         ids
     }
 }
 
-fn allocate_journal_ids(client: &mut SpiClient<'_>, n: usize) -> HashMap<i64, i64> {
+/// Real journal ids from the sequence, for provisional ids 1..=n.
+pub fn allocate_journal_ids(client: &mut SpiClient<'_>, n: usize) -> Vec<i64> {
     if n == 0 {
-        return HashMap::new();
+        return Vec::new();
     }
     let rows = run(
         client,
@@ -477,28 +505,40 @@ fn allocate_journal_ids(client: &mut SpiClient<'_>, n: usize) -> HashMap<i64, i6
     if ids.len() != n {
         internal("could not allocate journal ids");
     }
-    ids.into_iter()
-        .enumerate()
-        .map(|(i, id)| (i as i64 + 1, id))
-        .collect()
+    ids
 }
 
 const ALLOCATE_JOURNAL_IDS: &str =
     "SELECT nextval('possync.journal_id_seq') FROM generate_series(1, $1::bigint)";
 
-const INSERT_JOURNALS: &str = "INSERT INTO possync.journal (journal_id, event_id, location_id, business_date, memo, reverses) \
-     SELECT j::bigint, e, l, d::date, m, r::bigint \
-       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS x(j, e, l, d, m, r)";
-
-const INSERT_LINES: &str = "INSERT INTO possync.journal_line (journal_id, line_no, account_code, location_id, debit, credit) \
-     SELECT j::bigint, n::integer, a, l, dr::numeric, cr::numeric \
-       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS x(j, n, a, l, dr, cr)";
-
-const INSERT_EVENTS: &str = "INSERT INTO possync.event (event_id, source, kind, location_id, register, sequence, \
-        business_date, occurred_at, status, journal_id, payload, hold_key) \
-     SELECT id, src, k, l, reg, seq::bigint, d::date, coalesce(o::timestamptz, now()), st, j::bigint, p::jsonb, h \
-       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
-                   $9::text[], $10::text[], $11::text[], $12::text[]) AS x(id, src, k, l, reg, seq, d, o, st, j, p, h)";
+// One statement posts a whole call: journals, their lines (checked by the balance trigger at its end), the
+// inbox rows, the stock moves and the balances they lead to.
+const POST: &str = "WITH journals AS ( \
+        INSERT INTO possync.journal (journal_id, event_id, location_id, business_date, memo, reverses) \
+        SELECT j::bigint, e, l, d::date, m, r::bigint \
+          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS x(j, e, l, d, m, r)), \
+     lines AS ( \
+        INSERT INTO possync.journal_line (journal_id, line_no, account_code, location_id, debit, credit) \
+        SELECT j::bigint, n::integer, a, l, dr::numeric, cr::numeric \
+          FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[]) AS x(j, n, a, l, dr, cr)), \
+     events AS ( \
+        INSERT INTO possync.event (event_id, source, kind, location_id, register, sequence, \
+            business_date, occurred_at, status, journal_id, payload, hold_key) \
+        SELECT id, src, k, l, reg, seq::bigint, d::date, coalesce(o::timestamptz, now()), st, j::bigint, p::jsonb, h \
+          FROM unnest($13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], \
+                      $20::text[], $21::text[], $22::text[], $23::text[], $24::text[]) \
+               AS x(id, src, k, l, reg, seq, d, o, st, j, p, h)), \
+     moves AS ( \
+        INSERT INTO possync.stock_move (event_id, sku, location_id, qty, unit_cost, value, on_hand_after, value_after) \
+        SELECT e, s, l, q::numeric, c::numeric, v::numeric, oh::numeric, va::numeric \
+          FROM unnest($25::text[], $26::text[], $27::text[], $28::text[], $29::text[], $30::text[], $31::text[], \
+                      $32::text[]) AS x(e, s, l, q, c, v, oh, va)) \
+     UPDATE possync.stock_balance b \
+        SET on_hand = x.on_hand::numeric, value = x.value::numeric, avg_cost = x.avg_cost::numeric, \
+            reserved = x.reserved::numeric, updated_at = now() \
+       FROM unnest($33::text[], $34::text[], $35::text[], $36::text[], $37::text[], $38::text[]) \
+            AS x(sku, location_id, on_hand, value, avg_cost, reserved) \
+      WHERE b.sku = x.sku AND b.location_id = x.location_id";
 
 const MARK_REPLAYED: &str = "WITH posted AS ( \
         UPDATE possync.event e SET status = 'applied', journal_id = x.j::bigint, hold_key = NULL \
@@ -507,12 +547,6 @@ const MARK_REPLAYED: &str = "WITH posted AS ( \
             resolution = 'posted by replay once the missing data arrived' \
        FROM posted WHERE x.event_id = posted.event_id AND x.status = 'open' \
         AND x.kind IN ('unknown_sku', 'unknown_location', 'missing_account', 'awaiting_transfer_out')";
-
-const INSERT_MOVES: &str = "INSERT INTO possync.stock_move (event_id, sku, location_id, qty, unit_cost, value, \
-        on_hand_after, value_after) \
-     SELECT e, s, l, q::numeric, c::numeric, v::numeric, oh::numeric, va::numeric \
-       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
-            AS x(e, s, l, q, c, v, oh, va)";
 
 const INSERT_EXCEPTIONS: &str = "INSERT INTO possync.exception (event_id, kind, reason, payload, location_id, amount, source) \
      SELECT e, k, r, p::jsonb, l, a::numeric, s \
@@ -545,13 +579,14 @@ const INSERT_COUNT_LINES: &str = "INSERT INTO possync.count_line (event_id, sku,
 
 fn write_effects(
     client: &mut SpiClient<'_>,
-    effects: &[(Event, Effect)],
+    effects: &[(String, String, String, Effect)],
     transfers: &[TransferState],
 ) {
     let mut supply = (Vec::new(), Vec::new());
     let mut consumed = (Vec::new(), Vec::new());
-    let mut counted: Vec<(&Event, &str, Decimal, Decimal)> = Vec::new();
-    for (ev, effect) in effects {
+    // (event_id, location, business_date, sku, system, counted)
+    let mut counted: Vec<(&str, &str, &str, &str, Decimal, Decimal)> = Vec::new();
+    for (event_id, location, business_date, effect) in effects {
         match effect {
             Effect::SupplyReceived { supply_id, qty } => {
                 supply.0.push(supply_id.clone());
@@ -559,13 +594,20 @@ fn write_effects(
             }
             Effect::ReservationConsumed { reservation_id, .. } => {
                 consumed.0.push(reservation_id.clone());
-                consumed.1.push(ev.event_id.clone());
+                consumed.1.push(event_id.clone());
             }
             Effect::Counted {
                 sku,
                 system_qty,
                 counted_qty,
-            } => counted.push((ev, sku, *system_qty, *counted_qty)),
+            } => counted.push((
+                event_id,
+                location,
+                business_date,
+                sku,
+                *system_qty,
+                *counted_qty,
+            )),
             Effect::Shipped(_) | Effect::Received { .. } => {}
         }
     }
@@ -588,12 +630,12 @@ fn write_effects(
             client,
             INSERT_COUNT_LINES,
             &[
-                texts(counted.iter().map(|c| c.0.event_id.clone())),
+                texts(counted.iter().map(|c| c.0.to_string())),
+                texts(counted.iter().map(|c| c.3.to_string())),
                 texts(counted.iter().map(|c| c.1.to_string())),
-                texts(counted.iter().map(|c| c.0.location.clone())),
-                texts(counted.iter().map(|c| c.0.business_date.clone())),
-                decimals(counted.iter().map(|c| c.2)),
-                decimals(counted.iter().map(|c| c.3)),
+                texts(counted.iter().map(|c| c.2.to_string())),
+                decimals(counted.iter().map(|c| c.4)),
+                decimals(counted.iter().map(|c| c.5)),
             ],
         );
     }

@@ -1,6 +1,5 @@
 //! The general ledger: roles, the account map, and balanced journals.
 
-pub mod accounts;
 pub mod journal;
 
 pub use journal::{AccountMap, JournalDraft, JournalLine, Role};

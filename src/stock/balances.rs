@@ -78,6 +78,11 @@ impl Balances {
         }
     }
 
+    /// The balances this call changed, in key order.
+    pub fn changed(&self) -> Vec<(&Key, &Balance)> {
+        self.changed.iter().map(|k| (k, self.get(k))).collect()
+    }
+
     /// Writes every changed balance back in one statement.
     pub fn write(&self, client: &mut SpiClient<'_>) {
         if self.changed.is_empty() {
