@@ -1,4 +1,4 @@
-//! A tiny HTTP/1.1 responder for `/metrics` and `/healthz`.
+//! A tiny HTTP/1.1 responder for `/metrics`, `/healthz` and the dashboard (`/`, `/api/dashboard.json`).
 
 use std::sync::Arc;
 
@@ -6,12 +6,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::dashboard::{Dashboard, PAGE};
 use crate::metrics::Registry;
+
+/// The dashboard's inline script and style may run; nothing may be loaded from elsewhere.
+const CSP: &str =
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'";
 
 /// Serves until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
+    dashboard: Arc<Dashboard>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -19,8 +25,9 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let registry = registry.clone();
+                    let dashboard = dashboard.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = respond(stream, &registry).await {
+                        if let Err(e) = respond(stream, &registry, &dashboard).await {
                             tracing::debug!(error = %e, "http request failed");
                         }
                     });
@@ -32,7 +39,11 @@ pub async fn serve(
     }
 }
 
-async fn respond(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
+async fn respond(
+    mut stream: TcpStream,
+    registry: &Registry,
+    dashboard: &Dashboard,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
@@ -49,8 +60,17 @@ async fn respond(mut stream: TcpStream, registry: &Registry) -> std::io::Result<
     let head = String::from_utf8_lossy(&buf);
     let mut parts = head.lines().next().unwrap_or_default().split_whitespace();
     let method = parts.next().unwrap_or_default();
-    let path = parts.next().unwrap_or_default();
+    let path = parts
+        .next()
+        .and_then(|p| p.split('?').next())
+        .unwrap_or_default();
     let (status, content_type, body) = match (method, path) {
+        ("GET", "/") => ("200 OK", "text/html; charset=utf-8", PAGE.to_string()),
+        ("GET", "/api/dashboard.json") => (
+            "200 OK",
+            "application/json; charset=utf-8",
+            dashboard.json(),
+        ),
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
@@ -84,7 +104,7 @@ async fn respond(mut stream: TcpStream, registry: &Registry) -> std::io::Result<
         ),
     };
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nContent-Security-Policy: {CSP}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(response.as_bytes()).await?;

@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod assembler;
 pub mod check;
+pub mod dashboard;
 pub mod decoder;
 pub mod http;
 pub mod lsn;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use possync_bridge::dashboard::{self, Dashboard};
 use possync_bridge::mapping::Mapping;
 use possync_bridge::metrics::Registry;
 use possync_bridge::source::{self, ApplySettings, Source};
@@ -273,10 +274,17 @@ async fn run(r: Resolved) -> ExitCode {
     if let Some(addr) = &r.metrics {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
-                tracing::info!(addr = %addr, "serving /metrics and /healthz");
+                tracing::info!(addr = %addr, "serving /metrics, /healthz and the dashboard at /");
+                let dashboard = Arc::new(Dashboard::new(registry.clone()));
+                tokio::spawn(dashboard::refresh(
+                    dashboard.clone(),
+                    r.erp.clone(),
+                    stop_rx.clone(),
+                ));
                 tokio::spawn(possync_bridge::http::serve(
                     listener,
                     registry.clone(),
+                    dashboard,
                     stop_rx.clone(),
                 ));
             }
