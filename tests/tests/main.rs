@@ -4,6 +4,7 @@
 
 mod check;
 mod concurrency;
+mod dashboard;
 mod demo;
 mod exactly_once;
 mod outage;
