@@ -120,6 +120,8 @@ CREATE TABLE event (
     hold_key      text
 );
 CREATE INDEX event_held ON event (hold_key) WHERE status = 'held';
+-- the sales audit finds which event used a register's sequence number
+CREATE INDEX event_by_register_sequence ON event (location_id, register, sequence) WHERE sequence IS NOT NULL;
 
 ----------------------------------------------------------------------------------------------------
 -- The stock ledger: append-only moves, and the balance they add up to
@@ -298,16 +300,6 @@ CREATE INDEX exception_open_gaps ON exception (location_id, (detail ->> 'registe
 -- Sales audit: register sequences and audited days
 ----------------------------------------------------------------------------------------------------
 
--- Every (source, location, register, sequence) received, to spot gaps and reused numbers.
-CREATE TABLE register_sequence (
-    source      text NOT NULL,
-    location_id text NOT NULL,
-    register    text NOT NULL,
-    sequence    bigint NOT NULL,
-    event_id    text NOT NULL,
-    PRIMARY KEY (source, location_id, register, sequence)
-);
-
 -- The highest sequence seen per register: a jump past it names the numbers in between as missing.
 CREATE TABLE register_state (
     source        text NOT NULL,
@@ -349,6 +341,5 @@ SELECT pg_catalog.pg_extension_config_dump('journal_line', '');
 SELECT pg_catalog.pg_extension_config_dump('exception', '');
 SELECT pg_catalog.pg_extension_config_dump('journal_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('promotion', '');
-SELECT pg_catalog.pg_extension_config_dump('register_sequence', '');
 SELECT pg_catalog.pg_extension_config_dump('register_state', '');
 SELECT pg_catalog.pg_extension_config_dump('audited_day', '');

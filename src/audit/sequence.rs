@@ -29,13 +29,13 @@ pub struct Findings {
     pub reused: Vec<(Register, i64, String, String)>,
     pub filled: BTreeMap<Register, BTreeSet<i64>>,
     pub last: BTreeMap<Register, i64>,
-    pub new_rows: Vec<Seen>,
 }
 
 // a register that jumps by more than this lists only the first numbers; the count is always exact
 const LISTED: i64 = 1000;
 
 /// Works out gaps, reuse and fills from the registers' last numbers and the numbers already known.
+/// `known` holds numbers used by events from earlier calls only (this call's own events are in `seen`).
 pub fn analyse(
     seen: Vec<Seen>,
     last: &HashMap<Register, i64>,
@@ -79,7 +79,6 @@ pub fn analyse(
                 }
                 _ => top = Some(top.map_or(s.sequence, |t| t.max(s.sequence))),
             }
-            f.new_rows.push(s);
         }
         if let Some(t) = top {
             f.last.insert(reg, t);
@@ -94,13 +93,11 @@ const LOCK_STATE: &str =
        ON s.source = k.src AND s.location_id = k.loc AND s.register = k.reg \
      ORDER BY 1, 2, 3 FOR UPDATE OF s";
 
-const KNOWN: &str = "SELECT r.source, r.location_id, r.register, r.sequence, r.event_id FROM possync.register_sequence r \
-     JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS k(src, loc, reg, seq) \
-       ON r.source = k.src AND r.location_id = k.loc AND r.register = k.reg AND r.sequence = k.seq::bigint";
-
-const INSERT_SEEN: &str = "INSERT INTO possync.register_sequence (source, location_id, register, sequence, event_id) \
-     SELECT src, loc, reg, seq::bigint, e FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-       AS k(src, loc, reg, seq, e) ON CONFLICT DO NOTHING";
+// the inbox itself says which event used a number (index event_by_register_sequence)
+const KNOWN: &str = "SELECT coalesce(e.source, ''), e.location_id, e.register, e.sequence, e.event_id \
+     FROM possync.event e JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS k(src, loc, reg, seq) \
+       ON e.location_id = k.loc AND e.register = k.reg AND e.sequence = k.seq::bigint \
+          AND coalesce(e.source, '') = k.src";
 
 const UPSERT_STATE: &str = "INSERT INTO possync.register_state AS s (source, location_id, register, last_sequence) \
      SELECT src, loc, reg, seq::bigint FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS k(src, loc, reg, seq) \
@@ -156,6 +153,8 @@ pub fn check(client: &mut SpiClient<'_>, seen: Vec<Seen>) {
                 .is_some_and(|l| s.sequence <= *l)
         })
         .collect();
+    let in_call: std::collections::HashSet<&str> =
+        seen.iter().map(|s| s.event_id.as_str()).collect();
     let known: HashMap<(Register, i64), String> = if candidates.is_empty() {
         HashMap::new()
     } else {
@@ -180,6 +179,8 @@ pub fn check(client: &mut SpiClient<'_>, seen: Vec<Seen>) {
                 get_text(&row, 5).unwrap_or_default(),
             )
         })
+        // the events of this call are already in the inbox; they are judged among themselves
+        .filter(|(_, id)| !in_call.contains(id.as_str()))
         .collect()
     };
     let f = analyse(seen, &last, &known);
@@ -187,20 +188,6 @@ pub fn check(client: &mut SpiClient<'_>, seen: Vec<Seen>) {
 }
 
 fn write(client: &mut SpiClient<'_>, f: &Findings) {
-    if !f.new_rows.is_empty() {
-        let rows = &f.new_rows;
-        run(
-            client,
-            INSERT_SEEN,
-            &[
-                texts(rows.iter().map(|s| s.source.clone())),
-                texts(rows.iter().map(|s| s.location.clone())),
-                texts(rows.iter().map(|s| s.register.clone())),
-                texts(rows.iter().map(|s| s.sequence.to_string())),
-                texts(rows.iter().map(|s| s.event_id.clone())),
-            ],
-        );
-    }
     if !f.last.is_empty() {
         let l: Vec<(&Register, &i64)> = f.last.iter().collect();
         run(
