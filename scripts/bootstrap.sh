@@ -5,7 +5,8 @@ set -euo pipefail
 
 PGRX_VERSION=0.18.0
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
-APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev sudo pkg-config)
+# chromium: the e2e dashboard test loads the page in a real headless browser
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev sudo pkg-config chromium)
 
 log() { printf 'bootstrap: %s\n' "$*"; }
 
