@@ -22,7 +22,7 @@ install: deps
 test: deps test-unit test-extension install test-e2e
 
 test-unit:
-	cargo test -p possync-events -p possync-bridge
+	cargo test -p possync-events -p possync-bridge -p possync-sim
 
 test-extension:
 	@mkdir -p $(PGRX_TEST_DIR) && chown postgres $(PGRX_TEST_DIR)
