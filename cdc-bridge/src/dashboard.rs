@@ -419,10 +419,16 @@ pub const PAGE: &str = r##"<!doctype html>
   th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid var(--line); vertical-align: top; }
   th { font-size: 11px; color: var(--muted); font-weight: 600; text-transform: uppercase; }
   td.num, th.num { text-align: right; }
-  td.reason { max-width: 520px; overflow-wrap: anywhere; }
+  td.num, th.num, td.nowrap { white-space: nowrap; }
+  td.event { max-width: 240px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+  td.reason { overflow-wrap: anywhere; }
+  td.reason .next { color: var(--muted); font-size: 12px; }
+  .card h3 { font-size: 12px; text-transform: uppercase; letter-spacing: .05em; color: var(--muted); margin: 0 0 6px; }
   .banner { padding: 8px 12px; border-radius: 6px; background: #fdecea; color: var(--bad); border: 1px solid #f5c2c0; }
   .empty { color: var(--muted); font-style: italic; }
-  .kpis { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 12px; }
+  .kpis { display: grid; grid-template-columns: 1fr 1fr 1.4fr; gap: 12px; align-items: start; }
+  @media (max-width: 1000px) { .kpis { grid-template-columns: 1fr; } }
+  .figures.three { grid-template-columns: repeat(3, 1fr); }
   .bigno { font-size: 26px; font-weight: 700; }
   .bigno.bad { color: var(--bad); } .bigno.ok { color: var(--ok); }
   .legend { font-size: 12px; color: var(--muted); }
@@ -442,20 +448,16 @@ pub const PAGE: &str = r##"<!doctype html>
     <p class="legend" id="legend"></p>
   </section>
   <section>
-    <h2>Open exceptions</h2>
+    <h2>KPIs</h2>
     <div class="kpis">
-      <div class="card"><table id="by-kind"></table></div>
-      <div class="card" style="grid-column: span 2"><table id="recent"></table></div>
+      <div class="card"><h3>Open exceptions by kind</h3><table id="by-kind"></table></div>
+      <div class="card" id="books"></div>
+      <div class="card"><h3>Stock by location: accuracy and oversell</h3><table id="stock"></table></div>
     </div>
   </section>
   <section>
-    <h2>KPIs</h2>
-    <div class="kpis">
-      <div class="card" id="books"></div>
-      <div class="card" id="audit"></div>
-      <div class="card"><table id="accuracy"></table></div>
-      <div class="card"><table id="oversell"></table></div>
-    </div>
+    <h2>Open exceptions, newest first</h2>
+    <div class="card"><table id="recent"></table></div>
   </section>
 </main>
 <script>
@@ -488,7 +490,11 @@ function fmtBytes(b) {
 function table(node, headers, rows, emptyText) {
   clear(node);
   const head = el("tr");
-  for (const h of headers) head.appendChild(el("th", h.num ? { class: "num" } : {}, h.label));
+  for (const h of headers) {
+    const attrs = h.num ? { class: "num" } : {};
+    if (h.title) attrs.title = h.title;
+    head.appendChild(el("th", attrs, h.label));
+  }
   node.appendChild(head);
   if (rows.length === 0) {
     const tr = el("tr");
@@ -501,7 +507,13 @@ function table(node, headers, rows, emptyText) {
     row.forEach((cell, i) => {
       const attrs = Object.assign({}, headers[i].num ? { class: "num" } : {}, headers[i].cls ? { class: headers[i].cls } : {});
       if (headers[i].field) attrs["data-field"] = headers[i].field;
-      tr.appendChild(el("td", attrs, cell === null || cell === undefined ? "–" : cell));
+      if (cell instanceof Node) {
+        const td = el("td", attrs);
+        td.appendChild(cell);
+        tr.appendChild(td);
+      } else {
+        tr.appendChild(el("td", attrs, cell === null || cell === undefined ? "–" : cell));
+      }
     });
     node.appendChild(tr);
   }
@@ -610,14 +622,23 @@ function renderErp(data) {
      { label: "at stake", num: true }],
     (sec.exceptions_by_kind || []).map(k => [k.kind, k.open, fmtSeconds(k.oldest_seconds), k.amount_at_stake]),
     "no open exceptions");
+  const reason = x => {
+    const d = el("div");
+    d.appendChild(el("div", {}, x.reason));
+    if (x.next_step) d.appendChild(el("div", { class: "next" }, x.next_step));
+    return d;
+  };
+  const eventId = x => el("span", { title: x.event_id || "" }, x.event_id || "–");
   table(document.getElementById("recent"),
-    [{ label: "#", num: true }, { label: "kind" }, { label: "location" }, { label: "event" }, { label: "age", num: true },
-     { label: "reason", cls: "reason" }],
-    (sec.recent_exceptions || []).map(x => [x.id, x.kind, x.location, x.event_id, fmtSeconds(x.age_seconds), x.reason]),
+    [{ label: "#", num: true }, { label: "kind", cls: "nowrap" }, { label: "location", cls: "nowrap" },
+     { label: "event", cls: "event" }, { label: "age", num: true }, { label: "at stake", num: true },
+     { label: "reason and next step", cls: "reason" }],
+    (sec.recent_exceptions || []).map(x => [x.id, x.kind, x.location, eventId(x), fmtSeconds(x.age_seconds),
+      x.amount_at_stake, reason(x)]),
     "nothing to work on");
 
   const books = clear(document.getElementById("books"));
-  books.appendChild(el("h2", {}, "Books agree?"));
+  books.appendChild(el("h3", {}, "Books agree? · sales audit"));
   const b = sec.books;
   if (b) {
     const bad = Number(b.reconcile_discrepancies) + Number(b.broken_invariants);
@@ -628,33 +649,36 @@ function renderErp(data) {
   } else {
     books.appendChild(el("div", { class: "empty" }, "not read yet"));
   }
-
-  const audit = clear(document.getElementById("audit"));
-  audit.appendChild(el("h2", {}, "Sales audit"));
   const rows = sec.audit || [];
   const pick = (m, d) => { const r = rows.find(r => r.measure === m && r.dimension === d); return r ? r.value : "0"; };
   const open = rows.filter(r => r.measure === "open_exceptions").reduce((n, r) => n + Number(r.value), 0);
-  const old = rows.filter(r => r.measure === "open_exceptions" && r.age === "1 day or more").reduce((n, r) => n + Number(r.value), 0);
-  const t = el("table");
-  audit.appendChild(t);
-  table(t, [{ label: "measure" }, { label: "value", num: true }], [
-    ["open exceptions", open],
-    ["open for a day or more", old],
-    ["manual adjustments", pick("manual_adjustments", "count")],
-    ["manual adjustments value", pick("manual_adjustments", "value")],
-    ["days audited", pick("days_audited", "count")],
-  ], "");
+  const old = rows.filter(r => r.measure === "open_exceptions" && r.age === "1 day or more")
+    .reduce((n, r) => n + Number(r.value), 0);
+  const figs = el("div", { class: "figures three" });
+  figs.appendChild(figure("open exceptions", open, "open_exceptions"));
+  figs.appendChild(figure("open a day or more", old, "open_a_day"));
+  figs.appendChild(figure("days audited", pick("days_audited", "count"), "days_audited"));
+  figs.appendChild(figure("manual adjustments", pick("manual_adjustments", "count"), "adjustments"));
+  figs.appendChild(figure("adjusted value", pick("manual_adjustments", "value"), "adjusted_value"));
+  books.appendChild(figs);
 
-  table(document.getElementById("accuracy"),
-    [{ label: "location" }, { label: "items counted", num: true }, { label: "accuracy", num: true }, { label: "last count" }],
-    (sec.inventory_accuracy || []).map(a => [a.location, a.items_counted,
-      a.accuracy === null ? null : (Number(a.accuracy) * 100).toFixed(2) + " %", a.last_counted]),
-    "inventory accuracy: no counts yet");
-  table(document.getElementById("oversell"),
-    [{ label: "location" }, { label: "refused reservations", num: true }, { label: "negative on-hand", num: true },
-     { label: "SKUs below 0 now", num: true }],
-    (sec.oversell || []).map(o => [o.location, o.insufficient_reservations, o.negative_on_hand, o.skus_negative_now]),
-    "oversell: no locations");
+  const byLocation = new Map();
+  const at = loc => { if (!byLocation.has(loc)) byLocation.set(loc, {}); return byLocation.get(loc); };
+  for (const a of sec.inventory_accuracy || []) at(a.location).accuracy = a;
+  for (const o of sec.oversell || []) at(o.location).oversell = o;
+  table(document.getElementById("stock"),
+    [{ label: "location" }, { label: "items counted", num: true },
+     { label: "accuracy", num: true, title: "1 - sum |variance| / sum counted, from count events" },
+     { label: "refused", num: true, title: "reservations refused: not enough ATP" },
+     { label: "went < 0", num: true, title: "times on-hand went below zero" },
+     { label: "< 0 now", num: true, title: "SKUs below zero now" }],
+    [...byLocation.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([loc, r]) => {
+      const a = r.accuracy || {}, o = r.oversell || {};
+      return [loc, a.items_counted, a.accuracy === undefined || a.accuracy === null ? null
+        : (Number(a.accuracy) * 100).toFixed(2) + " %", o.insufficient_reservations, o.negative_on_hand,
+        o.skus_negative_now];
+    }),
+    "no locations");
 }
 
 async function refresh() {
