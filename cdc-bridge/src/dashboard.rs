@@ -307,10 +307,15 @@ async fn connect_erp(url: &str) -> Result<Client, tokio_postgres::Error> {
     Ok(client)
 }
 
+/// The server's message, or the client error with its cause ("error connecting to server: Connection refused").
 fn db_error(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_else(|| e.to_string())
+    if let Some(d) = e.as_db_error() {
+        return d.message().to_string();
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 async fn read_section(client: &Client, sql: &str) -> Result<Value, String> {

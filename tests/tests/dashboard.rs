@@ -245,4 +245,40 @@ async fn the_dashboard_shows_health_applied_counts_and_exceptions_in_a_real_brow
         shot.display()
     );
     eprintln!("dashboard screenshot: {}", shot.display());
+
+    // the ERP goes away: the source retries and the page says it is failing, and why the KPIs are old
+    erp.stop();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let data = dashboard_json(&bridge);
+        if data["sources"][0]["health"] == "failing" && data["erp"]["error"].is_string() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard data does not show the ERP outage:\n{data}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let dom = chromium(&url, &["--dump-dom"]);
+    assert!(
+        dom.contains("class=\"card source\" data-source=\"store42\" data-health=\"failing\""),
+        "store42 is not shown failing while the ERP is down:\n{dom}"
+    );
+    assert!(
+        dom.contains("data-field=\"state\">retrying</span>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<div id=\"banner\" class=\"banner\">ERP unreachable: "),
+        "no banner about the ERP:\n{dom}"
+    );
+    let shot = target_e2e().join("dashboard-failing.png");
+    chromium(
+        &url,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1280,900",
+        ],
+    );
 }
