@@ -120,7 +120,7 @@ BEGIN
     END IF;
     EXECUTE format('GRANT USAGE ON SCHEMA possync TO %s', role_name);
     FOR f IN SELECT p.oid::regprocedure::text FROM pg_proc p
-              WHERE p.pronamespace = 'possync'::regnamespace AND p.proname IN ('atp', 'atp_checked', 'atp_detail') LOOP
+              WHERE p.pronamespace = 'possync'::regnamespace AND p.proname IN ('atp', 'atp_checked', 'atp_detail', 'reconcile', 'check_invariants', 'trace') LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', f, role_name);
     END LOOP;
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA possync TO %s', role_name);
