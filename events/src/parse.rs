@@ -26,6 +26,9 @@ impl fmt::Display for Malformed {
 
 impl std::error::Error for Malformed {}
 
+/// The kind the bridge gives a POS row it could not map, so that the row is kept as a rejected event.
+pub const UNMAPPED: &str = "unmapped";
+
 fn bad(field: impl Into<String>, reason: impl Into<String>) -> Malformed {
     Malformed {
         field: field.into(),
@@ -397,6 +400,16 @@ pub(crate) fn event(value: &Value) -> Result<Event, Malformed> {
     let f = object(value, "")?;
     let event_id = f.required_text("event_id")?;
     let kind_text = f.required_text("kind")?;
+    if kind_text == UNMAPPED {
+        // a row the bridge kept because its mapping could not make an event of it: say why, in its words
+        let why = f
+            .text("reason")?
+            .unwrap_or_else(|| "no reason given".into());
+        return Err(bad(
+            "",
+            format!("the bridge could not map this POS row: {why}"),
+        ));
+    }
     let kind = EventKind::parse(&kind_text).ok_or_else(|| {
         let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
         bad(

@@ -130,3 +130,13 @@ fn parse_ok_ts(ts: &str) -> bool {
     v["occurred_at"] = json!(ts);
     Event::from_json(&v).is_ok()
 }
+
+#[test]
+fn rows_the_bridge_could_not_map_say_why() {
+    let v = json!({"event_id": "pos:pos.sale:0/1:0", "kind": "unmapped", "op": "update",
+                   "raw": {"txn_id": "T1"}, "reason": "an update of pos.sale is not an event"});
+    assert_eq!(
+        reason(v),
+        "the bridge could not map this POS row: an update of pos.sale is not an event"
+    );
+}
