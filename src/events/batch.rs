@@ -297,6 +297,21 @@ impl Batch<'_, '_> {
         outcome
     }
 
+    /// A well-formed event that is refused: kept whole in the exception table with the reasons.
+    fn reject(
+        &mut self,
+        ev: &Event,
+        payload: &str,
+        mut outcome: Outcome,
+        raised: Vec<Raised>,
+    ) -> Outcome {
+        self.writes
+            .rejected(Some(&ev.event_id), Some(&ev.location), payload, &raised);
+        outcome.status = Status::Rejected;
+        outcome.raised = raised;
+        outcome
+    }
+
     fn post_event(&mut self, ev: &Event, payload: &str, replay: bool) -> Outcome {
         let mut outcome = Outcome {
             event_id: Some(ev.event_id.clone()),
@@ -318,15 +333,7 @@ impl Batch<'_, '_> {
                     }
                 },
                 Err(raised) if raised.iter().any(|r| r.kind == "conflict") => {
-                    outcome.status = Status::Rejected;
-                    outcome.raised = raised;
-                    self.writes.rejected(
-                        Some(&ev.event_id),
-                        Some(&ev.location),
-                        payload,
-                        &outcome.raised,
-                    );
-                    return outcome;
+                    return self.reject(ev, payload, outcome, raised);
                 }
                 Err(raised) => hold = raised,
             }
@@ -355,15 +362,7 @@ impl Batch<'_, '_> {
         };
         let negatives = Self::negatives(&d);
         if !negatives.is_empty() && self.reject_negative {
-            outcome.status = Status::Rejected;
-            outcome.raised = negatives;
-            self.writes.rejected(
-                Some(&ev.event_id),
-                Some(&ev.location),
-                payload,
-                &outcome.raised,
-            );
-            return outcome;
+            return self.reject(ev, payload, outcome, negatives);
         }
         d.raised.extend(negatives);
         if ev.kind.has_tenders() || ev.kind == EventKind::Fulfillment {
