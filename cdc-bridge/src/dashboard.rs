@@ -36,6 +36,8 @@ pub const LAGGING_BELOW_SECONDS: f64 = 30.0;
 pub const REFRESH: Duration = Duration::from_secs(2);
 /// Lag samples kept per source (3 minutes at [`REFRESH`]).
 pub const HISTORY_SAMPLES: usize = 90;
+/// The ERP views are read while the page's data was asked for this recently.
+pub const WATCHED_FOR: Duration = Duration::from_secs(60);
 /// Reconcile and the invariant check scan the ledgers: read them every this many refreshes only.
 const BOOKS_EVERY: u32 = 15;
 /// Longest wait for the ERP in one refresh; the page then shows the last good figures and the error.
@@ -93,6 +95,10 @@ pub struct Dashboard {
     registry: Arc<Registry>,
     history: Mutex<BTreeMap<String, SourceHistory>>,
     erp: Mutex<ErpSnapshot>,
+    /// When the page's data was last asked for: the ERP views are read only while someone watches.
+    viewed: Mutex<Option<Instant>>,
+    /// Wakes the refresh task when a first look finds the ERP figures stale.
+    wake: tokio::sync::Notify,
 }
 
 fn unix_millis() -> u64 {
@@ -116,6 +122,28 @@ impl Dashboard {
             registry,
             history: Mutex::new(BTreeMap::new()),
             erp: Mutex::new(ErpSnapshot::default()),
+            viewed: Mutex::new(None),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// True while the page's data was asked for within [`WATCHED_FOR`].
+    pub fn watched(&self) -> bool {
+        self.viewed
+            .lock()
+            .ok()
+            .and_then(|v| *v)
+            .is_some_and(|at| at.elapsed() < WATCHED_FOR)
+    }
+
+    /// Notes a look at the page's data; the first look after a while has the ERP read at once.
+    fn mark_viewed(&self) {
+        let was_watched = self.watched();
+        if let Ok(mut v) = self.viewed.lock() {
+            *v = Some(Instant::now());
+        }
+        if !was_watched {
+            self.wake.notify_one();
         }
     }
 
@@ -151,6 +179,7 @@ impl Dashboard {
 
     /// The page's data: sources with their health and lag history, and the ERP's KPIs and open exceptions.
     pub fn json(&self) -> String {
+        self.mark_viewed();
         let history = self.history.lock().ok();
         let sources: Vec<Value> = self
             .registry
@@ -337,10 +366,14 @@ pub async fn refresh(
     let mut warned = false;
     loop {
         tokio::select! {
-            _ = ticker.tick() => {}
+            _ = ticker.tick() => dashboard.sample(),
+            _ = dashboard.wake.notified() => {}
             _ = shutdown.changed() => return,
         }
-        dashboard.sample();
+        // the views scan the ERP's tables: a bridge nobody watches leaves the ERP to posting
+        if !dashboard.watched() {
+            continue;
+        }
         let read = async {
             if client.as_ref().is_none_or(Client::is_closed) {
                 client = Some(connect_erp(&erp_url).await.map_err(|e| db_error(&e))?);
