@@ -55,8 +55,9 @@ struct Settings {
     /// Most POS transactions per apply_batch call.
     #[arg(long, default_value_t = 100)]
     batch_max_txns: usize,
-    /// Longest wait in milliseconds for more transactions once one is ready.
-    #[arg(long, default_value_t = 1)]
+    /// Longest wait in milliseconds for more transactions once one is ready (0: apply what has arrived; the
+    /// transactions that arrive while a batch is applied make the next batch).
+    #[arg(long, default_value_t = 0)]
     batch_max_wait_ms: u64,
 }
 

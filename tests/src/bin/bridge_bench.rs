@@ -3,7 +3,8 @@
 //! measured in the same run. Prints `row|figure|possync|baseline|ratio|target|note` lines for bench/run.sh.
 //!
 //! Environment: BENCH_RATE (1000 POS transactions/s), BENCH_LIVE_SECONDS (10), BENCH_BACKLOG (100000),
-//! BENCH_BATCH_TXNS (the bridge's --batch-max-txns, 100).
+//! BENCH_BATCH_TXNS (the bridge's --batch-max-txns, 100),
+//! BENCH_BATCH_WAIT_MS (its --batch-max-wait-ms, 0).
 
 use std::time::{Duration, Instant};
 
@@ -140,7 +141,13 @@ async fn main() {
     let backlog: u32 = env_or("BENCH_BACKLOG", 100_000);
     let live_total = rate * live_seconds;
     let batch_txns: String = env_or("BENCH_BATCH_TXNS", "100".to_string());
-    let bridge_args = ["--batch-max-txns", batch_txns.as_str()];
+    let batch_wait: String = env_or("BENCH_BATCH_WAIT_MS", "0".to_string());
+    let bridge_args = [
+        "--batch-max-txns",
+        batch_txns.as_str(),
+        "--batch-max-wait-ms",
+        batch_wait.as_str(),
+    ];
 
     let pos = pos_cluster(&[]).await;
     let erp = erp_cluster().await;
