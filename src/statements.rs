@@ -14,7 +14,9 @@ use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData, SpiTupleTab
 use rust_decimal::Decimal;
 
 thread_local! {
-    static PLANS: RefCell<HashMap<&'static str, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+    // keyed by the address of the statement's text: every statement is a `const`, so the address names it
+    // without hashing the text on every call
+    static PLANS: RefCell<HashMap<usize, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
 }
 
 /// Runs `sql` as a kept plan (prepared on first use) with `args`.
@@ -25,21 +27,17 @@ pub fn run<'c>(
 ) -> SpiTupleTable<'c> {
     PLANS.with(|plans| {
         let mut plans = plans.borrow_mut();
-        if !plans.contains_key(sql) {
+        let plan = plans.entry(sql.as_ptr() as usize).or_insert_with(|| {
             let oids: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
-            let plan = client
+            client
                 .prepare_mut(sql, &oids)
                 .unwrap_or_else(|e| {
                     internal(&format!("preparing a possync statement failed: {e}: {sql}"))
                 })
-                .keep();
-            plans.insert(sql, plan);
-        }
-        let Some(plan) = plans.get(sql) else {
-            internal("a prepared statement vanished from the plan cache")
-        };
+                .keep()
+        });
         client
-            .update(plan, None, args)
+            .update(&*plan, None, args)
             .unwrap_or_else(|e| internal(&format!("a possync statement failed: {e}: {sql}")))
     })
 }
