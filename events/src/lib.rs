@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 mod parse;
 
-pub use parse::{Malformed, UNMAPPED};
+pub use parse::{type_name as json_type_name, Malformed, UNMAPPED};
 
 /// What happened at the till or in the stock room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]

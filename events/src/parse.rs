@@ -47,7 +47,8 @@ fn show(v: &Value) -> String {
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
+/// "a number", "an array", ...: what a JSON value is, for messages.
+pub fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -47,21 +47,10 @@ fn event_list(function: &str, raw: Value) -> Vec<Submission> {
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!(
                 "{function}: argument events must be a JSON array of events, got {}",
-                json_type(&other)
+                possync_events::json_type_name(&other)
             ),
             "wrap a single event in [ ] or call possync.apply_event",
         ),
-    }
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
