@@ -331,6 +331,17 @@ main() {
         say "bench: stage $stage"
         "stage_$stage"
     done
+    if [ "${#stages[@]}" -gt 1 ]; then
+        # every figure of this run in one table, with the machine it was measured on
+        echo
+        echo "possync benchmarks, $(date -u '+%Y-%m-%d %H:%M UTC'), $(machine)"
+        {
+            echo "figure|possync|baseline|ratio|target|"
+            for stage in "${stages[@]}"; do
+                [ -f "$OUT/rows-$stage.txt" ] && sed 's/^row|//' "$OUT/rows-$stage.txt"
+            done
+        } | column -t -s '|' -o '  '
+    fi
     say "bench: report in $REPORT"
 }
 
