@@ -6,11 +6,11 @@
 //! the last [`HISTORY_SAMPLES`] lag samples per source for the page's chart.
 //!
 //! Health of a source, at a glance:
-//! - **healthy**: streaming and the last applied transaction reached the ERP within [`HEALTHY_BELOW_SECONDS`], or
+//! - **healthy**: streaming and the last applied transaction reached the ERP within [`HEALTHY_BELOW`], or
 //!   standing by while another bridge owns the source;
-//! - **lagging**: streaming with a lag under [`LAGGING_BELOW_SECONDS`], or still starting;
+//! - **lagging**: streaming with a lag under [`LAGGING_BELOW`], or still starting;
 //! - **failing**: retrying after an error (POS or ERP disconnected), stopped, or lagging by
-//!   [`LAGGING_BELOW_SECONDS`] or more.
+//!   [`LAGGING_BELOW`] or more.
 //!
 //! The lag is the POS commit to ERP commit time of the last applied transaction; it is measured when a batch is
 //! applied, so a bridge stuck inside one apply shows the lag of the batch before (the byte lag still grows).
@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -28,10 +29,10 @@ use tokio_postgres::{Client, NoTls};
 use crate::lsn::Lsn;
 use crate::metrics::{Registry, SourceMetrics, SourceState};
 
-/// A lag below this many seconds is healthy.
-pub const HEALTHY_BELOW_SECONDS: f64 = 1.0;
-/// A lag below this many seconds is lagging; at or above it the source is failing.
-pub const LAGGING_BELOW_SECONDS: f64 = 30.0;
+/// A lag below this is healthy.
+pub const HEALTHY_BELOW: Duration = Duration::from_secs(1);
+/// A lag below this is lagging; at or above it the source is failing.
+pub const LAGGING_BELOW: Duration = Duration::from_secs(30);
 /// How often the ERP views are read and lag is sampled.
 pub const REFRESH: Duration = Duration::from_secs(2);
 /// Lag samples kept per source (3 minutes at [`REFRESH`]).
@@ -52,14 +53,14 @@ pub enum Health {
     Failing,
 }
 
-/// Classifies a source by its state and its lag in seconds (see the module documentation).
-pub fn health(state: SourceState, lag_seconds: f64) -> Health {
+/// Classifies a source by its state and its lag (see the module documentation).
+pub fn health(state: SourceState, lag: Duration) -> Health {
     match state {
         SourceState::Standby => Health::Healthy,
         SourceState::Starting => Health::Lagging,
         SourceState::Retrying | SourceState::Stopped => Health::Failing,
-        SourceState::Streaming if lag_seconds < HEALTHY_BELOW_SECONDS => Health::Healthy,
-        SourceState::Streaming if lag_seconds < LAGGING_BELOW_SECONDS => Health::Lagging,
+        SourceState::Streaming if lag < HEALTHY_BELOW => Health::Healthy,
+        SourceState::Streaming if lag < LAGGING_BELOW => Health::Lagging,
         SourceState::Streaming => Health::Failing,
     }
 }
@@ -68,9 +69,11 @@ pub fn health(state: SourceState, lag_seconds: f64) -> Health {
 struct LagSample {
     /// Unix milliseconds.
     at: u64,
-    lag_seconds: f64,
+    /// exact, from the registry's microseconds (serialized as a decimal string)
+    lag_seconds: Decimal,
     lag_bytes: u64,
-    txns_per_second: f64,
+    /// to one decimal
+    txns_per_second: Decimal,
 }
 
 #[derive(Debug, Default)]
@@ -108,12 +111,18 @@ fn unix_millis() -> u64 {
         .unwrap_or_default()
 }
 
-fn lag_of(s: &SourceMetrics) -> (f64, u64) {
+/// A source's lag (as time, and in WAL bytes).
+fn lag_of(s: &SourceMetrics) -> (Duration, u64) {
     let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     (
-        r(&s.lag_micros) as f64 / 1e6,
+        Duration::from_micros(r(&s.lag_micros)),
         r(&s.wal_end).saturating_sub(r(&s.checkpoint)),
     )
+}
+
+/// A duration in seconds, exactly (microsecond precision).
+fn seconds(d: Duration) -> Decimal {
+    Decimal::from_i128_with_scale(d.as_micros() as i128, 6).normalize()
 }
 
 impl Dashboard {
@@ -155,19 +164,23 @@ impl Dashboard {
             return;
         };
         for s in self.registry.sources() {
-            let (lag_seconds, lag_bytes) = lag_of(&s);
+            let (lag, lag_bytes) = lag_of(&s);
             let applied = s.transactions_applied.load(Ordering::Relaxed);
             let h = history.entry(s.name.clone()).or_default();
             let txns_per_second = match h.previous {
                 Some((then, before)) if now > then => {
-                    applied.saturating_sub(before) as f64 / (now - then).as_secs_f64()
+                    // samples less than a microsecond apart (tests) have no rate
+                    Decimal::from(applied.saturating_sub(before))
+                        .checked_div(seconds(now - then))
+                        .unwrap_or_default()
+                        .round_dp(1)
                 }
-                _ => 0.0,
+                _ => Decimal::ZERO,
             };
             h.previous = Some((now, applied));
             h.samples.push_back(LagSample {
                 at,
-                lag_seconds,
+                lag_seconds: seconds(lag),
                 lag_bytes,
                 txns_per_second,
             });
@@ -187,20 +200,20 @@ impl Dashboard {
             .iter()
             .map(|s| {
                 let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-                let (lag_seconds, lag_bytes) = lag_of(s);
+                let (lag, lag_bytes) = lag_of(s);
                 let state = s.state();
                 let samples: Vec<LagSample> = history
                     .as_ref()
                     .and_then(|h| h.get(&s.name))
                     .map(|h| h.samples.iter().copied().collect())
                     .unwrap_or_default();
-                let txns_per_second = samples.last().map_or(0.0, |l| l.txns_per_second);
+                let txns_per_second = samples.last().map_or(Decimal::ZERO, |l| l.txns_per_second);
                 json!({
                     "name": s.name,
                     "state": state.as_str(),
-                    "health": health(state, lag_seconds),
+                    "health": health(state, lag),
                     "checkpoint": Lsn(r(&s.checkpoint)).to_string(),
-                    "lag_seconds": lag_seconds,
+                    "lag_seconds": seconds(lag),
                     "lag_bytes": lag_bytes,
                     "txns_per_second": txns_per_second,
                     "transactions_applied": r(&s.transactions_applied),
@@ -228,8 +241,8 @@ impl Dashboard {
             "now": unix_millis(),
             "refresh_seconds": REFRESH.as_secs(),
             "thresholds": {
-                "healthy_below_seconds": HEALTHY_BELOW_SECONDS,
-                "lagging_below_seconds": LAGGING_BELOW_SECONDS,
+                "healthy_below_seconds": HEALTHY_BELOW.as_secs(),
+                "lagging_below_seconds": LAGGING_BELOW.as_secs(),
             },
             "sources": sources,
             "erp": erp,
@@ -749,14 +762,15 @@ mod tests {
 
     #[test]
     fn health_follows_state_and_lag_thresholds() {
-        assert_eq!(health(SourceState::Streaming, 0.2), Health::Healthy);
-        assert_eq!(health(SourceState::Streaming, 1.0), Health::Lagging);
-        assert_eq!(health(SourceState::Streaming, 29.9), Health::Lagging);
-        assert_eq!(health(SourceState::Streaming, 30.0), Health::Failing);
-        assert_eq!(health(SourceState::Standby, 100.0), Health::Healthy);
-        assert_eq!(health(SourceState::Starting, 0.0), Health::Lagging);
-        assert_eq!(health(SourceState::Retrying, 0.0), Health::Failing);
-        assert_eq!(health(SourceState::Stopped, 0.0), Health::Failing);
+        let ms = Duration::from_millis;
+        assert_eq!(health(SourceState::Streaming, ms(200)), Health::Healthy);
+        assert_eq!(health(SourceState::Streaming, ms(1_000)), Health::Lagging);
+        assert_eq!(health(SourceState::Streaming, ms(29_900)), Health::Lagging);
+        assert_eq!(health(SourceState::Streaming, ms(30_000)), Health::Failing);
+        assert_eq!(health(SourceState::Standby, ms(100_000)), Health::Healthy);
+        assert_eq!(health(SourceState::Starting, ms(0)), Health::Lagging);
+        assert_eq!(health(SourceState::Retrying, ms(0)), Health::Failing);
+        assert_eq!(health(SourceState::Stopped, ms(0)), Health::Failing);
     }
 
     #[test]

@@ -5,6 +5,19 @@ use serde_json::json;
 
 use possync_e2e::{erp_cluster, serial, SKUS, STORE};
 
+/// Posts a receipt of these lines at the store, so there is stock to sell or reserve.
+async fn receive(client: &tokio_postgres::Client, lines: serde_json::Value) {
+    let receipt = json!({"event_id": "rcpt", "kind": "receipt", "location": STORE,
+        "business_date": "2026-11-26", "lines": lines});
+    client
+        .execute(
+            "SELECT possync.apply_event($1::text::jsonb)",
+            &[&receipt.to_string()],
+        )
+        .await
+        .expect("receipt");
+}
+
 async fn numeric(client: &tokio_postgres::Client, sql: &str) -> Decimal {
     let row = client
         .query_one(&format!("SELECT coalesce(({sql}), 0)::text"), &[])
@@ -20,15 +33,7 @@ async fn concurrent_postings_to_the_same_balances_lose_nothing_and_never_deadloc
     let _one = serial().await;
     let erp = erp_cluster().await;
     let setup = erp.connect("erp").await;
-    let receipt = json!({"event_id": "rcpt", "kind": "receipt", "location": STORE, "business_date": "2026-11-26",
-        "lines": [{"sku": SKUS[0], "qty": 1000, "unit_cost": "3.00"}, {"sku": SKUS[1], "qty": 1000, "unit_cost": "7.00"}]});
-    setup
-        .execute(
-            "SELECT possync.apply_event($1::text::jsonb)",
-            &[&receipt.to_string()],
-        )
-        .await
-        .expect("receipt");
+    receive(&setup, json!([{"sku": SKUS[0], "qty": 1000, "unit_cost": "3.00"}, {"sku": SKUS[1], "qty": 1000, "unit_cost": "7.00"}])).await;
 
     // each connection sells both skus, in opposite line order, 10 sales per transaction
     let per_conn = 30;
@@ -93,15 +98,11 @@ async fn racing_reservations_never_oversell() {
     let _one = serial().await;
     let erp = erp_cluster().await;
     let setup = erp.connect("erp").await;
-    let receipt = json!({"event_id": "rcpt", "kind": "receipt", "location": STORE, "business_date": "2026-11-26",
-        "lines": [{"sku": SKUS[2], "qty": 100, "unit_cost": "1.00"}]});
-    setup
-        .execute(
-            "SELECT possync.apply_event($1::text::jsonb)",
-            &[&receipt.to_string()],
-        )
-        .await
-        .expect("receipt");
+    receive(
+        &setup,
+        json!([{"sku": SKUS[2], "qty": 100, "unit_cost": "1.00"}]),
+    )
+    .await;
     assert_eq!(
         numeric(
             &setup,

@@ -4,7 +4,6 @@
 //! planted bad rows were rejected, and the POS tables' totals equal what the ledgers posted.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -12,23 +11,9 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
-use possync_e2e::serial;
+use possync_e2e::{free_port, serial, workspace_root};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 fn is_root() -> bool {
     Command::new("id")
