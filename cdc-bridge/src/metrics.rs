@@ -3,11 +3,20 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-/// Upper bounds (seconds) of the apply latency histogram.
-const LATENCY_BUCKETS: [f64; 13] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+use rust_decimal::Decimal;
+
+/// Upper bounds (microseconds) of the apply latency histogram: 1 ms to 10 s.
+const LATENCY_BUCKETS: [u64; 13] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000,
 ];
+
+/// Microseconds as exact seconds, the unit Prometheus expects (`1500` -> `0.0015`).
+fn seconds(micros: u64) -> Decimal {
+    Decimal::from_i128_with_scale(i128::from(micros), 6).normalize()
+}
 
 /// What a source task is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,15 +110,15 @@ impl SourceMetrics {
     }
 
     /// Records one apply_batch round trip.
-    pub fn observe_apply(&self, seconds: f64) {
+    pub fn observe_apply(&self, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
+            if micros <= *bound {
                 self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
             }
         }
         self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_micros
-            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        self.latency_sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 }
 
@@ -207,7 +216,7 @@ impl Registry {
             &|s| r(&s.retries),
         );
         let gauge =
-            |out: &mut String, name: &str, help: &str, get: &dyn Fn(&SourceMetrics) -> f64| {
+            |out: &mut String, name: &str, help: &str, get: &dyn Fn(&SourceMetrics) -> Decimal| {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
                 for s in &sources {
                     let _ = writeln!(out, "{name}{{source=\"{}\"}} {}", s.name, get(s));
@@ -217,25 +226,25 @@ impl Registry {
             &mut out,
             "possync_bridge_lag_bytes",
             "POS WAL end minus the ERP checkpoint",
-            &|s| r(&s.wal_end).saturating_sub(r(&s.checkpoint)) as f64,
+            &|s| Decimal::from(r(&s.wal_end).saturating_sub(r(&s.checkpoint))),
         );
         gauge(
             &mut out,
             "possync_bridge_lag_seconds",
             "POS commit to ERP commit of the last applied transaction",
-            &|s| r(&s.lag_micros) as f64 / 1e6,
+            &|s| seconds(r(&s.lag_micros)),
         );
         gauge(
             &mut out,
             "possync_bridge_checkpoint_lsn",
             "Last POS commit LSN the ERP committed",
-            &|s| r(&s.checkpoint) as f64,
+            &|s| Decimal::from(r(&s.checkpoint)),
         );
         gauge(
             &mut out,
             "possync_bridge_streaming",
             "1 while the source streams",
-            &|s| f64::from(u8::from(s.state() == SourceState::Streaming)),
+            &|s| Decimal::from(u8::from(s.state() == SourceState::Streaming)),
         );
         let name = "possync_bridge_apply_seconds";
         let _ = writeln!(
@@ -246,8 +255,9 @@ impl Registry {
             for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
                 let _ = writeln!(
                     out,
-                    "{name}_bucket{{source=\"{}\",le=\"{bound}\"}} {}",
+                    "{name}_bucket{{source=\"{}\",le=\"{}\"}} {}",
                     s.name,
+                    seconds(*bound),
                     r(&s.latency_buckets[i])
                 );
             }
@@ -261,7 +271,7 @@ impl Registry {
                 out,
                 "{name}_sum{{source=\"{}\"}} {}",
                 s.name,
-                r(&s.latency_sum_micros) as f64 / 1e6
+                seconds(r(&s.latency_sum_micros))
             );
             let _ = writeln!(out, "{name}_count{{source=\"{}\"}} {count}", s.name);
         }

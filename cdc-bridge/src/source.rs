@@ -420,7 +420,7 @@ async fn apply_loop(
         let started = Instant::now();
         // a shutdown request waits for the batch in flight: the call is not cancelled
         let outcome = erp.apply_batch(&source.name, last_lsn, &events).await?;
-        metrics.observe_apply(started.elapsed().as_secs_f64());
+        metrics.observe_apply(started.elapsed());
         applied_to = last_lsn;
         committed.store(last_lsn.0, Ordering::Release);
         metrics.checkpoint.store(last_lsn.0, Ordering::Relaxed);
