@@ -19,12 +19,39 @@ thread_local! {
     static PLANS: RefCell<HashMap<usize, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
 }
 
+/// `plan_cache_mode = force_generic_plan` while one of our statements runs, restored on drop (also when the
+/// statement raises: pgrx turns the error into an unwind). Under `auto` the plan cache re-plans a statement
+/// whose arrays hold one or two keys on every call, because the custom plan looks cheaper than the generic
+/// one; for a one-event apply that planning was a third of the time. Our statements are written for one
+/// shape of plan (index probes by key), so the generic plan is the right one at every batch size.
+struct GenericPlans(i32);
+
+impl GenericPlans {
+    fn force() -> GenericPlans {
+        // SAFETY: a backend-local GUC variable, read and written on this backend's only thread
+        unsafe {
+            let previous = pg_sys::plan_cache_mode;
+            pg_sys::plan_cache_mode =
+                pg_sys::PlanCacheMode::PLAN_CACHE_MODE_FORCE_GENERIC_PLAN as i32;
+            GenericPlans(previous)
+        }
+    }
+}
+
+impl Drop for GenericPlans {
+    fn drop(&mut self) {
+        // SAFETY: as above
+        unsafe { pg_sys::plan_cache_mode = self.0 }
+    }
+}
+
 /// Runs `sql` as a kept plan (prepared on first use) with `args`.
 pub fn run<'c>(
     client: &mut SpiClient<'c>,
     sql: &'static str,
     args: &[DatumWithOid],
 ) -> SpiTupleTable<'c> {
+    let _generic = GenericPlans::force();
     PLANS.with(|plans| {
         let mut plans = plans.borrow_mut();
         let plan = plans.entry(sql.as_ptr() as usize).or_insert_with(|| {
