@@ -19,29 +19,49 @@ thread_local! {
     static PLANS: RefCell<HashMap<usize, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
 }
 
-/// `plan_cache_mode = force_generic_plan` while one of our statements runs, restored on drop (also when the
-/// statement raises: pgrx turns the error into an unwind). Under `auto` the plan cache re-plans a statement
-/// whose arrays hold one or two keys on every call, because the custom plan looks cheaper than the generic
-/// one; for a one-event apply that planning was a third of the time. Our statements are written for one
-/// shape of plan (index probes by key), so the generic plan is the right one at every batch size.
-struct GenericPlans(i32);
+/// The planner settings our statements are planned under, set while one of them runs and restored on drop
+/// (also when the statement raises: pgrx turns the error into an unwind).
+///
+/// - `plan_cache_mode = force_generic_plan`: under `auto` the plan cache re-planned a statement whose arrays
+///   held one or two keys on every call, because the custom plan looked cheaper than the generic one; for a
+///   one-event apply that planning was a third of the time.
+/// - `enable_seqscan = off`: every statement here finds rows by key. On a small table whose few rows are
+///   updated all the time (the balances of a store's best sellers, a till's register_state) the planner
+///   otherwise picks a sequential scan, which then walks every dead row version on every call.
+/// - `jit = off`: a statement that probes a few keys never repays compiling it (150 ms seen), and the cost
+///   that `enable_seqscan = off` adds to a table without an index would otherwise trigger JIT.
+struct PlannerSettings {
+    plan_cache_mode: i32,
+    enable_seqscan: bool,
+    jit: bool,
+}
 
-impl GenericPlans {
-    fn force() -> GenericPlans {
-        // SAFETY: a backend-local GUC variable, read and written on this backend's only thread
+impl PlannerSettings {
+    fn ours() -> PlannerSettings {
+        // SAFETY: backend-local GUC variables, read and written on this backend's only thread
         unsafe {
-            let previous = pg_sys::plan_cache_mode;
+            let previous = PlannerSettings {
+                plan_cache_mode: pg_sys::plan_cache_mode,
+                enable_seqscan: pg_sys::enable_seqscan,
+                jit: pg_sys::jit_enabled,
+            };
             pg_sys::plan_cache_mode =
                 pg_sys::PlanCacheMode::PLAN_CACHE_MODE_FORCE_GENERIC_PLAN as i32;
-            GenericPlans(previous)
+            pg_sys::enable_seqscan = false;
+            pg_sys::jit_enabled = false;
+            previous
         }
     }
 }
 
-impl Drop for GenericPlans {
+impl Drop for PlannerSettings {
     fn drop(&mut self) {
         // SAFETY: as above
-        unsafe { pg_sys::plan_cache_mode = self.0 }
+        unsafe {
+            pg_sys::plan_cache_mode = self.plan_cache_mode;
+            pg_sys::enable_seqscan = self.enable_seqscan;
+            pg_sys::jit_enabled = self.jit;
+        }
     }
 }
 
@@ -51,7 +71,7 @@ pub fn run<'c>(
     sql: &'static str,
     args: &[DatumWithOid],
 ) -> SpiTupleTable<'c> {
-    let _generic = GenericPlans::force();
+    let _settings = PlannerSettings::ours();
     PLANS.with(|plans| {
         let mut plans = plans.borrow_mut();
         let plan = plans.entry(sql.as_ptr() as usize).or_insert_with(|| {

@@ -230,6 +230,20 @@ async fn main() {
     )
     .await;
     let rss_live = peak_rss_mb(bridge.pid());
+    let live_batches = bridge
+        .metric("possync_bridge_batches_total", "bench")
+        .unwrap_or(f64::NAN);
+    let live_txns = bridge
+        .metric("possync_bridge_transactions_applied_total", "bench")
+        .unwrap_or(f64::NAN);
+    let live_apply = bridge
+        .metric("possync_bridge_apply_seconds_sum", "bench")
+        .unwrap_or(f64::NAN);
+    eprintln!(
+        "bench: bridge live: {live_batches} apply_batch calls, {:.2} transactions and {:.3} ms each on average",
+        live_txns / live_batches,
+        live_apply * 1000.0 / live_batches
+    );
     eprintln!(
         "bench: bridge live: {achieved:.0} tx/s committed, lag p50/p99/max {bridge_lag:?} ms"
     );
