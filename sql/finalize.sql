@@ -20,36 +20,6 @@ BEGIN
 END
 $$;
 
--- Available-to-promise: on_hand - active reservations - safety stock + open supply due by `at`. The common
--- question, one sku at one location that has a balance row, is answered here with one cached plan (a balance
--- row exists only for a known sku and location); the network figure and the checks that name a bad argument
--- are in Rust (atp_checked). Holds past their expiry that expire_reservations has not freed yet do not count.
-CREATE FUNCTION atp(sku text, location text DEFAULT NULL, at timestamptz DEFAULT now()) RETURNS numeric
-    LANGUAGE plpgsql STABLE PARALLEL SAFE
-AS $$
-DECLARE
-    available numeric;
-BEGIN
-    IF location IS NOT NULL THEN
-        SELECT b.on_hand - b.reserved
-               + CASE WHEN b.reserved > 0 THEN coalesce((SELECT sum(r.qty) FROM possync.reservation r
-                     WHERE r.sku = atp.sku AND r.location_id = atp.location AND r.status = 'active'
-                       AND r.expires_at <= now()), 0) ELSE 0 END
-               - coalesce((SELECT s.qty FROM possync.safety_stock s
-                            WHERE s.sku = atp.sku AND s.location_id = atp.location), 0)
-               + coalesce((SELECT sum(p.qty_open) FROM possync.supply p
-                            WHERE p.sku = atp.sku AND p.location_id = atp.location AND p.qty_open > 0
-                              AND p.expected_at <= atp.at), 0)
-          INTO available
-          FROM possync.stock_balance b WHERE b.sku = atp.sku AND b.location_id = atp.location;
-        IF FOUND THEN
-            RETURN available;
-        END IF;
-    END IF;
-    RETURN possync.atp_checked(sku, location, at);
-END
-$$;
-
 -- The default retail chart and its role mapping; returns how many accounts it added (0 when present).
 CREATE FUNCTION install_default_chart() RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE

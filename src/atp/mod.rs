@@ -15,6 +15,8 @@ use pgrx::{AnyNumeric, JsonB};
 use rust_decimal::Decimal;
 use serde_json::json;
 
+mod probe;
+
 use crate::errors::{misuse, null_argument};
 use crate::statements::{get_bool, get_decimal, get_text, internal, run, text};
 use crate::stock::Balances;
@@ -146,9 +148,26 @@ fn now_or(at: Option<TimestampWithTimeZone>) -> TimestampWithTimeZone {
     })
 }
 
-/// Available-to-promise with every check: the network figure, and a location without a balance row (unknown
-/// sku or location raise). `possync.atp` (sql/finalize.sql) answers the common case, a location with a balance
-/// row, in PL/pgSQL with a cached plan, and calls this for the rest.
+/// Available-to-promise: on_hand − active reservations − safety stock + open supply due by `at`; with no
+/// location, the network (each active location's ATP clipped at zero, summed). One location with a balance
+/// row, the question a web shop asks most, is read straight from the indexes (`probe`); everything else, and
+/// every misuse, goes through `atp_checked`.
+#[pg_extern(stable, parallel_safe)]
+fn atp(
+    sku: Option<&str>,
+    location: default!(Option<&str>, "NULL"),
+    at: default!(Option<TimestampWithTimeZone>, "now()"),
+) -> AnyNumeric {
+    if let (Some(s), Some(l), Some(when)) = (sku, location, at) {
+        if let Some(value) = probe::at_location(s, l, pgrx::pg_sys::Datum::from(i64::from(when))) {
+            return value;
+        }
+    }
+    atp_checked(sku, location, at)
+}
+
+/// Available-to-promise with every check, through SQL: the network figure, and a location without a balance
+/// row (an unknown sku or location raises an error naming it).
 #[pg_extern(stable, parallel_safe)]
 fn atp_checked(
     sku: Option<&str>,

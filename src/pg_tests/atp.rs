@@ -60,6 +60,51 @@ fn atp_detail_adds_up_each_part() {
 }
 
 #[pg_test]
+fn the_index_path_and_the_sql_path_give_the_same_atp() {
+    setup();
+    apply(receipt("r1", "S1", &[("A", "20.500", "1.00"), ("B", "3", "2.00")]));
+    apply(receipt("r2", "S2", &[("A", "7", "1.00")]));
+    Spi::run(
+        "INSERT INTO possync.safety_stock (sku, location_id, qty) VALUES ('A', 'S1', 3), ('B', 'S2', 1);
+         INSERT INTO possync.supply (supply_id, sku, location_id, qty_open, expected_at) VALUES
+             ('PO-1', 'A', 'S1', 5, now() + interval '1 day'),
+             ('PO-2', 'A', 'S1', 7.25, now() + interval '10 days'),
+             ('PO-3', 'A', 'S1', 0, now() - interval '1 day'),
+             ('PO-4', 'B', 'S1', 2, now() - interval '1 hour');
+         INSERT INTO possync.reservation (reservation_id, sku, location_id, qty, expires_at)
+             VALUES ('gone', 'A', 'S1', 2, now() - interval '1 minute');
+         UPDATE possync.stock_balance SET reserved = reserved + 2 WHERE sku = 'A' AND location_id = 'S1';",
+    )
+    .expect("master data");
+    reserve("held", "A", "S1", "1.5", "now() + interval '1 hour'");
+    let same = |sql_at: &str| {
+        for (sku, loc) in [("A", "S1"), ("A", "S2"), ("B", "S1"), ("B", "S2")] {
+            let fast = num(&format!("SELECT possync.atp('{sku}', '{loc}', {sql_at})"));
+            let checked = num(&format!("SELECT possync.atp_checked('{sku}', '{loc}', {sql_at})"));
+            assert_eq!(fast, checked, "{sku} at {loc} by {sql_at}");
+        }
+    };
+    same("now()");
+    same("now() + interval '2 days'");
+    same("now() + interval '30 days'");
+    // A at S1 in 2 days: 20.5 on hand - 3.5 reserved + 2 expired - 3 safety + 5 due
+    assert_eq!(num("SELECT possync.atp('A', 'S1', now() + interval '2 days')"), d("21"));
+    // the index path answers without SQL: the checked path would look up the sku in possync.item
+    let item_scans = || num("SELECT idx_scan FROM pg_stat_xact_user_tables WHERE relid = 'possync.item'::regclass");
+    let before = item_scans();
+    atp_of("A", Some("S1"));
+    assert_eq!(item_scans(), before, "atp('A', 'S1') went through SQL");
+    num("SELECT possync.atp_checked('A', 'S1')");
+    assert!(item_scans() > before, "the SQL path is seen by the same counter");
+    // B at S2 never had stock: the SQL path answers (safety stock only)
+    assert_eq!(atp_of("B", Some("S2")), d("-1"));
+    // a schema the index path does not know (its index is gone) is noticed and answered by SQL
+    Spi::run("DROP INDEX possync.supply_by_sku").expect("drop index");
+    same("now() + interval '30 days'");
+    assert_eq!(num("SELECT possync.atp('A', 'S1', NULL)"), num("SELECT possync.atp('A', 'S1')"));
+}
+
+#[pg_test]
 fn network_atp_clips_each_location_and_skips_inactive_ones() {
     setup();
     Spi::run("INSERT INTO possync.location (location_id, active) VALUES ('S3', false)").expect("location");
