@@ -1,7 +1,7 @@
 //! The ERP side: the per-source advisory lock, the checkpoint, and `possync.apply_batch`.
 
 use serde_json::Value;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::lsn::Lsn;
 
@@ -31,9 +31,13 @@ pub struct BatchOutcome {
     pub rejected: u64,
 }
 
+/// The call every batch makes, prepared once per connection: one round trip per batch instead of two.
+const APPLY_BATCH: &str = "SELECT possync.apply_batch($1, $2::text::pg_lsn, $3::text::jsonb)::text";
+
 /// A connection to the ERP database.
 pub struct Erp {
     client: Client,
+    apply: Statement,
 }
 
 impl Erp {
@@ -45,7 +49,8 @@ impl Erp {
                 tracing::debug!(error = %e, "ERP connection ended");
             }
         });
-        Ok(Erp { client })
+        let apply = client.prepare(APPLY_BATCH).await?;
+        Ok(Erp { client, apply })
     }
 
     /// True once the connection is gone (and with it the ownership lock).
@@ -86,10 +91,7 @@ impl Erp {
         let payload = serde_json::to_string(events)?;
         let row = self
             .client
-            .query_one(
-                "SELECT possync.apply_batch($1, $2::text::pg_lsn, $3::text::jsonb)::text",
-                &[&source, &commit_lsn.to_string(), &payload],
-            )
+            .query_one(&self.apply, &[&source, &commit_lsn.to_string(), &payload])
             .await?;
         let text: String = row.get(0);
         Ok(outcome_of(&serde_json::from_str(&text)?))
