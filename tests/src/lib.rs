@@ -265,7 +265,12 @@ pub const STORE: &str = "S042";
 
 /// An ERP cluster with possync installed (the real extension), the default chart, the store and the items.
 pub async fn erp_cluster() -> Cluster {
-    let c = Cluster::start("erp", false, &[]);
+    erp_cluster_with(&[]).await
+}
+
+/// An ERP cluster with extra postgresql.conf lines (they win over the defaults above).
+pub async fn erp_cluster_with(extra: &[&str]) -> Cluster {
+    let c = Cluster::start("erp", false, extra);
     c.create_database("erp").await;
     let erp = c.connect("erp").await;
     if let Err(e) = erp.batch_execute("CREATE EXTENSION possync").await {

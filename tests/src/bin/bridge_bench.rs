@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use possync_e2e::{erp_cluster, pos_cluster, Bridge, Cluster, POS_SCHEMA, SKUS, STORE};
+use possync_e2e::{erp_cluster_with, pos_cluster, Bridge, Cluster, POS_SCHEMA, SKUS, STORE};
 use tokio_postgres::Client;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -156,8 +156,10 @@ async fn main() {
         batch_wait.as_str(),
     ];
 
-    let pos = pos_cluster(&[]).await;
-    let erp = erp_cluster().await;
+    // durable, as in production: every commit on either side waits for its WAL flush (the test clusters skip it)
+    let durable = ["fsync = on", "full_page_writes = on"];
+    let pos = pos_cluster(&durable).await;
+    let erp = erp_cluster_with(&durable).await;
     let pos_db = pos.connect("pos").await;
     let erp_db = erp.connect("erp").await;
     let skus: Vec<String> = SKUS.iter().map(|s| format!("'{s}'")).collect();
