@@ -173,7 +173,21 @@ impl Cluster {
         );
     }
 
-    /// Starts it again after [`Cluster::stop`].
+    /// Crashes the server: immediate shutdown, no checkpoint, crash recovery on the next start.
+    pub fn crash(&self) {
+        let out = pg(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        );
+        assert!(
+            out.status.success(),
+            "{}: pg_ctl stop -m immediate failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts it again after [`Cluster::stop`] or [`Cluster::crash`].
     pub fn restart(&self) {
         self.pg_ctl_start();
     }

@@ -107,3 +107,64 @@ async fn a_pos_restart_and_an_apply_blocked_past_wal_sender_timeout_lose_nothing
     assert_eq!(erp_totals(&erp_db, "west").await, expected);
     assert_eq!(doubled(&erp_db).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erp_crashes_mid_stream_leave_no_half_posted_and_no_double_posted_sale() {
+    let _serial = serial().await;
+    let pos = pos_cluster(&[]).await;
+    let erp = erp_cluster().await;
+    let erp_url = erp.url("erp");
+    let bridge = Bridge::start(&erp_url, &[("north", pos.url("pos"))], &[]);
+    bridge.wait_streaming("north", Duration::from_secs(30));
+
+    // the tills keep selling at 40/s while the ERP crashes three times, each in the middle of the stream
+    let till = pos.connect("pos").await;
+    let sales = tokio::spawn(async move {
+        run_sales(&till, "K", 1, 400, 40).await;
+        till
+    });
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        erp.crash();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        erp.restart();
+    }
+    let pos_db = sales.await.expect("sales task");
+    wait_caught_up(&erp_url, &pos_db, "north", Duration::from_secs(120)).await;
+
+    let erp_db = erp.connect("erp").await;
+    let expected = pos_totals(&pos_db).await;
+    assert_eq!(expected.transactions, 400);
+    // every sale posted once with its whole journal: the totals agree and no event has two journals
+    assert_eq!(erp_totals(&erp_db, "north").await, expected);
+    assert_eq!(doubled(&erp_db).await, 0);
+    let unbalanced: i64 = erp_db
+        .query_one(
+            "SELECT count(*) FROM (SELECT journal_id FROM possync.journal_line GROUP BY journal_id
+                                   HAVING sum(debit) <> sum(credit)) j",
+            &[],
+        )
+        .await
+        .expect("balance check")
+        .get(0);
+    assert_eq!(unbalanced, 0, "a journal was left half posted");
+    let without_journal: i64 = erp_db
+        .query_one(
+            "SELECT count(*) FROM possync.event e WHERE e.status = 'applied' AND e.kind = 'sale'
+                AND NOT EXISTS (SELECT 1 FROM possync.journal j WHERE j.event_id = e.event_id)",
+            &[],
+        )
+        .await
+        .expect("journal check")
+        .get(0);
+    assert_eq!(without_journal, 0, "an applied sale has no journal");
+    let retries = bridge
+        .metric("possync_bridge_retries_total", "north")
+        .unwrap_or(0.0);
+    assert!(
+        retries >= 3.0,
+        "the bridge saw {retries} retries for 3 crashes\n{}",
+        bridge.log()
+    );
+    assert_eq!(bridge.terminate(), Some(0));
+}
