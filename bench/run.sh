@@ -286,6 +286,12 @@ stage_atp() {
         r = a / b; printf "row|atp() calls/s, 2 clients|%.0f|%.0f (SELECT 1)|%.2fx|>= 0.6x|%s\n", a, b, r, (r >= 0.6 ? "met" : "below") }' >>"$rows"
     awk -v a="$atp_p99" -v b="$base_p99" 'BEGIN {
         printf "row|atp() p99 latency, ms|%.3f|%.3f (SELECT 1)|%.2fx|< 1 ms|%s\n", a, b, a / b, (a < 1 ? "met" : "below") }' >>"$rows"
+    say "bench: atp: the network figure, atp(sku), beside the same question through SQL, ${ATP_SECONDS}s each"
+    local net net_sql
+    net=$(pgbench_run atp-network "$ROOT/bench/pgbench/atp_network.sql")
+    net_sql=$(pgbench_run atp-network-sql "$ROOT/bench/pgbench/atp_network_sql.sql")
+    awk -v a="${net% *}" -v b="${net_sql% *}" -v n="$LOCATIONS" 'BEGIN {
+        printf "row|atp(sku) network calls/s, %d locations, 2 clients|%.0f|%.0f (atp_checked, SQL)|%.2fx|reported|\n", n, a, b, a / b }' >>"$rows"
     if [[ ",$have," == *,reserve,* && ",$have," == *,release,* ]]; then
         say "bench: atp: reserve + release pairs, 2 clients, ${ATP_SECONDS}s"
         local pairs pairs_tps pairs_p99

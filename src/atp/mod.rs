@@ -149,17 +149,22 @@ fn now_or(at: Option<TimestampWithTimeZone>) -> TimestampWithTimeZone {
 }
 
 /// Available-to-promise: on_hand − active reservations − safety stock + open supply due by `at`; with no
-/// location, the network (each active location's ATP clipped at zero, summed). One location with a balance
-/// row, the question a web shop asks most, is read straight from the indexes (`probe`); everything else, and
-/// every misuse, goes through `atp_checked`.
+/// location, the network (each active location's ATP clipped at zero, summed). The questions a web shop asks,
+/// one location with a balance row and the network of a known sku, are read straight from the indexes
+/// (`probe`); everything else, and every misuse, goes through `atp_checked`.
 #[pg_extern(stable, parallel_safe)]
 fn atp(
     sku: Option<&str>,
     location: default!(Option<&str>, "NULL"),
     at: default!(Option<TimestampWithTimeZone>, "now()"),
 ) -> AnyNumeric {
-    if let (Some(s), Some(l), Some(when)) = (sku, location, at) {
-        if let Some(value) = probe::at_location(s, l, pgrx::pg_sys::Datum::from(i64::from(when))) {
+    if let (Some(s), Some(when)) = (sku, at) {
+        let when = pgrx::pg_sys::Datum::from(i64::from(when));
+        let answer = match location {
+            Some(l) => probe::at_location(s, l, when),
+            None => probe::network(s, when),
+        };
+        if let Some(value) = answer {
             return value;
         }
     }

@@ -1,20 +1,23 @@
-//! The common ATP question, one sku at one location, answered by reading four indexes directly.
+//! The common ATP questions, one sku at one location or across the network, answered by reading the indexes
+//! directly.
 //!
-//! A web shop asks this many times per page, so it skips the executor: no SPI, no plan, no executor start.
-//! Each part is one index scan under the caller's snapshot, so the answer is exactly what the SQL
+//! A web shop asks these many times per page, so they skip the executor: no SPI, no plan, no executor start.
+//! Each part is an index scan under the caller's snapshot, so the answer is exactly what the SQL
 //! (`atp_checked`) would return in the same statement:
 //!
-//! - `stock_balance_pkey`: on hand and reserved; no row means an unknown sku or location, or a pair that never
-//!   had stock, and the caller falls back to the checked path, which names a bad argument;
-//! - `reservation_active_by_item`, only when something is reserved: active holds already past their expiry,
-//!   which no longer count;
+//! - `stock_balance_pkey`: on hand and reserved; for one location, no row means an unknown sku or location, or
+//!   a pair that never had stock, and the caller falls back to the checked path, which names a bad argument;
+//! - `reservation_active_by_item`: active holds already past their expiry, which no longer count;
 //! - `safety_stock_pkey`: the safety stock;
-//! - `supply_by_sku`: open supply expected by `at`.
+//! - `supply_by_sku`: open supply expected by `at`;
+//! - for the network, `item_pkey` (an unknown sku falls back, to be named) and `location_pkey` (each location's
+//!   `active`).
 //!
 //! The relation and column numbers are looked up once per backend and forgotten on any relcache
 //! invalidation of those relations (ALTER, DROP, a new ANALYZE), so a changed schema is looked up again.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::ffi::CStr;
 
 use pgrx::pg_sys::{self, AttrNumber, Datum, Oid};
@@ -34,16 +37,32 @@ struct Catalog {
     balance: Indexed,
     /// stock_balance.reserved (the balance's `column` is on_hand)
     reserved: AttrNumber,
+    /// the location_id column of stock_balance, safety_stock, supply and reservation
+    balance_location: AttrNumber,
     safety: Indexed,
+    safety_location: AttrNumber,
     supply: Indexed,
+    supply_location: AttrNumber,
     holds: Indexed,
+    holds_location: AttrNumber,
+    /// item by sku (`column` unused: existence only)
+    item: Indexed,
+    /// location by id, `column` is active
+    location: Indexed,
 }
 
 impl Catalog {
     fn mentions(&self, relid: Oid) -> bool {
-        [self.balance, self.safety, self.supply, self.holds]
-            .iter()
-            .any(|r| r.table == relid || r.index == relid)
+        [
+            self.balance,
+            self.safety,
+            self.supply,
+            self.holds,
+            self.item,
+            self.location,
+        ]
+        .iter()
+        .any(|r| r.table == relid || r.index == relid)
     }
 }
 
@@ -86,12 +105,21 @@ unsafe fn look_up() -> Option<Catalog> {
         })
     };
     let balance = indexed(c"stock_balance", c"stock_balance_pkey", c"on_hand")?;
+    let safety = indexed(c"safety_stock", c"safety_stock_pkey", c"qty")?;
+    let supply = indexed(c"supply", c"supply_by_sku", c"qty_open")?;
+    let holds = indexed(c"reservation", c"reservation_active_by_item", c"qty")?;
     Some(Catalog {
         balance,
         reserved: column(balance.table, c"reserved")?,
-        safety: indexed(c"safety_stock", c"safety_stock_pkey", c"qty")?,
-        supply: indexed(c"supply", c"supply_by_sku", c"qty_open")?,
-        holds: indexed(c"reservation", c"reservation_active_by_item", c"qty")?,
+        balance_location: column(balance.table, c"location_id")?,
+        safety,
+        safety_location: column(safety.table, c"location_id")?,
+        supply,
+        supply_location: column(supply.table, c"location_id")?,
+        holds,
+        holds_location: column(holds.table, c"location_id")?,
+        item: indexed(c"item", c"item_pkey", c"sku")?,
+        location: indexed(c"location", c"location_pkey", c"active")?,
     })
 }
 
@@ -110,62 +138,112 @@ fn catalog() -> Option<Catalog> {
     found
 }
 
-/// One condition on an index column, in index column order.
+/// One condition on an index column.
 enum Key<'a> {
     Equals(&'a str),
     /// a timestamptz column at or before this value
     AtMost(Datum),
 }
 
-/// Calls `each` with every row the index finds for `keys` that the active snapshot sees.
-///
-/// # Safety
-/// Inside a transaction with an active snapshot; `r` names an existing table and an index on it whose
-/// leading columns match `keys`.
-unsafe fn scan(r: Indexed, keys: &[Key], mut each: impl FnMut(*mut pg_sys::TupleTableSlot)) {
-    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
-    let heap = pg_sys::table_open(r.table, lock);
-    let index = pg_sys::index_open(r.index, lock);
-    let mut entries: [pg_sys::ScanKeyData; 3] = std::mem::zeroed();
-    for (i, key) in keys.iter().enumerate().take(entries.len()) {
-        let column = (i + 1) as AttrNumber;
-        match key {
-            Key::Equals(text) => pg_sys::ScanKeyEntryInitialize(
-                &mut entries[i],
-                0,
-                column,
-                pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-                pg_sys::InvalidOid,
-                *(*index).rd_indcollation.add(i),
-                pg_sys::Oid::from(pg_sys::F_TEXTEQ),
-                Datum::from(pg_sys::cstring_to_text_with_len(
-                    text.as_ptr().cast(),
-                    text.len() as i32,
-                )),
-            ),
-            Key::AtMost(at) => pg_sys::ScanKeyEntryInitialize(
-                &mut entries[i],
-                0,
-                column,
-                pg_sys::BTLessEqualStrategyNumber as pg_sys::StrategyNumber,
-                pg_sys::InvalidOid,
-                pg_sys::InvalidOid,
-                pg_sys::Oid::from(pg_sys::F_TIMESTAMPTZ_LE),
-                *at,
-            ),
+/// An index scan that can be run again with other keys (one open and one lock per relation per call).
+struct Scan {
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    slot: *mut pg_sys::TupleTableSlot,
+    scan: pg_sys::IndexScanDesc,
+    nkeys: i32,
+}
+
+impl Scan {
+    /// Opens `r` for `nkeys` conditions.
+    ///
+    /// # Safety
+    /// Inside a transaction with an active snapshot; `r` names an existing table and an index on it.
+    unsafe fn open(r: Indexed, nkeys: usize) -> Scan {
+        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        let heap = pg_sys::table_open(r.table, lock);
+        let index = pg_sys::index_open(r.index, lock);
+        let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
+        let nkeys = nkeys as i32;
+        let scan = pg_sys::index_beginscan(heap, index, pg_sys::GetActiveSnapshot(), nkeys, 0);
+        Scan {
+            heap,
+            index,
+            slot,
+            scan,
+            nkeys,
         }
     }
-    let n = keys.len().min(entries.len()) as i32;
-    let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
-    let scan = pg_sys::index_beginscan(heap, index, pg_sys::GetActiveSnapshot(), n, 0);
-    pg_sys::index_rescan(scan, entries.as_mut_ptr(), n, std::ptr::null_mut(), 0);
-    while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
-        each(slot);
+
+    /// Calls `each` with every row the index finds for `keys` (index column number, condition) that the
+    /// snapshot sees. `keys` must hold as many conditions as `open` was given.
+    unsafe fn run(
+        &mut self,
+        keys: &[(AttrNumber, Key)],
+        mut each: impl FnMut(*mut pg_sys::TupleTableSlot),
+    ) {
+        let mut entries: [pg_sys::ScanKeyData; 3] = std::mem::zeroed();
+        let n = keys.len().min(entries.len()).min(self.nkeys as usize);
+        for (entry, (column, key)) in entries.iter_mut().zip(keys.iter()).take(n) {
+            match key {
+                Key::Equals(text) => pg_sys::ScanKeyEntryInitialize(
+                    entry,
+                    0,
+                    *column,
+                    pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+                    pg_sys::InvalidOid,
+                    *(*self.index).rd_indcollation.add(*column as usize - 1),
+                    pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+                    Datum::from(pg_sys::cstring_to_text_with_len(
+                        text.as_ptr().cast(),
+                        text.len() as i32,
+                    )),
+                ),
+                Key::AtMost(at) => pg_sys::ScanKeyEntryInitialize(
+                    entry,
+                    0,
+                    *column,
+                    pg_sys::BTLessEqualStrategyNumber as pg_sys::StrategyNumber,
+                    pg_sys::InvalidOid,
+                    pg_sys::InvalidOid,
+                    pg_sys::Oid::from(pg_sys::F_TIMESTAMPTZ_LE),
+                    *at,
+                ),
+            }
+        }
+        pg_sys::index_rescan(
+            self.scan,
+            entries.as_mut_ptr(),
+            n as i32,
+            std::ptr::null_mut(),
+            0,
+        );
+        while pg_sys::index_getnext_slot(
+            self.scan,
+            pg_sys::ScanDirection::ForwardScanDirection,
+            self.slot,
+        ) {
+            each(self.slot);
+        }
     }
-    pg_sys::index_endscan(scan);
-    pg_sys::ExecDropSingleTupleTableSlot(slot);
-    pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
-    pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+
+    unsafe fn close(self) {
+        pg_sys::index_endscan(self.scan);
+        pg_sys::ExecDropSingleTupleTableSlot(self.slot);
+        pg_sys::index_close(self.index, pg_sys::NoLock as pg_sys::LOCKMODE);
+        pg_sys::table_close(self.heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+    }
+}
+
+/// Runs one scan of `r` for `keys`.
+unsafe fn scan(
+    r: Indexed,
+    keys: &[(AttrNumber, Key)],
+    each: impl FnMut(*mut pg_sys::TupleTableSlot),
+) {
+    let mut s = Scan::open(r, keys.len());
+    s.run(keys, each);
+    s.close();
 }
 
 /// A numeric column of the slot's row, copied out of the buffer; zero for NULL.
@@ -175,8 +253,32 @@ unsafe fn numeric(slot: *mut pg_sys::TupleTableSlot, column: AttrNumber) -> AnyN
     AnyNumeric::from_datum(datum, is_null).unwrap_or_default()
 }
 
+/// A text column of the slot's row, copied out; None for NULL.
+unsafe fn text(slot: *mut pg_sys::TupleTableSlot, column: AttrNumber) -> Option<String> {
+    let mut is_null = false;
+    let datum = pg_sys::slot_getattr(slot, i32::from(column), &mut is_null);
+    String::from_datum(datum, is_null)
+}
+
+/// A boolean column of the slot's row; false for NULL.
+unsafe fn boolean(slot: *mut pg_sys::TupleTableSlot, column: AttrNumber) -> bool {
+    let mut is_null = false;
+    let datum = pg_sys::slot_getattr(slot, i32::from(column), &mut is_null);
+    !is_null && datum.value() != 0
+}
+
+/// Adds `v` to the sum at `key`.
+fn add(sums: &mut BTreeMap<String, AnyNumeric>, key: String, v: AnyNumeric) {
+    match sums.get_mut(&key) {
+        Some(t) => *t += v,
+        None => {
+            sums.insert(key, v);
+        }
+    }
+}
+
 /// Sums a numeric column over what the index finds; None when it finds nothing.
-unsafe fn sum(r: Indexed, keys: &[Key]) -> Option<AnyNumeric> {
+unsafe fn sum(r: Indexed, keys: &[(AttrNumber, Key)]) -> Option<AnyNumeric> {
     let mut total: Option<AnyNumeric> = None;
     scan(r, keys, |slot| {
         let v = numeric(slot, r.column);
@@ -197,7 +299,7 @@ pub fn at_location(sku: &str, location: &str, at: Datum) -> Option<AnyNumeric> {
         if !pg_sys::ActiveSnapshotSet() {
             return None;
         }
-        let pair = [Key::Equals(sku), Key::Equals(location)];
+        let pair = [(1, Key::Equals(sku)), (2, Key::Equals(location))];
         let mut balance = None;
         scan(cat.balance, &pair, |slot| {
             balance = Some((
@@ -210,7 +312,11 @@ pub fn at_location(sku: &str, location: &str, at: Datum) -> Option<AnyNumeric> {
         if reserved > AnyNumeric::default() {
             // holds past their expiry that expire_reservations has not freed yet do not count
             let now = Datum::from(pg_sys::GetCurrentTransactionStartTimestamp());
-            let holds = [Key::Equals(sku), Key::Equals(location), Key::AtMost(now)];
+            let holds = [
+                (1, Key::Equals(sku)),
+                (2, Key::Equals(location)),
+                (3, Key::AtMost(now)),
+            ];
             if let Some(expired) = sum(cat.holds, &holds) {
                 atp += expired;
             }
@@ -218,10 +324,85 @@ pub fn at_location(sku: &str, location: &str, at: Datum) -> Option<AnyNumeric> {
         if let Some(safety) = sum(cat.safety, &pair) {
             atp -= safety;
         }
-        let due = [Key::Equals(sku), Key::Equals(location), Key::AtMost(at)];
+        let due = [
+            (1, Key::Equals(sku)),
+            (2, Key::Equals(location)),
+            (3, Key::AtMost(at)),
+        ];
         if let Some(incoming) = sum(cat.supply, &due) {
             atp += incoming;
         }
         Some(atp)
+    }
+}
+
+/// Network ATP of `sku` by `at`: Σ over active locations of max(location ATP, 0), the locations being those
+/// with a balance, a safety stock or supply due by `at` for the sku. None when the checked path must answer
+/// (an unknown sku, no active snapshot, a schema this code does not recognise).
+pub fn network(sku: &str, at: Datum) -> Option<AnyNumeric> {
+    let cat = catalog()?;
+    // SAFETY: as in at_location
+    unsafe {
+        if !pg_sys::ActiveSnapshotSet() {
+            return None;
+        }
+        let by_sku = [(1, Key::Equals(sku))];
+        let mut known = false;
+        scan(cat.item, &by_sku, |_| known = true);
+        if !known {
+            return None;
+        }
+        // per location: on hand − reserved + expired holds − safety stock + supply due
+        let mut parts: BTreeMap<String, AnyNumeric> = BTreeMap::new();
+        scan(cat.balance, &by_sku, |slot| {
+            if let Some(loc) = text(slot, cat.balance_location) {
+                let v = numeric(slot, cat.balance.column) - numeric(slot, cat.reserved);
+                add(&mut parts, loc, v);
+            }
+        });
+        let now = Datum::from(pg_sys::GetCurrentTransactionStartTimestamp());
+        let mut expired: BTreeMap<String, AnyNumeric> = BTreeMap::new();
+        scan(
+            cat.holds,
+            &[(1, Key::Equals(sku)), (3, Key::AtMost(now))],
+            |slot| {
+                if let Some(loc) = text(slot, cat.holds_location) {
+                    add(&mut expired, loc, numeric(slot, cat.holds.column));
+                }
+            },
+        );
+        scan(cat.safety, &by_sku, |slot| {
+            if let Some(loc) = text(slot, cat.safety_location) {
+                let v = AnyNumeric::default() - numeric(slot, cat.safety.column);
+                add(&mut parts, loc, v);
+            }
+        });
+        scan(
+            cat.supply,
+            &[(1, Key::Equals(sku)), (3, Key::AtMost(at))],
+            |slot| {
+                if let Some(loc) = text(slot, cat.supply_location) {
+                    add(&mut parts, loc, numeric(slot, cat.supply.column));
+                }
+            },
+        );
+        // only locations that exist and are active count, each at no less than zero
+        let zero = AnyNumeric::default();
+        let mut total = AnyNumeric::default();
+        let mut locations = Scan::open(cat.location, 1);
+        for (loc, mut atp) in parts {
+            if let Some(e) = expired.remove(&loc) {
+                atp += e;
+            }
+            let mut active = false;
+            locations.run(&[(1, Key::Equals(&loc))], |slot| {
+                active = boolean(slot, cat.location.column)
+            });
+            if active && atp > zero {
+                total += atp;
+            }
+        }
+        locations.close();
+        Some(total)
     }
 }

@@ -83,12 +83,25 @@ fn the_index_path_and_the_sql_path_give_the_same_atp() {
             let checked = num(&format!("SELECT possync.atp_checked('{sku}', '{loc}', {sql_at})"));
             assert_eq!(fast, checked, "{sku} at {loc} by {sql_at}");
         }
+        for sku in ["A", "B"] {
+            let fast = num(&format!("SELECT possync.atp('{sku}', NULL, {sql_at})"));
+            let checked = num(&format!("SELECT possync.atp_checked('{sku}', NULL, {sql_at})"));
+            assert_eq!(fast, checked, "{sku} across the network by {sql_at}");
+        }
     };
     same("now()");
     same("now() + interval '2 days'");
     same("now() + interval '30 days'");
     // A at S1 in 2 days: 20.5 on hand - 3.5 reserved + 2 expired - 3 safety + 5 due
     assert_eq!(num("SELECT possync.atp('A', 'S1', now() + interval '2 days')"), d("21"));
+    // the network: A is 21 at S1 and 7 at S2; B is 3 + 2 due at S1 and -1 (clipped to 0) at S2
+    assert_eq!(num("SELECT possync.atp('A', NULL, now() + interval '2 days')"), d("28"));
+    assert_eq!(num("SELECT possync.atp('B')"), d("5"));
+    // an inactive location counts for nothing
+    Spi::run("UPDATE possync.location SET active = false WHERE location_id = 'S2'").expect("close S2");
+    same("now() + interval '2 days'");
+    assert_eq!(num("SELECT possync.atp('A', NULL, now() + interval '2 days')"), d("21"));
+    Spi::run("UPDATE possync.location SET active = true WHERE location_id = 'S2'").expect("open S2");
     // the index path answers without SQL: the checked path would look up the sku in possync.item
     let item_scans = || num("SELECT idx_scan FROM pg_stat_xact_user_tables WHERE relid = 'possync.item'::regclass");
     let before = item_scans();
@@ -161,4 +174,10 @@ fn reserve_rejects_an_unknown_sku() {
 fn atp_rejects_an_unknown_location() {
     setup();
     atp_of("A", Some("S404"));
+}
+
+#[pg_test(error = "possync.atp: argument sku \"NOPE\" is not in possync.item")]
+fn network_atp_rejects_an_unknown_sku() {
+    setup();
+    atp_of("NOPE", None);
 }
