@@ -81,6 +81,15 @@ CREATE TABLE supply (
 );
 CREATE INDEX supply_by_sku ON supply (sku, location_id, expected_at) WHERE qty_open > 0;
 
+-- What each receipt took off each supply's open quantity (no more than was open), so that reversing the
+-- receipt gives back exactly that.
+CREATE TABLE supply_receipt (
+    event_id  text NOT NULL,
+    supply_id text NOT NULL,
+    qty       numeric NOT NULL CONSTRAINT supply_receipt_qty_positive CHECK (qty > 0),
+    PRIMARY KEY (event_id, supply_id)
+);
+
 -- Promotions the tills may name on a line; an unknown code or one used outside its dates is flagged.
 CREATE TABLE promotion (
     promotion_code   text PRIMARY KEY,
@@ -205,6 +214,7 @@ CREATE TABLE reservation (
 );
 CREATE INDEX reservation_expiring ON reservation (expires_at) WHERE status = 'active';
 CREATE INDEX reservation_active_by_item ON reservation (sku, location_id, expires_at) WHERE status = 'active';
+CREATE INDEX reservation_consumed_by ON reservation (consumed_by) WHERE consumed_by IS NOT NULL;
 
 ----------------------------------------------------------------------------------------------------
 -- The general ledger: balanced journals, never changed
@@ -334,6 +344,7 @@ SELECT pg_catalog.pg_extension_config_dump('account_map', '');
 SELECT pg_catalog.pg_extension_config_dump('tax_code', '');
 SELECT pg_catalog.pg_extension_config_dump('safety_stock', '');
 SELECT pg_catalog.pg_extension_config_dump('supply', '');
+SELECT pg_catalog.pg_extension_config_dump('supply_receipt', '');
 SELECT pg_catalog.pg_extension_config_dump('source', '');
 SELECT pg_catalog.pg_extension_config_dump('event', '');
 SELECT pg_catalog.pg_extension_config_dump('stock_move', '');

@@ -1,4 +1,5 @@
-//! Reversing entries: the exact opposite of an applied event's stock moves and journal.
+//! Reversing entries: the exact opposite of an applied event's stock moves and journal, and of what it did to
+//! supply (a receipt's take from a purchase order) and to holds (a fulfillment's consumed reservations).
 
 use std::collections::BTreeSet;
 
@@ -25,6 +26,16 @@ const LINES: &str = "SELECT line_no::bigint, account_code, location_id, debit::t
 const INSERT_REVERSAL: &str = "INSERT INTO possync.event (event_id, kind, location_id, business_date, status, journal_id, payload) \
      VALUES ($1, 'reversal', $2, current_date, 'applied', $3::bigint, $4::jsonb)";
 const MARK_REVERSED: &str = "UPDATE possync.event SET status = 'reversed' WHERE event_id = $1";
+// a fulfillment that consumed holds: reversed, the goods are back and held for the order again
+// (read first for the balance keys, which are locked before reservations, as release() does)
+const CONSUMED_HOLDS: &str = "SELECT sku, location_id FROM possync.reservation \
+     WHERE consumed_by = $1 AND status = 'consumed'";
+const HOLD_AGAIN: &str =
+    "UPDATE possync.reservation SET status = 'active', closed_at = NULL, consumed_by = NULL \
+     WHERE consumed_by = $1 AND status = 'consumed' RETURNING sku, location_id, qty::text";
+// a receipt against supply: reversed, the supply is open again by exactly what the receipt took
+const REOPEN_SUPPLY: &str = "UPDATE possync.supply s SET qty_open = s.qty_open + r.qty \
+     FROM possync.supply_receipt r WHERE r.event_id = $1 AND s.supply_id = r.supply_id";
 
 /// Posts the exact reversal of an applied event (stock and journal); returns {event_id, status, ...}.
 #[pg_extern]
@@ -98,8 +109,36 @@ fn reverse_event(event_id: Option<&str>, reason: Option<&str>) -> JsonB {
                 })
                 .collect(),
         };
-        let keys: BTreeSet<(String, String)> = moves.iter().map(|(k, _)| k.clone()).collect();
+        let hold_keys: Vec<(String, String)> = run(client, CONSUMED_HOLDS, &[text(event_id)])
+            .map(|r| {
+                (
+                    get_text(&r, 1).unwrap_or_default(),
+                    get_text(&r, 2).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let keys: BTreeSet<(String, String)> = moves
+            .iter()
+            .map(|(k, _)| k.clone())
+            .chain(hold_keys.iter().cloned())
+            .collect();
         let mut balances = Balances::lock(client, &keys);
+        if !hold_keys.is_empty() {
+            let held: Vec<((String, String), Decimal)> = run(client, HOLD_AGAIN, &[text(event_id)])
+                .map(|r| {
+                    let key = (
+                        get_text(&r, 1).unwrap_or_default(),
+                        get_text(&r, 2).unwrap_or_default(),
+                    );
+                    (key, get_decimal(&r, 3).unwrap_or_default())
+                })
+                .collect();
+            for (k, qty) in &held {
+                if keys.contains(k) {
+                    balances.adjust_reserved(k, *qty);
+                }
+            }
+        }
         let mut writes = Writes::default();
         for (k, m) in &moves {
             let mut b = balances.get(k).clone();
@@ -133,6 +172,7 @@ fn reverse_event(event_id: Option<&str>, reason: Option<&str>) -> JsonB {
             ],
         );
         run(client, MARK_REVERSED, &[text(event_id)]);
+        run(client, REOPEN_SUPPLY, &[text(event_id)]);
         json!({"event_id": event_id, "status": "applied", "reversal_event_id": reversal_id,
                "journal_id": new_journal, "exceptions": []})
     });

@@ -1,6 +1,6 @@
 //! Reads the pipeline needs, and the writes it collects and flushes with one statement per table.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use pgrx::spi::SpiClient;
 use possync_events::Event;
@@ -553,9 +553,72 @@ const INSERT_EXCEPTIONS: &str = "INSERT INTO possync.exception (event_id, kind, 
        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
          AS x(e, k, r, p, l, a, s)";
 
-const SUPPLY_RECEIVED: &str = "UPDATE possync.supply s SET qty_open = greatest(s.qty_open - x.q, 0) \
-     FROM (SELECT id, sum(q::numeric) AS q FROM unnest($1::text[], $2::text[]) AS u(id, q) GROUP BY id) x \
-     WHERE s.supply_id = x.id";
+const LOCK_SUPPLY: &str = "SELECT supply_id, qty_open::text FROM possync.supply \
+     WHERE supply_id = ANY($1::text[]) ORDER BY supply_id FOR UPDATE";
+const SUPPLY_LEFT: &str = "UPDATE possync.supply s SET qty_open = x.q::numeric \
+     FROM unnest($1::text[], $2::text[]) AS x(id, q) WHERE s.supply_id = x.id";
+const SUPPLY_TAKEN: &str = "INSERT INTO possync.supply_receipt (event_id, supply_id, qty) \
+     SELECT e, id, q::numeric FROM unnest($1::text[], $2::text[], $3::text[]) AS x(e, id, q)";
+
+/// Receipts against supply, in posting order: each takes what it received, but never more than is still open.
+/// Returns the open quantities afterwards and what each (event, supply) took.
+pub fn take_supply(
+    open: &mut BTreeMap<String, Decimal>,
+    receipts: &[(String, String, Decimal)],
+) -> BTreeMap<(String, String), Decimal> {
+    let mut taken: BTreeMap<(String, String), Decimal> = BTreeMap::new();
+    for (event_id, supply_id, qty) in receipts {
+        let Some(left) = open.get_mut(supply_id) else {
+            continue;
+        };
+        let take = (*qty).min(*left).max(Decimal::ZERO);
+        if take > Decimal::ZERO {
+            *left -= take;
+            *taken
+                .entry((event_id.clone(), supply_id.clone()))
+                .or_default() += take;
+        }
+    }
+    taken
+}
+
+/// Locks the supplies that receipts name, takes what each receipt received and records it per event.
+fn receive_supply(client: &mut SpiClient<'_>, receipts: &[(String, String, Decimal)]) {
+    let ids: BTreeSet<&String> = receipts.iter().map(|r| &r.1).collect();
+    let mut open: BTreeMap<String, Decimal> = run(
+        client,
+        LOCK_SUPPLY,
+        &[texts(ids.into_iter().cloned().map(Some))],
+    )
+    .map(|r| {
+        (
+            get_text(&r, 1).unwrap_or_default(),
+            get_decimal(&r, 2).unwrap_or_default(),
+        )
+    })
+    .collect();
+    let taken = take_supply(&mut open, receipts);
+    if taken.is_empty() {
+        return;
+    }
+    run(
+        client,
+        SUPPLY_LEFT,
+        &[
+            texts(open.keys().cloned().map(Some)),
+            decimals(open.values().copied()),
+        ],
+    );
+    run(
+        client,
+        SUPPLY_TAKEN,
+        &[
+            texts(taken.keys().map(|k| Some(k.0.clone()))),
+            texts(taken.keys().map(|k| Some(k.1.clone()))),
+            decimals(taken.values().copied()),
+        ],
+    );
+}
 
 const RESERVATIONS_CONSUMED: &str = "UPDATE possync.reservation r \
         SET status = 'consumed', closed_at = now(), consumed_by = x.e \
@@ -582,15 +645,14 @@ fn write_effects(
     effects: &[(String, String, String, Effect)],
     transfers: &[TransferState],
 ) {
-    let mut supply = (Vec::new(), Vec::new());
+    let mut supply: Vec<(String, String, Decimal)> = Vec::new();
     let mut consumed = (Vec::new(), Vec::new());
     // (event_id, location, business_date, sku, system, counted)
     let mut counted: Vec<(&str, &str, &str, &str, Decimal, Decimal)> = Vec::new();
     for (event_id, location, business_date, effect) in effects {
         match effect {
             Effect::SupplyReceived { supply_id, qty } => {
-                supply.0.push(supply_id.clone());
-                supply.1.push(*qty);
+                supply.push((event_id.clone(), supply_id.clone(), *qty));
             }
             Effect::ReservationConsumed { reservation_id, .. } => {
                 consumed.0.push(reservation_id.clone());
@@ -611,12 +673,8 @@ fn write_effects(
             Effect::Shipped(_) | Effect::Received { .. } => {}
         }
     }
-    if !supply.0.is_empty() {
-        run(
-            client,
-            SUPPLY_RECEIVED,
-            &[texts(supply.0), decimals(supply.1)],
-        );
+    if !supply.is_empty() {
+        receive_supply(client, &supply);
     }
     if !consumed.0.is_empty() {
         run(

@@ -285,6 +285,68 @@ fn receipt_reduces_its_supply() {
 }
 
 #[pg_test]
+fn reversed_receipts_give_back_exactly_what_they_took_from_supply() {
+    setup();
+    Spi::run(
+        "INSERT INTO possync.supply (supply_id, sku, location_id, qty_open, expected_at)
+         VALUES ('PO-1', 'A', 'DC1', 10, now() + interval '1 day')",
+    )
+    .expect("supply");
+    let against_po = |id: &str, qty: &str| {
+        let mut r = receipt(id, "DC1", &[("A", qty, "2.50")]);
+        r["supply_id"] = json!("PO-1");
+        r
+    };
+    let open = || num("SELECT qty_open FROM possync.supply WHERE supply_id = 'PO-1'");
+    assert_eq!(status(&apply(against_po("r1", "4"))), "applied");
+    assert_eq!(open(), d("6"));
+    // one call: r2 over-receives (8 against 6 open) and takes the 6; r3 finds nothing left to take
+    let both = apply_all(json!([against_po("r2", "8"), against_po("r3", "1")]));
+    assert!(both.iter().all(|r| status(r) == "applied"), "{both:?}");
+    assert_eq!(open(), d("0"));
+    assert_eq!(num("SELECT qty FROM possync.supply_receipt WHERE event_id = 'r2'"), d("6"));
+    assert_eq!(count("SELECT 1 FROM possync.supply_receipt WHERE event_id = 'r3'"), 0);
+    let reverse = |id: &str| {
+        Spi::run(&format!("SELECT possync.reverse_event('{id}', 'keyed against the wrong PO')")).expect("reverse")
+    };
+    reverse("r3");
+    assert_eq!(open(), d("0"), "r3 took nothing, so gives nothing back");
+    reverse("r2");
+    assert_eq!(open(), d("6"));
+    reverse("r1");
+    assert_eq!(open(), d("10"));
+    assert_eq!(stock("A", "DC1"), (d("0"), d("0.00")));
+    assert_invariants();
+}
+
+#[pg_test]
+fn a_reversed_fulfillment_holds_the_goods_for_its_order_again() {
+    setup();
+    apply(receipt("r1", "S2", &[("A", "5", "4.00")]));
+    Spi::run(
+        "INSERT INTO possync.reservation (reservation_id, sku, location_id, qty) VALUES ('web-1/1', 'A', 'S2', 2);
+         UPDATE possync.stock_balance SET reserved = 2 WHERE sku = 'A' AND location_id = 'S2';",
+    )
+    .expect("reserve");
+    let atp_before = num("SELECT possync.atp('A', 'S2')");
+    assert_eq!(atp_before, d("3"));
+    let f = json!({"event_id": "f1", "kind": "fulfillment", "location": "S2", "business_date": "2026-11-26",
+        "order_id": "web-1", "lines": [{"sku": "A", "qty": 2, "unit_price": "10.00", "tax": "1.78", "reservation_id": "web-1/1"}]});
+    assert_eq!(status(&apply(f)), "applied");
+    assert_eq!(num("SELECT possync.atp('A', 'S2')"), d("3"), "shipped goods leave on-hand once");
+    Spi::run("SELECT possync.reverse_event('f1', 'the parcel never left')").expect("reverse");
+    assert_eq!(
+        count("SELECT 1 FROM possync.reservation WHERE reservation_id = 'web-1/1' AND status = 'active' AND consumed_by IS NULL"),
+        1
+    );
+    assert_eq!(num("SELECT reserved FROM possync.stock_balance WHERE sku = 'A' AND location_id = 'S2'"), d("2"));
+    assert_eq!(stock("A", "S2"), (d("5"), d("20.00")));
+    assert_eq!(num("SELECT possync.atp('A', 'S2')"), atp_before);
+    assert_eq!(account("2300", None), d("0.00"));
+    assert_invariants();
+}
+
+#[pg_test]
 fn transfer_in_waits_for_its_transfer_out_then_posts_at_the_shipped_cost() {
     setup();
     apply(receipt("r1", "DC1", &[("A", "3", "1.00"), ("A", "0.5", "1.01")]));
