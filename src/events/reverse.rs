@@ -16,7 +16,7 @@ use crate::statements::{get_decimal, get_i64, get_text, internal, run, text};
 use crate::stock::{Balances, StockMove};
 
 const EVENT: &str =
-    "SELECT status, journal_id, location_id, business_date::text FROM possync.event \
+    "SELECT status, journal_id, location_id, business_date::text, kind FROM possync.event \
      WHERE event_id = $1 FOR UPDATE";
 const MOVES: &str =
     "SELECT sku, location_id, qty::text, unit_cost::text, value::text FROM possync.stock_move \
@@ -59,9 +59,10 @@ fn reverse_event(event_id: Option<&str>, reason: Option<&str>) -> JsonB {
                 get_i64(&r, 2),
                 get_text(&r, 3),
                 get_text(&r, 4),
+                get_text(&r, 5).unwrap_or_default(),
             )
         });
-        let Some((status, journal_id, location, business_date)) = row else {
+        let Some((status, journal_id, location, business_date, kind)) = row else {
             misuse(
                 PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
                 format!("{f}: argument event_id {event_id:?} is not a posted event"),
@@ -73,6 +74,12 @@ fn reverse_event(event_id: Option<&str>, reason: Option<&str>) -> JsonB {
                 return json!({"event_id": event_id, "status": "duplicate", "reversal_event_id": reversal_id,
                               "journal_id": null, "exceptions": []})
             }
+            "applied" if kind == "transfer_out" || kind == "transfer_in" => misuse(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("{f}: argument event_id {event_id:?} is a {kind}; a transfer is not reversed"),
+                "correct a transfer with a transfer back (a new transfer_out from where the goods are), so the \
+                 goods in transit and the transfer record stay in step",
+            ),
             "applied" => {}
             other => misuse(
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,

@@ -611,3 +611,13 @@ fn misuse_errors_carry_a_sqlstate() {
     );
     assert_eq!(state.expect("caught by SQLSTATE 22004"), Some("caught".into()));
 }
+
+#[pg_test(error = "possync.reverse_event: argument event_id \"tout1\" is a transfer_out; a transfer is not reversed")]
+fn a_transfer_is_corrected_by_a_transfer_back_not_reversed() {
+    setup();
+    apply(receipt("r1", "DC1", &[("A", "3", "1.00")]));
+    let tout = json!({"event_id": "tout1", "kind": "transfer_out", "location": "DC1", "business_date": "2026-11-26",
+        "transfer_id": "T1", "to_location": "S1", "lines": [{"sku": "A", "qty": 3}]});
+    assert_eq!(status(&apply(tout)), "applied");
+    Spi::run("SELECT possync.reverse_event('tout1', 'shipped to the wrong store')").expect("must fail");
+}
