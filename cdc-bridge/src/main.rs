@@ -53,7 +53,7 @@ struct Settings {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Most POS transactions per apply_batch call.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 300)]
     batch_max_txns: usize,
     /// Longest wait in milliseconds for more transactions once one is ready (0: apply what has arrived; the
     /// transactions that arrive while a batch is applied make the next batch).

@@ -36,7 +36,7 @@ pub struct ApplySettings {
 impl Default for ApplySettings {
     fn default() -> Self {
         ApplySettings {
-            batch_max_txns: 100,
+            batch_max_txns: 300,
             // measured: waiting leaves the ERP idle and adds the wait (rounded up to the timer's next millisecond
             // tick) to the lag, while the transactions that arrive during an apply batch themselves
             batch_max_wait: Duration::ZERO,

@@ -3,7 +3,7 @@
 //! measured in the same run. Prints `row|figure|possync|baseline|ratio|target|note` lines for bench/run.sh.
 //!
 //! Environment: BENCH_RATE (1000 POS transactions/s), BENCH_LIVE_SECONDS (10), BENCH_BACKLOG (100000),
-//! BENCH_BATCH_TXNS (the bridge's --batch-max-txns, 100),
+//! BENCH_BATCH_TXNS (the bridge's --batch-max-txns, 300),
 //! BENCH_BATCH_WAIT_MS (its --batch-max-wait-ms, 0).
 
 use std::time::{Duration, Instant};
@@ -147,7 +147,7 @@ async fn main() {
     let live_seconds: u32 = env_or("BENCH_LIVE_SECONDS", 10);
     let backlog: u32 = env_or("BENCH_BACKLOG", 100_000);
     let live_total = rate * live_seconds;
-    let batch_txns: String = env_or("BENCH_BATCH_TXNS", "100".to_string());
+    let batch_txns: String = env_or("BENCH_BATCH_TXNS", "300".to_string());
     let batch_wait: String = env_or("BENCH_BATCH_WAIT_MS", "0".to_string());
     let bridge_args = [
         "--batch-max-txns",
