@@ -156,8 +156,15 @@ async fn main() {
         batch_wait.as_str(),
     ];
 
-    // durable, as in production: every commit on either side waits for its WAL flush (the test clusters skip it)
-    let durable = ["fsync = on", "full_page_writes = on"];
+    // durable, as in production: every commit on either side waits for its WAL flush (the test clusters skip it);
+    // memory and checkpoint spacing as the posting and ATP stages' cluster has them (bench/run.sh)
+    let durable = [
+        "fsync = on",
+        "full_page_writes = on",
+        "shared_buffers = 256MB",
+        "max_wal_size = 4GB",
+        "checkpoint_timeout = 30min",
+    ];
     let pos = pos_cluster(&durable).await;
     let erp = erp_cluster_with(&durable).await;
     let pos_db = pos.connect("pos").await;
