@@ -33,24 +33,41 @@ pub struct BatchOutcome {
 
 /// The call every batch makes, prepared once per connection: one round trip per batch instead of two.
 const APPLY_BATCH: &str = "SELECT possync.apply_batch($1, $2::text::pg_lsn, $3::text::jsonb)::text";
+/// The ERP's WAL positions: where the next record goes (past any commit already made) and what is on disk.
+const WAL: &str = "SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text";
 
 /// A connection to the ERP database.
 pub struct Erp {
     client: Client,
     apply: Statement,
+    wal: Statement,
+}
+
+/// Where the ERP's WAL stands after a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErpWal {
+    /// At or past the end of the batch's commit record: once flushed this far, the batch is durable.
+    pub written: Lsn,
+    /// What the ERP has flushed to disk.
+    pub flushed: Lsn,
 }
 
 impl Erp {
-    /// Connects; the connection's driver runs as its own task.
-    pub async fn connect(url: &str) -> Result<Erp, ErpError> {
+    /// Connects; the connection's driver runs as its own task. Unless `synchronous_commit`, the session's
+    /// commits do not wait for the WAL flush; callers confirm positions with [`Erp::wal`].
+    pub async fn connect(url: &str, synchronous_commit: bool) -> Result<Erp, ErpError> {
         let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "ERP connection ended");
             }
         });
+        if !synchronous_commit {
+            client.batch_execute("SET synchronous_commit = off").await?;
+        }
         let apply = client.prepare(APPLY_BATCH).await?;
-        Ok(Erp { client, apply })
+        let wal = client.prepare(WAL).await?;
+        Ok(Erp { client, apply, wal })
     }
 
     /// True once the connection is gone (and with it the ownership lock).
@@ -87,14 +104,30 @@ impl Erp {
         source: &str,
         commit_lsn: Lsn,
         events: &[Value],
-    ) -> Result<BatchOutcome, ErpError> {
+    ) -> Result<(BatchOutcome, ErpWal), ErpError> {
         let payload = serde_json::to_string(events)?;
-        let row = self
-            .client
-            .query_one(&self.apply, &[&source, &commit_lsn.to_string(), &payload])
-            .await?;
-        let text: String = row.get(0);
-        Ok(outcome_of(&serde_json::from_str(&text)?))
+        let lsn = commit_lsn.to_string();
+        // pipelined in one round trip: `join` polls the apply first, so it is sent first, and the WAL query
+        // runs after the batch's transaction has committed
+        let (row, wal) = futures::future::join(
+            self.client
+                .query_one(&self.apply, &[&source, &lsn, &payload]),
+            self.wal(),
+        )
+        .await;
+        let text: String = row?.get(0);
+        Ok((outcome_of(&serde_json::from_str(&text)?), wal?))
+    }
+
+    /// The ERP's WAL positions now.
+    pub async fn wal(&self) -> Result<ErpWal, ErpError> {
+        let row = self.client.query_one(&self.wal, &[]).await?;
+        let written: String = row.get(0);
+        let flushed: String = row.get(1);
+        Ok(ErpWal {
+            written: written.parse()?,
+            flushed: flushed.parse()?,
+        })
     }
 }
 

@@ -59,6 +59,11 @@ struct Settings {
     /// transactions that arrive while a batch is applied make the next batch).
     #[arg(long, default_value_t = 0)]
     batch_max_wait_ms: u64,
+    /// Make each apply_batch commit wait for the ERP's WAL flush. By default the ERP commits asynchronously, as
+    /// PostgreSQL's own subscriptions do, and the POS is told a position only once the ERP has flushed it, so
+    /// an ERP crash loses nothing: what it lost is streamed again.
+    #[arg(long)]
+    erp_synchronous_commit: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -69,6 +74,7 @@ struct ConfigFile {
     metrics: Option<String>,
     batch_max_txns: Option<usize>,
     batch_max_wait_ms: Option<u64>,
+    erp_synchronous_commit: Option<bool>,
     #[serde(default)]
     source: BTreeMap<String, String>,
 }
@@ -188,6 +194,8 @@ fn resolve(s: &Settings, need_sources: bool) -> Result<Resolved, CliError> {
         batch_max_wait: Duration::from_millis(
             file.batch_max_wait_ms.unwrap_or(s.batch_max_wait_ms),
         ),
+        erp_synchronous_commit: s.erp_synchronous_commit
+            || file.erp_synchronous_commit.unwrap_or(false),
         ..ApplySettings::default()
     };
     Ok(Resolved {

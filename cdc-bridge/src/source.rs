@@ -29,6 +29,8 @@ pub struct ApplySettings {
     pub batch_max_wait: Duration,
     /// How often a standby status update is sent even when the server asks for none.
     pub status_interval: Duration,
+    /// Whether each apply_batch commit waits for the ERP's WAL flush (see `--erp-synchronous-commit`).
+    pub erp_synchronous_commit: bool,
     pub retry_min: Duration,
     pub retry_max: Duration,
 }
@@ -41,6 +43,7 @@ impl Default for ApplySettings {
             // tick) to the lag, while the transactions that arrive during an apply batch themselves
             batch_max_wait: Duration::ZERO,
             status_interval: Duration::from_secs(1),
+            erp_synchronous_commit: false,
             retry_min: Duration::from_millis(200),
             retry_max: Duration::from_secs(5),
         }
@@ -228,7 +231,7 @@ async fn session(
     metrics: &Arc<SourceMetrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<SessionEnd, SessionError> {
-    let erp = Erp::connect(erp_url).await?;
+    let erp = Erp::connect(erp_url, settings.erp_synchronous_commit).await?;
     let mut announced = false;
     while !erp.try_own(&source.name).await? {
         if !announced {
@@ -371,6 +374,10 @@ async fn apply_loop(
 ) -> Result<SessionEnd, SessionError> {
     let mut applied_to = checkpoint;
     let mut liveness = tokio::time::interval(Duration::from_secs(1));
+    // batches committed in the ERP but maybe not yet on its disk: (ERP WAL position, POS commit LSN)
+    let mut unflushed = Unflushed::default();
+    let mut flush_check = tokio::time::interval(FLUSH_CHECK);
+    flush_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = loop {
             tokio::select! {
@@ -378,11 +385,19 @@ async fn apply_loop(
                     Some(t) => break t,
                     None => return Err(SessionError::ApplierGone),
                 },
-                _ = shutdown.changed() => return Ok(SessionEnd::Shutdown),
+                _ = shutdown.changed() => {
+                    confirm_before_stop(erp, &mut unflushed, &committed).await;
+                    return Ok(SessionEnd::Shutdown);
+                }
                 // a lost ERP connection also lost the ownership lock: stop streaming so another bridge can take over
                 _ = liveness.tick() => if erp.is_closed() {
                     return Err(SessionError::ErpConnectionLost);
                 },
+                // idle with batches not yet known to be on the ERP's disk: ask how far it has flushed
+                _ = flush_check.tick(), if !unflushed.is_empty() => {
+                    let wal = erp.wal().await?;
+                    unflushed.confirm(wal.flushed, &committed);
+                }
             }
         };
         let mut batch = vec![first];
@@ -419,10 +434,16 @@ async fn apply_loop(
             .collect();
         let started = Instant::now();
         // a shutdown request waits for the batch in flight: the call is not cancelled
-        let outcome = erp.apply_batch(&source.name, last_lsn, &events).await?;
+        let (outcome, wal) = erp.apply_batch(&source.name, last_lsn, &events).await?;
         metrics.observe_apply(started.elapsed());
         applied_to = last_lsn;
-        committed.store(last_lsn.0, Ordering::Release);
+        if settings.erp_synchronous_commit {
+            committed.store(last_lsn.0, Ordering::Release);
+        } else {
+            // the POS may forget this transaction only once the ERP has it on disk
+            unflushed.push(wal.written, last_lsn);
+            unflushed.confirm(wal.flushed, &committed);
+        }
         metrics.checkpoint.store(last_lsn.0, Ordering::Relaxed);
         if outcome.applied {
             metrics.batches_applied.fetch_add(1, Ordering::Relaxed);
@@ -451,7 +472,58 @@ async fn apply_loop(
         metrics.lag_micros.store(lag, Ordering::Relaxed);
         tracing::debug!(source = %source.name, commit_lsn = %last_lsn, txns = batch.len(), events = events.len(), "applied batch");
         if *shutdown.borrow() {
+            confirm_before_stop(erp, &mut unflushed, &committed).await;
             return Ok(SessionEnd::Shutdown);
+        }
+    }
+}
+
+/// How often an idle applier asks the ERP how far it has flushed (its WAL writer flushes every 200 ms by default).
+const FLUSH_CHECK: Duration = Duration::from_millis(100);
+
+/// Batches the ERP committed asynchronously, oldest first, until its WAL flush passes them.
+#[derive(Debug, Default)]
+pub struct Unflushed(std::collections::VecDeque<(Lsn, Lsn)>);
+
+impl Unflushed {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// A batch whose ERP commit ends at or before `erp`, carrying POS transactions up to `pos`.
+    pub fn push(&mut self, erp: Lsn, pos: Lsn) {
+        self.0.push_back((erp, pos));
+    }
+
+    /// Moves `committed` (what the POS is told) to the last batch the ERP has flushed.
+    pub fn confirm(&mut self, flushed: Lsn, committed: &AtomicU64) {
+        let mut last = None;
+        while let Some(&(erp, pos)) = self.0.front() {
+            if erp > flushed {
+                break;
+            }
+            last = Some(pos);
+            self.0.pop_front();
+        }
+        if let Some(pos) = last {
+            committed.fetch_max(pos.0, Ordering::AcqRel);
+        }
+    }
+}
+
+/// On a clean stop, waits briefly for the ERP's WAL writer so the POS can be told everything; what is left
+/// unconfirmed is streamed again on the next start and skipped by the checkpoint.
+async fn confirm_before_stop(erp: &Erp, unflushed: &mut Unflushed, committed: &AtomicU64) {
+    for _ in 0..10 {
+        if unflushed.is_empty() {
+            return;
+        }
+        match erp.wal().await {
+            Ok(wal) => unflushed.confirm(wal.flushed, committed),
+            Err(_) => return,
+        }
+        if !unflushed.is_empty() {
+            tokio::time::sleep(FLUSH_CHECK).await;
         }
     }
 }
@@ -470,6 +542,27 @@ mod tests {
         // everything handed is committed and nothing is in hand: the WAL up to 500 holds nothing for us
         assert_eq!(flush_position(Lsn(300), r, h, true), Lsn(500));
         assert_eq!(sanitize("Store-42.East"), "store_42_east");
+    }
+
+    #[test]
+    fn the_pos_is_told_only_what_the_erp_has_flushed() {
+        let committed = AtomicU64::new(10);
+        let mut u = Unflushed::default();
+        u.push(Lsn(1000), Lsn(20));
+        u.push(Lsn(2000), Lsn(30));
+        u.push(Lsn(3000), Lsn(40));
+        u.confirm(Lsn(999), &committed);
+        assert_eq!(committed.load(Ordering::Acquire), 10, "nothing flushed yet");
+        u.confirm(Lsn(2500), &committed);
+        assert_eq!(committed.load(Ordering::Acquire), 30, "two batches on disk");
+        assert!(!u.is_empty());
+        u.confirm(Lsn(3000), &committed);
+        assert_eq!(committed.load(Ordering::Acquire), 40);
+        assert!(u.is_empty());
+        // never backwards
+        u.push(Lsn(4000), Lsn(35));
+        u.confirm(Lsn(5000), &committed);
+        assert_eq!(committed.load(Ordering::Acquire), 40);
     }
 
     #[test]
