@@ -437,13 +437,10 @@ async fn apply_loop(
         let (outcome, wal) = erp.apply_batch(&source.name, last_lsn, &events).await?;
         metrics.observe_apply(started.elapsed());
         applied_to = last_lsn;
-        if settings.erp_synchronous_commit {
-            committed.store(last_lsn.0, Ordering::Release);
-        } else {
-            // the POS may forget this transaction only once the ERP has it on disk
-            unflushed.push(wal.written, last_lsn);
-            unflushed.confirm(wal.flushed, &committed);
-        }
+        // the POS may forget this transaction only once the ERP has it on disk (at once when it commits
+        // synchronously, otherwise after its WAL writer's next flush)
+        unflushed.push(wal.written, last_lsn);
+        unflushed.confirm(wal.flushed, &committed);
         metrics.checkpoint.store(last_lsn.0, Ordering::Relaxed);
         if outcome.applied {
             metrics.batches_applied.fetch_add(1, Ordering::Relaxed);

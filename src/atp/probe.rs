@@ -246,24 +246,28 @@ unsafe fn scan(
     s.close();
 }
 
-/// A numeric column of the slot's row, copied out of the buffer; zero for NULL.
-unsafe fn numeric(slot: *mut pg_sys::TupleTableSlot, column: AttrNumber) -> AnyNumeric {
+/// Column `column` of the slot's row, and whether it is NULL.
+unsafe fn attr(slot: *mut pg_sys::TupleTableSlot, column: AttrNumber) -> (Datum, bool) {
     let mut is_null = false;
     let datum = pg_sys::slot_getattr(slot, i32::from(column), &mut is_null);
+    (datum, is_null)
+}
+
+/// A numeric column of the slot's row, copied out of the buffer; zero for NULL.
+unsafe fn numeric(slot: *mut pg_sys::TupleTableSlot, column: AttrNumber) -> AnyNumeric {
+    let (datum, is_null) = attr(slot, column);
     AnyNumeric::from_datum(datum, is_null).unwrap_or_default()
 }
 
 /// A text column of the slot's row, copied out; None for NULL.
 unsafe fn text(slot: *mut pg_sys::TupleTableSlot, column: AttrNumber) -> Option<String> {
-    let mut is_null = false;
-    let datum = pg_sys::slot_getattr(slot, i32::from(column), &mut is_null);
+    let (datum, is_null) = attr(slot, column);
     String::from_datum(datum, is_null)
 }
 
 /// A boolean column of the slot's row; false for NULL.
 unsafe fn boolean(slot: *mut pg_sys::TupleTableSlot, column: AttrNumber) -> bool {
-    let mut is_null = false;
-    let datum = pg_sys::slot_getattr(slot, i32::from(column), &mut is_null);
+    let (datum, is_null) = attr(slot, column);
     !is_null && datum.value() != 0
 }
 

@@ -561,8 +561,8 @@ const SUPPLY_TAKEN: &str = "INSERT INTO possync.supply_receipt (event_id, supply
      SELECT e, id, q::numeric FROM unnest($1::text[], $2::text[], $3::text[]) AS x(e, id, q)";
 
 /// Receipts against supply, in posting order: each takes what it received, but never more than is still open.
-/// Returns the open quantities afterwards and what each (event, supply) took.
-pub fn take_supply(
+/// Lowers `open` and returns what each (event, supply) took.
+fn take_supply(
     open: &mut BTreeMap<String, Decimal>,
     receipts: &[(String, String, Decimal)],
 ) -> BTreeMap<(String, String), Decimal> {
@@ -601,12 +601,15 @@ fn receive_supply(client: &mut SpiClient<'_>, receipts: &[(String, String, Decim
     if taken.is_empty() {
         return;
     }
+    let changed: BTreeSet<&String> = taken.keys().map(|(_, supply_id)| supply_id).collect();
+    let left: Vec<(&String, &Decimal)> =
+        open.iter().filter(|(id, _)| changed.contains(id)).collect();
     run(
         client,
         SUPPLY_LEFT,
         &[
-            texts(open.keys().cloned().map(Some)),
-            decimals(open.values().copied()),
+            texts(left.iter().map(|(id, _)| Some((*id).clone()))),
+            decimals(left.iter().map(|(_, q)| **q)),
         ],
     );
     run(

@@ -247,8 +247,8 @@ fn tender_mismatch_goes_to_over_short_and_is_flagged() {
     assert_invariants();
 }
 
-#[pg_test]
-fn fulfillment_draws_on_customer_deposits_and_consumes_its_reservation() {
+/// Five A received at S2, two of them held for web order web-1; returns the fulfillment that ships the two.
+fn web_order_held_at_s2() -> Value {
     setup();
     apply(receipt("r1", "S2", &[("A", "5", "4.00")]));
     Spi::run(
@@ -256,8 +256,13 @@ fn fulfillment_draws_on_customer_deposits_and_consumes_its_reservation() {
          UPDATE possync.stock_balance SET reserved = 2 WHERE sku = 'A' AND location_id = 'S2';",
     )
     .expect("reserve");
-    let f = json!({"event_id": "f1", "kind": "fulfillment", "location": "S2", "business_date": "2026-11-26",
-        "order_id": "web-1", "lines": [{"sku": "A", "qty": 2, "unit_price": "10.00", "tax": "1.78", "reservation_id": "web-1/1"}]});
+    json!({"event_id": "f1", "kind": "fulfillment", "location": "S2", "business_date": "2026-11-26",
+        "order_id": "web-1", "lines": [{"sku": "A", "qty": 2, "unit_price": "10.00", "tax": "1.78", "reservation_id": "web-1/1"}]})
+}
+
+#[pg_test]
+fn fulfillment_draws_on_customer_deposits_and_consumes_its_reservation() {
+    let f = web_order_held_at_s2();
     let r = apply(f);
     assert_eq!(status(&r), "applied", "{r}");
     assert_eq!(account("2300", None), d("21.78"));
@@ -321,17 +326,9 @@ fn reversed_receipts_give_back_exactly_what_they_took_from_supply() {
 
 #[pg_test]
 fn a_reversed_fulfillment_holds_the_goods_for_its_order_again() {
-    setup();
-    apply(receipt("r1", "S2", &[("A", "5", "4.00")]));
-    Spi::run(
-        "INSERT INTO possync.reservation (reservation_id, sku, location_id, qty) VALUES ('web-1/1', 'A', 'S2', 2);
-         UPDATE possync.stock_balance SET reserved = 2 WHERE sku = 'A' AND location_id = 'S2';",
-    )
-    .expect("reserve");
+    let f = web_order_held_at_s2();
     let atp_before = num("SELECT possync.atp('A', 'S2')");
     assert_eq!(atp_before, d("3"));
-    let f = json!({"event_id": "f1", "kind": "fulfillment", "location": "S2", "business_date": "2026-11-26",
-        "order_id": "web-1", "lines": [{"sku": "A", "qty": 2, "unit_price": "10.00", "tax": "1.78", "reservation_id": "web-1/1"}]});
     assert_eq!(status(&apply(f)), "applied");
     assert_eq!(num("SELECT possync.atp('A', 'S2')"), d("3"), "shipped goods leave on-hand once");
     Spi::run("SELECT possync.reverse_event('f1', 'the parcel never left')").expect("reverse");

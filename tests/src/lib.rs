@@ -164,24 +164,19 @@ impl Cluster {
 
     /// Stops the server (fast shutdown).
     pub fn stop(&self) {
-        let out = pg("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
-        assert!(
-            out.status.success(),
-            "{}: pg_ctl stop failed: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.pg_ctl_stop("fast");
     }
 
     /// Crashes the server: immediate shutdown, no checkpoint, crash recovery on the next start.
     pub fn crash(&self) {
-        let out = pg(
-            "pg_ctl",
-            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
-        );
+        self.pg_ctl_stop("immediate");
+    }
+
+    fn pg_ctl_stop(&self, mode: &str) {
+        let out = pg("pg_ctl", &["-D", &self.data(), "-m", mode, "-w", "stop"]);
         assert!(
             out.status.success(),
-            "{}: pg_ctl stop -m immediate failed: {}",
+            "{}: pg_ctl stop -m {mode} failed: {}",
             self.name,
             String::from_utf8_lossy(&out.stderr)
         );
