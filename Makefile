@@ -17,6 +17,7 @@ deps:
 ## install: build the extension (release) and install it into the system PostgreSQL 15
 install: deps
 	cargo pgrx install --release --pg-config $(PG_CONFIG)
+	./scripts/install-sql-history.sh $(PG_CONFIG)
 
 ## test: unit tests, the extension's #[pg_test]s on a throwaway server, then the end-to-end tests
 test: deps test-unit test-extension install test-e2e

@@ -173,7 +173,7 @@ $$;
 -- in-transit vs open transfers. An empty result means the books agree.
 CREATE FUNCTION reconcile(location text DEFAULT NULL)
 RETURNS TABLE (check_name text, location_id text, sku text, expected numeric, actual numeric, difference numeric)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     WITH inventory_accounts AS (SELECT DISTINCT account_code FROM possync.account_map WHERE role = 'inventory'),
     transit_accounts AS (SELECT DISTINCT account_code FROM possync.account_map WHERE role = 'in_transit'),
     stock AS (SELECT b.location_id, sum(b.value) AS v FROM possync.stock_balance b GROUP BY 1),
@@ -207,7 +207,10 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Only broken invariants; an empty result means the ledgers are sound.
-CREATE FUNCTION check_invariants() RETURNS TABLE (invariant text, detail text) LANGUAGE sql STABLE AS $$
+-- Readers (possync.grant_reader) call these without privileges on the ledger tables: definer rights, a fixed
+-- search_path, every name qualified.
+CREATE FUNCTION check_invariants() RETURNS TABLE (invariant text, detail text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'journal_unbalanced', format('journal %s: debits %s, credits %s', journal_id, sum(debit), sum(credit))
       FROM possync.journal_line GROUP BY journal_id HAVING sum(debit) <> sum(credit)
     UNION ALL
@@ -226,6 +229,12 @@ CREATE FUNCTION check_invariants() RETURNS TABLE (invariant text, detail text) L
            check_name, expected, actual)
       FROM possync.reconcile() WHERE check_name LIKE 'balance_%'
     UNION ALL
+    SELECT 'stranded_value', format('%s at %s: on_hand 0 but value %s', sku, location_id, value)
+      FROM possync.stock_balance WHERE on_hand = 0 AND value <> 0
+    UNION ALL
+    SELECT 'value_sign_differs_from_on_hand', format('%s at %s: on_hand %s, value %s', sku, location_id, on_hand, value)
+      FROM possync.stock_balance WHERE (on_hand > 0 AND value < 0) OR (on_hand < 0 AND value > 0)
+    UNION ALL
     SELECT 'reserved_negative', format('%s at %s: reserved %s', sku, location_id, reserved)
       FROM possync.stock_balance WHERE reserved < 0
     UNION ALL
@@ -236,18 +245,35 @@ CREATE FUNCTION check_invariants() RETURNS TABLE (invariant text, detail text) L
                   GROUP BY 1, 2) r USING (sku, location_id)
      WHERE b.reserved <> coalesce(r.q, 0)
     UNION ALL
-    SELECT 'ledger_not_append_only', format('trigger %s on %s is disabled: ledger rows may have been changed',
-           t.tgname, t.tgrelid::regclass)
-      FROM pg_catalog.pg_trigger t
-     WHERE t.tgname IN ('stock_move_append_only', 'journal_append_only', 'journal_line_append_only',
-                        'journal_line_balanced')
-       AND t.tgenabled = 'D'
+    SELECT 'ledger_not_append_only',
+           CASE WHEN t.oid IS NULL
+                THEN format('trigger %s on possync.%s is missing: ledger rows may have been changed', g.name, g.tab)
+                ELSE format('trigger %s on possync.%s is set to %s, not on: ledger rows may have been changed',
+                            g.name, g.tab, CASE t.tgenabled WHEN 'D' THEN 'DISABLE' ELSE 'ENABLE REPLICA' END)
+           END
+      FROM (VALUES ('stock_move_append_only', 'stock_move'), ('journal_append_only', 'journal'),
+                   ('journal_line_append_only', 'journal_line'), ('journal_line_balanced', 'journal_line')) AS g(name, tab)
+      LEFT JOIN pg_catalog.pg_trigger t
+        ON t.tgname = g.name AND t.tgrelid = pg_catalog.to_regclass('possync.' || g.tab)
+     WHERE t.oid IS NULL OR t.tgenabled NOT IN ('O', 'A')
+    UNION ALL
+    SELECT 'journal_line_unknown_account', format('journal %s line %s posts to account %s, which is not in possync.account',
+           l.journal_id, l.line_no, l.account_code)
+      FROM possync.journal_line l
+     WHERE NOT EXISTS (SELECT 1 FROM possync.account a WHERE a.account_code = l.account_code)
+    UNION ALL
+    SELECT 'ledger_row_without_event', format('%s %s was posted by event %s, which is not in possync.event', r.what,
+           r.id, r.event_id)
+      FROM (SELECT 'journal' AS what, j.journal_id AS id, j.event_id FROM possync.journal j
+            UNION ALL
+            SELECT 'stock move', m.move_id, m.event_id FROM possync.stock_move m) r
+     WHERE NOT EXISTS (SELECT 1 FROM possync.event e WHERE e.event_id = r.event_id)
 $$;
 
 -- The journal lines (and their events) whose sum is an account's balance, for a location and a date range.
 CREATE FUNCTION trace(account text, location text DEFAULT NULL, from_date date DEFAULT NULL, to_date date DEFAULT NULL)
 RETURNS TABLE (event_id text, journal_id bigint, line_no integer, business_date date, debit numeric, credit numeric)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF account IS NULL THEN
         RAISE EXCEPTION 'possync.trace: argument account must not be NULL' USING ERRCODE = 'null_value_not_allowed';

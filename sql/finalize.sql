@@ -93,7 +93,86 @@ BEGIN
               WHERE p.pronamespace = 'possync'::regnamespace AND p.proname IN ('atp', 'atp_checked', 'atp_detail', 'reconcile', 'check_invariants', 'trace') LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', f, role_name);
     END LOOP;
-    EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA possync TO %s', role_name);
+    -- the views, and the balances and master data ATP reads; not the inbox, the exceptions or the ledgers, which
+    -- hold raw POS payloads (the views and reconcile/check_invariants/trace give readers what they need of them)
+    FOR f IN SELECT c.oid::regclass::text FROM pg_class c
+              WHERE c.relnamespace = 'possync'::regnamespace
+                AND (c.relkind = 'v' OR c.relname IN ('stock_balance', 'reservation', 'safety_stock', 'supply',
+                                                      'location', 'item')) LOOP
+        EXECUTE format('GRANT SELECT ON %s TO %s', f, role_name);
+    END LOOP;
 END
 $$;
 REVOKE ALL ON FUNCTION grant_bridge(regrole), grant_reader(regrole) FROM PUBLIC;
+
+-- DROP EXTENSION possync (or DROP SCHEMA possync CASCADE) would delete every ledger with it. While the ledgers
+-- hold data such a command is refused, before anything is dropped, unless the session says it means it.
+-- (A sql_drop trigger cannot do this: it is dropped by the same command and never fires.)
+CREATE FUNCTION keep_ledgers_on_drop() RETURNS event_trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    events bigint;
+    lines bigint;
+    exceptions bigint;
+BEGIN
+    IF current_query() !~* '\mpossync\M'
+       OR coalesce(current_setting('possync.allow_drop', true), 'off') IN ('on', 'true', 'yes', '1')
+       OR to_regclass('possync.event') IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT (SELECT count(*) FROM possync.event), (SELECT count(*) FROM possync.journal_line),
+           (SELECT count(*) FROM possync.exception)
+      INTO events, lines, exceptions;
+    IF events + lines + exceptions = 0 AND NOT EXISTS (SELECT 1 FROM possync.stock_move) THEN
+        RETURN;
+    END IF;
+    RAISE EXCEPTION '% refused: possync''s ledgers hold % events, % journal lines and % exceptions, which it would delete',
+        tg_tag, events, lines, exceptions
+        USING ERRCODE = 'dependent_objects_still_exist',
+              HINT = 'archive the ledgers first (pg_dump --format=custom --file=before-drop.dump of this database '
+                     'keeps every possync table with its rows), then SET possync.allow_drop = on in this session '
+                     'and run the command again';
+END
+$$;
+CREATE EVENT TRIGGER possync_keep_ledgers ON ddl_command_start
+    WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA')
+    EXECUTE FUNCTION keep_ledgers_on_drop();
+REVOKE ALL ON FUNCTION keep_ledgers_on_drop() FROM PUBLIC;
+
+-- Where a source's stream resumes, set by an operator: after a mistaken apply_batch moved it too far, or to
+-- re-read a range after a restore. Not granted to anyone: the extension's owner (or a superuser) calls it. The
+-- change is recorded as a resolved exception that says who moved it, from where to where, and why.
+CREATE FUNCTION set_source_checkpoint(source text, checkpoint pg_lsn, reason text) RETURNS jsonb
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    was pg_lsn;
+BEGIN
+    IF source IS NULL OR checkpoint IS NULL THEN
+        RAISE EXCEPTION 'possync.set_source_checkpoint: argument % must not be NULL',
+            CASE WHEN source IS NULL THEN 'source' ELSE 'checkpoint' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF reason IS NULL OR btrim(reason) = '' THEN
+        RAISE EXCEPTION 'possync.set_source_checkpoint: argument reason must be given'
+            USING ERRCODE = 'null_value_not_allowed', HINT = 'say why the checkpoint moves; it is kept with the change';
+    END IF;
+    SELECT s.checkpoint INTO was FROM possync.source s WHERE s.source_id = set_source_checkpoint.source FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'possync.set_source_checkpoint: argument source % is not a known source',
+            quote_literal(source)
+            USING ERRCODE = 'no_data_found', HINT = 'list sources with SELECT * FROM possync.source_status';
+    END IF;
+    UPDATE possync.source s SET checkpoint = set_source_checkpoint.checkpoint
+     WHERE s.source_id = set_source_checkpoint.source;
+    INSERT INTO possync.exception (kind, status, reason, source, detail, resolved_at, resolution)
+    VALUES ('checkpoint_changed', 'resolved',
+            format('checkpoint of source %s moved from %s to %s by %s: %s', source, was, checkpoint,
+                   session_user, reason),
+            source, jsonb_build_object('from', was::text, 'to', checkpoint::text, 'by', session_user::text),
+            now(), reason);
+    RETURN jsonb_build_object('source', source, 'from', was::text, 'to', checkpoint::text);
+END
+$$;
+REVOKE ALL ON FUNCTION set_source_checkpoint(text, pg_lsn, text) FROM PUBLIC;

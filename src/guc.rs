@@ -1,4 +1,5 @@
-//! Settings (`SET possync.x = ...` per session, or in postgresql.conf).
+//! Settings (`SET possync.x = ...` per session, or in postgresql.conf). They are policy: only a superuser
+//! (or `ALTER ROLE ... SET` by one) changes them, so a posting role cannot switch the audit off for itself.
 
 use std::ffi::CString;
 use std::str::FromStr;
@@ -15,11 +16,22 @@ pub fn init() {
         c"By default the shelf is the truth: negative on-hand posts and raises a negative_on_hand exception. \
           When on, such an event is rejected and kept in possync.exception instead.",
         &REJECT_NEGATIVE_ON_HAND,
-        GucContext::Userset,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"possync.allow_drop",
+        c"Allow DROP EXTENSION possync (and DROP SCHEMA possync) while the ledgers hold data",
+        c"Off by default: dropping the extension deletes every ledger with it. Archive them first \
+          (pg_dump of the database), then SET possync.allow_drop = on in the session that drops.",
+        &ALLOW_DROP,
+        GucContext::Suset,
         GucFlags::default(),
     );
     init_audit();
 }
+
+static ALLOW_DROP: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 pub fn reject_negative_on_hand() -> bool {
     REJECT_NEGATIVE_ON_HAND.get()
@@ -36,7 +48,7 @@ pub fn init_audit() {
         c"How far a line's tax may differ from its tax code's rate times net before tax_mismatch is raised",
         c"An amount in the currency, for example 0.01.",
         &TAX_TOLERANCE,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
@@ -44,7 +56,7 @@ pub fn init_audit() {
         c"Discounts above this percentage of a line's gross raise suspicious_discount",
         c"A percentage, for example 50. A promotion's own max_discount_pct takes precedence on its lines.",
         &MAX_DISCOUNT_PCT,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::default(),
     );
 }

@@ -33,6 +33,7 @@ mod tests {
     include!("pg_tests/atp.rs");
     include!("pg_tests/scenario.rs");
     include!("pg_tests/audit.rs");
+    include!("pg_tests/accounting.rs");
 }
 
 /// Required by `cargo pgrx test`.

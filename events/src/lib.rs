@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 mod parse;
 
-pub use parse::{type_name as json_type_name, Malformed, UNMAPPED};
+pub use parse::{depth, domain, type_name as json_type_name, Malformed, UNMAPPED};
 
 /// What happened at the till or in the stock room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
@@ -259,11 +259,25 @@ impl Event {
 
 /// The event id as far as it can be read from a payload that may be malformed.
 pub fn event_id_of(value: &Value) -> Option<String> {
-    match value.get("event_id")? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
+    let id = match value.get("event_id")? {
+        Value::String(s) if !s.is_empty() => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    within_id_domain(&id).then_some(id)
+}
+
+/// A text field of a payload that may be malformed, when it is a usable id (within the contract's domain).
+pub fn id_field_of(value: &Value, key: &str) -> Option<String> {
+    value
+        .get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && within_id_domain(s))
+        .map(str::to_string)
+}
+
+fn within_id_domain(s: &str) -> bool {
+    s.chars().count() <= domain::ID_MAX_CHARS && !s.chars().any(char::is_control)
 }
 
 #[cfg(test)]

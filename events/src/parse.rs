@@ -29,6 +29,42 @@ impl std::error::Error for Malformed {}
 /// The kind the bridge gives a POS row it could not map, so that the row is kept as a rejected event.
 pub const UNMAPPED: &str = "unmapped";
 
+/// The domain of the event contract: what a well-formed event may hold. Anything outside it is rejected (and
+/// kept) with a reason naming the field, so that no value inside it can overflow the posting arithmetic, lose a
+/// digit in a sum, unbalance a journal or fail a database write.
+pub mod domain {
+    /// Characters in an id or code (event_id, location, sku, register, tender type, ...): short enough for any
+    /// index entry.
+    pub const ID_MAX_CHARS: usize = 200;
+    /// Characters in free text (an adjustment's reason).
+    pub const TEXT_MAX_CHARS: usize = 1000;
+    /// Decimal places of any number.
+    pub const MAX_DECIMALS: u32 = 6;
+    /// Quantities (qty, counted_qty) and unit prices and costs are below this in magnitude, so that
+    /// qty × price is exact (28 significant digits).
+    pub const QTY_PRICE_LIMIT: i64 = 100_000_000;
+    /// Amounts (discount, tax, tender amount, day totals) are below this in magnitude.
+    pub const AMOUNT_LIMIT: i64 = 1_000_000_000_000;
+    /// Whole numbers (sequence, transaction_count, last_sequence, line) lie in 0 ..= this (2^53 − 1, exact in
+    /// every JSON reader).
+    pub const WHOLE_MAX: i64 = 9_007_199_254_740_991;
+    /// Nesting of objects and arrays in one event.
+    pub const MAX_DEPTH: usize = 16;
+    /// Years of dates and timestamps.
+    pub const YEARS: std::ops::RangeInclusive<u32> = 1..=9999;
+    /// Hours of a timestamp's UTC offset (PostgreSQL's limit).
+    pub const MAX_OFFSET_HOURS: u32 = 15;
+}
+
+/// How deep objects and arrays nest in a value (a scalar is 0).
+pub fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 fn bad(field: impl Into<String>, reason: impl Into<String>) -> Malformed {
     Malformed {
         field: field.into(),
@@ -87,14 +123,39 @@ impl<'a> Fields<'a> {
                 self.at(key),
                 "is empty; give a value or leave the field out",
             )),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::String(s)) => self.within_text_domain(key, s).map(|()| Some(s.clone())),
             // ids written as numbers by some POS systems are accepted as their decimal text
-            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(Value::Number(n)) => {
+                let s = n.to_string();
+                self.within_text_domain(key, &s).map(|()| Some(s))
+            }
             Some(v) => Err(bad(
                 self.at(key),
                 format!("expected text, got {} {}", type_name(v), show(v)),
             )),
         }
+    }
+
+    fn within_text_domain(&self, key: &str, s: &str) -> Result<(), Malformed> {
+        let max = if key == "reason" {
+            domain::TEXT_MAX_CHARS
+        } else {
+            domain::ID_MAX_CHARS
+        };
+        let n = s.chars().count();
+        if n > max {
+            return Err(bad(
+                self.at(key),
+                format!("is {n} characters long; at most {max} are allowed"),
+            ));
+        }
+        if let Some(c) = s.chars().find(|c| c.is_control()) {
+            return Err(bad(
+                self.at(key),
+                format!("contains the control character U+{:04X}", c as u32),
+            ));
+        }
+        Ok(())
     }
 
     fn required_text(&self, key: &str) -> Result<String, Malformed> {
@@ -108,7 +169,7 @@ impl<'a> Fields<'a> {
         };
         let text = match v {
             Value::Number(n) => n.to_string(),
-            Value::String(s) => s.trim().to_string(),
+            Value::String(s) => s.clone(),
             other => {
                 return Err(bad(
                     self.at(key),
@@ -120,7 +181,7 @@ impl<'a> Fields<'a> {
                 ))
             }
         };
-        parse_decimal(&text).map(Some).ok_or_else(|| {
+        let parsed = parse_decimal(&text).ok_or_else(|| {
             let numeric = text
                 .bytes()
                 .all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'-' | b'+' | b'e' | b'E'));
@@ -132,7 +193,32 @@ impl<'a> Fields<'a> {
             } else {
                 bad(self.at(key), format!("{} is not a number", show(v)))
             }
-        })
+        })?;
+        self.within_number_domain(key, parsed).map(Some)
+    }
+
+    fn within_number_domain(&self, key: &str, d: Decimal) -> Result<Decimal, Malformed> {
+        if d.scale() > domain::MAX_DECIMALS {
+            return Err(bad(
+                self.at(key),
+                format!(
+                    "{d} has {} decimal places; at most {} are allowed",
+                    d.scale(),
+                    domain::MAX_DECIMALS
+                ),
+            ));
+        }
+        let limit = match key {
+            "qty" | "counted_qty" | "unit_price" | "unit_cost" => domain::QTY_PRICE_LIMIT,
+            _ => domain::AMOUNT_LIMIT,
+        };
+        if d.abs() >= Decimal::from(limit) {
+            return Err(bad(
+                self.at(key),
+                format!("{d} is too large; it must be below {limit} in magnitude"),
+            ));
+        }
+        Ok(d)
     }
 
     fn required_decimal(&self, key: &str) -> Result<Decimal, Malformed> {
@@ -141,11 +227,37 @@ impl<'a> Fields<'a> {
     }
 
     fn integer(&self, key: &str) -> Result<Option<i64>, Malformed> {
-        match self.decimal(key)? {
+        let whole = match self.get(key) {
+            None => None,
+            Some(v) => {
+                let text = match v {
+                    Value::Number(n) => n.to_string(),
+                    Value::String(s) => s.clone(),
+                    other => {
+                        return Err(bad(
+                            self.at(key),
+                            format!(
+                                "expected a whole number, got {} {}",
+                                type_name(other),
+                                show(other)
+                            ),
+                        ))
+                    }
+                };
+                Some(parse_decimal(&text).ok_or_else(|| {
+                    bad(self.at(key), format!("{} is not a whole number", show(v)))
+                })?)
+            }
+        };
+        match whole {
             None => Ok(None),
-            Some(d) if d.fract().is_zero() => i64::try_from(d)
-                .map(Some)
-                .map_err(|_| bad(self.at(key), "is out of range")),
+            Some(d) if d.fract().is_zero() => match i64::try_from(d) {
+                Ok(n) if (0..=domain::WHOLE_MAX).contains(&n) => Ok(Some(n)),
+                _ => Err(bad(
+                    self.at(key),
+                    format!("{d} is out of range 0 to {}", domain::WHOLE_MAX),
+                )),
+            },
             Some(d) => Err(bad(
                 self.at(key),
                 format!("expected a whole number, got {d}"),
@@ -180,13 +292,46 @@ impl<'a> Fields<'a> {
 
 /// Exact decimal from text: plain (`19.99`) or scientific (`1.5e2`) notation.
 pub(crate) fn parse_decimal(text: &str) -> Option<Decimal> {
-    if text.is_empty() {
+    if !numeric_syntax(text) {
         return None;
     }
     Decimal::from_str_exact(text)
         .ok()
         .or_else(|| Decimal::from_scientific(text).ok())
         .map(|d| d.normalize())
+}
+
+/// `[+-]digits[.digits][e[+-]digits]` (or `.digits`): what both JSON and PostgreSQL's numeric read the same
+/// way. No spaces, underscores, `NaN` or `Infinity`.
+fn numeric_syntax(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut i = usize::from(matches!(b.first(), Some(b'+' | b'-')));
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while *i < b.len() && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i - start
+    };
+    let whole = digits(&mut i);
+    let mut frac = 0;
+    if i < b.len() && b[i] == b'.' {
+        i += 1;
+        frac = digits(&mut i);
+    }
+    if whole + frac == 0 {
+        return false;
+    }
+    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+        i += 1;
+        if i < b.len() && (b[i] == b'+' || b[i] == b'-') {
+            i += 1;
+        }
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    i == b.len()
 }
 
 fn object<'a>(v: &'a Value, path: &str) -> Result<Fields<'a>, Malformed> {
@@ -211,7 +356,11 @@ fn valid_date(s: &str) -> bool {
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return false;
     }
-    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|p| p.parse::<u32>().ok());
+    let num = |r: std::ops::Range<usize>| {
+        s.get(r)
+            .filter(|p| p.bytes().all(|c| c.is_ascii_digit()))
+            .and_then(|p| p.parse::<u32>().ok())
+    };
     let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) else {
         return false;
     };
@@ -223,7 +372,7 @@ fn valid_date(s: &str) -> bool {
         2 => 28,
         _ => return false,
     };
-    y >= 1 && (1..=days).contains(&d)
+    domain::YEARS.contains(&y) && (1..=days).contains(&d)
 }
 
 /// RFC 3339 (`2026-11-26T14:03:07.120Z`, a space instead of `T`, offsets `+01:00`/`+0100`/`+01`).
@@ -239,7 +388,11 @@ fn valid_timestamp(s: &str) -> bool {
     if b.len() < 8 || b[2] != b':' || b[5] != b':' {
         return false;
     }
-    let two = |i: usize| rest.get(i..i + 2).and_then(|p| p.parse::<u32>().ok());
+    let two = |i: usize| {
+        rest.get(i..i + 2)
+            .filter(|p| p.bytes().all(|c| c.is_ascii_digit()))
+            .and_then(|p| p.parse::<u32>().ok())
+    };
     match (two(0), two(3), two(6)) {
         (Some(h), Some(m), Some(sec)) if h < 24 && m < 60 && sec <= 60 => {}
         _ => return false,
@@ -256,7 +409,12 @@ fn valid_timestamp(s: &str) -> bool {
         "" | "Z" | "z" => true,
         t if t.starts_with('+') || t.starts_with('-') => {
             let o = t[1..].replace(':', "");
-            (o.len() == 2 || o.len() == 4) && o.bytes().all(|c| c.is_ascii_digit())
+            if !((o.len() == 2 || o.len() == 4) && o.bytes().all(|c| c.is_ascii_digit())) {
+                return false;
+            }
+            let hours = o[..2].parse::<u32>().unwrap_or(u32::MAX);
+            let minutes = o.get(2..).and_then(|m| m.parse::<u32>().ok()).unwrap_or(0);
+            hours <= domain::MAX_OFFSET_HOURS && minutes < 60
         }
         _ => false,
     }
@@ -399,6 +557,16 @@ fn totals_of(f: &Fields<'_>) -> Result<DayTotals, Malformed> {
 
 pub(crate) fn event(value: &Value) -> Result<Event, Malformed> {
     let f = object(value, "")?;
+    let d = depth(value);
+    if d > domain::MAX_DEPTH {
+        return Err(bad(
+            "",
+            format!(
+                "the event nests objects and arrays {d} levels deep; at most {} are allowed",
+                domain::MAX_DEPTH
+            ),
+        ));
+    }
     let event_id = f.required_text("event_id")?;
     let kind_text = f.required_text("kind")?;
     if kind_text == UNMAPPED {
@@ -505,9 +673,10 @@ pub(crate) fn event(value: &Value) -> Result<Event, Malformed> {
         }
         _ => {}
     }
-    if kind == EventKind::Return {
+    // the original sale may be named on the event or on a line; a line's own id wins
+    if matches!(kind, EventKind::Return | EventKind::Exchange) {
         if let Some(orig) = &ev.original_event_id {
-            for l in ev.lines.iter_mut() {
+            for l in ev.lines.iter_mut().filter(|l| l.returned) {
                 l.original_event_id.get_or_insert_with(|| orig.clone());
             }
         }

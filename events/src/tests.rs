@@ -36,9 +36,9 @@ fn parses_the_contract_example_exactly() {
 #[test]
 fn json_numbers_keep_every_digit() {
     let mut v = sale();
-    v["lines"][0]["unit_price"] = serde_json::from_str("0.10000000000000000555").expect("json");
+    v["lines"][0]["unit_price"] = serde_json::from_str("0.123457").expect("json");
     let ev = Event::from_json(&v).expect("valid");
-    assert_eq!(ev.lines[0].unit_price, dec("0.10000000000000000555"));
+    assert_eq!(ev.lines[0].unit_price, dec("0.123457"));
 }
 
 #[test]
@@ -139,4 +139,148 @@ fn rows_the_bridge_could_not_map_say_why() {
         reason(v),
         "the bridge could not map this POS row: an update of pos.sale is not an event"
     );
+}
+
+fn with(path: &[&str], value: Value) -> Value {
+    let mut v = sale();
+    let mut at = &mut v;
+    for p in &path[..path.len() - 1] {
+        at = match p.parse::<usize>() {
+            Ok(i) => &mut at[i],
+            Err(_) => &mut at[*p],
+        };
+    }
+    at[path[path.len() - 1]] = value;
+    v
+}
+
+#[test]
+fn numbers_outside_the_domain_are_rejected_naming_the_field() {
+    for (path, value, expect) in [
+        (
+            vec!["lines", "0", "qty"],
+            json!("1_0"),
+            "lines[0].qty: \"1_0\" is not a number",
+        ),
+        (
+            vec!["lines", "0", "qty"],
+            json!("\u{a0}10"),
+            "is not a number",
+        ),
+        (vec!["lines", "0", "qty"], json!(" 10"), "is not a number"),
+        (vec!["lines", "0", "qty"], json!("NaN"), "is not a number"),
+        (
+            vec!["lines", "0", "qty"],
+            json!("Infinity"),
+            "is not a number",
+        ),
+        (
+            vec!["lines", "0", "qty"],
+            json!("1000000000000000"),
+            "lines[0].qty: 1000000000000000 is too large",
+        ),
+        (
+            vec!["lines", "0", "unit_price"],
+            json!("5e27"),
+            "lines[0].unit_price:",
+        ),
+        (
+            vec!["lines", "0", "qty"],
+            json!("0.0000000000000000000000000001"),
+            "decimal places",
+        ),
+        (
+            vec!["lines", "0", "tax"],
+            json!("0.0000001"),
+            "lines[0].tax: 0.0000001 has 7 decimal places",
+        ),
+        (
+            vec!["tenders", "0", "amount"],
+            json!("1000000000000"),
+            "tenders[0].amount:",
+        ),
+        (
+            vec!["sequence"],
+            json!(9_223_372_036_854_775_807_i64),
+            "sequence:",
+        ),
+        (vec!["sequence"], json!(-1), "sequence: -1 is out of range"),
+    ] {
+        let r = reason(with(&path, value.clone()));
+        assert!(r.contains(expect), "{path:?} = {value}: {r}");
+    }
+    // the edges of the domain are accepted
+    let ok = with(&["lines", "0", "qty"], json!("99999999.999999"));
+    assert!(Event::from_json(&ok).is_ok());
+    let ok = with(&["sequence"], json!(domain::WHOLE_MAX));
+    assert!(Event::from_json(&ok).is_ok());
+    for text in ["1", "-1.5", "+2", ".5", "5.", "1.5e2", "1E-2"] {
+        assert!(parse::parse_decimal(text).is_some(), "{text}");
+    }
+    for text in ["", "-", ".", "e5", "1e", "1.2.3", "0x10", "1 ", "--1"] {
+        assert!(parse::parse_decimal(text).is_none(), "{text}");
+    }
+}
+
+#[test]
+fn dates_and_timestamps_outside_the_domain_are_rejected() {
+    for (field, value) in [
+        ("business_date", "+026-11-26"),
+        ("business_date", "2026-+1-05"),
+        ("business_date", "0000-01-01"),
+        ("business_date", "2026-02-29"),
+        ("occurred_at", "2026-11-26T10:00:00+16:00"),
+        ("occurred_at", "2026-11-26T10:00:00+05:60"),
+        ("occurred_at", "2026-11-26T+1:00:00Z"),
+    ] {
+        let r = reason(with(&[field], json!(value)));
+        assert!(r.starts_with(field), "{field} = {value}: {r}");
+    }
+    assert!(Event::from_json(&with(&["occurred_at"], json!("2026-11-26T10:00:00-15:59"))).is_ok());
+}
+
+#[test]
+fn text_outside_the_domain_is_rejected_and_not_used_as_an_id() {
+    let long = "x".repeat(domain::ID_MAX_CHARS + 1);
+    for field in ["event_id", "location", "register"] {
+        let r = reason(with(&[field], json!(long)));
+        assert!(r.starts_with(field) && r.contains("characters long"), "{r}");
+    }
+    let r = reason(with(&["lines", "0", "sku"], json!("A\u{0}B")));
+    assert!(r.contains("control character"), "{r}");
+    assert_eq!(event_id_of(&with(&["event_id"], json!(long))), None);
+    assert_eq!(
+        id_field_of(&with(&["location"], json!(long)), "location"),
+        None
+    );
+    assert_eq!(id_field_of(&sale(), "location").as_deref(), Some("S042"));
+}
+
+#[test]
+fn deep_nesting_is_rejected() {
+    let mut deep = json!("x");
+    for _ in 0..20 {
+        deep = json!([deep]);
+    }
+    let r = reason(with(&["currency"], deep));
+    assert!(r.contains("levels deep"), "{r}");
+}
+
+#[test]
+fn an_exchange_takes_the_event_level_original_sale_on_its_returned_lines() {
+    let mut v = sale();
+    v["kind"] = json!("exchange");
+    v["original_event_id"] = json!("S1");
+    v["lines"] = json!([
+        {"sku": "A", "qty": 1, "unit_price": "10", "returned": true},
+        {"sku": "B", "qty": 1, "unit_price": "10", "returned": true, "original_event_id": "S2"},
+        {"sku": "C", "qty": 1, "unit_price": "10"}
+    ]);
+    let ev = Event::from_json(&v).expect("valid");
+    let origs: Vec<Option<&str>> = ev
+        .lines
+        .iter()
+        .map(|l| l.original_event_id.as_deref())
+        .collect();
+    assert_eq!(origs, [Some("S1"), Some("S2"), None]);
 }

@@ -6,6 +6,7 @@ use pgrx::JsonB;
 use serde_json::{json, Value};
 
 use super::batch::{apply, Outcome, Status, Submission};
+use super::input::{read_array, read_one, JsonbText};
 use super::store;
 use crate::errors::{misuse, null_argument};
 use crate::statements::{get_text, run, text};
@@ -16,11 +17,12 @@ fn outcomes_json(outcomes: &[Outcome]) -> Value {
 
 /// Posts one event; returns {event_id, status, journal_id, exceptions}. Never raises for bad event data.
 #[pg_extern]
-fn apply_event(event: Option<JsonB>) -> JsonB {
-    let Some(JsonB(raw)) = event else {
+fn apply_event(event: Option<JsonbText>) -> JsonB {
+    let Some(JsonbText(body)) = event else {
         null_argument("possync.apply_event", "event")
     };
-    let outcomes = Spi::connect_mut(|client| apply(client, vec![Submission::new(raw)], None));
+    let sub = Submission::read(read_one(&body));
+    let outcomes = Spi::connect_mut(|client| apply(client, vec![sub], None));
     JsonB(
         outcomes
             .first()
@@ -31,24 +33,21 @@ fn apply_event(event: Option<JsonB>) -> JsonB {
 
 /// Posts a JSON array of events in order, in one call; returns one result per event.
 #[pg_extern]
-fn apply_events(events: Option<JsonB>) -> JsonB {
-    let Some(JsonB(raw)) = events else {
+fn apply_events(events: Option<JsonbText>) -> JsonB {
+    let Some(JsonbText(body)) = events else {
         null_argument("possync.apply_events", "events")
     };
-    let list = event_list("possync.apply_events", raw);
+    let list = event_list("possync.apply_events", &body);
     let outcomes = Spi::connect_mut(|client| apply(client, list, None));
     JsonB(outcomes_json(&outcomes))
 }
 
-fn event_list(function: &str, raw: Value) -> Vec<Submission> {
-    match raw {
-        Value::Array(items) => items.into_iter().map(Submission::new).collect(),
-        other => misuse(
+fn event_list(function: &str, text: &str) -> Vec<Submission> {
+    match read_array(text) {
+        Ok(items) => items.into_iter().map(Submission::read).collect(),
+        Err(type_name) => misuse(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!(
-                "{function}: argument events must be a JSON array of events, got {}",
-                possync_events::json_type_name(&other)
-            ),
+            format!("{function}: argument events must be a JSON array of events, got {type_name}"),
             "wrap a single event in [ ] or call possync.apply_event",
         ),
     }
@@ -73,7 +72,11 @@ const ADVANCE_SOURCE: &str =
 /// The bridge's door (called through the SQL wrapper possync.apply_batch with a pg_lsn): applies the
 /// events and moves the source's checkpoint in the caller's transaction, or skips a batch already applied.
 #[pg_extern]
-fn apply_batch_at(source: Option<&str>, commit_lsn: Option<&str>, events: Option<JsonB>) -> JsonB {
+fn apply_batch_at(
+    source: Option<&str>,
+    commit_lsn: Option<&str>,
+    events: Option<JsonbText>,
+) -> JsonB {
     let f = "possync.apply_batch";
     let Some(source) = source else {
         null_argument(f, "source")
@@ -95,10 +98,10 @@ fn apply_batch_at(source: Option<&str>, commit_lsn: Option<&str>, events: Option
             "pass the commit LSN of the last POS transaction in the batch, as pg_lsn",
         )
     };
-    let Some(JsonB(raw)) = events else {
+    let Some(JsonbText(body)) = events else {
         null_argument(f, "events")
     };
-    let list = event_list(f, raw);
+    let list = event_list(f, &body);
     let result = Spi::connect_mut(|client| {
         run(client, LOCK_SOURCE, &[text(source)]);
         let checkpoint = run(client, SOURCE_CHECKPOINT, &[text(source)])
@@ -142,7 +145,10 @@ fn replay_held(event_id: default!(Option<&str>, "NULL")) -> i32 {
         }
         let subs = held
             .into_iter()
-            .map(|(_, raw)| Submission { raw, replay: true })
+            .map(|(_, raw)| Submission {
+                replay: true,
+                ..Submission::new(raw)
+            })
             .collect();
         let outcomes = apply(client, subs, None);
         outcomes
@@ -153,21 +159,22 @@ fn replay_held(event_id: default!(Option<&str>, "NULL")) -> i32 {
 }
 
 const OPEN_REJECTION: &str =
-    "SELECT kind, status FROM possync.exception WHERE exception_id = $1 FOR UPDATE";
+    "SELECT kind, status, event_id FROM possync.exception WHERE exception_id = $1 FOR UPDATE";
 const RESOLVE: &str =
     "UPDATE possync.exception SET status = 'resolved', resolved_at = now(), resolution = $2 \
      WHERE exception_id = $1";
 
 /// Applies a corrected payload for a rejected or conflicting event and resolves its exception.
 #[pg_extern]
-fn resubmit(exception_id: Option<i64>, event: Option<JsonB>) -> JsonB {
+fn resubmit(exception_id: Option<i64>, event: Option<JsonbText>) -> JsonB {
     let f = "possync.resubmit";
     let Some(id) = exception_id else {
         null_argument(f, "exception_id")
     };
-    let Some(JsonB(raw)) = event else {
+    let Some(JsonbText(body)) = event else {
         null_argument(f, "event")
     };
+    let submission = Submission::read(read_one(&body));
     let result = Spi::connect_mut(|client| {
         let row = run(
             client,
@@ -179,9 +186,10 @@ fn resubmit(exception_id: Option<i64>, event: Option<JsonB>) -> JsonB {
             (
                 get_text(&r, 1).unwrap_or_default(),
                 get_text(&r, 2).unwrap_or_default(),
+                get_text(&r, 3),
             )
         });
-        let Some((kind, status)) = row else {
+        let Some((kind, status, rejected_id)) = row else {
             misuse(
                 PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
                 format!("{f}: argument exception_id {id} does not exist"),
@@ -204,14 +212,18 @@ fn resubmit(exception_id: Option<i64>, event: Option<JsonB>) -> JsonB {
                 "held events post with possync.replay_held() once the missing data exists",
             );
         }
-        let outcome = apply(client, vec![Submission::new(raw)], None)
+        let outcome = apply(client, vec![submission], None)
             .into_iter()
             .next()
             .unwrap_or_else(|| crate::statements::internal("apply returned no outcome"));
-        if matches!(
-            outcome.status,
-            Status::Applied | Status::Held | Status::Duplicate
-        ) {
+        // a duplicate settles the exception only when it is the rejected event itself that is now in the
+        // inbox: another event's payload posts nothing for this one
+        let settled = match outcome.status {
+            Status::Applied | Status::Held => true,
+            Status::Duplicate => rejected_id.is_some() && outcome.event_id == rejected_id,
+            _ => false,
+        };
+        if settled {
             let note = format!(
                 "resubmitted as event {}: {}",
                 outcome.event_id.clone().unwrap_or_default(),

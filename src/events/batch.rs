@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use pgrx::spi::SpiClient;
-use possync_events::{event_id_of, Event, EventKind, Malformed};
+use possync_events::{event_id_of, id_field_of, Event, EventKind, Malformed};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
@@ -17,16 +17,34 @@ use crate::statements::{internal, run, text};
 use crate::stock::balances::Key;
 use crate::stock::Balances;
 
-/// One event handed to the pipeline. `replay` marks a held event already in the inbox.
+/// One event handed to the pipeline. `replay` marks a held event already in the inbox; `unreadable` is the text
+/// and reason of an argument that could not be read as JSON (it is rejected and kept as that text).
 #[derive(Debug, Clone)]
 pub struct Submission {
     pub raw: Value,
     pub replay: bool,
+    pub unreadable: Option<(String, String)>,
 }
 
 impl Submission {
     pub fn new(raw: Value) -> Submission {
-        Submission { raw, replay: false }
+        Submission {
+            raw,
+            replay: false,
+            unreadable: None,
+        }
+    }
+
+    /// An event as read from an argument.
+    pub fn read(read: super::input::Read) -> Submission {
+        match read {
+            super::input::Read::Value(v) => Submission::new(v),
+            super::input::Read::Unreadable { text, reason } => Submission {
+                raw: Value::Null,
+                replay: false,
+                unreadable: Some((text, reason)),
+            },
+        }
     }
 }
 
@@ -322,7 +340,18 @@ impl Batch<'_, '_> {
         let mut hold = self.missing_master_data(ev);
         let mut draft = None;
         if hold.is_empty() {
-            match self.draft(ev) {
+            let drafted = match guarded(|| self.draft(ev)) {
+                Ok(drafted) => drafted,
+                Err(why) => {
+                    let raised = vec![Raised::new(
+                        "malformed",
+                        format!("the event could not be posted: {why}; nothing of it was written"),
+                        None,
+                    )];
+                    return self.reject(ev, payload, outcome, raised);
+                }
+            };
+            match drafted {
                 Ok(d) => match d.journal.resolve(&self.accounts) {
                     Ok(lines) => draft = Some((d, lines)),
                     Err(missing) => {
@@ -384,6 +413,27 @@ impl Batch<'_, '_> {
     }
 }
 
+/// Runs one event's posting rules; a Rust panic in them (an arithmetic overflow, a journal the rules left
+/// unbalanced) becomes Err with its message, so that the event is rejected and kept instead of failing the whole
+/// call. The rules work on a draft, so nothing of the event has reached the batch. An error PostgreSQL raised
+/// is not caught here: it is rethrown and aborts the transaction as before.
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        if payload.is::<pgrx::pg_sys::panic::CaughtError>() {
+            std::panic::resume_unwind(payload)
+        }
+        if let Some(report) = payload.downcast_ref::<pgrx::pg_sys::panic::ErrorReportWithLevel>() {
+            report.message().to_string()
+        } else if let Some(s) = payload.downcast_ref::<&str>() {
+            (*s).to_string()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "an internal error".to_string()
+        }
+    })
+}
+
 const CHECK_DAY_CLOSE: &str = "SELECT possync.check_day_close($1)";
 
 /// The key under which a transfer_in waits for its transfer_out.
@@ -401,6 +451,17 @@ pub fn apply(
     let work: Vec<Work> = submissions
         .into_iter()
         .map(|s| {
+            if let Some((text, reason)) = s.unreadable {
+                return Work {
+                    payload: text,
+                    raw: s.raw,
+                    replay: false,
+                    parsed: Err(Malformed {
+                        field: String::new(),
+                        reason,
+                    }),
+                };
+            }
             let mut parsed = Event::from_json(&s.raw);
             if let Ok(ev) = parsed.as_mut() {
                 if ev.source.is_none() {
@@ -445,16 +506,8 @@ pub fn apply(
         .filter(|w| !w.replay)
         .filter_map(|w| w.parsed.as_ref().ok().map(|e| e.event_id.clone()))
         .collect();
+    // event id -> the payload the inbox holds for it
     let stored = store::known_events(client, &fresh);
-    let known: HashMap<String, bool> = work
-        .iter()
-        .filter_map(|w| {
-            let id = &w.parsed.as_ref().ok()?.event_id;
-            stored
-                .get(id)
-                .map(|payload| (id.clone(), payload == &w.raw))
-        })
-        .collect();
 
     let mut skus = BTreeSet::new();
     let mut locs = BTreeSet::new();
@@ -537,11 +590,7 @@ pub fn apply(
             Err(m) => {
                 let id = event_id_of(&w.raw);
                 let raised = vec![Raised::new("malformed", m.to_string(), None)];
-                let loc = w
-                    .raw
-                    .get("location")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
+                let loc = id_field_of(&w.raw, "location");
                 batch
                     .writes
                     .rejected(id.as_deref(), loc.as_deref(), &w.payload, &raised);
@@ -553,9 +602,11 @@ pub fn apply(
                 }
             }
             Ok(ev) => {
+                // judged as if the call's events came one by one: against the first accepted occurrence
+                // earlier in this call, else against the inbox
                 let earlier = seen.get(&ev.event_id).map(|&j| work[j].raw == w.raw);
-                let stored = known.get(&ev.event_id).copied();
-                match (w.replay, earlier.or(stored)) {
+                let in_inbox = stored.get(&ev.event_id).map(|p| p == &w.raw);
+                match (w.replay, earlier.or(in_inbox)) {
                     (false, Some(true)) => Outcome {
                         event_id: Some(ev.event_id.clone()),
                         status: Status::Duplicate,

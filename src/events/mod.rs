@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod batch;
+pub mod input;
 pub mod posting;
 pub mod reverse;
 pub mod store;

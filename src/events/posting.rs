@@ -73,7 +73,8 @@ impl Draft {
         value
     }
 
-    /// Goods arrive carrying `value`; returns it.
+    /// Goods arrive carrying `value`; returns it. Value the arrival leaves stranded (on-hand exactly 0, or a
+    /// value of the other sign than on-hand) is written off against cogs in the same journal.
     fn receive(
         &mut self,
         batch: &Batch<'_, '_>,
@@ -82,14 +83,28 @@ impl Draft {
         value: Decimal,
         unit_cost: Decimal,
     ) -> Decimal {
-        let m = self
-            .balance(batch, &key)
-            .receive_at_value(qty, value, unit_cost);
-        self.moves.push((key, m));
+        let b = self.balance(batch, &key);
+        let m = b.receive_at_value(qty, value, unit_cost);
+        let stranded = b.stranded();
+        self.moves.push((key.clone(), m));
+        if !stranded.is_zero() {
+            let m = self.balance(batch, &key).write_off(stranded);
+            self.moves.push((key.clone(), m));
+            let (sku, loc) = &key;
+            let class = batch.class(sku);
+            if stranded > Decimal::ZERO {
+                self.journal.debit(Role::Cogs, loc, class, stranded);
+                self.journal.credit(Role::Inventory, loc, class, stranded);
+            } else {
+                self.journal.debit(Role::Inventory, loc, class, -stranded);
+                self.journal.credit(Role::Cogs, loc, class, -stranded);
+            }
+        }
         value
     }
 
-    /// Goods arrive at the location's current cost (average, else standard).
+    /// Goods arrive at the location's current cost (average, else standard); landing on exactly 0 on-hand they
+    /// take the whole remaining value.
     fn receive_at_current_cost(
         &mut self,
         batch: &Batch<'_, '_>,
@@ -97,8 +112,10 @@ impl Draft {
         qty: Decimal,
     ) -> Decimal {
         let standard = batch.standard_cost(&key.0);
-        let cost = self.balance(batch, &key).current_cost(standard);
-        self.receive(batch, key, qty, cents(qty * cost), cost)
+        let b = self.balance(batch, &key);
+        let cost = b.current_cost(standard);
+        let value = b.incoming_value(qty, standard);
+        self.receive(batch, key, qty, value, cost)
     }
 }
 
@@ -130,7 +147,7 @@ impl Batch<'_, '_> {
         Ok(d)
     }
 
-    fn class(&self, sku: &str) -> Option<&str> {
+    pub fn class(&self, sku: &str) -> Option<&str> {
         self.items.get(sku).and_then(|i| i.item_class.as_deref())
     }
 
@@ -395,16 +412,28 @@ impl Batch<'_, '_> {
     }
 
     /// A count moves on-hand to what was counted; the variance posts as an adjustment.
+    /// A sku counted on several lines (several shelves) is counted once, at the sum of its lines.
     fn post_count(&mut self, ev: &Event, d: &mut Draft) {
         let loc = ev.location.as_str();
+        let mut counted: Vec<(&str, Decimal)> = Vec::new();
+        let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
         for line in &ev.lines {
-            let counted = line.counted_qty.unwrap_or_default();
-            let k = key(&line.sku, loc);
+            let qty = line.counted_qty.unwrap_or_default();
+            match at.get(line.sku.as_str()) {
+                Some(&i) => counted[i].1 += qty,
+                None => {
+                    at.insert(&line.sku, counted.len());
+                    counted.push((&line.sku, qty));
+                }
+            }
+        }
+        for (sku, counted) in counted {
+            let k = key(sku, loc);
             let system = d.balance(self, &k).on_hand;
-            let class = self.class(&line.sku).map(str::to_string);
-            self.shrink_move(d, loc, class.as_deref(), &line.sku, counted - system, None);
+            let class = self.class(sku).map(str::to_string);
+            self.shrink_move(d, loc, class.as_deref(), sku, counted - system, None);
             d.effects.push(Effect::Counted {
-                sku: line.sku.clone(),
+                sku: sku.to_string(),
                 system_qty: system,
                 counted_qty: counted,
             });

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::store::Writes;
 use crate::errors::{misuse, null_argument};
-use crate::ledger::JournalLine;
+use crate::ledger::{JournalDraft, JournalLine, Role};
 use crate::statements::{get_decimal, get_i64, get_text, internal, run, text};
 use crate::stock::{Balances, StockMove};
 
@@ -36,6 +36,48 @@ const HOLD_AGAIN: &str =
 // a receipt against supply: reversed, the supply is open again by exactly what the receipt took
 const REOPEN_SUPPLY: &str = "UPDATE possync.supply s SET qty_open = s.qty_open + r.qty \
      FROM possync.supply_receipt r WHERE r.event_id = $1 AND s.supply_id = r.supply_id";
+
+/// Writes off value a reversal left stranded per key; returns the journal lines (cogs against inventory).
+fn write_offs(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    balances: &mut Balances,
+    keys: &BTreeSet<(String, String)>,
+    writes: &mut Writes,
+    reversal_id: &str,
+) -> Vec<JournalLine> {
+    let stranded: Vec<((String, String), Decimal)> = keys
+        .iter()
+        .map(|k| (k.clone(), balances.get(k).stranded()))
+        .filter(|(_, v)| !v.is_zero())
+        .collect();
+    if stranded.is_empty() {
+        return Vec::new();
+    }
+    let skus = stranded.iter().map(|((s, _), _)| s.clone()).collect();
+    let locs = stranded.iter().map(|((_, l), _)| l.clone()).collect();
+    let md = super::store::master_data(client, &skus, &locs, &BTreeSet::new(), &BTreeSet::new());
+    let mut journal = JournalDraft::default();
+    for (k, amount) in stranded {
+        let mut b = balances.get(&k).clone();
+        let m = b.write_off(amount);
+        balances.set(k.clone(), b);
+        writes.moves.push((reversal_id.to_string(), k.clone(), m));
+        let class = md.items.get(&k.0).and_then(|i| i.item_class.as_deref());
+        journal.debit(Role::Cogs, &k.1, class, amount);
+        journal.credit(Role::Inventory, &k.1, class, amount);
+    }
+    journal.resolve(&md.accounts).unwrap_or_else(|missing| {
+        let names: Vec<String> = missing.iter().map(ToString::to_string).collect();
+        misuse(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "possync.reverse_event: the reversal needs a write-off, but {}",
+                names.join("; ")
+            ),
+            "map the role in possync.account_map and reverse again",
+        )
+    })
+}
 
 /// Posts the exact reversal of an applied event (stock and journal); returns {event_id, status, ...}.
 #[pg_extern]
@@ -152,6 +194,17 @@ fn reverse_event(event_id: Option<&str>, reason: Option<&str>) -> JsonB {
             let back = b.reverse(m);
             balances.set(k.clone(), b);
             writes.moves.push((reversal_id.clone(), k.clone(), back));
+        }
+        // what has moved since can leave the reversal on exactly 0 on-hand with value, or with a value of the
+        // other sign: written off against cogs, as any incoming move's
+        let mut lines = lines;
+        let write_off = write_offs(client, &mut balances, &keys, &mut writes, &reversal_id);
+        if !write_off.is_empty() {
+            let next = lines.iter().map(|l| l.line_no).max().unwrap_or(0);
+            lines.extend(write_off.into_iter().enumerate().map(|(i, mut l)| {
+                l.line_no = next + i as i32 + 1;
+                l
+            }));
         }
         let provisional = writes.journal_lines(
             &reversal_id,

@@ -138,7 +138,46 @@ fn reconcile_and_invariants_are_empty_for_sound_books_and_name_what_breaks() {
             .filter_map(|r| r.get::<String>(1).ok().flatten())
             .collect()
     });
-    assert_eq!(broken, vec!["journal_unbalanced", "ledger_not_append_only"]);
+    // journal 900 above was written by hand for an event possync never received: trace cannot name it
+    assert_eq!(broken, vec!["journal_unbalanced", "ledger_not_append_only", "ledger_row_without_event"]);
+}
+
+#[pg_test]
+fn check_invariants_sees_replica_only_triggers_unknown_accounts_and_deleted_events() {
+    setup();
+    apply(receipt("r1", "S1", &[("A", "2", "3.00")]));
+    apply(till("s1", "sale", "S1", &[("A", "1", "5.00", "0", "0")], &[("card", "5.00")]));
+    assert_eq!(count("SELECT * FROM possync.check_invariants()"), 0);
+    let invariants = || -> Vec<String> {
+        Spi::connect(|c| {
+            c.select("SELECT DISTINCT invariant FROM possync.check_invariants() ORDER BY 1", None, &[])
+                .expect("invariants")
+                .filter_map(|r| r.get::<String>(1).ok().flatten())
+                .collect()
+        })
+    };
+    // a trigger that fires only for replication is as good as off
+    Spi::run("ALTER TABLE possync.stock_move ENABLE REPLICA TRIGGER stock_move_append_only").expect("replica");
+    assert_eq!(invariants(), vec!["ledger_not_append_only"]);
+    Spi::run("ALTER TABLE possync.stock_move ENABLE TRIGGER stock_move_append_only").expect("on again");
+    Spi::run("DROP TRIGGER journal_append_only ON possync.journal").expect("drop");
+    assert_eq!(invariants(), vec!["ledger_not_append_only"]);
+    Spi::run(
+        "CREATE TRIGGER journal_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON possync.journal
+             FOR EACH STATEMENT EXECUTE FUNCTION possync.ledger_is_append_only()",
+    )
+    .expect("restore");
+    // balanced lines on an account that is not in the chart: the trial balance would be off
+    Spi::run(
+        "INSERT INTO possync.journal (journal_id, event_id, location_id) VALUES (900, 's1', 'S1');
+         INSERT INTO possync.journal_line (journal_id, line_no, account_code, location_id, debit, credit)
+         VALUES (900, 1, '9999', 'S1', 5, 0), (900, 2, '1000', 'S1', 0, 5);",
+    )
+    .expect("unknown account");
+    assert_eq!(invariants(), vec!["journal_line_unknown_account"]);
+    // an event row deleted under its postings
+    Spi::run("DELETE FROM possync.event WHERE event_id = 'r1'").expect("delete");
+    assert_eq!(invariants(), vec!["journal_line_unknown_account", "ledger_row_without_event"]);
 }
 
 #[pg_test]

@@ -100,6 +100,35 @@ impl Balance {
         self.record(qty, unit(unit_cost), value)
     }
 
+    /// The value an incoming move left on the wrong side: all of it when on-hand is exactly 0, and a value whose
+    /// sign is opposite to on-hand's. It is written off (inventory against cogs), so that on-hand 0 always means
+    /// value 0 and stock never carries a value of the other sign.
+    pub fn stranded(&self) -> Decimal {
+        let wrong_side = (self.on_hand > Decimal::ZERO && self.value < Decimal::ZERO)
+            || (self.on_hand < Decimal::ZERO && self.value > Decimal::ZERO);
+        if (self.on_hand.is_zero() || wrong_side) && !self.value.is_zero() {
+            self.value
+        } else {
+            Decimal::ZERO
+        }
+    }
+
+    /// Writes off `amount` of value without moving quantity; the move records it.
+    pub fn write_off(&mut self, amount: Decimal) -> StockMove {
+        self.value -= amount;
+        self.record(Decimal::ZERO, Decimal::ZERO, -amount)
+    }
+
+    /// The value of `qty` units (positive) arriving at the location's current cost: the remaining value when
+    /// they bring on-hand to exactly 0, as an outgoing move does.
+    pub fn incoming_value(&self, qty: Decimal, standard_cost: Decimal) -> Decimal {
+        if (self.on_hand + qty).is_zero() {
+            -self.value
+        } else {
+            cents(qty * self.current_cost(standard_cost))
+        }
+    }
+
     /// Undoes a move exactly (for reversals): the opposite quantity and value.
     pub fn reverse(&mut self, original: &StockMove) -> StockMove {
         let qty = -original.qty;

@@ -19,6 +19,8 @@ const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// The reference POS schema, as the bridge maps it with no configuration.
 pub const POS_SCHEMA: &str = include_str!("../../cdc-bridge/sql/reference_pos_schema.sql");
 
+pub mod catalog;
+
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -180,6 +182,28 @@ impl Cluster {
             self.name,
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// The cluster's own folder (data directory, socket, log), for files a test writes beside it.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs a PostgreSQL client program (pg_dump, pg_restore, ...) against this cluster as the postgres user;
+    /// panics with its stderr when it fails.
+    pub fn pg_tool(&self, program: &str, args: &[&str]) -> String {
+        let port = self.port.to_string();
+        let host = self.dir.to_string_lossy().into_owned();
+        let mut all = vec!["-h", &host, "-p", &port, "-U", "postgres"];
+        all.extend_from_slice(args);
+        let out = pg(program, &all);
+        assert!(
+            out.status.success(),
+            "{}: {program} {args:?} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Starts it again after [`Cluster::stop`] or [`Cluster::crash`].

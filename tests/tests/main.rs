@@ -9,3 +9,4 @@ mod demo;
 mod exactly_once;
 mod outage;
 mod takeover;
+mod upgrade;
