@@ -463,7 +463,7 @@ async fn drop_extension_refuses_while_ledgers_hold_data() {
     exec(&c, "SET possync.allow_drop = on; DROP EXTENSION possync").await;
     let left: i64 = c
         .query_one(
-            "SELECT count(*) FROM pg_namespace WHERE nspname = 'possync'",
+            "SELECT count(*) FROM pg_extension WHERE extname = 'possync'",
             &[],
         )
         .await
