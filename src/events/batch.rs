@@ -413,6 +413,21 @@ impl Batch<'_, '_> {
     }
 }
 
+/// Posting reads what other sessions committed after it waited for them (an event id, a balance): that is READ
+/// COMMITTED. Under REPEATABLE READ or SERIALIZABLE a posting would answer from a stale snapshot or fail with a
+/// serialization error on every hot sku, so it is refused up front, clearly.
+fn require_read_committed() {
+    // SAFETY: a backend global, read on the backend's own thread
+    let level = unsafe { pgrx::pg_sys::XactIsoLevel };
+    if level > pgrx::pg_sys::XACT_READ_COMMITTED as i32 {
+        crate::errors::misuse(
+            pgrx::PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_STATE,
+            "possync posts only under READ COMMITTED isolation; this transaction is REPEATABLE READ or SERIALIZABLE",
+            "post in a READ COMMITTED transaction (SET TRANSACTION ISOLATION LEVEL READ COMMITTED, or the server default)",
+        );
+    }
+}
+
 /// Runs one event's posting rules; a Rust panic in them (an arithmetic overflow, a journal the rules left
 /// unbalanced) becomes Err with its message, so that the event is rejected and kept instead of failing the whole
 /// call. The rules work on a draft, so nothing of the event has reached the batch. An error PostgreSQL raised
@@ -447,6 +462,7 @@ pub fn apply(
     submissions: Vec<Submission>,
     source: Option<&str>,
 ) -> Vec<Outcome> {
+    require_read_committed();
     let reject_negative = crate::guc::reject_negative_on_hand();
     let work: Vec<Work> = submissions
         .into_iter()
@@ -500,12 +516,38 @@ pub fn apply(
         }
     }
 
-    // known ids: same payload is a duplicate, another payload a conflict
+    // every id this call may post is locked before anything else, then judged against what is committed
     let fresh: Vec<String> = work
         .iter()
         .filter(|w| !w.replay)
         .filter_map(|w| w.parsed.as_ref().ok().map(|e| e.event_id.clone()))
         .collect();
+    let replayed: Vec<String> = work
+        .iter()
+        .filter(|w| w.replay)
+        .chain(follow.values().flatten())
+        .filter_map(|w| w.parsed.as_ref().ok().map(|e| e.event_id.clone()))
+        .collect();
+    let to_lock: BTreeSet<String> = fresh.iter().chain(replayed.iter()).cloned().collect();
+    store::lock_event_ids(client, &to_lock);
+    // a held event another session posted while this one waited is not posted again
+    let held_now = store::still_held(client, &replayed);
+    let work: Vec<Work> = work
+        .into_iter()
+        .filter(|w| {
+            !w.replay
+                || w.parsed
+                    .as_ref()
+                    .is_ok_and(|e| held_now.contains(&e.event_id))
+        })
+        .collect();
+    for waiting in follow.values_mut() {
+        waiting.retain(|w| {
+            w.parsed
+                .as_ref()
+                .is_ok_and(|e| held_now.contains(&e.event_id))
+        });
+    }
     // event id -> the payload the inbox holds for it
     let stored = store::known_events(client, &fresh);
 

@@ -333,6 +333,16 @@ impl Batch<'_, '_> {
                 None,
             )]);
         };
+        if t.to_location != loc {
+            d.raised.push(Raised::new(
+                "transfer_mismatch",
+                format!(
+                    "transfer {transfer_id} was shipped to {} but received at {loc}; the goods are booked where they arrived",
+                    t.to_location
+                ),
+                None,
+            ));
+        }
         for line in &ev.lines {
             let class = self.class(&line.sku).map(str::to_string);
             let k = key(&line.sku, loc);

@@ -37,6 +37,37 @@ const HOLD_AGAIN: &str =
 const REOPEN_SUPPLY: &str = "UPDATE possync.supply s SET qty_open = s.qty_open + r.qty \
      FROM possync.supply_receipt r WHERE r.event_id = $1 AND s.supply_id = r.supply_id";
 
+const TAKEN: &str = "SELECT count(*) FROM possync.event WHERE event_id = $1";
+const REVERSED_BY: &str =
+    "SELECT event_id FROM possync.event WHERE kind = 'reversal' AND payload ->> 'reverses' = $1";
+
+/// The id of the reversal of `event_id`: `<id>:reversal`, or `<id>:reversal-2`, ... when an event already has
+/// that id (the POS may use any id). An event already reversed keeps the id its reversal got.
+fn reversal_id_for(client: &mut pgrx::spi::SpiClient<'_>, event_id: &str) -> String {
+    if let Some(id) = run(client, REVERSED_BY, &[text(event_id)])
+        .next()
+        .and_then(|r| get_text(&r, 1))
+    {
+        return id;
+    }
+    let base = format!("{event_id}:reversal");
+    for n in 1.. {
+        let id = if n == 1 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        };
+        let taken = run(client, TAKEN, &[text(&id)])
+            .next()
+            .and_then(|r| get_i64(&r, 1))
+            .unwrap_or(0);
+        if taken == 0 {
+            return id;
+        }
+    }
+    internal("no free reversal id")
+}
+
 /// Writes off value a reversal left stranded per key; returns the journal lines (cogs against inventory).
 fn write_offs(
     client: &mut pgrx::spi::SpiClient<'_>,
@@ -93,8 +124,8 @@ fn reverse_event(event_id: Option<&str>, reason: Option<&str>) -> JsonB {
             "say why the posting is reversed; finance reads it in the journal memo",
         )
     };
-    let reversal_id = format!("{event_id}:reversal");
     let result = Spi::connect_mut(|client| {
+        let reversal_id = reversal_id_for(client, event_id);
         let row = run(client, EVENT, &[text(event_id)]).next().map(|r| {
             (
                 get_text(&r, 1).unwrap_or_default(),

@@ -186,10 +186,36 @@ pub fn load_transfer(client: &mut SpiClient<'_>, transfer_id: &str) -> Option<Tr
 
 const HELD_BY_KEYS: &str = "SELECT event_id, payload::text FROM possync.event \
      WHERE status = 'held' AND hold_key = ANY($1::text[]) ORDER BY received_at, event_id";
+// no row locks here: the apply pipeline locks the ids (lock_event_ids) before balances, as every posting does,
+// and posts only what is still held then
 const HELD_ONE: &str = "SELECT event_id, payload::text FROM possync.event \
-     WHERE status = 'held' AND event_id = $1 FOR UPDATE";
+     WHERE status = 'held' AND event_id = $1";
 const HELD_ALL: &str = "SELECT event_id, payload::text FROM possync.event \
-     WHERE status = 'held' ORDER BY received_at, event_id FOR UPDATE";
+     WHERE status = 'held' ORDER BY received_at, event_id";
+const STILL_HELD: &str =
+    "SELECT event_id FROM possync.event WHERE status = 'held' AND event_id = ANY($1::text[])";
+// transaction-level advisory locks on the event ids a call posts, in one order (first key: "PSEv")
+const LOCK_EVENT_IDS: &str = "SELECT pg_catalog.pg_advisory_xact_lock(1347634550, h) \
+     FROM (SELECT DISTINCT pg_catalog.hashtext(i) AS h FROM unnest($1::text[]) AS i) x ORDER BY h";
+
+/// Locks the ids a call is about to judge and post, so that the same id sent by two sessions at once is
+/// posted by one and found a duplicate by the other. Taken before any balance, in hash order, by every path
+/// that posts (apply, replay, resubmit), so the locks never deadlock among themselves.
+pub fn lock_event_ids(client: &mut SpiClient<'_>, ids: &BTreeSet<String>) {
+    if !ids.is_empty() {
+        run(client, LOCK_EVENT_IDS, &[texts(ids.iter().cloned())]);
+    }
+}
+
+/// Of these ids, those still held now (another session may have posted them meanwhile).
+pub fn still_held(client: &mut SpiClient<'_>, ids: &[String]) -> HashSet<String> {
+    if ids.is_empty() {
+        return HashSet::new();
+    }
+    run(client, STILL_HELD, &[texts(ids.iter().cloned())])
+        .filter_map(|r| get_text(&r, 1))
+        .collect()
+}
 
 fn payload_rows(rows: pgrx::spi::SpiTupleTable<'_>) -> Vec<(String, Value)> {
     rows.map(|row| {

@@ -156,3 +156,169 @@ async fn racing_reservations_never_oversell() {
     .await;
     assert_eq!(held, Decimal::from(100));
 }
+
+fn sale(id: &str, sku: &str) -> serde_json::Value {
+    json!({"event_id": id, "kind": "sale", "location": STORE, "business_date": "2026-11-26",
+           "lines": [{"sku": sku, "qty": 1, "unit_price": "10.00"}],
+           "tenders": [{"type": "card", "amount": "10.00"}]})
+}
+
+async fn apply_status(
+    client: &tokio_postgres::Client,
+    ev: &serde_json::Value,
+) -> Result<String, String> {
+    client
+        .query_one(
+            "SELECT possync.apply_event($1::text::jsonb) ->> 'status'",
+            &[&ev.to_string()],
+        )
+        .await
+        .map(|r| r.get::<_, String>(0))
+        .map_err(|e| format!("{e:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_event_sent_by_two_sessions_at_once_posts_once_and_is_a_duplicate_for_the_other() {
+    let _one = serial().await;
+    let erp = erp_cluster().await;
+    let first = erp.connect("erp").await;
+    let second = erp.connect("erp").await;
+    let ev = sale("twice", SKUS[0]);
+    first.batch_execute("BEGIN").await.expect("begin");
+    assert_eq!(apply_status(&first, &ev).await.as_deref(), Ok("applied"));
+    // the second session waits for the first to commit, then finds the event in the inbox
+    let ev2 = ev.clone();
+    let waiting = tokio::spawn(async move { apply_status(&second, &ev2).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the second session waits for the first"
+    );
+    first.batch_execute("COMMIT").await.expect("commit");
+    let answer = waiting.await.expect("second session");
+    assert_eq!(answer.as_deref(), Ok("duplicate"));
+    let moves = numeric(
+        &first,
+        "SELECT count(*) FROM possync.stock_move WHERE event_id = 'twice'",
+    )
+    .await;
+    assert_eq!(moves, Decimal::ONE, "posted once");
+}
+
+#[tokio::test]
+async fn posting_refuses_repeatable_read_clearly() {
+    let _one = serial().await;
+    let erp = erp_cluster().await;
+    let c = erp.connect("erp").await;
+    c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .expect("begin");
+    let err = apply_status(&c, &sale("rr", SKUS[0]))
+        .await
+        .expect_err("refused");
+    assert!(
+        err.contains("READ COMMITTED") && err.contains("25000"),
+        "{err}"
+    );
+    c.batch_execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(
+        apply_status(&c, &sale("rr", SKUS[0])).await.as_deref(),
+        Ok("applied")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replays_duplicates_and_counts_with_repeated_skus_under_load_never_deadlock_or_raise() {
+    let _one = serial().await;
+    let erp = erp_cluster().await;
+    let setup = erp.connect("erp").await;
+    receive(
+        &setup,
+        json!([{"sku": SKUS[0], "qty": 10000, "unit_cost": "3.00"},
+                           {"sku": SKUS[1], "qty": 10000, "unit_cost": "4.00"}]),
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for conn in 0..4u32 {
+        let client = erp.connect("erp").await;
+        tasks.push(tokio::spawn(async move {
+            for n in 0..60u32 {
+                let mut events = Vec::new();
+                // hot skus in both orders, a held sale of an unknown item, a duplicate shared by every session,
+                // a count naming one sku twice
+                events.push(json!({"event_id": format!("h{conn}-{n}"), "kind": "sale", "location": STORE,
+                    "business_date": "2026-11-26",
+                    "lines": [{"sku": SKUS[(conn % 2) as usize], "qty": 1, "unit_price": "10.00"},
+                              {"sku": SKUS[((conn + 1) % 2) as usize], "qty": 1, "unit_price": "10.00"}],
+                    "tenders": [{"type": "card", "amount": "20.00"}]}));
+                events.push(sale(&format!("u{conn}-{n}"), &format!("NEW{}", n % 5)));
+                events.push(sale(&format!("shared-{n}"), SKUS[2]));
+                if n % 10 == 0 {
+                    events.push(json!({"event_id": format!("cnt{conn}-{n}"), "kind": "count", "location": STORE,
+                        "business_date": "2026-11-26",
+                        "lines": [{"sku": SKUS[3], "counted_qty": 2}, {"sku": SKUS[3], "counted_qty": 3}]}));
+                }
+                let body = serde_json::Value::Array(events).to_string();
+                client
+                    .query_one("SELECT possync.apply_events($1::text::jsonb)", &[&body])
+                    .await
+                    .unwrap_or_else(|e| panic!("session {conn}, round {n}: {e:?}"));
+                if n % 7 == 0 {
+                    if n % 14 == 0 && conn == 0 {
+                        client
+                            .execute(
+                                &format!("INSERT INTO possync.item (sku) VALUES ('NEW{}') ON CONFLICT DO NOTHING", n % 5),
+                                &[],
+                            )
+                            .await
+                            .unwrap_or_else(|e| panic!("item: {e:?}"));
+                    }
+                    client
+                        .query_one("SELECT possync.replay_held()", &[])
+                        .await
+                        .unwrap_or_else(|e| panic!("session {conn}, replay at {n}: {e:?}"));
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("session");
+    }
+    setup
+        .query_one("SELECT possync.replay_held()", &[])
+        .await
+        .expect("last replay");
+    // every shared sale posted once, whoever sent it first
+    assert_eq!(
+        numeric(
+            &setup,
+            "SELECT count(*) FROM possync.stock_move WHERE event_id LIKE 'shared-%'"
+        )
+        .await,
+        Decimal::from(60)
+    );
+    assert_eq!(
+        numeric(
+            &setup,
+            &format!("SELECT on_hand FROM possync.stock_balance WHERE sku = '{}' AND location_id = '{STORE}'", SKUS[0])
+        )
+        .await,
+        Decimal::from(10000 - 4 * 60),
+        "no lost update on the hot sku"
+    );
+    assert_eq!(
+        numeric(
+            &setup,
+            &format!("SELECT on_hand FROM possync.stock_balance WHERE sku = '{}' AND location_id = '{STORE}'", SKUS[3])
+        )
+        .await,
+        Decimal::from(5),
+        "a count with the sku on two shelves counts their sum"
+    );
+    let broken: i64 = setup
+        .query_one("SELECT count(*) FROM possync.check_invariants()", &[])
+        .await
+        .expect("invariants")
+        .get(0);
+    assert_eq!(broken, 0);
+}

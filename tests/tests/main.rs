@@ -7,6 +7,7 @@ mod concurrency;
 mod dashboard;
 mod demo;
 mod exactly_once;
+mod hostile;
 mod outage;
 mod takeover;
 mod upgrade;
