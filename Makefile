@@ -7,7 +7,7 @@ BUILD ?= $(CURDIR)/target
 PGRX_TEST_DIR := $(BUILD)/pgrx-test
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps install test test-unit test-extension test-e2e demo bench lint
+.PHONY: all deps install package test test-unit test-extension test-e2e demo bench lint
 
 all: test
 
@@ -17,6 +17,11 @@ deps:
 ## install: build the extension (release) and install it into the system PostgreSQL 15
 install: deps
 	cargo pgrx install --release --pg-config $(PG_CONFIG)
+
+## package: Debian packages postgresql-15-possync and possync-bridge in target/package (nothing is installed)
+package: deps
+	@EXTRA_APT_PACKAGES="dpkg-dev binutils adduser" ./scripts/bootstrap.sh
+	./scripts/package.sh
 
 ## test: unit tests, the extension's #[pg_test]s on a throwaway server, then the end-to-end tests
 test: deps test-unit test-extension install test-e2e
