@@ -7,7 +7,7 @@ BUILD ?= $(CURDIR)/target
 PGRX_TEST_DIR := $(BUILD)/pgrx-test
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps install test test-unit test-extension test-e2e demo bench lint
+.PHONY: all deps install package test test-unit test-extension test-package test-e2e demo bench lint
 
 all: test
 
@@ -19,8 +19,14 @@ install: deps
 	cargo pgrx install --release --pg-config $(PG_CONFIG)
 	./scripts/install-sql-history.sh $(PG_CONFIG)
 
-## test: unit tests, the extension's #[pg_test]s on a throwaway server, then the end-to-end tests
-test: deps test-unit test-extension install test-e2e
+## package: Debian packages postgresql-15-possync and possync-bridge in target/package (nothing is installed)
+package: deps
+	@EXTRA_APT_PACKAGES="dpkg-dev binutils adduser" ./scripts/bootstrap.sh
+	./scripts/package.sh
+
+## test: unit tests, the extension's #[pg_test]s on a throwaway server, the packages, then the end-to-end tests.
+## test-package installs and purges the packages in the system PostgreSQL, so `install` comes after it.
+test: deps test-unit test-extension test-package install test-e2e
 
 test-unit:
 	cargo test -p possync-events -p possync-bridge -p possync-sim
@@ -28,6 +34,11 @@ test-unit:
 test-extension:
 	@mkdir -p $(PGRX_TEST_DIR) && chown postgres $(PGRX_TEST_DIR)
 	cargo pgrx test pg15 --runas postgres --pgdata $(PGRX_TEST_DIR)/data
+
+## test-package: dpkg -i both packages, CREATE EXTENSION, the bridge through its unit's ExecStart posts a sale,
+## dpkg --purge; holds /tmp/possync-system-pg.lock while the packages are installed
+test-package: package
+	./scripts/test-package.sh --no-build
 
 test-e2e:
 	cargo test -p possync-e2e -- --test-threads=1

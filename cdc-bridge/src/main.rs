@@ -1,7 +1,7 @@
 //! `possync-bridge`: run, check and status.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,7 +49,7 @@ struct Settings {
     /// Address for /metrics and /healthz, such as 127.0.0.1:9187.
     #[arg(long)]
     metrics: Option<String>,
-    /// Config file (TOML) saying the same; "${VAR}" in it is read from the environment.
+    /// Config file (TOML) saying the same; "${VAR}" in its URLs is read from the environment (unset: an error).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Most POS transactions per apply_batch call.
@@ -97,10 +97,26 @@ enum CliError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path}: {source}")]
+    /// Only the position and the parser's message: toml's own rendering quotes the offending line, which may
+    /// hold a password.
+    #[error("config file {path}: {where_}{message}")]
     Config {
         path: PathBuf,
-        source: toml::de::Error,
+        where_: String,
+        message: String,
+    },
+    /// A `${VAR}` the environment does not set; names the variable and the setting, never the value.
+    #[error("config file {path}: {setting} refers to ${{{var}}}, which is not set in the environment (with systemd, set it in /etc/possync/bridge.env)")]
+    UnsetVariable {
+        path: PathBuf,
+        setting: String,
+        var: String,
+    },
+    #[error("config file {path}: {setting} has a malformed variable reference ({problem}); write ${{NAME}} with NAME made of letters, digits and _")]
+    BadVariable {
+        path: PathBuf,
+        setting: String,
+        problem: &'static str,
     },
     #[error("mapping {path}: {source}")]
     Mapping {
@@ -109,25 +125,48 @@ enum CliError {
     },
 }
 
-fn expand_env(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
+/// Replaces every `${NAME}` in a config value with the environment variable NAME. A variable that is not set, or
+/// a reference that is not `${NAME}`, is an error naming the setting and the variable (values are never shown).
+fn expand_env(
+    value: &str,
+    setting: &str,
+    path: &Path,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, CliError> {
+    let bad = |problem| CliError::BadVariable {
+        path: path.to_path_buf(),
+        setting: setting.to_string(),
+        problem,
+    };
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
-        match rest[start + 2..].find('}') {
-            Some(end) => {
-                let var = &rest[start + 2..start + 2 + end];
-                out.push_str(&std::env::var(var).unwrap_or_default());
-                rest = &rest[start + 3 + end..];
-            }
-            None => {
-                out.push_str(&rest[start..]);
-                rest = "";
-            }
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| bad("a ${ without its closing }"))?;
+        let var = &after[..end];
+        if var.is_empty()
+            || var.starts_with(|c: char| c.is_ascii_digit())
+            || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(bad("not a variable name"));
         }
+        let val = lookup(var).ok_or_else(|| CliError::UnsetVariable {
+            path: path.to_path_buf(),
+            setting: setting.to_string(),
+            var: var.to_string(),
+        })?;
+        out.push_str(&val);
+        rest = &after[end + 1..];
     }
     out.push_str(rest);
-    out
+    Ok(out)
+}
+
+fn from_env(var: &str) -> Option<String> {
+    std::env::var(var).ok()
 }
 
 fn read(path: &PathBuf) -> Result<String, CliError> {
@@ -137,31 +176,48 @@ fn read(path: &PathBuf) -> Result<String, CliError> {
     })
 }
 
+fn parse_config(path: &Path, text: &str) -> Result<ConfigFile, CliError> {
+    toml::from_str(text).map_err(|e| {
+        let where_ = e
+            .span()
+            .map(|span| {
+                let before = text.get(..span.start).unwrap_or(text);
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}: ")
+            })
+            .unwrap_or_default();
+        CliError::Config {
+            path: path.to_path_buf(),
+            where_,
+            message: e.message().trim_end().to_string(),
+        }
+    })
+}
+
 fn resolve(s: &Settings, need_sources: bool) -> Result<Resolved, CliError> {
+    let no_file = PathBuf::new();
+    let config_path = s.config.as_ref().unwrap_or(&no_file);
     let file: ConfigFile = match &s.config {
-        Some(path) => toml::from_str(&read(path)?).map_err(|source| CliError::Config {
-            path: path.clone(),
-            source,
-        })?,
+        Some(path) => parse_config(path, &read(path)?)?,
         None => ConfigFile::default(),
     };
-    let erp = s
-        .erp
-        .clone()
-        .or(file.erp.as_deref().map(expand_env))
-        .ok_or_else(|| {
-            CliError::Usage(
+    let erp = match (&s.erp, &file.erp) {
+        (Some(url), _) => url.clone(),
+        (None, Some(url)) => expand_env(url, "erp", config_path, from_env)?,
+        (None, None) => {
+            return Err(CliError::Usage(
                 "give the ERP database with --erp URL (or erp = \"...\" in --config)".into(),
-            )
-        })?;
-    let mut sources: Vec<Source> = file
-        .source
-        .iter()
-        .map(|(name, url)| Source {
+            ))
+        }
+    };
+    let mut sources: Vec<Source> = Vec::with_capacity(file.source.len() + s.sources.len());
+    for (name, url) in &file.source {
+        sources.push(Source {
             name: name.clone(),
-            url: expand_env(url),
-        })
-        .collect();
+            url: expand_env(url, &format!("source.{name}"), config_path, from_env)?,
+        });
+    }
     for spec in &s.sources {
         let (name, url) = spec.split_once('=').ok_or_else(|| {
             CliError::Usage(format!(
@@ -374,6 +430,93 @@ mod tests {
             "the reference mapping by default"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn config_file(name: &str, text: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("possync-bridge-cfg-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("bridge.toml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    #[test]
+    fn variables_expand_from_the_environment_and_an_unset_one_is_named() {
+        let env = |var: &str| (var == "PW").then(|| "s3cret".to_string());
+        let path = Path::new("/etc/possync/bridge.toml");
+        let url = expand_env("postgres://b:${PW}@pos/pos?x=${PW}", "erp", path, env);
+        assert_eq!(
+            url.ok().as_deref(),
+            Some("postgres://b:s3cret@pos/pos?x=s3cret")
+        );
+        assert_eq!(
+            expand_env("no variables, $PW {PW} $", "erp", path, env)
+                .ok()
+                .as_deref(),
+            Some("no variables, $PW {PW} $")
+        );
+        let unset = expand_env("postgres://b:${ERP_PASSWORD}@erp/erp", "erp", path, env)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            unset.contains("${ERP_PASSWORD}") && unset.contains("erp refers to"),
+            "{unset}"
+        );
+        for malformed in ["${PW", "${}", "${1PW}", "${P-W}", "${P W}"] {
+            let err = expand_env(malformed, "source.store42", path, env);
+            assert!(
+                matches!(&err, Err(CliError::BadVariable { setting, .. }) if setting == "source.store42"),
+                "{malformed}: {:?}",
+                err.map_err(|e| e.to_string())
+            );
+        }
+    }
+
+    #[test]
+    fn a_source_with_an_unset_variable_is_an_error_that_names_it_and_shows_no_secret() {
+        std::env::set_var("POSSYNC_TEST_SET_PW", "hunter2");
+        std::env::remove_var("POSSYNC_TEST_UNSET_PW");
+        let path = config_file(
+            "unset",
+            "erp = \"postgres://bridge:${POSSYNC_TEST_SET_PW}@erp/erp\"\n[source]\nstore42 = \"postgres://b:${POSSYNC_TEST_UNSET_PW}@pos42/pos\"\n",
+        );
+        let settings = Settings {
+            config: Some(path.clone()),
+            ..Settings::default()
+        };
+        let err = resolve(&settings, true)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("source.store42"), "{err}");
+        assert!(err.contains("${POSSYNC_TEST_UNSET_PW}"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    #[test]
+    fn a_config_file_that_does_not_parse_is_reported_by_position_without_its_text() {
+        let path = config_file(
+            "syntax",
+            "# bridge\nerp = \"postgres://bridge:hunter2@erp/erp\" junk\n",
+        );
+        let settings = Settings {
+            config: Some(path.clone()),
+            ..Settings::default()
+        };
+        let err = resolve(&settings, true)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("line 2, column"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 
     #[test]
