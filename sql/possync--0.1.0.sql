@@ -695,32 +695,32 @@ SELECT 'days_audited', 'count', NULL, count(*)::numeric FROM possync.audited_day
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/events/api.rs:74
+-- src/events/api.rs:75
 -- possync::events::api::apply_batch_at
 CREATE  FUNCTION "apply_batch_at"(
 	"source" TEXT, /* Option < & str > */
 	"commit_lsn" TEXT, /* Option < & str > */
-	"events" jsonb /* Option < JsonbText > */
+	"events" jsonb /* Option < JsonB > */
 ) RETURNS jsonb /* JsonB */
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'apply_batch_at_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/events/api.rs:19
+-- src/events/api.rs:18
 -- possync::events::api::apply_event
 CREATE  FUNCTION "apply_event"(
-	"event" jsonb /* Option < JsonbText > */
+	"event" jsonb /* Option < JsonB > */
 ) RETURNS jsonb /* JsonB */
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'apply_event_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/events/api.rs:35
+-- src/events/api.rs:33
 -- possync::events::api::apply_events
 CREATE  FUNCTION "apply_events"(
-	"events" jsonb /* Option < JsonbText > */
+	"events" jsonb /* Option < JsonB > */
 ) RETURNS jsonb /* JsonB */
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'apply_events_wrapper';
@@ -792,7 +792,7 @@ AS 'MODULE_PATHNAME', 'release_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/events/api.rs:135
+-- src/events/api.rs:132
 -- possync::events::api::replay_held
 CREATE  FUNCTION "replay_held"(
 	"event_id" TEXT DEFAULT NULL /* Option < & str > */
@@ -816,18 +816,18 @@ AS 'MODULE_PATHNAME', 'reserve_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/events/api.rs:168
+-- src/events/api.rs:162
 -- possync::events::api::resubmit
 CREATE  FUNCTION "resubmit"(
 	"exception_id" bigint, /* Option < i64 > */
-	"event" jsonb /* Option < JsonbText > */
+	"event" jsonb /* Option < JsonB > */
 ) RETURNS jsonb /* JsonB */
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'resubmit_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/events/reverse.rs:83
+-- src/events/reverse.rs:41
 -- possync::events::reverse::reverse_event
 CREATE  FUNCTION "reverse_event"(
 	"event_id" TEXT, /* Option < & str > */
