@@ -34,6 +34,7 @@ mod tests {
     include!("pg_tests/scenario.rs");
     include!("pg_tests/audit.rs");
     include!("pg_tests/accounting.rs");
+    include!("pg_tests/defects.rs");
 }
 
 /// Required by `cargo pgrx test`.

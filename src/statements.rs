@@ -71,6 +71,25 @@ pub fn run<'c>(
     sql: &'static str,
     args: &[DatumWithOid],
 ) -> SpiTupleTable<'c> {
+    execute(client, sql, args, false)
+}
+
+/// Runs a statement that only reads, read-only: it takes no transaction id, so it works on a hot standby and
+/// costs a reader nothing (pgrx's read-write path assigns one to every transaction it touches).
+pub fn read<'c>(
+    client: &mut SpiClient<'c>,
+    sql: &'static str,
+    args: &[DatumWithOid],
+) -> SpiTupleTable<'c> {
+    execute(client, sql, args, true)
+}
+
+fn execute<'c>(
+    client: &mut SpiClient<'c>,
+    sql: &'static str,
+    args: &[DatumWithOid],
+    read_only: bool,
+) -> SpiTupleTable<'c> {
     let _settings = PlannerSettings::ours();
     PLANS.with(|plans| {
         let mut plans = plans.borrow_mut();
@@ -83,9 +102,12 @@ pub fn run<'c>(
                 })
                 .keep()
         });
-        client
-            .update(&*plan, None, args)
-            .unwrap_or_else(|e| internal(&format!("a possync statement failed: {e}: {sql}")))
+        let result = if read_only {
+            client.select(&*plan, None, args)
+        } else {
+            client.update(&*plan, None, args)
+        };
+        result.unwrap_or_else(|e| internal(&format!("a possync statement failed: {e}: {sql}")))
     })
 }
 

@@ -18,7 +18,7 @@ use serde_json::json;
 mod probe;
 
 use crate::errors::{misuse, null_argument};
-use crate::statements::{get_bool, get_decimal, get_text, internal, run, text};
+use crate::statements::{get_bool, get_decimal, get_text, internal, read, run, text};
 use crate::stock::Balances;
 
 /// The parts of ATP at one location.
@@ -84,7 +84,7 @@ fn parts(
     match location {
         Some(loc) => {
             let args = [text(sku), text(loc), DatumWithOid::from(at)];
-            let Some(row) = run(client, ONE, &args).next() else {
+            let Some(row) = read(client, ONE, &args).next() else {
                 internal("the ATP query returned no row")
             };
             if !get_bool(&row, 1).unwrap_or(false) {
@@ -103,14 +103,14 @@ fn parts(
             }]
         }
         None => {
-            let known = run(client, SKU_KNOWN, &[text(sku)])
+            let known = read(client, SKU_KNOWN, &[text(sku)])
                 .next()
                 .and_then(|r| get_bool(&r, 1))
                 .unwrap_or(false);
             if !known {
                 unknown(function, "sku", sku, "item");
             }
-            run(client, NETWORK, &[text(sku), DatumWithOid::from(at)])
+            read(client, NETWORK, &[text(sku), DatumWithOid::from(at)])
                 .map(|row| AtpParts {
                     location: get_text(&row, 1).unwrap_or_default(),
                     active: get_bool(&row, 2).unwrap_or(false),
@@ -139,12 +139,12 @@ fn numeric(d: Decimal) -> AnyNumeric {
         .unwrap_or_else(|_| internal(&format!("{d} is not a numeric")))
 }
 
+/// `at`, or now() (the transaction's start), read without a query.
 fn now_or(at: Option<TimestampWithTimeZone>) -> TimestampWithTimeZone {
     at.unwrap_or_else(|| {
-        Spi::get_one::<TimestampWithTimeZone>("SELECT now()")
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| internal("now() returned nothing"))
+        // SAFETY: reads the current transaction's start timestamp, which every transaction has
+        let start = unsafe { pgrx::pg_sys::GetCurrentTransactionStartTimestamp() };
+        TimestampWithTimeZone::try_from(start).unwrap_or_else(|_| internal("now() is out of range"))
     })
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use possync_events::Event;
 use rust_decimal::Decimal;
 
-use crate::events::batch::Raised;
+use crate::events::facts::Raised;
 use crate::stock::cents;
 
 /// A promotion as the till may name it.

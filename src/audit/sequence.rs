@@ -25,14 +25,69 @@ type Register = (String, String, String);
 /// What the sequences of one call mean: new exceptions and gaps that late events filled.
 #[derive(Debug, Default)]
 pub struct Findings {
-    pub missing: Vec<(Register, Vec<i64>, String, String)>,
+    /// (register, first missing, last missing, the event after the gap, its business date)
+    pub missing: Vec<(Register, i64, i64, String, String)>,
     pub reused: Vec<(Register, i64, String, String)>,
     pub filled: BTreeMap<Register, BTreeSet<i64>>,
     pub last: BTreeMap<Register, i64>,
 }
 
-// a register that jumps by more than this lists only the first numbers; the count is always exact
-const LISTED: i64 = 1000;
+// a gap's detail lists at most this many of its numbers for people to read; `missing_ranges` holds every one,
+// and the exception's amount is the exact count
+const LISTED: usize = 1000;
+
+/// Missing numbers as inclusive ranges, in order.
+type Ranges = Vec<(i64, i64)>;
+
+fn count(ranges: &Ranges) -> i64 {
+    ranges.iter().map(|(a, b)| b - a + 1).sum()
+}
+
+fn listed(ranges: &Ranges) -> Vec<i64> {
+    ranges
+        .iter()
+        .flat_map(|&(a, b)| a..=b)
+        .take(LISTED)
+        .collect()
+}
+
+/// The ranges without the numbers that arrived.
+fn without(ranges: &Ranges, arrived: &BTreeSet<i64>) -> Ranges {
+    let mut out = Vec::new();
+    for &(a, b) in ranges {
+        let mut from = a;
+        for &n in arrived.range(a..=b) {
+            if n > from {
+                out.push((from, n - 1));
+            }
+            from = n + 1;
+        }
+        if from <= b {
+            out.push((from, b));
+        }
+    }
+    out
+}
+
+/// A gap's ranges from its detail: `missing_ranges`, or (for gaps recorded before ranges were kept) the listed
+/// numbers.
+fn ranges_of(detail: &Value) -> Option<Ranges> {
+    if let Some(r) = detail.get("missing_ranges").and_then(Value::as_array) {
+        return Some(
+            r.iter()
+                .filter_map(|p| Some((p.get(0)?.as_i64()?, p.get(1)?.as_i64()?)))
+                .collect(),
+        );
+    }
+    let listed = detail.get("missing").and_then(Value::as_array)?;
+    Some(
+        listed
+            .iter()
+            .filter_map(Value::as_i64)
+            .map(|n| (n, n))
+            .collect(),
+    )
+}
 
 /// Works out gaps, reuse and fills from the registers' last numbers and the numbers already known.
 /// `known` holds numbers used by events from earlier calls only (this call's own events are in `seen`).
@@ -65,10 +120,10 @@ pub fn analyse(
             here.insert(s.sequence, s.event_id.clone());
             match top {
                 Some(t) if s.sequence > t + 1 => {
-                    let missing: Vec<i64> = (t + 1..s.sequence).take(LISTED as usize).collect();
                     f.missing.push((
                         reg.clone(),
-                        missing,
+                        t + 1,
+                        s.sequence - 1,
                         s.event_id.clone(),
                         s.business_date.clone(),
                     ));
@@ -203,11 +258,9 @@ fn write(client: &mut SpiClient<'_>, f: &Findings) {
     }
     // (event_id, kind, reason, location, amount, detail, source)
     let mut raised: Vec<[String; 7]> = Vec::new();
-    for ((src, loc, reg), missing, event_id, day) in &f.missing {
-        let (first, last) = (
-            missing.first().copied().unwrap_or(0),
-            missing.last().copied().unwrap_or(0),
-        );
+    for ((src, loc, reg), first, last, event_id, day) in &f.missing {
+        let (first, last) = (*first, *last);
+        let ranges: Ranges = vec![(first, last)];
         let span = if first == last {
             format!("{first}")
         } else {
@@ -218,9 +271,10 @@ fn write(client: &mut SpiClient<'_>, f: &Findings) {
             "missing_transaction".into(),
             format!("register {reg} at {loc}: transaction {span} not received before {event_id}"),
             loc.clone(),
-            missing.len().to_string(),
-            json!({"source": src, "register": reg, "business_date": day, "missing": missing})
-                .to_string(),
+            count(&ranges).to_string(),
+            json!({"source": src, "register": reg, "business_date": day,
+                   "missing": listed(&ranges), "missing_ranges": ranges})
+            .to_string(),
             src.clone(),
         ]);
     }
@@ -257,19 +311,16 @@ fn write(client: &mut SpiClient<'_>, f: &Findings) {
             .collect();
         for (id, detail) in open {
             let mut detail: Value = serde_json::from_str(&detail).unwrap_or(Value::Null);
-            let Some(missing) = detail.get("missing").and_then(Value::as_array) else {
+            let Some(ranges) = ranges_of(&detail) else {
                 continue;
             };
-            let still: Vec<Value> = missing
-                .iter()
-                .filter(|m| m.as_i64().is_none_or(|n| !arrived.contains(&n)))
-                .cloned()
-                .collect();
-            if still.len() == missing.len() {
+            let still = without(&ranges, arrived);
+            let left = count(&still);
+            if left == count(&ranges) {
                 continue;
             }
-            let left = still.len();
-            detail["missing"] = Value::Array(still);
+            detail["missing"] = json!(listed(&still));
+            detail["missing_ranges"] = json!(still);
             run(
                 client,
                 UPDATE_GAP,
@@ -310,7 +361,7 @@ mod tests {
             &HashMap::new(),
         );
         assert_eq!(f.missing.len(), 1);
-        assert_eq!(f.missing[0].1, vec![3, 4]);
+        assert_eq!((f.missing[0].1, f.missing[0].2), (3, 4));
         assert_eq!(f.last[&reg()], 5);
         let last = HashMap::from([(reg(), 5)]);
         let f = analyse(vec![seen(4, "d")], &last, &HashMap::new());
@@ -340,5 +391,25 @@ mod tests {
         assert_eq!(f.reused.len(), 2);
         assert_eq!(f.reused[0].2, "first");
         assert_eq!(f.reused[1].3, "y");
+    }
+
+    #[test]
+    fn a_gap_of_any_size_is_counted_exactly_and_closes_only_when_all_arrived() {
+        let gap: Ranges = vec![(2, 5001)];
+        assert_eq!(count(&gap), 5000);
+        assert_eq!(listed(&gap).len(), LISTED);
+        let first_thousand: BTreeSet<i64> = (2..1002).collect();
+        let left = without(&gap, &first_thousand);
+        assert_eq!(left, vec![(1002, 5001)]);
+        assert_eq!(count(&left), 4000);
+        let some: BTreeSet<i64> = [1002, 1500, 5001].into();
+        assert_eq!(without(&left, &some), vec![(1003, 1499), (1501, 5000)]);
+        let all: BTreeSet<i64> = (1002..=5001).collect();
+        assert_eq!(count(&without(&left, &all)), 0);
+        // gaps recorded before ranges were kept
+        assert_eq!(
+            ranges_of(&json!({"missing": [3, 4, 9]})),
+            Some(vec![(3, 3), (4, 4), (9, 9)])
+        );
     }
 }

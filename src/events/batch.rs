@@ -1,20 +1,21 @@
 //! The apply pipeline: a whole call's events parsed, deduplicated, checked against master data, posted in
 //! memory against balances locked once in key order, and written with one statement per table.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 use pgrx::spi::SpiClient;
 use possync_events::{event_id_of, id_field_of, Event, EventKind, Malformed};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
-use super::posting::{Draft, Effect, Item};
+use super::context::Batch;
+use super::facts::{Effect, Raised, TransferState};
+use super::posting::Draft;
 use super::store::{self, Writes};
 use crate::audit::config::{check_lines, Rules};
 use crate::audit::sequence::{self, Seen};
-use crate::ledger::{AccountMap, JournalLine};
+use crate::ledger::JournalLine;
 use crate::statements::{internal, run, text};
-use crate::stock::balances::Key;
 use crate::stock::Balances;
 
 /// One event handed to the pipeline. `replay` marks a held event already in the inbox; `unreadable` is the text
@@ -70,24 +71,6 @@ impl Status {
     }
 }
 
-/// An exception raised while posting: its kind, a reason a person can act on, and what is at stake.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Raised {
-    pub kind: &'static str,
-    pub reason: String,
-    pub amount: Option<Decimal>,
-}
-
-impl Raised {
-    pub fn new(kind: &'static str, reason: impl Into<String>, amount: Option<Decimal>) -> Raised {
-        Raised {
-            kind,
-            reason: reason.into(),
-            amount,
-        }
-    }
-}
-
 /// The answer for one event, as apply_event returns it.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -108,57 +91,6 @@ impl Outcome {
     }
 }
 
-/// Per sku on a transfer: shipped and received so far.
-#[derive(Debug, Clone, Default)]
-pub struct TransferLine {
-    pub qty_shipped: Decimal,
-    pub value_shipped: Decimal,
-    pub qty_received: Decimal,
-    pub value_received: Decimal,
-    pub changed: bool,
-}
-
-/// A transfer as known to this call (loaded from the database or shipped in it).
-#[derive(Debug, Clone)]
-pub struct TransferState {
-    pub transfer_id: String,
-    pub from_location: String,
-    pub to_location: String,
-    pub out_event_id: String,
-    pub lines: BTreeMap<String, TransferLine>,
-    pub new: bool,
-}
-
-/// An active or closed reservation that a fulfillment in this call names.
-#[derive(Debug, Clone)]
-pub struct Reservation {
-    pub key: Key,
-    pub qty: Decimal,
-    pub active: bool,
-}
-
-/// Everything one call works with: master data, locked balances, state loaded on demand, and the rows to
-/// write at the end.
-pub struct Batch<'a, 'c> {
-    pub client: &'a mut SpiClient<'c>,
-    pub items: HashMap<String, Item>,
-    pub locations: HashSet<String>,
-    pub accounts: AccountMap,
-    pub balances: Balances,
-    pub reservations: HashMap<String, Reservation>,
-    transfers: HashMap<String, Option<TransferState>>,
-    sale_costs: HashMap<String, HashMap<String, (Decimal, Decimal)>>,
-    pub writes: Writes,
-    reject_negative: bool,
-    /// transfer_ins held earlier in this call, by hold key, for a transfer_out later in it
-    held_here: HashMap<String, Vec<(Event, String)>>,
-    rules: Rules,
-    /// some event in this call returns goods against an original sale: remember what sales issued
-    returns_here: bool,
-    sequences: Vec<Seen>,
-    closes: Vec<String>,
-}
-
 /// One parsed submission and what is known of it so far.
 struct Work {
     raw: Value,
@@ -168,31 +100,6 @@ struct Work {
 }
 
 impl Batch<'_, '_> {
-    pub fn standard_cost(&self, sku: &str) -> Decimal {
-        self.items
-            .get(sku)
-            .map(|i| i.standard_cost)
-            .unwrap_or_default()
-    }
-
-    /// (quantity, value) that an earlier sale issued of `sku`, from this call or the ledger.
-    pub fn sale_cost(&mut self, event_id: &str, sku: &str) -> Option<(Decimal, Decimal)> {
-        if !self.sale_costs.contains_key(event_id) {
-            let costs = store::issued_by_event(self.client, event_id);
-            self.sale_costs.insert(event_id.to_string(), costs);
-        }
-        self.sale_costs.get(event_id)?.get(sku).copied()
-    }
-
-    /// The transfer with this id, from this call or the database.
-    pub fn transfer(&mut self, transfer_id: &str) -> Option<&TransferState> {
-        if !self.transfers.contains_key(transfer_id) {
-            let t = store::load_transfer(self.client, transfer_id);
-            self.transfers.insert(transfer_id.to_string(), t);
-        }
-        self.transfers.get(transfer_id)?.as_ref()
-    }
-
     fn commit_draft(&mut self, ev: &Event, d: Draft, lines: Vec<JournalLine>) -> Option<i64> {
         let journal_id = self.writes.journal(ev, lines);
         for (k, b) in d.balances {
@@ -417,6 +324,14 @@ impl Batch<'_, '_> {
 /// COMMITTED. Under REPEATABLE READ or SERIALIZABLE a posting would answer from a stale snapshot or fail with a
 /// serialization error on every hot sku, so it is refused up front, clearly.
 fn require_read_committed() {
+    // SAFETY: asks the backend whether the server is in recovery
+    if unsafe { pgrx::pg_sys::RecoveryInProgress() } {
+        crate::errors::misuse(
+            pgrx::PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            "possync cannot post on a hot standby: the server is in recovery",
+            "post on the primary; a standby answers atp, atp_detail, reconcile, check_invariants and trace",
+        );
+    }
     // SAFETY: a backend global, read on the backend's own thread
     let level = unsafe { pgrx::pg_sys::XactIsoLevel };
     if level > pgrx::pg_sys::XACT_READ_COMMITTED as i32 {

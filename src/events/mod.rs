@@ -1,7 +1,12 @@
-//! Events in: the apply pipeline, the posting rules of each kind, and the SQL functions that call them.
+//! Events in, read top-down: `api` (the SQL functions) → `input` (arguments read as JSON) → `batch` (the
+//! pipeline: parse, judge duplicates, lock, post each event, write) → `posting` (the rules of each kind, on a
+//! draft) → `context` (what one call works with) → `store` (loads and the writes of a call) → `facts` (the
+//! types they pass between them). `reverse` posts reversals through the same floor.
 
 pub mod api;
 pub mod batch;
+pub mod context;
+pub mod facts;
 pub mod input;
 pub mod posting;
 pub mod reverse;

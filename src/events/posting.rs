@@ -9,43 +9,11 @@ use std::collections::BTreeMap;
 use possync_events::{Event, EventKind, Line};
 use rust_decimal::Decimal;
 
-use super::batch::{Batch, Raised, TransferLine, TransferState};
+use super::context::Batch;
+use super::facts::{Effect, Raised, TransferState};
 use crate::ledger::{JournalDraft, Role};
 use crate::stock::balances::Key;
 use crate::stock::{cents, Balance, StockMove};
-
-/// Master data of one sku.
-#[derive(Debug, Clone)]
-pub struct Item {
-    pub item_class: Option<String>,
-    pub standard_cost: Decimal,
-}
-
-/// Side effects on state tables, applied only when the event posts.
-#[derive(Debug, Clone)]
-pub enum Effect {
-    SupplyReceived {
-        supply_id: String,
-        qty: Decimal,
-    },
-    ReservationConsumed {
-        reservation_id: String,
-        key: Key,
-        qty: Decimal,
-    },
-    Shipped(TransferState),
-    Received {
-        transfer_id: String,
-        sku: String,
-        qty: Decimal,
-        value: Decimal,
-    },
-    Counted {
-        sku: String,
-        system_qty: Decimal,
-        counted_qty: Decimal,
-    },
-}
 
 /// One event's posting before it is committed to the batch.
 #[derive(Debug, Default)]
@@ -145,10 +113,6 @@ impl Batch<'_, '_> {
             ));
         }
         Ok(d)
-    }
-
-    pub fn class(&self, sku: &str) -> Option<&str> {
-        self.items.get(sku).and_then(|i| i.item_class.as_deref())
     }
 
     /// Sales, returns and exchanges: goods by line, money by tender, the difference to over/short.
@@ -448,15 +412,5 @@ impl Batch<'_, '_> {
                 counted_qty: counted,
             });
         }
-    }
-}
-
-impl TransferState {
-    /// Adds a receipt to the shipped quantities.
-    pub fn receive(&mut self, sku: &str, qty: Decimal, value: Decimal) {
-        let l: &mut TransferLine = self.lines.entry(sku.to_string()).or_default();
-        l.qty_received += qty;
-        l.value_received += value;
-        l.changed = true;
     }
 }

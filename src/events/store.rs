@@ -7,8 +7,7 @@ use possync_events::Event;
 use rust_decimal::Decimal;
 use serde_json::Value;
 
-use super::batch::{Raised, Reservation, TransferLine, TransferState};
-use super::posting::{Effect, Item};
+use super::facts::{Effect, Item, Raised, Reservation, TransferLine, TransferState};
 use crate::audit::config::Promotion;
 use crate::ledger::journal::Mapping;
 use crate::ledger::{AccountMap, JournalLine};

@@ -184,6 +184,45 @@ impl Cluster {
         );
     }
 
+    /// A hot standby of `primary` (pg_basebackup -R), on its own port and socket directory, streaming from it.
+    pub fn standby_of(primary: &Cluster) -> Cluster {
+        let base = workspace_root().join("target").join("e2e");
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = base.join(format!("standby-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        if is_root() {
+            let _ = Command::new("chown")
+                .args(["-R", "postgres:postgres", &dir.to_string_lossy()])
+                .status();
+        }
+        let data = dir.join("data");
+        primary.pg_tool(
+            "pg_basebackup",
+            &["-D", &data.to_string_lossy(), "-R", "-X", "stream"],
+        );
+        let port = free_port();
+        let conf = format!(
+            "port = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n",
+            dir.display()
+        );
+        let conf_path = data.join("postgresql.auto.conf");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&conf_path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", conf_path.display()));
+        f.write_all(conf.as_bytes())
+            .unwrap_or_else(|e| panic!("cannot write conf: {e}"));
+        let c = Cluster {
+            name: "standby".to_string(),
+            port,
+            dir,
+        };
+        c.pg_ctl_start();
+        c
+    }
+
     /// The cluster's own folder (data directory, socket, log), for files a test writes beside it.
     pub fn dir(&self) -> &Path {
         &self.dir

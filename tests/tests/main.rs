@@ -9,5 +9,6 @@ mod demo;
 mod exactly_once;
 mod hostile;
 mod outage;
+mod privileges;
 mod takeover;
 mod upgrade;
