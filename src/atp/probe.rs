@@ -52,6 +52,32 @@ struct Catalog {
 }
 
 impl Catalog {
+    /// Whether the current user may have the answer read straight from the indexes: SELECT on every table the
+    /// probe reads, and no row-level security that applies to this user on any of them. Otherwise the checked
+    /// path answers through SQL, which raises permission denied or applies the policies. Asked on every call
+    /// (a few syscache lookups): roles, grants and policies may change at any time.
+    fn readable_directly(&self) -> bool {
+        // SAFETY: catalog lookups on this backend, inside a transaction (callers run in a SQL function)
+        unsafe {
+            let user = pg_sys::GetUserId();
+            [
+                self.balance,
+                self.safety,
+                self.supply,
+                self.holds,
+                self.item,
+                self.location,
+            ]
+            .iter()
+            .all(|r| {
+                pg_sys::pg_class_aclcheck(r.table, user, pg_sys::ACL_SELECT as pg_sys::AclMode)
+                    == pg_sys::AclResult::ACLCHECK_OK
+                    && pg_sys::check_enable_rls(r.table, pg_sys::InvalidOid, true)
+                        != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+            })
+        }
+    }
+
     fn mentions(&self, relid: Oid) -> bool {
         [
             self.balance,
@@ -297,7 +323,7 @@ unsafe fn sum(r: Indexed, keys: &[(AttrNumber, Key)]) -> Option<AnyNumeric> {
 /// ATP of `sku` at `location` by `at`, or None when the checked path must answer (no balance row, no active
 /// snapshot, or a schema this code does not recognise).
 pub fn at_location(sku: &str, location: &str, at: Datum) -> Option<AnyNumeric> {
-    let cat = catalog()?;
+    let cat = catalog().filter(Catalog::readable_directly)?;
     // SAFETY: called from a SQL function, inside a transaction; the snapshot is checked first
     unsafe {
         if !pg_sys::ActiveSnapshotSet() {
@@ -344,7 +370,7 @@ pub fn at_location(sku: &str, location: &str, at: Datum) -> Option<AnyNumeric> {
 /// with a balance, a safety stock or supply due by `at` for the sku. None when the checked path must answer
 /// (an unknown sku, no active snapshot, a schema this code does not recognise).
 pub fn network(sku: &str, at: Datum) -> Option<AnyNumeric> {
-    let cat = catalog()?;
+    let cat = catalog().filter(Catalog::readable_directly)?;
     // SAFETY: as in at_location
     unsafe {
         if !pg_sys::ActiveSnapshotSet() {

@@ -275,3 +275,71 @@ async fn read_only_functions_answer_on_a_hot_standby() {
     drop(c);
     standby.stop();
 }
+
+#[tokio::test]
+async fn atp_answers_only_what_the_caller_may_read() {
+    let _serial = serial().await;
+    let erp = erp_cluster().await;
+    let admin = erp.connect("erp").await;
+    let sku = SKUS[0];
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO possync.location (location_id) VALUES ('S043');
+             SELECT possync.apply_events('{}'::jsonb);
+             CREATE ROLE exec_only LOGIN; GRANT USAGE ON SCHEMA possync TO exec_only;
+             GRANT EXECUTE ON FUNCTION possync.atp(text, text, timestamptz) TO exec_only;
+             GRANT EXECUTE ON FUNCTION possync.atp_checked(text, text, timestamptz) TO exec_only;
+             CREATE ROLE narrow LOGIN; SELECT possync.grant_reader('narrow');
+             ALTER TABLE possync.stock_balance ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY everyone ON possync.stock_balance USING (true);
+             CREATE POLICY one_store ON possync.stock_balance AS RESTRICTIVE FOR SELECT TO narrow
+                 USING (location_id = '{STORE}');",
+            json!([
+                {"event_id": "r1", "kind": "receipt", "location": STORE, "business_date": "2026-11-26",
+                 "lines": [{"sku": sku, "qty": 5, "unit_cost": "3.00"}]},
+                {"event_id": "r2", "kind": "receipt", "location": "S043", "business_date": "2026-11-26",
+                 "lines": [{"sku": sku, "qty": 7, "unit_cost": "3.00"}]}
+            ])
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("setup: {e:?}"));
+    assert_eq!(atp_of(&admin, sku, None).await, Ok("12".to_string()));
+    // EXECUTE without SELECT on the tables: the index path does not answer for it
+    let exec_only = connect_as(&erp, "exec_only").await;
+    assert_eq!(
+        atp_of(&exec_only, sku, Some(STORE)).await,
+        Err("42501".to_string())
+    );
+    assert_eq!(
+        atp_of(&exec_only, sku, None).await,
+        Err("42501".to_string())
+    );
+    // a policy that limits a reader to one store holds for ATP too
+    let narrow = connect_as(&erp, "narrow").await;
+    assert_eq!(atp_of(&narrow, sku, Some(STORE)).await, Ok("5".to_string()));
+    assert_eq!(
+        atp_of(&narrow, sku, None).await,
+        Ok("5".to_string()),
+        "the network it may see"
+    );
+    assert_eq!(
+        atp_of(&narrow, sku, Some("S043")).await,
+        Ok("0".to_string()),
+        "another store's stock is not shown"
+    );
+}
+
+async fn atp_of(c: &Client, sku: &str, loc: Option<&str>) -> Result<String, String> {
+    let sql = match loc {
+        Some(l) => format!("SELECT possync.atp('{sku}', '{l}')::text"),
+        None => format!("SELECT possync.atp('{sku}')::text"),
+    };
+    c.query_one(&sql, &[])
+        .await
+        .map(|r| r.get::<_, String>(0))
+        .map_err(|e| {
+            e.as_db_error()
+                .map(|d| d.code().code().to_string())
+                .unwrap_or_default()
+        })
+}
