@@ -183,7 +183,11 @@ DECLARE
     lines bigint;
     exceptions bigint;
 BEGIN
-    IF current_query() !~* '\mpossync\M'
+    -- the trigger cannot see the command's target; it reads the names the query's DROP statements list
+    IF NOT EXISTS (SELECT 1
+                     FROM regexp_matches(current_query(),
+                                         'drop\s+(?:extension|schema)\s+(?:if\s+exists\s+)?([^;]*)', 'gi') AS m(g)
+                    WHERE m.g[1] ~* '(^|[\s,])"?possync"?(\s|,|$)')
        OR coalesce(current_setting('possync.allow_drop', true), 'off') IN ('on', 'true', 'yes', '1')
        OR to_regclass('possync.event') IS NULL THEN
         RETURN;

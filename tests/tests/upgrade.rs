@@ -430,6 +430,8 @@ async fn drop_extension_refuses_while_ledgers_hold_data() {
         "DROP EXTENSION possync",
         "DROP EXTENSION possync CASCADE",
         "DROP SCHEMA possync CASCADE",
+        r#"drop extension if exists "possync""#,
+        "SELECT 1; DROP SCHEMA other_one, possync CASCADE",
     ] {
         let err = c
             .batch_execute(stmt)
@@ -457,7 +459,8 @@ async fn drop_extension_refuses_while_ledgers_hold_data() {
     // other objects still drop
     exec(
         &c,
-        "CREATE SCHEMA other; CREATE TABLE other.t (x int); DROP SCHEMA other CASCADE",
+        "SELECT count(*) FROM possync.event; CREATE SCHEMA other; CREATE TABLE other.t (x int);
+         DROP SCHEMA IF EXISTS other CASCADE; CREATE SCHEMA possync_archive; DROP SCHEMA possync_archive",
     )
     .await;
     exec(&c, "SET possync.allow_drop = on; DROP EXTENSION possync").await;
