@@ -163,24 +163,23 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| bad(self.at(key), "is required"))
     }
 
+    /// The text of a number field (a JSON number or a string), or Err naming what it is instead.
+    fn number_text(&self, key: &str, v: &Value, what: &str) -> Result<String, Malformed> {
+        match v {
+            Value::Number(n) => Ok(n.to_string()),
+            Value::String(s) => Ok(s.clone()),
+            other => Err(bad(
+                self.at(key),
+                format!("expected {what}, got {} {}", type_name(other), show(other)),
+            )),
+        }
+    }
+
     fn decimal(&self, key: &str) -> Result<Option<Decimal>, Malformed> {
         let Some(v) = self.get(key) else {
             return Ok(None);
         };
-        let text = match v {
-            Value::Number(n) => n.to_string(),
-            Value::String(s) => s.clone(),
-            other => {
-                return Err(bad(
-                    self.at(key),
-                    format!(
-                        "expected a number, got {} {}",
-                        type_name(other),
-                        show(other)
-                    ),
-                ))
-            }
-        };
+        let text = self.number_text(key, v, "a number")?;
         let parsed = parse_decimal(&text).ok_or_else(|| {
             let numeric = text
                 .bytes()
@@ -230,20 +229,7 @@ impl<'a> Fields<'a> {
         let whole = match self.get(key) {
             None => None,
             Some(v) => {
-                let text = match v {
-                    Value::Number(n) => n.to_string(),
-                    Value::String(s) => s.clone(),
-                    other => {
-                        return Err(bad(
-                            self.at(key),
-                            format!(
-                                "expected a whole number, got {} {}",
-                                type_name(other),
-                                show(other)
-                            ),
-                        ))
-                    }
-                };
+                let text = self.number_text(key, v, "a whole number")?;
                 Some(parse_decimal(&text).ok_or_else(|| {
                     bad(self.at(key), format!("{} is not a whole number", show(v)))
                 })?)

@@ -60,16 +60,7 @@ impl Catalog {
         // SAFETY: catalog lookups on this backend, inside a transaction (callers run in a SQL function)
         unsafe {
             let user = pg_sys::GetUserId();
-            [
-                self.balance,
-                self.safety,
-                self.supply,
-                self.holds,
-                self.item,
-                self.location,
-            ]
-            .iter()
-            .all(|r| {
+            self.read().iter().all(|r| {
                 pg_sys::pg_class_aclcheck(r.table, user, pg_sys::ACL_SELECT as pg_sys::AclMode)
                     == pg_sys::AclResult::ACLCHECK_OK
                     && pg_sys::check_enable_rls(r.table, pg_sys::InvalidOid, true)
@@ -78,7 +69,8 @@ impl Catalog {
         }
     }
 
-    fn mentions(&self, relid: Oid) -> bool {
+    /// Every relation the probe reads.
+    fn read(&self) -> [Indexed; 6] {
         [
             self.balance,
             self.safety,
@@ -87,8 +79,12 @@ impl Catalog {
             self.item,
             self.location,
         ]
-        .iter()
-        .any(|r| r.table == relid || r.index == relid)
+    }
+
+    fn mentions(&self, relid: Oid) -> bool {
+        self.read()
+            .iter()
+            .any(|r| r.table == relid || r.index == relid)
     }
 }
 

@@ -61,6 +61,17 @@ fn pg(program: &str, args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
 }
 
+/// Appends settings to a data directory's postgresql.auto.conf.
+fn append_conf(data: &Path, conf: &str) {
+    let conf_path = data.join("postgresql.auto.conf");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&conf_path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", conf_path.display()));
+    f.write_all(conf.as_bytes())
+        .unwrap_or_else(|e| panic!("cannot write conf: {e}"));
+}
+
 /// A TCP port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -130,13 +141,7 @@ impl Cluster {
             conf.push_str(l);
             conf.push('\n');
         }
-        let conf_path = data.join("postgresql.auto.conf");
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&conf_path)
-            .unwrap_or_else(|e| panic!("cannot open {}: {e}", conf_path.display()));
-        f.write_all(conf.as_bytes())
-            .unwrap_or_else(|e| panic!("cannot write conf: {e}"));
+        append_conf(&data, &conf);
         let c = Cluster {
             name: name.to_string(),
             port,
@@ -207,13 +212,7 @@ impl Cluster {
             "port = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n",
             dir.display()
         );
-        let conf_path = data.join("postgresql.auto.conf");
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&conf_path)
-            .unwrap_or_else(|e| panic!("cannot open {}: {e}", conf_path.display()));
-        f.write_all(conf.as_bytes())
-            .unwrap_or_else(|e| panic!("cannot write conf: {e}"));
+        append_conf(&data, &conf);
         let c = Cluster {
             name: "standby".to_string(),
             port,
