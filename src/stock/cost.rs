@@ -59,6 +59,10 @@ impl Balance {
         let after = self.on_hand - qty;
         let value = if after.is_zero() {
             self.value
+        } else if after > Decimal::ZERO && self.value >= Decimal::ZERO {
+            // goods left on the shelf: the move never takes more value than the shelf holds (the average is
+            // rounded to 6 decimals, which over millions of units could otherwise overdraw it)
+            cents(qty * cost).min(self.value)
         } else {
             cents(qty * cost)
         };
@@ -116,6 +120,10 @@ impl Balance {
     /// Writes off `amount` of value without moving quantity; the move records it.
     pub fn write_off(&mut self, amount: Decimal) -> StockMove {
         self.value -= amount;
+        // what is left on the shelf is worth what the books now say: the average follows
+        if self.on_hand > Decimal::ZERO {
+            self.avg_cost = Some(unit(self.value / self.on_hand));
+        }
         self.record(Decimal::ZERO, Decimal::ZERO, -amount)
     }
 
@@ -195,5 +203,27 @@ mod tests {
         let back = b.reverse(&r);
         assert_eq!(back.value, d("-25.00"));
         assert_eq!((b.on_hand, b.value), (d("-2"), d("-8.01")));
+    }
+
+    #[test]
+    fn after_a_write_off_the_average_follows_and_an_issue_never_overdraws_the_shelf() {
+        // 3 short at 33.33, then 5 arrive at 1.00: the receipt leaves 2 on hand worth -95.00, written off to 0
+        let mut b = Balance::empty();
+        b.issue(d("3"), d("33.33"));
+        b.receive(d("5"), d("1.00"));
+        let stranded = b.stranded();
+        assert_eq!(stranded, d("-94.99"));
+        b.write_off(stranded);
+        assert_eq!((b.on_hand, b.value, b.avg_cost), (d("2"), d("0.00"), Some(d("0"))));
+        // the next sale takes nothing, not the old 33.33 average
+        let m = b.issue(d("1"), d("9"));
+        assert_eq!(m.value, d("0"));
+        assert_eq!((b.on_hand, b.value), (d("1"), d("0")));
+        // 1,500,000 units worth 1.00: the average rounds up to 0.000001; selling 1,400,000 at it would take 1.40
+        let mut b = Balance::empty();
+        b.receive_at_value(d("1500000"), d("1.00"), d("0.000001"));
+        let m = b.issue(d("1400000"), d("0"));
+        assert_eq!(m.value, d("-1.00"));
+        assert!(b.value >= Decimal::ZERO && b.on_hand > Decimal::ZERO);
     }
 }
