@@ -15,6 +15,7 @@ use crate::decoder::{decode, DecodeError};
 use crate::lsn::Lsn;
 use crate::mapping::Mapping;
 use crate::metrics::{SourceMetrics, SourceState};
+use crate::pgerr::ErrorClass;
 use crate::replication::{pg_now_micros, ReplicationConnection, ReplicationError, StreamMessage};
 
 /// The publication the bridge reads on every POS.
@@ -119,7 +120,7 @@ pub enum SessionError {
     Erp(#[from] ErpError),
     #[error(transparent)]
     Replication(#[from] ReplicationError),
-    #[error("POS query failed: {0}")]
+    #[error("POS query failed: {}", crate::pgerr::describe(.0))]
     Pos(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Decode(#[from] DecodeError),
@@ -428,51 +429,242 @@ async fn apply_loop(
         let Some(last) = batch.last() else { continue };
         let last_lsn = last.commit_lsn;
         let last_commit_time = last.commit_time;
-        let events: Vec<Value> = batch
-            .iter_mut()
-            .flat_map(|t| std::mem::take(&mut t.events))
-            .collect();
-        let started = Instant::now();
+        let events: usize = batch.iter().map(|t| t.events.len()).sum();
         // a shutdown request waits for the batch in flight: the call is not cancelled
-        let (outcome, wal) = erp.apply_batch(&source.name, last_lsn, &events).await?;
-        metrics.observe_apply(started.elapsed());
+        apply_isolating(
+            erp,
+            &source.name,
+            &batch,
+            metrics,
+            &mut unflushed,
+            &committed,
+        )
+        .await?;
         applied_to = last_lsn;
-        // the POS may forget this transaction only once the ERP has it on disk (at once when it commits
-        // synchronously, otherwise after its WAL writer's next flush)
-        unflushed.push(wal.written, last_lsn);
-        unflushed.confirm(wal.flushed, &committed);
-        metrics.checkpoint.store(last_lsn.0, Ordering::Relaxed);
-        if outcome.applied {
-            metrics.batches_applied.fetch_add(1, Ordering::Relaxed);
-            metrics
-                .transactions_applied
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            metrics
-                .events_applied
-                .fetch_add(outcome.applied_events, Ordering::Relaxed);
-            metrics
-                .events_duplicate
-                .fetch_add(outcome.duplicate, Ordering::Relaxed);
-            metrics
-                .events_conflict
-                .fetch_add(outcome.conflict, Ordering::Relaxed);
-            metrics
-                .events_held
-                .fetch_add(outcome.held, Ordering::Relaxed);
-            metrics
-                .events_rejected
-                .fetch_add(outcome.rejected, Ordering::Relaxed);
-        } else {
-            metrics.batches_skipped.fetch_add(1, Ordering::Relaxed);
-        }
         let lag = pg_now_micros().saturating_sub(last_commit_time).max(0) as u64;
         metrics.lag_micros.store(lag, Ordering::Relaxed);
-        tracing::debug!(source = %source.name, commit_lsn = %last_lsn, txns = batch.len(), events = events.len(), "applied batch");
+        tracing::debug!(source = %source.name, commit_lsn = %last_lsn, txns = batch.len(), events, "applied batch");
         if *shutdown.borrow() {
             confirm_before_stop(erp, &mut unflushed, &committed).await;
             return Ok(SessionEnd::Shutdown);
         }
     }
+}
+
+/// Applies consecutive POS transactions, oldest first, in as few apply_batch calls as the ERP allows.
+///
+/// A connection or availability error ends the session (it is retried with backoff and the stream resumes at
+/// the checkpoint). An error about the data is isolated: the failed group is split in halves, each applied in
+/// its own ERP transaction with its own commit LSN as checkpoint, down to the one POS transaction the ERP
+/// refuses, which is then kept as rejected events (see [`reject_transaction`]). A half that was applied before a
+/// later failure is not applied again: apply_batch skips an LSN at or below the checkpoint.
+pub(crate) async fn apply_isolating(
+    erp: &Erp,
+    source: &str,
+    batch: &[PosTransaction],
+    metrics: &SourceMetrics,
+    unflushed: &mut Unflushed,
+    committed: &AtomicU64,
+) -> Result<(), SessionError> {
+    let mut pending = std::collections::VecDeque::from([(0, batch.len())]);
+    while let Some((from, to)) = pending.pop_front() {
+        let Some(part) = batch.get(from..to) else {
+            continue;
+        };
+        let (Some(first), Some(last)) = (part.first(), part.last()) else {
+            continue;
+        };
+        let events: Vec<&Value> = part.iter().flat_map(|t| t.events.iter()).collect();
+        let started = Instant::now();
+        match erp.apply_batch(source, last.commit_lsn, &events).await {
+            Ok((outcome, wal)) => {
+                metrics.observe_apply(started.elapsed());
+                settle(metrics, unflushed, committed, last.commit_lsn, wal);
+                count(metrics, &outcome, part.len() as u64);
+            }
+            Err(e) if e.class() == ErrorClass::Data && part.len() > 1 => {
+                let mid = from + part.len() / 2;
+                tracing::warn!(source, first_commit = %first.commit_lsn, last_commit = %last.commit_lsn,
+                    txns = part.len(), error = %e,
+                    "the ERP refused a group of POS transactions for their data; applying its halves separately to find the one it refuses");
+                pending.push_front((mid, to));
+                pending.push_front((from, mid));
+            }
+            Err(e) if e.class() == ErrorClass::Data => {
+                reject_transaction(erp, source, last, &e, metrics, unflushed, committed).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// After a batch committed: the POS may forget it once the ERP has it on disk (at once when it commits
+/// synchronously, otherwise after its WAL writer's next flush).
+fn settle(
+    metrics: &SourceMetrics,
+    unflushed: &mut Unflushed,
+    committed: &AtomicU64,
+    commit_lsn: Lsn,
+    wal: crate::apply::ErpWal,
+) {
+    unflushed.push(wal.written, commit_lsn);
+    unflushed.confirm(wal.flushed, committed);
+    metrics.checkpoint.store(commit_lsn.0, Ordering::Relaxed);
+}
+
+fn count(metrics: &SourceMetrics, outcome: &crate::apply::BatchOutcome, txns: u64) {
+    if outcome.applied {
+        metrics.batches_applied.fetch_add(1, Ordering::Relaxed);
+        metrics
+            .transactions_applied
+            .fetch_add(txns, Ordering::Relaxed);
+        metrics
+            .events_applied
+            .fetch_add(outcome.applied_events, Ordering::Relaxed);
+        metrics
+            .events_duplicate
+            .fetch_add(outcome.duplicate, Ordering::Relaxed);
+        metrics
+            .events_conflict
+            .fetch_add(outcome.conflict, Ordering::Relaxed);
+        metrics
+            .events_held
+            .fetch_add(outcome.held, Ordering::Relaxed);
+        metrics
+            .events_rejected
+            .fetch_add(outcome.rejected, Ordering::Relaxed);
+    } else {
+        metrics.batches_skipped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Most characters of an original event kept as text when the ERP refuses even the rejected form that carries
+/// it as JSON.
+const ORIGINAL_TEXT_MAX_CHARS: usize = 100_000;
+
+/// The rejected form of a POS transaction the ERP refused: one `unmapped` event per original event (or one for
+/// a transaction without events), each carrying why (the server's SQLSTATE, message, detail and hint) and the
+/// original event, so that the ERP keeps it as a `malformed` exception. Event ids are
+/// `<source>:erp_error:<commit LSN>:<index>`, never the original id, which stays free for a corrected re-post.
+/// With `as_text`, the original is carried as (truncated) JSON text instead of JSON.
+pub fn rejected_form(
+    source: &str,
+    txn: &PosTransaction,
+    error: &crate::pgerr::ServerError,
+    as_text: bool,
+) -> Vec<Value> {
+    use crate::pgerr::{single_line, truncate_noting_length, REASON_MAX_CHARS};
+    let mut why = format!(
+        "the ERP raised {} while posting POS transaction {}: {}",
+        error.sqlstate, txn.commit_lsn, error.message
+    );
+    if let Some(d) = &error.detail {
+        why.push_str("; DETAIL: ");
+        why.push_str(d);
+    }
+    if let Some(h) = &error.hint {
+        why.push_str("; HINT: ");
+        why.push_str(h);
+    }
+    let reason = truncate_noting_length(&single_line(&why), REASON_MAX_CHARS);
+    let field = |t: &str| Value::from(truncate_noting_length(t, REASON_MAX_CHARS));
+    let erp_error = serde_json::json!({
+        "sqlstate": error.sqlstate,
+        "message": field(&error.message),
+        "detail": error.detail.as_deref().map(field),
+        "hint": error.hint.as_deref().map(field),
+    });
+    let originals: Vec<Option<&Value>> = if txn.events.is_empty() {
+        vec![None]
+    } else {
+        txn.events.iter().map(Some).collect()
+    };
+    originals
+        .into_iter()
+        .enumerate()
+        .map(|(i, original)| {
+            let mut u = serde_json::Map::new();
+            u.insert(
+                "event_id".into(),
+                Value::from(format!("{source}:erp_error:{}:{i}", txn.commit_lsn)),
+            );
+            u.insert("kind".into(), Value::from(possync_events::UNMAPPED));
+            u.insert("source".into(), Value::from(source));
+            u.insert("reason".into(), Value::from(reason.clone()));
+            u.insert("erp_error".into(), erp_error.clone());
+            u.insert("commit_lsn".into(), Value::from(txn.commit_lsn.to_string()));
+            if let Some(o) = original {
+                if let Some(id) = o.get("event_id") {
+                    u.insert("original_event_id".into(), id.clone());
+                }
+                if as_text {
+                    let text = o.to_string();
+                    u.insert(
+                        "original_text".into(),
+                        Value::from(truncate_noting_length(&text, ORIGINAL_TEXT_MAX_CHARS)),
+                    );
+                } else {
+                    u.insert("original".into(), o.clone());
+                }
+            }
+            Value::Object(u)
+        })
+        .collect()
+}
+
+/// Posts a POS transaction the ERP refused as rejected events at its own commit LSN, counts it and says so at
+/// ERROR. When the ERP refuses even that, the error is not about this transaction's data after all (or the ERP
+/// refuses everything): the session ends and is retried, as for a connection error.
+async fn reject_transaction(
+    erp: &Erp,
+    source: &str,
+    txn: &PosTransaction,
+    error: &ErpError,
+    metrics: &SourceMetrics,
+    unflushed: &mut Unflushed,
+    committed: &AtomicU64,
+) -> Result<(), SessionError> {
+    let server = error.server().unwrap_or_else(|| crate::pgerr::ServerError {
+        sqlstate: String::new(),
+        message: error.to_string(),
+        detail: None,
+        hint: None,
+    });
+    let original_ids: Vec<&str> = txn
+        .events
+        .iter()
+        .filter_map(|e| e.get("event_id").and_then(Value::as_str))
+        .collect();
+    tracing::error!(source, commit_lsn = %txn.commit_lsn, sqlstate = %server.sqlstate, message = %server.message,
+        detail = server.detail.as_deref().unwrap_or(""), hint = server.hint.as_deref().unwrap_or(""),
+        events = txn.events.len(), event_ids = ?original_ids,
+        "the ERP refused this POS transaction; keeping it as rejected events and moving on");
+    let mut last_error = None;
+    for as_text in [false, true] {
+        let events = rejected_form(source, txn, &server, as_text);
+        let started = Instant::now();
+        match erp.apply_batch(source, txn.commit_lsn, &events).await {
+            Ok((outcome, wal)) => {
+                metrics.observe_apply(started.elapsed());
+                settle(metrics, unflushed, committed, txn.commit_lsn, wal);
+                count(metrics, &outcome, 1);
+                if outcome.applied {
+                    metrics
+                        .rejected_transactions
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                return Ok(());
+            }
+            Err(e) if e.class() == ErrorClass::Data => {
+                tracing::error!(source, commit_lsn = %txn.commit_lsn, as_text, error = %e,
+                    "the ERP refused the rejected form of the transaction too");
+                last_error = Some(e);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(SessionError::Erp(last_error.unwrap_or(ErpError::Refused)))
 }
 
 /// How often an idle applier asks the ERP how far it has flushed (its WAL writer flushes every 200 ms by default).
@@ -560,6 +752,50 @@ mod tests {
         u.push(Lsn(4000), Lsn(35));
         u.confirm(Lsn(5000), &committed);
         assert_eq!(committed.load(Ordering::Acquire), 40);
+    }
+
+    #[test]
+    fn a_refused_transaction_becomes_one_unmapped_event_per_event_with_the_servers_words() {
+        let txn = PosTransaction {
+            commit_lsn: Lsn(0x1972430),
+            end_lsn: Lsn(0x1972500),
+            commit_time: 0,
+            events: vec![
+                serde_json::json!({"event_id": "B-1", "kind": "sale"}),
+                serde_json::json!({"event_id": "B-2", "kind": "sale"}),
+            ],
+        };
+        let error = crate::pgerr::ServerError {
+            sqlstate: "22003".into(),
+            message: format!("value {} is out of range", "9".repeat(1_000_000)),
+            detail: Some("line 1\nline 2".into()),
+            hint: Some("fix the till".into()),
+        };
+        let form = rejected_form("store42", &txn, &error, false);
+        assert_eq!(form.len(), 2);
+        assert_eq!(form[0]["event_id"], "store42:erp_error:0/1972430:0");
+        assert_eq!(form[1]["original_event_id"], "B-2");
+        assert_eq!(form[1]["original"]["kind"], "sale");
+        assert_eq!(form[0]["kind"], "unmapped");
+        let reason = form[0]["reason"].as_str().unwrap_or_default();
+        assert_eq!(reason.chars().count(), crate::pgerr::REASON_MAX_CHARS);
+        assert!(reason.starts_with(
+            "the ERP raised 22003 while posting POS transaction 0/1972430: value 999"
+        ));
+        assert!(reason.contains("characters in all]"), "{reason}");
+        assert!(!reason.chars().any(char::is_control));
+        assert_eq!(form[0]["erp_error"]["hint"], "fix the till");
+        let text = rejected_form("store42", &txn, &error, true);
+        assert!(text[0].get("original").is_none());
+        assert!(text[0]["original_text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("B-1"));
+        let empty = PosTransaction {
+            events: vec![],
+            ..txn
+        };
+        assert_eq!(rejected_form("store42", &empty, &error, false).len(), 1);
     }
 
     #[test]

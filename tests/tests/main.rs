@@ -9,5 +9,6 @@ mod demo;
 mod exactly_once;
 mod hostile;
 mod outage;
+mod refused;
 mod takeover;
 mod upgrade;
