@@ -3,6 +3,7 @@
 use tokio_postgres::NoTls;
 
 use crate::mapping::Mapping;
+use crate::pgerr::describe;
 use crate::source::{Source, PUBLICATION};
 
 /// One finding of `check`.
@@ -36,7 +37,7 @@ async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Er
 pub async fn check(erp_url: &str, sources: &[Source], mapping: &Mapping) -> Vec<Finding> {
     let mut out = Vec::new();
     match connect(erp_url).await {
-        Err(e) => out.push(problem(format!("ERP: cannot connect: {e}"))),
+        Err(e) => out.push(problem(format!("ERP: cannot connect: {}", describe(&e)))),
         Ok(erp) => {
             let has = erp
                 .query_opt(
@@ -54,7 +55,7 @@ pub async fn check(erp_url: &str, sources: &[Source], mapping: &Mapping) -> Vec<
                 )),
                 Err(e) => out.push(problem(format!(
                     "ERP: possync.apply_batch is missing ({}); run CREATE EXTENSION possync",
-                    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+                    describe(&e)
                 ))),
             }
         }
@@ -71,7 +72,10 @@ async fn check_source(source: &Source, mapping: &Mapping) -> Vec<Finding> {
     let pos = match connect(&source.url).await {
         Ok(c) => c,
         Err(e) => {
-            out.push(problem(format!("{name}: cannot connect to the POS: {e}")));
+            out.push(problem(format!(
+                "{name}: cannot connect to the POS: {}",
+                describe(&e)
+            )));
             return out;
         }
     };
@@ -89,7 +93,10 @@ async fn check_source(source: &Source, mapping: &Mapping) -> Vec<Finding> {
                 )));
             }
         }
-        Err(e) => out.push(problem(format!("{name}: cannot read wal_level: {e}"))),
+        Err(e) => out.push(problem(format!(
+            "{name}: cannot read wal_level: {}",
+            describe(&e)
+        ))),
     }
     match pos
         .query_one(
@@ -102,7 +109,10 @@ async fn check_source(source: &Source, mapping: &Mapping) -> Vec<Finding> {
         Ok(_) => out.push(problem(format!(
             "{name}: the role lacks the REPLICATION attribute (ALTER ROLE ... REPLICATION)"
         ))),
-        Err(e) => out.push(problem(format!("{name}: cannot read role attributes: {e}"))),
+        Err(e) => out.push(problem(format!(
+            "{name}: cannot read role attributes: {}",
+            describe(&e)
+        ))),
     }
     for table in mapping.tables() {
         let row = pos
@@ -141,7 +151,10 @@ async fn check_source(source: &Source, mapping: &Mapping) -> Vec<Finding> {
                     )));
                 }
             }
-            Err(e) => out.push(problem(format!("{name}: cannot inspect {table}: {e}"))),
+            Err(e) => out.push(problem(format!(
+                "{name}: cannot inspect {table}: {}",
+                describe(&e)
+            ))),
         }
     }
     let slot = source.slot();
@@ -162,7 +175,8 @@ async fn check_source(source: &Source, mapping: &Mapping) -> Vec<Finding> {
             "{name}: slot {slot} will be created on first run"
         ))),
         Err(e) => out.push(problem(format!(
-            "{name}: cannot read replication slots: {e}"
+            "{name}: cannot read replication slots: {}",
+            describe(&e)
         ))),
     }
     match pos
@@ -176,17 +190,19 @@ async fn check_source(source: &Source, mapping: &Mapping) -> Vec<Finding> {
         Ok(None) => out.push(ok(format!(
             "{name}: publication {PUBLICATION} will be created on first run"
         ))),
-        Err(e) => out.push(problem(format!("{name}: cannot read publications: {e}"))),
+        Err(e) => out.push(problem(format!(
+            "{name}: cannot read publications: {}",
+            describe(&e)
+        ))),
     }
     out
 }
 
 /// Per-source checkpoint, lag (when the POS is given) and held / rejected counts, as printable lines.
-pub async fn status(
-    erp_url: &str,
-    sources: &[Source],
-) -> Result<Vec<String>, tokio_postgres::Error> {
-    let erp = connect(erp_url).await?;
+pub async fn status(erp_url: &str, sources: &[Source]) -> Result<Vec<String>, String> {
+    let erp = connect(erp_url)
+        .await
+        .map_err(|e| format!("cannot connect to the ERP: {}", describe(&e)))?;
     let rows = erp
         .query(
             "SELECT s.source_id, s.checkpoint::text, coalesce(s.applied_at::text, '-'), s.events_applied, \
@@ -195,7 +211,8 @@ pub async fn status(
              FROM possync.source s ORDER BY 1",
             &[],
         )
-        .await?;
+        .await
+        .map_err(|e| format!("cannot read possync.source: {}", describe(&e)))?;
     let mut lines = vec![format!(
         "{:<16} {:>14} {:>14} {:>10} {:>6} {:>8}  applied_at",
         "source", "checkpoint", "lag_bytes", "events", "held", "rejected"
@@ -212,8 +229,14 @@ pub async fn status(
                     )
                     .await
                     .map(|row| row.get::<_, i64>(0).to_string())
-                    .unwrap_or_else(|_| "?".into()),
-                Err(_) => "unreachable".into(),
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(source = %name, error = %describe(&e), "cannot read the POS WAL position");
+                        "?".into()
+                    }),
+                Err(e) => {
+                    tracing::warn!(source = %name, error = %describe(&e), "cannot connect to the POS");
+                    "unreachable".into()
+                }
             },
             None => "-".into(),
         };

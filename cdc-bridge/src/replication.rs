@@ -31,8 +31,13 @@ pub enum ReplicationError {
     Connect(PgWireClientError),
     #[error("POS replication protocol error: {0}")]
     Protocol(#[from] PgWireError),
-    #[error("POS server reported {code}: {message}")]
-    Server { code: String, message: String },
+    #[error("POS server reported {code}: {message}{}{}", .detail.as_ref().map(|d| format!("; DETAIL: {d}")).unwrap_or_default(), .hint.as_ref().map(|h| format!("; HINT: {h}")).unwrap_or_default())]
+    Server {
+        code: String,
+        message: String,
+        detail: Option<String>,
+        hint: Option<String>,
+    },
     #[error("POS closed the replication connection")]
     Closed,
     #[error("unexpected message from the POS during {0}")]
@@ -149,16 +154,12 @@ pub struct ReplicationConnection {
 }
 
 fn server_error(fields: &[(u8, String)]) -> ReplicationError {
-    let get = |c: u8| {
-        fields
-            .iter()
-            .find(|(k, _)| *k == c)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
+    let get = |c: u8| fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.clone());
     ReplicationError::Server {
-        code: get(b'C'),
-        message: get(b'M'),
+        code: get(b'C').unwrap_or_default(),
+        message: get(b'M').unwrap_or_default(),
+        detail: get(b'D'),
+        hint: get(b'H'),
     }
 }
 
