@@ -2,6 +2,7 @@
 
 use tokio_postgres::NoTls;
 
+use crate::lsn::Lsn;
 use crate::mapping::Mapping;
 use crate::pgerr::describe;
 use crate::source::{Source, PUBLICATION};
@@ -36,9 +37,21 @@ async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Er
 /// Checks the ERP (extension and privileges) and each source (wal_level, privileges, mapped tables, slot).
 pub async fn check(erp_url: &str, sources: &[Source], mapping: &Mapping) -> Vec<Finding> {
     let mut out = Vec::new();
+    let mut checkpoints = Vec::new();
     match connect(erp_url).await {
         Err(e) => out.push(problem(format!("ERP: cannot connect: {}", describe(&e)))),
         Ok(erp) => {
+            for s in sources {
+                if let Ok(row) = erp
+                    .query_one("SELECT possync.source_checkpoint($1)::text", &[&s.name])
+                    .await
+                {
+                    let text: String = row.get(0);
+                    if let Ok(lsn) = text.parse::<Lsn>() {
+                        checkpoints.push((s.name.clone(), lsn));
+                    }
+                }
+            }
             let has = erp
                 .query_opt(
                     "SELECT has_function_privilege('possync.apply_batch(text, pg_lsn, jsonb)', 'EXECUTE') \
@@ -61,12 +74,16 @@ pub async fn check(erp_url: &str, sources: &[Source], mapping: &Mapping) -> Vec<
         }
     }
     for s in sources {
-        out.extend(check_source(s, mapping).await);
+        let checkpoint = checkpoints
+            .iter()
+            .find(|(n, _)| *n == s.name)
+            .map(|(_, c)| *c);
+        out.extend(check_source(s, mapping, checkpoint).await);
     }
     out
 }
 
-async fn check_source(source: &Source, mapping: &Mapping) -> Vec<Finding> {
+async fn check_source(source: &Source, mapping: &Mapping, checkpoint: Option<Lsn>) -> Vec<Finding> {
     let name = &source.name;
     let mut out = Vec::new();
     let pos = match connect(&source.url).await {
@@ -160,11 +177,19 @@ async fn check_source(source: &Source, mapping: &Mapping) -> Vec<Finding> {
     let slot = source.slot();
     match pos
         .query_opt(
-            "SELECT plugin FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT plugin, coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await
     {
+        Ok(Some(r)) if r.get::<_, String>(1) == "lost" => out.push(problem(format!(
+            "{name}: slot {slot} has lost the WAL it needed (wal_status lost): the POS transactions after the ERP's checkpoint {} cannot be streamed; the bridge refuses the source until they are re-posted and the loss is accepted (see README, slot loss)",
+            checkpoint.unwrap_or(Lsn::ZERO)
+        ))),
+        Ok(None) if checkpoint.is_some_and(|c| c > Lsn::ZERO) => out.push(problem(format!(
+            "{name}: slot {slot} does not exist although the ERP's checkpoint is {}: the POS transactions after it cannot be streamed; the bridge refuses the source until they are re-posted and the loss is accepted (see README, slot loss)",
+            checkpoint.unwrap_or(Lsn::ZERO)
+        ))),
         Ok(Some(r)) if r.get::<_, Option<String>>(0).as_deref() == Some("pgoutput") => {
             out.push(ok(format!("{name}: slot {slot} exists")))
         }

@@ -64,6 +64,11 @@ struct Settings {
     /// an ERP crash loses nothing: what it lost is streamed again.
     #[arg(long)]
     erp_synchronous_commit: bool,
+    /// Accept that a source's replication slot was lost: NAME=LSN, where LSN is the ERP checkpoint the bridge
+    /// named when it refused the source. The bridge makes a new slot, records the accepted loss in the ERP and
+    /// streams. A different checkpoint (a later loss) is still refused. Repeat for several sources.
+    #[arg(long = "accept-slot-loss", value_name = "NAME=LSN")]
+    accept_slot_loss: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -216,6 +221,7 @@ fn resolve(s: &Settings, need_sources: bool) -> Result<Resolved, CliError> {
         sources.push(Source {
             name: name.clone(),
             url: expand_env(url, &format!("source.{name}"), config_path, from_env)?,
+            accept_slot_loss: None,
         });
     }
     for spec in &s.sources {
@@ -233,7 +239,23 @@ fn resolve(s: &Settings, need_sources: bool) -> Result<Resolved, CliError> {
         sources.push(Source {
             name: name.to_string(),
             url: url.to_string(),
+            accept_slot_loss: None,
         });
+    }
+    for spec in &s.accept_slot_loss {
+        let usage = || {
+            CliError::Usage(format!(
+                "--accept-slot-loss takes NAME=LSN, the source and the checkpoint the bridge named when it refused it; got \"{spec}\""
+            ))
+        };
+        let (name, lsn) = spec.split_once('=').ok_or_else(usage)?;
+        let lsn: possync_bridge::lsn::Lsn = lsn.parse().map_err(|_| usage())?;
+        let source = sources.iter_mut().find(|s| s.name == name).ok_or_else(|| {
+            CliError::Usage(format!(
+                "--accept-slot-loss names {name}, which is not a source"
+            ))
+        })?;
+        source.accept_slot_loss = Some(lsn);
     }
     if need_sources && sources.is_empty() {
         return Err(CliError::Usage(

@@ -55,6 +55,14 @@ pub struct SystemIdentity {
     pub database: String,
 }
 
+/// What pg_replication_slots says about a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotState {
+    /// `lost` once the WAL the slot needs was removed (max_slot_wal_keep_size): it can never stream again.
+    pub wal_status: String,
+    pub confirmed_flush: Lsn,
+}
+
 /// A message of the CopyBoth stream.
 #[derive(Debug)]
 pub enum StreamMessage {
@@ -262,6 +270,48 @@ impl ReplicationConnection {
                 .map_err(|_| ReplicationError::Malformed("IDENTIFY_SYSTEM xlogpos"))?,
             database: col(3),
         })
+    }
+
+    /// The slot's WAL status (`reserved`, `extended`, `unreserved` or `lost`) and confirmed position; None when
+    /// there is no such slot.
+    pub async fn slot_state(&mut self, slot: &str) -> Result<Option<SlotState>, ReplicationError> {
+        let rows = self
+            .simple_query(&format!(
+                "SELECT coalesce(wal_status, ''), coalesce(confirmed_flush_lsn::text, '0/0') FROM pg_replication_slots WHERE slot_name = '{slot}'"
+            ))
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let col = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+        Ok(Some(SlotState {
+            wal_status: col(0),
+            confirmed_flush: col(1)
+                .parse()
+                .map_err(|_| ReplicationError::Malformed("confirmed_flush_lsn"))?,
+        }))
+    }
+
+    /// Creates the logical slot with pgoutput; returns its consistent point (where its stream starts).
+    pub async fn create_slot(&mut self, slot: &str) -> Result<Lsn, ReplicationError> {
+        let rows = self
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput NOEXPORT_SNAPSHOT"
+            ))
+            .await?;
+        rows.first()
+            .and_then(|r| r.get(1).cloned().flatten())
+            .and_then(|s| s.parse().ok())
+            .ok_or(ReplicationError::Malformed(
+                "CREATE_REPLICATION_SLOT consistent_point",
+            ))
+    }
+
+    /// Drops the slot (it must not be in use).
+    pub async fn drop_slot(&mut self, slot: &str) -> Result<(), ReplicationError> {
+        self.simple_query(&format!("DROP_REPLICATION_SLOT {slot}"))
+            .await?;
+        Ok(())
     }
 
     /// Creates the logical slot with pgoutput unless it exists; true when it was created.

@@ -34,6 +34,8 @@ pub struct ApplySettings {
     pub erp_synchronous_commit: bool,
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// How often a source whose slot was lost is looked at again.
+    pub slot_lost_recheck: Duration,
 }
 
 impl Default for ApplySettings {
@@ -47,15 +49,19 @@ impl Default for ApplySettings {
             erp_synchronous_commit: false,
             retry_min: Duration::from_millis(200),
             retry_max: Duration::from_secs(5),
+            slot_lost_recheck: Duration::from_secs(10),
         }
     }
 }
 
 /// One POS database streamed into the ERP.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Source {
     pub name: String,
     pub url: String,
+    /// The operator accepts that the POS transactions committed after this ERP checkpoint were lost with the
+    /// replication slot (`--accept-slot-loss NAME=LSN`); see [`slot_guard`].
+    pub accept_slot_loss: Option<Lsn>,
 }
 
 impl std::fmt::Debug for Source {
@@ -128,6 +134,8 @@ pub enum SessionError {
     ApplierGone,
     #[error("the ERP connection was lost, and with it the ownership of the source")]
     ErpConnectionLost,
+    #[error("{0}")]
+    SlotLost(String),
 }
 
 enum SessionEnd {
@@ -160,6 +168,14 @@ pub async fn run(
         .await
         {
             Ok(SessionEnd::Shutdown) => break,
+            // said at ERROR by the session; looked at again until an operator acts
+            Err(SessionError::SlotLost(_)) => {
+                metrics.set_state(SourceState::SlotLost);
+                tokio::select! {
+                    _ = tokio::time::sleep(settings.slot_lost_recheck) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
             Err(e) => {
                 metrics.set_state(SourceState::Retrying);
                 metrics.retries.fetch_add(1, Ordering::Relaxed);
@@ -252,9 +268,17 @@ async fn session(
     let mut repl = ReplicationConnection::connect(&source.url).await?;
     let identity = repl.identify_system().await?;
     let slot = source.slot();
-    if repl.ensure_slot(&slot).await? {
-        tracing::info!(source = %source.name, slot = %slot, "created replication slot");
-    }
+    let checkpoint = slot_guard(
+        &erp,
+        &mut repl,
+        source,
+        &slot,
+        checkpoint,
+        identity.wal_position,
+        metrics,
+    )
+    .await?;
+    metrics.checkpoint.store(checkpoint.0, Ordering::Relaxed);
     repl.start(&slot, PUBLICATION, checkpoint).await?;
     metrics.set_state(SourceState::Streaming);
     tracing::info!(source = %source.name, slot = %slot, from = %checkpoint, system = %identity.system_id, "streaming");
@@ -281,6 +305,118 @@ async fn session(
         },
         a = applier => a,
     }
+}
+
+/// Marks a checkpoint carries in its lowest three bits (see [`slot_guard`]).
+const MARK_BITS: u64 = 7;
+
+/// Never streams a source from a new slot silently.
+///
+/// The ERP's checkpoint is the commit LSN of the last POS transaction it holds. When it is past 0/0 and the
+/// slot is missing, or lost the WAL it needs (`wal_status = 'lost'`), the POS transactions committed after the
+/// checkpoint and before a new slot's start can no longer be streamed. The bridge then refuses the source: it
+/// records the loss in the ERP, says so at ERROR and in `/healthz` and `possync_bridge_slot_lost`, and looks
+/// again every `slot_lost_recheck`, until an operator runs with `--accept-slot-loss NAME=<checkpoint>`; then
+/// it makes a new slot, records what was accepted, and streams.
+///
+/// The records are `unmapped` events (the bridge's role may call apply_batch only), which the ERP keeps as
+/// malformed exceptions. apply_batch needs a commit LSN past the checkpoint: a record takes the checkpoint plus
+/// one. Commit records start at 8-byte aligned positions and are longer than 8 bytes, so these positions can
+/// never be a real POS commit, and the lowest three bits of the checkpoint say what was recorded since the last
+/// real commit: odd, a loss not yet accepted (refused again after a restart, even if someone made a new slot
+/// meanwhile); even and not zero, a loss accepted.
+pub(crate) async fn slot_guard(
+    erp: &Erp,
+    repl: &mut ReplicationConnection,
+    source: &Source,
+    slot: &str,
+    checkpoint: Lsn,
+    pos_now: Lsn,
+    metrics: &SourceMetrics,
+) -> Result<Lsn, SessionError> {
+    let state = repl.slot_state(slot).await?;
+    let marks = checkpoint.0 & MARK_BITS;
+    let last_commit = Lsn(checkpoint.0 - marks);
+    let unaccepted = marks % 2 == 1;
+    let problem = match &state {
+        None if last_commit > Lsn::ZERO => Some("does not exist"),
+        None => None,
+        Some(s) if s.wal_status == "lost" => {
+            Some("has lost the WAL it needed (wal_status lost, see max_slot_wal_keep_size)")
+        }
+        Some(_) if unaccepted => Some("was made again after a loss that was not accepted"),
+        Some(_) => None,
+    };
+    let Some(problem) = problem else {
+        if state.is_none() {
+            repl.create_slot(slot).await?;
+            tracing::info!(source = %source.name, slot, "created replication slot");
+        }
+        return Ok(checkpoint);
+    };
+    let name = &source.name;
+    if source.accept_slot_loss == Some(last_commit) {
+        let start = match &state {
+            Some(s) if s.wal_status == "lost" => {
+                repl.drop_slot(slot).await?;
+                repl.create_slot(slot).await?
+            }
+            Some(s) => s.confirmed_flush,
+            None => repl.create_slot(slot).await?,
+        };
+        let at = Lsn(checkpoint.0 + if unaccepted { 1 } else { 2 });
+        let reason = format!(
+            "an operator accepted (--accept-slot-loss) that the POS transactions of source {name} committed after {last_commit} and before {start} were not streamed: replication slot {slot} {problem}; the new slot streams from {start}"
+        );
+        let record = loss_record(name, "slot_loss_accepted", last_commit, at, &reason, start);
+        if marks + 2 <= MARK_BITS {
+            erp.apply_batch(name, at, &[record]).await?;
+        }
+        tracing::warn!(source = %name, slot, checkpoint = %last_commit, new_slot_start = %start, "slot loss accepted by the operator; streaming from the new slot");
+        return Ok(if marks + 2 <= MARK_BITS {
+            at
+        } else {
+            checkpoint
+        });
+    }
+    if !unaccepted && marks < MARK_BITS {
+        let at = Lsn(checkpoint.0 + 1);
+        let reason = format!(
+            "replication slot {slot} of source {name} {problem} although the ERP holds POS transactions up to {last_commit}: those committed after {last_commit}, up to at least {pos_now} (the POS's WAL position when this was found), cannot be streamed and are missing from the ERP; the bridge refuses the source until they are re-posted or an operator accepts the loss with possync-bridge run --accept-slot-loss {name}={last_commit}"
+        );
+        let record = loss_record(name, "slot_lost", last_commit, at, &reason, pos_now);
+        erp.apply_batch(name, at, &[record]).await?;
+        metrics.checkpoint.store(at.0, Ordering::Relaxed);
+    }
+    let accept = match source.accept_slot_loss {
+        Some(other) => format!(
+            " (--accept-slot-loss {name}={other} names another checkpoint, so it does not apply)"
+        ),
+        None => String::new(),
+    };
+    let message = format!(
+        "refusing to stream source {name}: replication slot {slot} {problem} while the ERP's checkpoint is {last_commit}; POS transactions committed after {last_commit} (the POS is at {pos_now}) cannot be streamed. Re-post them from the POS tables, then accept the loss with possync-bridge run --accept-slot-loss {name}={last_commit}{accept}"
+    );
+    tracing::error!(source = %name, slot, checkpoint = %last_commit, pos_wal = %pos_now, "{message}");
+    Err(SessionError::SlotLost(message))
+}
+
+/// A record of a slot loss in the ERP: an `unmapped` event it keeps as a malformed exception.
+fn loss_record(
+    source: &str,
+    what: &str,
+    last_commit: Lsn,
+    at: Lsn,
+    reason: &str,
+    until: Lsn,
+) -> Value {
+    serde_json::json!({
+        "event_id": format!("{source}:{what}:{last_commit}:{at}"),
+        "kind": possync_events::UNMAPPED,
+        "source": source,
+        "reason": crate::pgerr::truncate_noting_length(reason, crate::pgerr::REASON_MAX_CHARS),
+        "slot_loss": {"what": what, "lost_after": last_commit.to_string(), "until": until.to_string()},
+    })
 }
 
 /// Reads the CopyBoth stream, answers keepalives at once, and hands committed transactions to the applier.
@@ -815,6 +951,7 @@ mod tests {
         let s = Source {
             name: "s42".into(),
             url: "postgresql://u:hunter2@h/db".into(),
+            ..Source::default()
         };
         assert!(!format!("{s:?}").contains("hunter2"));
     }

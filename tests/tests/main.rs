@@ -10,5 +10,6 @@ mod exactly_once;
 mod hostile;
 mod outage;
 mod refused;
+mod slot_loss;
 mod takeover;
 mod upgrade;
