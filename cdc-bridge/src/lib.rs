@@ -11,4 +11,5 @@ pub mod mapping;
 pub mod metrics;
 pub mod pgerr;
 pub mod replication;
+pub mod resync;
 pub mod source;

@@ -33,6 +33,24 @@ enum Command {
     Check(Settings),
     /// Per source: checkpoint, lag, held and rejected events.
     Status(Settings),
+    /// After a slot loss the bridge refused: make the new slot, re-read the POS rows of a range of business
+    /// dates, post what the ERP lacks (by event id, exactly once) and let the bridge stream again.
+    Resync(ResyncArgs),
+}
+
+#[derive(Args, Clone)]
+struct ResyncArgs {
+    #[command(flatten)]
+    settings: Settings,
+    /// First business date to re-read (YYYY-MM-DD).
+    #[arg(long)]
+    from: String,
+    /// Last business date to re-read (YYYY-MM-DD).
+    #[arg(long)]
+    to: String,
+    /// Resync only this source of the config file (default: every source given).
+    #[arg(long, value_name = "NAME")]
+    only: Option<String>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -296,6 +314,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (settings, need_sources) = match &cli.command {
         Command::Run(s) | Command::Check(s) => (s, true),
+        Command::Resync(r) => (&r.settings, true),
         Command::Status(s) => (s, false),
     };
     let resolved = match resolve(settings, need_sources) {
@@ -330,6 +349,53 @@ fn main() -> ExitCode {
                 for f in &findings {
                     println!("{} {}", if f.ok { "ok   " } else { "ERROR" }, f.what);
                     failed |= !f.ok;
+                }
+                if failed {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Command::Resync(r) => {
+                let mut failed = false;
+                let chosen: Vec<&Source> = resolved
+                    .sources
+                    .iter()
+                    .filter(|s| r.only.as_ref().is_none_or(|o| *o == s.name))
+                    .collect();
+                if chosen.is_empty() {
+                    eprintln!("possync-bridge: resync: no source by that name");
+                    return ExitCode::from(2);
+                }
+                for s in chosen {
+                    match possync_bridge::resync::resync(
+                        &resolved.erp,
+                        s,
+                        &resolved.mapping,
+                        &r.from,
+                        &r.to,
+                    )
+                    .await
+                    {
+                        Ok(report) => println!(
+                            "{}: re-read {} events of business dates {} to {}: {} applied, {} duplicate, {} conflict, {} held, {} rejected; lost after {}, the new slot starts at {}",
+                            s.name,
+                            report.events_read,
+                            r.from,
+                            r.to,
+                            report.outcome.applied_events,
+                            report.outcome.duplicate,
+                            report.outcome.conflict,
+                            report.outcome.held,
+                            report.outcome.rejected,
+                            report.last_commit,
+                            report.new_slot_start
+                        ),
+                        Err(e) => {
+                            eprintln!("possync-bridge: resync {}: {e}", s.name);
+                            failed = true;
+                        }
+                    }
                 }
                 if failed {
                     ExitCode::FAILURE

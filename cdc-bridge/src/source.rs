@@ -382,7 +382,7 @@ pub(crate) async fn slot_guard(
     if !unaccepted && marks < MARK_BITS {
         let at = Lsn(checkpoint.0 + 1);
         let reason = format!(
-            "replication slot {slot} of source {name} {problem} although the ERP holds POS transactions up to {last_commit}: those committed after {last_commit}, up to at least {pos_now} (the POS's WAL position when this was found), cannot be streamed and are missing from the ERP; the bridge refuses the source until they are re-posted or an operator accepts the loss with possync-bridge run --accept-slot-loss {name}={last_commit}"
+            "replication slot {slot} of source {name} {problem} although the ERP holds POS transactions up to {last_commit}: those committed after {last_commit}, up to at least {pos_now} (the POS's WAL position when this was found), cannot be streamed and are missing from the ERP; the bridge refuses the source until an operator re-posts them (possync-bridge resync --from DATE --to DATE) or accepts the loss (possync-bridge run --accept-slot-loss {name}={last_commit})"
         );
         let record = loss_record(name, "slot_lost", last_commit, at, &reason, pos_now);
         erp.apply_batch(name, at, &[record]).await?;
@@ -395,7 +395,7 @@ pub(crate) async fn slot_guard(
         None => String::new(),
     };
     let message = format!(
-        "refusing to stream source {name}: replication slot {slot} {problem} while the ERP's checkpoint is {last_commit}; POS transactions committed after {last_commit} (the POS is at {pos_now}) cannot be streamed. Re-post them from the POS tables, then accept the loss with possync-bridge run --accept-slot-loss {name}={last_commit}{accept}"
+        "refusing to stream source {name}: replication slot {slot} {problem} while the ERP's checkpoint is {last_commit}; POS transactions committed after {last_commit} (the POS is at {pos_now}) cannot be streamed. Re-post them from the POS tables with possync-bridge resync --from DATE --to DATE (the business dates they may have), or accept the loss with possync-bridge run --accept-slot-loss {name}={last_commit}{accept}"
     );
     tracing::error!(source = %name, slot, checkpoint = %last_commit, pos_wal = %pos_now, "{message}");
     Err(SessionError::SlotLost(message))
