@@ -48,7 +48,7 @@ pub async fn check(erp_url: &str, sources: &[Source], mapping: &Mapping) -> Vec<
                 {
                     let text: String = row.get(0);
                     if let Ok(lsn) = text.parse::<Lsn>() {
-                        checkpoints.push((s.name.clone(), lsn));
+                        checkpoints.push((s.name.clone(), crate::source::last_commit_of(lsn)));
                     }
                 }
             }

@@ -25,9 +25,9 @@ pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 /// Why the replication connection failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationError {
-    #[error("invalid POS connection URL: {0}")]
+    #[error("invalid POS connection URL: {}", describe_client_error(.0))]
     Url(PgWireClientError),
-    #[error("cannot connect to the POS for replication: {0}")]
+    #[error("cannot connect to the POS for replication: {}", describe_client_error(.0))]
     Connect(PgWireClientError),
     #[error("POS replication protocol error: {0}")]
     Protocol(#[from] PgWireError),
@@ -44,6 +44,25 @@ pub enum ReplicationError {
     Unexpected(&'static str),
     #[error("malformed replication message: {0}")]
     Malformed(&'static str),
+}
+
+/// A pgwire client error; a server's error response with its SQLSTATE, message, detail and hint.
+fn describe_client_error(e: &PgWireClientError) -> String {
+    match e {
+        PgWireClientError::RemoteError(info) => {
+            let mut s = format!("{} {}: {}", info.severity, info.code, info.message);
+            if let Some(d) = &info.detail {
+                s.push_str("; DETAIL: ");
+                s.push_str(d);
+            }
+            if let Some(h) = &info.hint {
+                s.push_str("; HINT: ");
+                s.push_str(h);
+            }
+            s
+        }
+        other => other.to_string(),
+    }
 }
 
 /// What IDENTIFY_SYSTEM reports.

@@ -310,6 +310,11 @@ async fn session(
 /// Marks a checkpoint carries in its lowest three bits (see [`slot_guard`]).
 const MARK_BITS: u64 = 7;
 
+/// The commit LSN of the last real POS transaction behind a checkpoint (without the slot-loss marks).
+pub fn last_commit_of(checkpoint: Lsn) -> Lsn {
+    Lsn(checkpoint.0 & !MARK_BITS)
+}
+
 /// Never streams a source from a new slot silently.
 ///
 /// The ERP's checkpoint is the commit LSN of the last POS transaction it holds. When it is past 0/0 and the
@@ -932,6 +937,15 @@ mod tests {
             ..txn
         };
         assert_eq!(rejected_form("store42", &empty, &error, false).len(), 1);
+    }
+
+    #[test]
+    fn slot_loss_marks_never_reach_a_real_commit_position() {
+        // commit records start 8-byte aligned: the marks live below the next one
+        assert_eq!(last_commit_of(Lsn(0x1976A90)), Lsn(0x1976A90));
+        assert_eq!(last_commit_of(Lsn(0x1976A91)), Lsn(0x1976A90));
+        assert_eq!(last_commit_of(Lsn(0x1976A92)), Lsn(0x1976A90));
+        assert_eq!(last_commit_of(Lsn(0x1)), Lsn::ZERO);
     }
 
     #[test]

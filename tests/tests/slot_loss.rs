@@ -72,6 +72,21 @@ async fn a_source_whose_slot_was_dropped_is_refused_until_an_operator_accepts_th
         "{log}"
     );
 
+    // check says so too
+    let out = std::process::Command::new(bridge_path())
+        .args(["check", "--erp", &erp_url, "--source"])
+        .arg(format!("store42={}", pos.url("pos")))
+        .output()
+        .expect("possync-bridge check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "slot possync_store42 does not exist although the ERP's checkpoint is {checkpoint}"
+        )),
+        "{text}"
+    );
+
     // and streams nothing from a new slot, also for what the tills sell meanwhile
     run_sales(&pos_db, "L", 36, 5, 200).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
