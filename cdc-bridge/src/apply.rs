@@ -20,6 +20,9 @@ pub enum ErpError {
     Checkpoint(#[from] crate::lsn::BadLsn),
     #[error("the ERP refused a POS transaction and its rejected form")]
     Refused,
+    /// The batch may have committed; asking where the ERP's WAL stands failed.
+    #[error("reading the ERP's WAL position after a batch: {0}")]
+    AfterApply(Box<ErpError>),
 }
 
 impl ErpError {
@@ -28,9 +31,10 @@ impl ErpError {
     pub fn class(&self) -> ErrorClass {
         match self {
             ErpError::Db(e) => classify(e),
-            ErpError::Response(_) | ErpError::Checkpoint(_) | ErpError::Refused => {
-                ErrorClass::Transient
-            }
+            ErpError::Response(_)
+            | ErpError::Checkpoint(_)
+            | ErpError::Refused
+            | ErpError::AfterApply(_) => ErrorClass::Transient,
         }
     }
 
@@ -140,7 +144,9 @@ impl Erp {
         )
         .await;
         let text: String = row?.get(0);
-        Ok((outcome_of(&serde_json::from_str(&text)?), wal?))
+        // never about the batch's data: retried, and the checkpoint skips the batch if it did commit
+        let wal = wal.map_err(|e| ErpError::AfterApply(Box::new(e)))?;
+        Ok((outcome_of(&serde_json::from_str(&text)?), wal))
     }
 
     /// The ERP's WAL positions now.

@@ -739,7 +739,9 @@ pub fn rejected_form(
                 if let Some(id) = o.get("event_id") {
                     u.insert("original_event_id".into(), id.clone());
                 }
-                if as_text {
+                // nested one level deeper than the contract allows, the record would be refused for its depth
+                // and the server's words lost: carry such an original as text
+                if as_text || possync_events::depth(o) + 1 > possync_events::domain::MAX_DEPTH {
                     let text = o.to_string();
                     u.insert(
                         "original_text".into(),
@@ -932,6 +934,17 @@ mod tests {
             .as_str()
             .unwrap_or_default()
             .contains("B-1"));
+        let mut deep = serde_json::json!("leaf");
+        for _ in 0..possync_events::domain::MAX_DEPTH {
+            deep = serde_json::json!({ "k": deep });
+        }
+        let nested = PosTransaction {
+            events: vec![deep],
+            ..txn.clone()
+        };
+        let kept = rejected_form("store42", &nested, &error, false);
+        assert!(kept[0].get("original").is_none());
+        assert!(possync_events::depth(&kept[0]) <= possync_events::domain::MAX_DEPTH);
         let empty = PosTransaction {
             events: vec![],
             ..txn
