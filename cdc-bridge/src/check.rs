@@ -232,7 +232,7 @@ pub async fn status(erp_url: &str, sources: &[Source]) -> Result<Vec<String>, St
         .query(
             "SELECT s.source_id, s.checkpoint::text, coalesce(s.applied_at::text, '-'), s.events_applied, \
                     (SELECT count(*) FROM possync.event e WHERE e.source = s.source_id AND e.status = 'held'), \
-                    (SELECT count(*) FROM possync.event e WHERE e.source = s.source_id AND e.status = 'rejected') \
+                    (SELECT count(*) FROM possync.exception x WHERE x.source = s.source_id AND x.kind = 'malformed') \
              FROM possync.source s ORDER BY 1",
             &[],
         )

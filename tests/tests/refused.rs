@@ -171,6 +171,19 @@ async fn a_pos_transaction_the_erp_raises_for_is_kept_as_rejected_and_the_store_
     );
     assert!(!log.contains("db error"), "{log}");
 
+    // status counts it among the source's rejected events
+    let out = std::process::Command::new(bridge_path())
+        .args(["status", "--erp", &erp_url])
+        .output()
+        .expect("possync-bridge status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("store42 "))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    assert_eq!(line.get(5).copied(), Some("1"), "rejected column\n{text}");
+
     // a restart posts nothing again: neither the sales nor the rejected form
     let journals = count(&erp_db, "SELECT count(*) FROM possync.journal").await;
     assert_eq!(bridge.terminate(), Some(0));
