@@ -4,6 +4,7 @@ use serde_json::Value;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::lsn::Lsn;
+use crate::pgerr::{classify, ErrorClass, ServerError};
 
 /// First key of the advisory lock that says which bridge owns a source (ASCII "PS").
 const LOCK_CLASS: i32 = 0x5053;
@@ -11,12 +12,39 @@ const LOCK_CLASS: i32 = 0x5053;
 /// Why an ERP call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ErpError {
-    #[error("ERP database error: {0}")]
+    #[error("ERP database error: {}", crate::pgerr::describe(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("apply_batch returned something other than JSON: {0}")]
     Response(#[from] serde_json::Error),
     #[error("bad checkpoint from the ERP: {0}")]
     Checkpoint(#[from] crate::lsn::BadLsn),
+    #[error("the ERP refused a POS transaction and its rejected form")]
+    Refused,
+    /// The batch may have committed; asking where the ERP's WAL stands failed.
+    #[error("reading the ERP's WAL position after a batch: {0}")]
+    AfterApply(Box<ErpError>),
+}
+
+impl ErpError {
+    /// Whether retrying the same call may succeed (see [`crate::pgerr::classify`]); only a server error about
+    /// the data is not worth retrying.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ErpError::Db(e) => classify(e),
+            ErpError::Response(_)
+            | ErpError::Checkpoint(_)
+            | ErpError::Refused
+            | ErpError::AfterApply(_) => ErrorClass::Transient,
+        }
+    }
+
+    /// The server's fields, when the server raised the error.
+    pub fn server(&self) -> Option<ServerError> {
+        match self {
+            ErpError::Db(e) => ServerError::of(e),
+            _ => None,
+        }
+    }
 }
 
 /// What one apply_batch call did.
@@ -59,7 +87,7 @@ impl Erp {
         let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "ERP connection ended");
+                tracing::debug!(error = %crate::pgerr::describe(&e), "ERP connection ended");
             }
         });
         if !synchronous_commit {
@@ -103,7 +131,7 @@ impl Erp {
         &self,
         source: &str,
         commit_lsn: Lsn,
-        events: &[Value],
+        events: &impl serde::Serialize,
     ) -> Result<(BatchOutcome, ErpWal), ErpError> {
         let payload = serde_json::to_string(events)?;
         let lsn = commit_lsn.to_string();
@@ -116,7 +144,9 @@ impl Erp {
         )
         .await;
         let text: String = row?.get(0);
-        Ok((outcome_of(&serde_json::from_str(&text)?), wal?))
+        // never about the batch's data: retried, and the checkpoint skips the batch if it did commit
+        let wal = wal.map_err(|e| ErpError::AfterApply(Box::new(e)))?;
+        Ok((outcome_of(&serde_json::from_str(&text)?), wal))
     }
 
     /// The ERP's WAL positions now.

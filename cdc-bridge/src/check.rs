@@ -2,7 +2,9 @@
 
 use tokio_postgres::NoTls;
 
+use crate::lsn::Lsn;
 use crate::mapping::Mapping;
+use crate::pgerr::describe;
 use crate::source::{Source, PUBLICATION};
 
 /// One finding of `check`.
@@ -35,9 +37,21 @@ async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Er
 /// Checks the ERP (extension and privileges) and each source (wal_level, privileges, mapped tables, slot).
 pub async fn check(erp_url: &str, sources: &[Source], mapping: &Mapping) -> Vec<Finding> {
     let mut out = Vec::new();
+    let mut checkpoints = Vec::new();
     match connect(erp_url).await {
-        Err(e) => out.push(problem(format!("ERP: cannot connect: {e}"))),
+        Err(e) => out.push(problem(format!("ERP: cannot connect: {}", describe(&e)))),
         Ok(erp) => {
+            for s in sources {
+                if let Ok(row) = erp
+                    .query_one("SELECT possync.source_checkpoint($1)::text", &[&s.name])
+                    .await
+                {
+                    let text: String = row.get(0);
+                    if let Ok(lsn) = text.parse::<Lsn>() {
+                        checkpoints.push((s.name.clone(), crate::source::last_commit_of(lsn)));
+                    }
+                }
+            }
             let has = erp
                 .query_opt(
                     "SELECT has_function_privilege('possync.apply_batch(text, pg_lsn, jsonb)', 'EXECUTE') \
@@ -54,24 +68,31 @@ pub async fn check(erp_url: &str, sources: &[Source], mapping: &Mapping) -> Vec<
                 )),
                 Err(e) => out.push(problem(format!(
                     "ERP: possync.apply_batch is missing ({}); run CREATE EXTENSION possync",
-                    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+                    describe(&e)
                 ))),
             }
         }
     }
     for s in sources {
-        out.extend(check_source(s, mapping).await);
+        let checkpoint = checkpoints
+            .iter()
+            .find(|(n, _)| *n == s.name)
+            .map(|(_, c)| *c);
+        out.extend(check_source(s, mapping, checkpoint).await);
     }
     out
 }
 
-async fn check_source(source: &Source, mapping: &Mapping) -> Vec<Finding> {
+async fn check_source(source: &Source, mapping: &Mapping, checkpoint: Option<Lsn>) -> Vec<Finding> {
     let name = &source.name;
     let mut out = Vec::new();
     let pos = match connect(&source.url).await {
         Ok(c) => c,
         Err(e) => {
-            out.push(problem(format!("{name}: cannot connect to the POS: {e}")));
+            out.push(problem(format!(
+                "{name}: cannot connect to the POS: {}",
+                describe(&e)
+            )));
             return out;
         }
     };
@@ -89,7 +110,10 @@ async fn check_source(source: &Source, mapping: &Mapping) -> Vec<Finding> {
                 )));
             }
         }
-        Err(e) => out.push(problem(format!("{name}: cannot read wal_level: {e}"))),
+        Err(e) => out.push(problem(format!(
+            "{name}: cannot read wal_level: {}",
+            describe(&e)
+        ))),
     }
     match pos
         .query_one(
@@ -102,7 +126,10 @@ async fn check_source(source: &Source, mapping: &Mapping) -> Vec<Finding> {
         Ok(_) => out.push(problem(format!(
             "{name}: the role lacks the REPLICATION attribute (ALTER ROLE ... REPLICATION)"
         ))),
-        Err(e) => out.push(problem(format!("{name}: cannot read role attributes: {e}"))),
+        Err(e) => out.push(problem(format!(
+            "{name}: cannot read role attributes: {}",
+            describe(&e)
+        ))),
     }
     for table in mapping.tables() {
         let row = pos
@@ -141,17 +168,28 @@ async fn check_source(source: &Source, mapping: &Mapping) -> Vec<Finding> {
                     )));
                 }
             }
-            Err(e) => out.push(problem(format!("{name}: cannot inspect {table}: {e}"))),
+            Err(e) => out.push(problem(format!(
+                "{name}: cannot inspect {table}: {}",
+                describe(&e)
+            ))),
         }
     }
     let slot = source.slot();
     match pos
         .query_opt(
-            "SELECT plugin FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT plugin, coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await
     {
+        Ok(Some(r)) if r.get::<_, String>(1) == "lost" => out.push(problem(format!(
+            "{name}: slot {slot} has lost the WAL it needed (wal_status lost): the POS transactions after the ERP's checkpoint {} cannot be streamed; the bridge refuses the source until they are re-posted and the loss is accepted (see README, slot loss)",
+            checkpoint.unwrap_or(Lsn::ZERO)
+        ))),
+        Ok(None) if checkpoint.is_some_and(|c| c > Lsn::ZERO) => out.push(problem(format!(
+            "{name}: slot {slot} does not exist although the ERP's checkpoint is {}: the POS transactions after it cannot be streamed; the bridge refuses the source until they are re-posted and the loss is accepted (see README, slot loss)",
+            checkpoint.unwrap_or(Lsn::ZERO)
+        ))),
         Ok(Some(r)) if r.get::<_, Option<String>>(0).as_deref() == Some("pgoutput") => {
             out.push(ok(format!("{name}: slot {slot} exists")))
         }
@@ -162,7 +200,8 @@ async fn check_source(source: &Source, mapping: &Mapping) -> Vec<Finding> {
             "{name}: slot {slot} will be created on first run"
         ))),
         Err(e) => out.push(problem(format!(
-            "{name}: cannot read replication slots: {e}"
+            "{name}: cannot read replication slots: {}",
+            describe(&e)
         ))),
     }
     match pos
@@ -176,26 +215,29 @@ async fn check_source(source: &Source, mapping: &Mapping) -> Vec<Finding> {
         Ok(None) => out.push(ok(format!(
             "{name}: publication {PUBLICATION} will be created on first run"
         ))),
-        Err(e) => out.push(problem(format!("{name}: cannot read publications: {e}"))),
+        Err(e) => out.push(problem(format!(
+            "{name}: cannot read publications: {}",
+            describe(&e)
+        ))),
     }
     out
 }
 
 /// Per-source checkpoint, lag (when the POS is given) and held / rejected counts, as printable lines.
-pub async fn status(
-    erp_url: &str,
-    sources: &[Source],
-) -> Result<Vec<String>, tokio_postgres::Error> {
-    let erp = connect(erp_url).await?;
+pub async fn status(erp_url: &str, sources: &[Source]) -> Result<Vec<String>, String> {
+    let erp = connect(erp_url)
+        .await
+        .map_err(|e| format!("cannot connect to the ERP: {}", describe(&e)))?;
     let rows = erp
         .query(
             "SELECT s.source_id, s.checkpoint::text, coalesce(s.applied_at::text, '-'), s.events_applied, \
                     (SELECT count(*) FROM possync.event e WHERE e.source = s.source_id AND e.status = 'held'), \
-                    (SELECT count(*) FROM possync.event e WHERE e.source = s.source_id AND e.status = 'rejected') \
+                    (SELECT count(*) FROM possync.exception x WHERE x.source = s.source_id AND x.kind = 'malformed') \
              FROM possync.source s ORDER BY 1",
             &[],
         )
-        .await?;
+        .await
+        .map_err(|e| format!("cannot read possync.source: {}", describe(&e)))?;
     let mut lines = vec![format!(
         "{:<16} {:>14} {:>14} {:>10} {:>6} {:>8}  applied_at",
         "source", "checkpoint", "lag_bytes", "events", "held", "rejected"
@@ -212,8 +254,14 @@ pub async fn status(
                     )
                     .await
                     .map(|row| row.get::<_, i64>(0).to_string())
-                    .unwrap_or_else(|_| "?".into()),
-                Err(_) => "unreachable".into(),
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(source = %name, error = %describe(&e), "cannot read the POS WAL position");
+                        "?".into()
+                    }),
+                Err(e) => {
+                    tracing::warn!(source = %name, error = %describe(&e), "cannot connect to the POS");
+                    "unreachable".into()
+                }
             },
             None => "-".into(),
         };

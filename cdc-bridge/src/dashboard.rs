@@ -58,7 +58,7 @@ pub fn health(state: SourceState, lag: Duration) -> Health {
     match state {
         SourceState::Standby => Health::Healthy,
         SourceState::Starting => Health::Lagging,
-        SourceState::Retrying | SourceState::Stopped => Health::Failing,
+        SourceState::Retrying | SourceState::Stopped | SourceState::SlotLost => Health::Failing,
         SourceState::Streaming if lag < HEALTHY_BELOW => Health::Healthy,
         SourceState::Streaming if lag < LAGGING_BELOW => Health::Lagging,
         SourceState::Streaming => Health::Failing,
@@ -337,7 +337,7 @@ async fn connect_erp(url: &str) -> Result<Client, tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "dashboard ERP connection ended");
+            tracing::debug!(error = %crate::pgerr::describe(&e), "dashboard ERP connection ended");
         }
     });
     // a slow view must not hold the ERP; the page keeps the last figures meanwhile
@@ -351,13 +351,7 @@ async fn connect_erp(url: &str) -> Result<Client, tokio_postgres::Error> {
 
 /// The server's message, or the client error with its cause ("error connecting to server: Connection refused").
 fn db_error(e: &tokio_postgres::Error) -> String {
-    if let Some(d) = e.as_db_error() {
-        return d.message().to_string();
-    }
-    match std::error::Error::source(e) {
-        Some(cause) => format!("{e}: {cause}"),
-        None => e.to_string(),
-    }
+    crate::pgerr::describe(e)
 }
 
 async fn read_section(client: &Client, sql: &str) -> Result<Value, String> {

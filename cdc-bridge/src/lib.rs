@@ -9,5 +9,7 @@ pub mod http;
 pub mod lsn;
 pub mod mapping;
 pub mod metrics;
+pub mod pgerr;
 pub mod replication;
+pub mod resync;
 pub mod source;

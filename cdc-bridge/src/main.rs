@@ -33,6 +33,24 @@ enum Command {
     Check(Settings),
     /// Per source: checkpoint, lag, held and rejected events.
     Status(Settings),
+    /// After a slot loss the bridge refused: make the new slot, re-read the POS rows of a range of business
+    /// dates, post what the ERP lacks (by event id, exactly once) and let the bridge stream again.
+    Resync(ResyncArgs),
+}
+
+#[derive(Args, Clone)]
+struct ResyncArgs {
+    #[command(flatten)]
+    settings: Settings,
+    /// First business date to re-read (YYYY-MM-DD).
+    #[arg(long)]
+    from: String,
+    /// Last business date to re-read (YYYY-MM-DD).
+    #[arg(long)]
+    to: String,
+    /// Resync only this source of the config file (default: every source given).
+    #[arg(long, value_name = "NAME")]
+    only: Option<String>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -64,6 +82,11 @@ struct Settings {
     /// an ERP crash loses nothing: what it lost is streamed again.
     #[arg(long)]
     erp_synchronous_commit: bool,
+    /// Accept that a source's replication slot was lost: NAME=LSN, where LSN is the ERP checkpoint the bridge
+    /// named when it refused the source. The bridge makes a new slot, records the accepted loss in the ERP and
+    /// streams. A different checkpoint (a later loss) is still refused. Repeat for several sources.
+    #[arg(long = "accept-slot-loss", value_name = "NAME=LSN")]
+    accept_slot_loss: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -216,6 +239,7 @@ fn resolve(s: &Settings, need_sources: bool) -> Result<Resolved, CliError> {
         sources.push(Source {
             name: name.clone(),
             url: expand_env(url, &format!("source.{name}"), config_path, from_env)?,
+            accept_slot_loss: None,
         });
     }
     for spec in &s.sources {
@@ -233,7 +257,23 @@ fn resolve(s: &Settings, need_sources: bool) -> Result<Resolved, CliError> {
         sources.push(Source {
             name: name.to_string(),
             url: url.to_string(),
+            accept_slot_loss: None,
         });
+    }
+    for spec in &s.accept_slot_loss {
+        let usage = || {
+            CliError::Usage(format!(
+                "--accept-slot-loss takes NAME=LSN, the source and the checkpoint the bridge named when it refused it; got \"{spec}\""
+            ))
+        };
+        let (name, lsn) = spec.split_once('=').ok_or_else(usage)?;
+        let lsn: possync_bridge::lsn::Lsn = lsn.parse().map_err(|_| usage())?;
+        let source = sources.iter_mut().find(|s| s.name == name).ok_or_else(|| {
+            CliError::Usage(format!(
+                "--accept-slot-loss names {name}, which is not a source"
+            ))
+        })?;
+        source.accept_slot_loss = Some(lsn);
     }
     if need_sources && sources.is_empty() {
         return Err(CliError::Usage(
@@ -274,6 +314,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (settings, need_sources) = match &cli.command {
         Command::Run(s) | Command::Check(s) => (s, true),
+        Command::Resync(r) => (&r.settings, true),
         Command::Status(s) => (s, false),
     };
     let resolved = match resolve(settings, need_sources) {
@@ -308,6 +349,53 @@ fn main() -> ExitCode {
                 for f in &findings {
                     println!("{} {}", if f.ok { "ok   " } else { "ERROR" }, f.what);
                     failed |= !f.ok;
+                }
+                if failed {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Command::Resync(r) => {
+                let mut failed = false;
+                let chosen: Vec<&Source> = resolved
+                    .sources
+                    .iter()
+                    .filter(|s| r.only.as_ref().is_none_or(|o| *o == s.name))
+                    .collect();
+                if chosen.is_empty() {
+                    eprintln!("possync-bridge: resync: no source by that name");
+                    return ExitCode::from(2);
+                }
+                for s in chosen {
+                    match possync_bridge::resync::resync(
+                        &resolved.erp,
+                        s,
+                        &resolved.mapping,
+                        &r.from,
+                        &r.to,
+                    )
+                    .await
+                    {
+                        Ok(report) => println!(
+                            "{}: re-read {} events of business dates {} to {}: {} applied, {} duplicate, {} conflict, {} held, {} rejected; lost after {}, the new slot starts at {}",
+                            s.name,
+                            report.events_read,
+                            r.from,
+                            r.to,
+                            report.outcome.applied_events,
+                            report.outcome.duplicate,
+                            report.outcome.conflict,
+                            report.outcome.held,
+                            report.outcome.rejected,
+                            report.last_commit,
+                            report.new_slot_start
+                        ),
+                        Err(e) => {
+                            eprintln!("possync-bridge: resync {}: {e}", s.name);
+                            failed = true;
+                        }
+                    }
                 }
                 if failed {
                     ExitCode::FAILURE

@@ -43,6 +43,14 @@ pub enum FieldSource {
 }
 
 impl FieldSource {
+    /// The column, whatever the kinds it is limited to.
+    pub fn column(&self) -> &str {
+        match self {
+            FieldSource::Column(c) => c,
+            FieldSource::ForKinds { column, .. } => column,
+        }
+    }
+
     fn column_for(&self, kind: &str) -> Option<&str> {
         match self {
             FieldSource::Column(c) => Some(c),
@@ -213,6 +221,16 @@ impl Mapping {
         }
         t.extend(self.outboxes.iter().map(|o| o.table.clone()));
         t
+    }
+
+    /// The header tables.
+    pub fn event_mappings(&self) -> &[EventMapping] {
+        &self.events
+    }
+
+    /// The outbox tables.
+    pub fn outbox_mappings(&self) -> &[OutboxMapping] {
+        &self.outboxes
     }
 
     /// The events of one committed POS transaction, in the order their rows were written.
@@ -476,7 +494,8 @@ pub fn row_of(relation: &Relation, tuple: &Tuple) -> Map<String, Value> {
     m
 }
 
-fn json_of_text(type_oid: u32, t: &str) -> Value {
+/// A column's text output (as pgoutput and a text-format query give it) as the JSON the mapping works on.
+pub fn json_of_text(type_oid: u32, t: &str) -> Value {
     match type_oid {
         BOOL => Value::Bool(t == "t"),
         INT2 | INT4 | INT8 | OID => t

@@ -29,6 +29,9 @@ pub enum SourceState {
     /// The last session failed; waiting to retry.
     Retrying = 3,
     Stopped = 4,
+    /// The replication slot is gone or lost its WAL while the ERP holds a checkpoint: refusing to stream from a
+    /// new slot until an operator accepts the loss.
+    SlotLost = 5,
 }
 
 impl SourceState {
@@ -38,6 +41,7 @@ impl SourceState {
             2 => SourceState::Streaming,
             3 => SourceState::Retrying,
             4 => SourceState::Stopped,
+            5 => SourceState::SlotLost,
             _ => SourceState::Starting,
         }
     }
@@ -49,6 +53,7 @@ impl SourceState {
             SourceState::Streaming => "streaming",
             SourceState::Retrying => "retrying",
             SourceState::Stopped => "stopped",
+            SourceState::SlotLost => "slot_lost",
         }
     }
 }
@@ -67,6 +72,8 @@ pub struct SourceMetrics {
     pub batches_applied: AtomicU64,
     pub batches_skipped: AtomicU64,
     pub retries: AtomicU64,
+    /// POS transactions the ERP refused (a server error about their data), kept as rejected events instead.
+    pub rejected_transactions: AtomicU64,
     /// Last commit LSN the ERP committed.
     pub checkpoint: AtomicU64,
     /// Latest WAL end the POS reported.
@@ -92,6 +99,7 @@ impl SourceMetrics {
             batches_applied: AtomicU64::new(0),
             batches_skipped: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            rejected_transactions: AtomicU64::new(0),
             checkpoint: AtomicU64::new(0),
             wal_end: AtomicU64::new(0),
             lag_micros: AtomicU64::new(0),
@@ -215,6 +223,12 @@ impl Registry {
             "Sessions restarted after an error",
             &|s| r(&s.retries),
         );
+        counter(
+            &mut out,
+            "possync_bridge_rejected_transactions_total",
+            "POS transactions the ERP raised an error for, kept as rejected events",
+            &|s| r(&s.rejected_transactions),
+        );
         let gauge =
             |out: &mut String, name: &str, help: &str, get: &dyn Fn(&SourceMetrics) -> Decimal| {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -245,6 +259,12 @@ impl Registry {
             "possync_bridge_streaming",
             "1 while the source streams",
             &|s| Decimal::from(u8::from(s.state() == SourceState::Streaming)),
+        );
+        gauge(
+            &mut out,
+            "possync_bridge_slot_lost",
+            "1 while the source's replication slot is gone or lost its WAL and the bridge refuses to stream",
+            &|s| Decimal::from(u8::from(s.state() == SourceState::SlotLost)),
         );
         let name = "possync_bridge_apply_seconds";
         let _ = writeln!(

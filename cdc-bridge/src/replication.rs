@@ -25,20 +25,44 @@ pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 /// Why the replication connection failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationError {
-    #[error("invalid POS connection URL: {0}")]
+    #[error("invalid POS connection URL: {}", describe_client_error(.0))]
     Url(PgWireClientError),
-    #[error("cannot connect to the POS for replication: {0}")]
+    #[error("cannot connect to the POS for replication: {}", describe_client_error(.0))]
     Connect(PgWireClientError),
     #[error("POS replication protocol error: {0}")]
     Protocol(#[from] PgWireError),
-    #[error("POS server reported {code}: {message}")]
-    Server { code: String, message: String },
+    #[error("POS server reported {code}: {message}{}{}", .detail.as_ref().map(|d| format!("; DETAIL: {d}")).unwrap_or_default(), .hint.as_ref().map(|h| format!("; HINT: {h}")).unwrap_or_default())]
+    Server {
+        code: String,
+        message: String,
+        detail: Option<String>,
+        hint: Option<String>,
+    },
     #[error("POS closed the replication connection")]
     Closed,
     #[error("unexpected message from the POS during {0}")]
     Unexpected(&'static str),
     #[error("malformed replication message: {0}")]
     Malformed(&'static str),
+}
+
+/// A pgwire client error; a server's error response with its SQLSTATE, message, detail and hint.
+fn describe_client_error(e: &PgWireClientError) -> String {
+    match e {
+        PgWireClientError::RemoteError(info) => {
+            let mut s = format!("{} {}: {}", info.severity, info.code, info.message);
+            if let Some(d) = &info.detail {
+                s.push_str("; DETAIL: ");
+                s.push_str(d);
+            }
+            if let Some(h) = &info.hint {
+                s.push_str("; HINT: ");
+                s.push_str(h);
+            }
+            s
+        }
+        other => other.to_string(),
+    }
 }
 
 /// What IDENTIFY_SYSTEM reports.
@@ -48,6 +72,14 @@ pub struct SystemIdentity {
     pub timeline: u32,
     pub wal_position: Lsn,
     pub database: String,
+}
+
+/// What pg_replication_slots says about a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotState {
+    /// `lost` once the WAL the slot needs was removed (max_slot_wal_keep_size): it can never stream again.
+    pub wal_status: String,
+    pub confirmed_flush: Lsn,
 }
 
 /// A message of the CopyBoth stream.
@@ -149,16 +181,12 @@ pub struct ReplicationConnection {
 }
 
 fn server_error(fields: &[(u8, String)]) -> ReplicationError {
-    let get = |c: u8| {
-        fields
-            .iter()
-            .find(|(k, _)| *k == c)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
+    let get = |c: u8| fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.clone());
     ReplicationError::Server {
-        code: get(b'C'),
-        message: get(b'M'),
+        code: get(b'C').unwrap_or_default(),
+        message: get(b'M').unwrap_or_default(),
+        detail: get(b'D'),
+        hint: get(b'H'),
     }
 }
 
@@ -261,6 +289,48 @@ impl ReplicationConnection {
                 .map_err(|_| ReplicationError::Malformed("IDENTIFY_SYSTEM xlogpos"))?,
             database: col(3),
         })
+    }
+
+    /// The slot's WAL status (`reserved`, `extended`, `unreserved` or `lost`) and confirmed position; None when
+    /// there is no such slot.
+    pub async fn slot_state(&mut self, slot: &str) -> Result<Option<SlotState>, ReplicationError> {
+        let rows = self
+            .simple_query(&format!(
+                "SELECT coalesce(wal_status, ''), coalesce(confirmed_flush_lsn::text, '0/0') FROM pg_replication_slots WHERE slot_name = '{slot}'"
+            ))
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let col = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+        Ok(Some(SlotState {
+            wal_status: col(0),
+            confirmed_flush: col(1)
+                .parse()
+                .map_err(|_| ReplicationError::Malformed("confirmed_flush_lsn"))?,
+        }))
+    }
+
+    /// Creates the logical slot with pgoutput; returns its consistent point (where its stream starts).
+    pub async fn create_slot(&mut self, slot: &str) -> Result<Lsn, ReplicationError> {
+        let rows = self
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput NOEXPORT_SNAPSHOT"
+            ))
+            .await?;
+        rows.first()
+            .and_then(|r| r.get(1).cloned().flatten())
+            .and_then(|s| s.parse().ok())
+            .ok_or(ReplicationError::Malformed(
+                "CREATE_REPLICATION_SLOT consistent_point",
+            ))
+    }
+
+    /// Drops the slot (it must not be in use).
+    pub async fn drop_slot(&mut self, slot: &str) -> Result<(), ReplicationError> {
+        self.simple_query(&format!("DROP_REPLICATION_SLOT {slot}"))
+            .await?;
+        Ok(())
     }
 
     /// Creates the logical slot with pgoutput unless it exists; true when it was created.

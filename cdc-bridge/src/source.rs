@@ -15,6 +15,7 @@ use crate::decoder::{decode, DecodeError};
 use crate::lsn::Lsn;
 use crate::mapping::Mapping;
 use crate::metrics::{SourceMetrics, SourceState};
+use crate::pgerr::ErrorClass;
 use crate::replication::{pg_now_micros, ReplicationConnection, ReplicationError, StreamMessage};
 
 /// The publication the bridge reads on every POS.
@@ -33,6 +34,8 @@ pub struct ApplySettings {
     pub erp_synchronous_commit: bool,
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// How often a source whose slot was lost is looked at again.
+    pub slot_lost_recheck: Duration,
 }
 
 impl Default for ApplySettings {
@@ -46,15 +49,19 @@ impl Default for ApplySettings {
             erp_synchronous_commit: false,
             retry_min: Duration::from_millis(200),
             retry_max: Duration::from_secs(5),
+            slot_lost_recheck: Duration::from_secs(10),
         }
     }
 }
 
 /// One POS database streamed into the ERP.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Source {
     pub name: String,
     pub url: String,
+    /// The operator accepts that the POS transactions committed after this ERP checkpoint were lost with the
+    /// replication slot (`--accept-slot-loss NAME=LSN`); see [`slot_guard`].
+    pub accept_slot_loss: Option<Lsn>,
 }
 
 impl std::fmt::Debug for Source {
@@ -119,7 +126,7 @@ pub enum SessionError {
     Erp(#[from] ErpError),
     #[error(transparent)]
     Replication(#[from] ReplicationError),
-    #[error("POS query failed: {0}")]
+    #[error("POS query failed: {}", crate::pgerr::describe(.0))]
     Pos(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Decode(#[from] DecodeError),
@@ -127,6 +134,8 @@ pub enum SessionError {
     ApplierGone,
     #[error("the ERP connection was lost, and with it the ownership of the source")]
     ErpConnectionLost,
+    #[error("{0}")]
+    SlotLost(String),
 }
 
 enum SessionEnd {
@@ -159,6 +168,14 @@ pub async fn run(
         .await
         {
             Ok(SessionEnd::Shutdown) => break,
+            // said at ERROR by the session; looked at again until an operator acts
+            Err(SessionError::SlotLost(_)) => {
+                metrics.set_state(SourceState::SlotLost);
+                tokio::select! {
+                    _ = tokio::time::sleep(settings.slot_lost_recheck) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
             Err(e) => {
                 metrics.set_state(SourceState::Retrying);
                 metrics.retries.fetch_add(1, Ordering::Relaxed);
@@ -251,9 +268,17 @@ async fn session(
     let mut repl = ReplicationConnection::connect(&source.url).await?;
     let identity = repl.identify_system().await?;
     let slot = source.slot();
-    if repl.ensure_slot(&slot).await? {
-        tracing::info!(source = %source.name, slot = %slot, "created replication slot");
-    }
+    let checkpoint = slot_guard(
+        &erp,
+        &mut repl,
+        source,
+        &slot,
+        checkpoint,
+        identity.wal_position,
+        metrics,
+    )
+    .await?;
+    metrics.checkpoint.store(checkpoint.0, Ordering::Relaxed);
     repl.start(&slot, PUBLICATION, checkpoint).await?;
     metrics.set_state(SourceState::Streaming);
     tracing::info!(source = %source.name, slot = %slot, from = %checkpoint, system = %identity.system_id, "streaming");
@@ -280,6 +305,123 @@ async fn session(
         },
         a = applier => a,
     }
+}
+
+/// Marks a checkpoint carries in its lowest three bits (see [`slot_guard`]).
+const MARK_BITS: u64 = 7;
+
+/// The commit LSN of the last real POS transaction behind a checkpoint (without the slot-loss marks).
+pub fn last_commit_of(checkpoint: Lsn) -> Lsn {
+    Lsn(checkpoint.0 & !MARK_BITS)
+}
+
+/// Never streams a source from a new slot silently.
+///
+/// The ERP's checkpoint is the commit LSN of the last POS transaction it holds. When it is past 0/0 and the
+/// slot is missing, or lost the WAL it needs (`wal_status = 'lost'`), the POS transactions committed after the
+/// checkpoint and before a new slot's start can no longer be streamed. The bridge then refuses the source: it
+/// records the loss in the ERP, says so at ERROR and in `/healthz` and `possync_bridge_slot_lost`, and looks
+/// again every `slot_lost_recheck`, until an operator runs with `--accept-slot-loss NAME=<checkpoint>`; then
+/// it makes a new slot, records what was accepted, and streams.
+///
+/// The records are `unmapped` events (the bridge's role may call apply_batch only), which the ERP keeps as
+/// malformed exceptions. apply_batch needs a commit LSN past the checkpoint: a record takes the checkpoint plus
+/// one. Commit records start at 8-byte aligned positions and are longer than 8 bytes, so these positions can
+/// never be a real POS commit, and the lowest three bits of the checkpoint say what was recorded since the last
+/// real commit: odd, a loss not yet accepted (refused again after a restart, even if someone made a new slot
+/// meanwhile); even and not zero, a loss accepted.
+pub(crate) async fn slot_guard(
+    erp: &Erp,
+    repl: &mut ReplicationConnection,
+    source: &Source,
+    slot: &str,
+    checkpoint: Lsn,
+    pos_now: Lsn,
+    metrics: &SourceMetrics,
+) -> Result<Lsn, SessionError> {
+    let state = repl.slot_state(slot).await?;
+    let marks = checkpoint.0 & MARK_BITS;
+    let last_commit = Lsn(checkpoint.0 - marks);
+    let unaccepted = marks % 2 == 1;
+    let problem = match &state {
+        None if last_commit > Lsn::ZERO => Some("does not exist"),
+        None => None,
+        Some(s) if s.wal_status == "lost" => {
+            Some("has lost the WAL it needed (wal_status lost, see max_slot_wal_keep_size)")
+        }
+        Some(_) if unaccepted => Some("was made again after a loss that was not accepted"),
+        Some(_) => None,
+    };
+    let Some(problem) = problem else {
+        if state.is_none() {
+            repl.create_slot(slot).await?;
+            tracing::info!(source = %source.name, slot, "created replication slot");
+        }
+        return Ok(checkpoint);
+    };
+    let name = &source.name;
+    if source.accept_slot_loss == Some(last_commit) {
+        let start = match &state {
+            Some(s) if s.wal_status == "lost" => {
+                repl.drop_slot(slot).await?;
+                repl.create_slot(slot).await?
+            }
+            Some(s) => s.confirmed_flush,
+            None => repl.create_slot(slot).await?,
+        };
+        let at = Lsn(checkpoint.0 + if unaccepted { 1 } else { 2 });
+        let reason = format!(
+            "an operator accepted (--accept-slot-loss) that the POS transactions of source {name} committed after {last_commit} and before {start} were not streamed: replication slot {slot} {problem}; the new slot streams from {start}"
+        );
+        let record = loss_record(name, "slot_loss_accepted", last_commit, at, &reason, start);
+        if marks + 2 <= MARK_BITS {
+            erp.apply_batch(name, at, &[record]).await?;
+        }
+        tracing::warn!(source = %name, slot, checkpoint = %last_commit, new_slot_start = %start, "slot loss accepted by the operator; streaming from the new slot");
+        return Ok(if marks + 2 <= MARK_BITS {
+            at
+        } else {
+            checkpoint
+        });
+    }
+    if !unaccepted && marks < MARK_BITS {
+        let at = Lsn(checkpoint.0 + 1);
+        let reason = format!(
+            "replication slot {slot} of source {name} {problem} although the ERP holds POS transactions up to {last_commit}: those committed after {last_commit}, up to at least {pos_now} (the POS's WAL position when this was found), cannot be streamed and are missing from the ERP; the bridge refuses the source until an operator re-posts them (possync-bridge resync --from DATE --to DATE) or accepts the loss (possync-bridge run --accept-slot-loss {name}={last_commit})"
+        );
+        let record = loss_record(name, "slot_lost", last_commit, at, &reason, pos_now);
+        erp.apply_batch(name, at, &[record]).await?;
+        metrics.checkpoint.store(at.0, Ordering::Relaxed);
+    }
+    let accept = match source.accept_slot_loss {
+        Some(other) => format!(
+            " (--accept-slot-loss {name}={other} names another checkpoint, so it does not apply)"
+        ),
+        None => String::new(),
+    };
+    let message = format!(
+        "refusing to stream source {name}: replication slot {slot} {problem} while the ERP's checkpoint is {last_commit}; POS transactions committed after {last_commit} (the POS is at {pos_now}) cannot be streamed. Re-post them from the POS tables with possync-bridge resync --from DATE --to DATE (the business dates they may have), or accept the loss with possync-bridge run --accept-slot-loss {name}={last_commit}{accept}"
+    );
+    tracing::error!(source = %name, slot, checkpoint = %last_commit, pos_wal = %pos_now, "{message}");
+    Err(SessionError::SlotLost(message))
+}
+
+/// A record of a slot loss in the ERP: an `unmapped` event it keeps as a malformed exception.
+fn loss_record(
+    source: &str,
+    what: &str,
+    last_commit: Lsn,
+    at: Lsn,
+    reason: &str,
+    until: Lsn,
+) -> Value {
+    serde_json::json!({
+        "event_id": format!("{source}:{what}:{last_commit}:{at}"),
+        "kind": possync_events::UNMAPPED,
+        "source": source,
+        "reason": crate::pgerr::truncate_noting_length(reason, crate::pgerr::REASON_MAX_CHARS),
+        "slot_loss": {"what": what, "lost_after": last_commit.to_string(), "until": until.to_string()},
+    })
 }
 
 /// Reads the CopyBoth stream, answers keepalives at once, and hands committed transactions to the applier.
@@ -428,51 +570,244 @@ async fn apply_loop(
         let Some(last) = batch.last() else { continue };
         let last_lsn = last.commit_lsn;
         let last_commit_time = last.commit_time;
-        let events: Vec<Value> = batch
-            .iter_mut()
-            .flat_map(|t| std::mem::take(&mut t.events))
-            .collect();
-        let started = Instant::now();
+        let events: usize = batch.iter().map(|t| t.events.len()).sum();
         // a shutdown request waits for the batch in flight: the call is not cancelled
-        let (outcome, wal) = erp.apply_batch(&source.name, last_lsn, &events).await?;
-        metrics.observe_apply(started.elapsed());
+        apply_isolating(
+            erp,
+            &source.name,
+            &batch,
+            metrics,
+            &mut unflushed,
+            &committed,
+        )
+        .await?;
         applied_to = last_lsn;
-        // the POS may forget this transaction only once the ERP has it on disk (at once when it commits
-        // synchronously, otherwise after its WAL writer's next flush)
-        unflushed.push(wal.written, last_lsn);
-        unflushed.confirm(wal.flushed, &committed);
-        metrics.checkpoint.store(last_lsn.0, Ordering::Relaxed);
-        if outcome.applied {
-            metrics.batches_applied.fetch_add(1, Ordering::Relaxed);
-            metrics
-                .transactions_applied
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            metrics
-                .events_applied
-                .fetch_add(outcome.applied_events, Ordering::Relaxed);
-            metrics
-                .events_duplicate
-                .fetch_add(outcome.duplicate, Ordering::Relaxed);
-            metrics
-                .events_conflict
-                .fetch_add(outcome.conflict, Ordering::Relaxed);
-            metrics
-                .events_held
-                .fetch_add(outcome.held, Ordering::Relaxed);
-            metrics
-                .events_rejected
-                .fetch_add(outcome.rejected, Ordering::Relaxed);
-        } else {
-            metrics.batches_skipped.fetch_add(1, Ordering::Relaxed);
-        }
         let lag = pg_now_micros().saturating_sub(last_commit_time).max(0) as u64;
         metrics.lag_micros.store(lag, Ordering::Relaxed);
-        tracing::debug!(source = %source.name, commit_lsn = %last_lsn, txns = batch.len(), events = events.len(), "applied batch");
+        tracing::debug!(source = %source.name, commit_lsn = %last_lsn, txns = batch.len(), events, "applied batch");
         if *shutdown.borrow() {
             confirm_before_stop(erp, &mut unflushed, &committed).await;
             return Ok(SessionEnd::Shutdown);
         }
     }
+}
+
+/// Applies consecutive POS transactions, oldest first, in as few apply_batch calls as the ERP allows.
+///
+/// A connection or availability error ends the session (it is retried with backoff and the stream resumes at
+/// the checkpoint). An error about the data is isolated: the failed group is split in halves, each applied in
+/// its own ERP transaction with its own commit LSN as checkpoint, down to the one POS transaction the ERP
+/// refuses, which is then kept as rejected events (see [`reject_transaction`]). A half that was applied before a
+/// later failure is not applied again: apply_batch skips an LSN at or below the checkpoint.
+pub(crate) async fn apply_isolating(
+    erp: &Erp,
+    source: &str,
+    batch: &[PosTransaction],
+    metrics: &SourceMetrics,
+    unflushed: &mut Unflushed,
+    committed: &AtomicU64,
+) -> Result<(), SessionError> {
+    let mut pending = std::collections::VecDeque::from([(0, batch.len())]);
+    while let Some((from, to)) = pending.pop_front() {
+        let Some(part) = batch.get(from..to) else {
+            continue;
+        };
+        let (Some(first), Some(last)) = (part.first(), part.last()) else {
+            continue;
+        };
+        let events: Vec<&Value> = part.iter().flat_map(|t| t.events.iter()).collect();
+        let started = Instant::now();
+        match erp.apply_batch(source, last.commit_lsn, &events).await {
+            Ok((outcome, wal)) => {
+                metrics.observe_apply(started.elapsed());
+                settle(metrics, unflushed, committed, last.commit_lsn, wal);
+                count(metrics, &outcome, part.len() as u64);
+            }
+            Err(e) if e.class() == ErrorClass::Data && part.len() > 1 => {
+                let mid = from + part.len() / 2;
+                tracing::warn!(source, first_commit = %first.commit_lsn, last_commit = %last.commit_lsn,
+                    txns = part.len(), error = %e,
+                    "the ERP refused a group of POS transactions for their data; applying its halves separately to find the one it refuses");
+                pending.push_front((mid, to));
+                pending.push_front((from, mid));
+            }
+            Err(e) if e.class() == ErrorClass::Data => {
+                reject_transaction(erp, source, last, &e, metrics, unflushed, committed).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// After a batch committed: the POS may forget it once the ERP has it on disk (at once when it commits
+/// synchronously, otherwise after its WAL writer's next flush).
+fn settle(
+    metrics: &SourceMetrics,
+    unflushed: &mut Unflushed,
+    committed: &AtomicU64,
+    commit_lsn: Lsn,
+    wal: crate::apply::ErpWal,
+) {
+    unflushed.push(wal.written, commit_lsn);
+    unflushed.confirm(wal.flushed, committed);
+    metrics.checkpoint.store(commit_lsn.0, Ordering::Relaxed);
+}
+
+fn count(metrics: &SourceMetrics, outcome: &crate::apply::BatchOutcome, txns: u64) {
+    if outcome.applied {
+        metrics.batches_applied.fetch_add(1, Ordering::Relaxed);
+        metrics
+            .transactions_applied
+            .fetch_add(txns, Ordering::Relaxed);
+        metrics
+            .events_applied
+            .fetch_add(outcome.applied_events, Ordering::Relaxed);
+        metrics
+            .events_duplicate
+            .fetch_add(outcome.duplicate, Ordering::Relaxed);
+        metrics
+            .events_conflict
+            .fetch_add(outcome.conflict, Ordering::Relaxed);
+        metrics
+            .events_held
+            .fetch_add(outcome.held, Ordering::Relaxed);
+        metrics
+            .events_rejected
+            .fetch_add(outcome.rejected, Ordering::Relaxed);
+    } else {
+        metrics.batches_skipped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Most characters of an original event kept as text when the ERP refuses even the rejected form that carries
+/// it as JSON.
+const ORIGINAL_TEXT_MAX_CHARS: usize = 100_000;
+
+/// The rejected form of a POS transaction the ERP refused: one `unmapped` event per original event (or one for
+/// a transaction without events), each carrying why (the server's SQLSTATE, message, detail and hint) and the
+/// original event, so that the ERP keeps it as a `malformed` exception. Event ids are
+/// `<source>:erp_error:<commit LSN>:<index>`, never the original id, which stays free for a corrected re-post.
+/// With `as_text`, the original is carried as (truncated) JSON text instead of JSON.
+pub fn rejected_form(
+    source: &str,
+    txn: &PosTransaction,
+    error: &crate::pgerr::ServerError,
+    as_text: bool,
+) -> Vec<Value> {
+    use crate::pgerr::{single_line, truncate_noting_length, REASON_MAX_CHARS};
+    let mut why = format!(
+        "the ERP raised {} while posting POS transaction {}: {}",
+        error.sqlstate, txn.commit_lsn, error.message
+    );
+    if let Some(d) = &error.detail {
+        why.push_str("; DETAIL: ");
+        why.push_str(d);
+    }
+    if let Some(h) = &error.hint {
+        why.push_str("; HINT: ");
+        why.push_str(h);
+    }
+    let reason = truncate_noting_length(&single_line(&why), REASON_MAX_CHARS);
+    let field = |t: &str| Value::from(truncate_noting_length(t, REASON_MAX_CHARS));
+    let erp_error = serde_json::json!({
+        "sqlstate": error.sqlstate,
+        "message": field(&error.message),
+        "detail": error.detail.as_deref().map(field),
+        "hint": error.hint.as_deref().map(field),
+    });
+    let originals: Vec<Option<&Value>> = if txn.events.is_empty() {
+        vec![None]
+    } else {
+        txn.events.iter().map(Some).collect()
+    };
+    originals
+        .into_iter()
+        .enumerate()
+        .map(|(i, original)| {
+            let mut u = serde_json::Map::new();
+            u.insert(
+                "event_id".into(),
+                Value::from(format!("{source}:erp_error:{}:{i}", txn.commit_lsn)),
+            );
+            u.insert("kind".into(), Value::from(possync_events::UNMAPPED));
+            u.insert("source".into(), Value::from(source));
+            u.insert("reason".into(), Value::from(reason.clone()));
+            u.insert("erp_error".into(), erp_error.clone());
+            u.insert("commit_lsn".into(), Value::from(txn.commit_lsn.to_string()));
+            if let Some(o) = original {
+                if let Some(id) = o.get("event_id") {
+                    u.insert("original_event_id".into(), id.clone());
+                }
+                // nested one level deeper than the contract allows, the record would be refused for its depth
+                // and the server's words lost: carry such an original as text
+                if as_text || possync_events::depth(o) + 1 > possync_events::domain::MAX_DEPTH {
+                    let text = o.to_string();
+                    u.insert(
+                        "original_text".into(),
+                        Value::from(truncate_noting_length(&text, ORIGINAL_TEXT_MAX_CHARS)),
+                    );
+                } else {
+                    u.insert("original".into(), o.clone());
+                }
+            }
+            Value::Object(u)
+        })
+        .collect()
+}
+
+/// Posts a POS transaction the ERP refused as rejected events at its own commit LSN, counts it and says so at
+/// ERROR. When the ERP refuses even that, the error is not about this transaction's data after all (or the ERP
+/// refuses everything): the session ends and is retried, as for a connection error.
+async fn reject_transaction(
+    erp: &Erp,
+    source: &str,
+    txn: &PosTransaction,
+    error: &ErpError,
+    metrics: &SourceMetrics,
+    unflushed: &mut Unflushed,
+    committed: &AtomicU64,
+) -> Result<(), SessionError> {
+    let server = error.server().unwrap_or_else(|| crate::pgerr::ServerError {
+        sqlstate: String::new(),
+        message: error.to_string(),
+        detail: None,
+        hint: None,
+    });
+    let original_ids: Vec<&str> = txn
+        .events
+        .iter()
+        .filter_map(|e| e.get("event_id").and_then(Value::as_str))
+        .collect();
+    tracing::error!(source, commit_lsn = %txn.commit_lsn, sqlstate = %server.sqlstate, message = %server.message,
+        detail = server.detail.as_deref().unwrap_or(""), hint = server.hint.as_deref().unwrap_or(""),
+        events = txn.events.len(), event_ids = ?original_ids,
+        "the ERP refused this POS transaction; keeping it as rejected events and moving on");
+    let mut last_error = None;
+    for as_text in [false, true] {
+        let events = rejected_form(source, txn, &server, as_text);
+        let started = Instant::now();
+        match erp.apply_batch(source, txn.commit_lsn, &events).await {
+            Ok((outcome, wal)) => {
+                metrics.observe_apply(started.elapsed());
+                settle(metrics, unflushed, committed, txn.commit_lsn, wal);
+                count(metrics, &outcome, 1);
+                if outcome.applied {
+                    metrics
+                        .rejected_transactions
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                return Ok(());
+            }
+            Err(e) if e.class() == ErrorClass::Data => {
+                tracing::error!(source, commit_lsn = %txn.commit_lsn, as_text, error = %e,
+                    "the ERP refused the rejected form of the transaction too");
+                last_error = Some(e);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(SessionError::Erp(last_error.unwrap_or(ErpError::Refused)))
 }
 
 /// How often an idle applier asks the ERP how far it has flushed (its WAL writer flushes every 200 ms by default).
@@ -563,6 +898,70 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_transaction_becomes_one_unmapped_event_per_event_with_the_servers_words() {
+        let txn = PosTransaction {
+            commit_lsn: Lsn(0x1972430),
+            end_lsn: Lsn(0x1972500),
+            commit_time: 0,
+            events: vec![
+                serde_json::json!({"event_id": "B-1", "kind": "sale"}),
+                serde_json::json!({"event_id": "B-2", "kind": "sale"}),
+            ],
+        };
+        let error = crate::pgerr::ServerError {
+            sqlstate: "22003".into(),
+            message: format!("value {} is out of range", "9".repeat(1_000_000)),
+            detail: Some("line 1\nline 2".into()),
+            hint: Some("fix the till".into()),
+        };
+        let form = rejected_form("store42", &txn, &error, false);
+        assert_eq!(form.len(), 2);
+        assert_eq!(form[0]["event_id"], "store42:erp_error:0/1972430:0");
+        assert_eq!(form[1]["original_event_id"], "B-2");
+        assert_eq!(form[1]["original"]["kind"], "sale");
+        assert_eq!(form[0]["kind"], "unmapped");
+        let reason = form[0]["reason"].as_str().unwrap_or_default();
+        assert_eq!(reason.chars().count(), crate::pgerr::REASON_MAX_CHARS);
+        assert!(reason.starts_with(
+            "the ERP raised 22003 while posting POS transaction 0/1972430: value 999"
+        ));
+        assert!(reason.contains("characters in all]"), "{reason}");
+        assert!(!reason.chars().any(char::is_control));
+        assert_eq!(form[0]["erp_error"]["hint"], "fix the till");
+        let text = rejected_form("store42", &txn, &error, true);
+        assert!(text[0].get("original").is_none());
+        assert!(text[0]["original_text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("B-1"));
+        let mut deep = serde_json::json!("leaf");
+        for _ in 0..possync_events::domain::MAX_DEPTH {
+            deep = serde_json::json!({ "k": deep });
+        }
+        let nested = PosTransaction {
+            events: vec![deep],
+            ..txn.clone()
+        };
+        let kept = rejected_form("store42", &nested, &error, false);
+        assert!(kept[0].get("original").is_none());
+        assert!(possync_events::depth(&kept[0]) <= possync_events::domain::MAX_DEPTH);
+        let empty = PosTransaction {
+            events: vec![],
+            ..txn
+        };
+        assert_eq!(rejected_form("store42", &empty, &error, false).len(), 1);
+    }
+
+    #[test]
+    fn slot_loss_marks_never_reach_a_real_commit_position() {
+        // commit records start 8-byte aligned: the marks live below the next one
+        assert_eq!(last_commit_of(Lsn(0x1976A90)), Lsn(0x1976A90));
+        assert_eq!(last_commit_of(Lsn(0x1976A91)), Lsn(0x1976A90));
+        assert_eq!(last_commit_of(Lsn(0x1976A92)), Lsn(0x1976A90));
+        assert_eq!(last_commit_of(Lsn(0x1)), Lsn::ZERO);
+    }
+
+    #[test]
     fn passwords_are_redacted_from_urls_and_debug_output() {
         assert_eq!(
             redact_password("postgres://bridge:s3cret@pos42:5432/pos"),
@@ -579,6 +978,7 @@ mod tests {
         let s = Source {
             name: "s42".into(),
             url: "postgresql://u:hunter2@h/db".into(),
+            ..Source::default()
         };
         assert!(!format!("{s:?}").contains("hunter2"));
     }

@@ -64,4 +64,22 @@ async fn check_names_what_is_wrong_and_exits_1() {
     ]);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("CREATE EXTENSION possync"), "{text}");
+    // the server's own words and SQLSTATE, never tokio-postgres's bare "db error"
+    assert!(
+        text.contains("ERROR 3F000: schema \"possync\" does not exist"),
+        "{text}"
+    );
+    assert!(!text.contains("db error"), "{text}");
+
+    // status against a database without the extension says why, with the SQLSTATE
+    let out = std::process::Command::new(bridge_path())
+        .args(["status", "--erp", &erp.url("postgres")])
+        .output()
+        .expect("possync-bridge status");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("42P01") && err.contains("possync.source") && !err.contains("db error"),
+        "{err}"
+    );
 }

@@ -10,5 +10,7 @@ mod exactly_once;
 mod hostile;
 mod outage;
 mod privileges;
+mod refused;
+mod slot_loss;
 mod takeover;
 mod upgrade;
