@@ -163,10 +163,12 @@ impl Batch<'_, '_> {
             if let Some((sold_qty, sold_value)) = self.sale_cost(orig, &line.sku) {
                 if !sold_qty.is_zero() {
                     let unit = sold_value / sold_qty;
+                    // the original move's value × returned qty ÷ its qty, rounded once (dividing first would
+                    // round an exact half cent away)
                     let value = if line.qty == sold_qty {
                         sold_value
                     } else {
-                        cents(line.qty * unit)
+                        cents(sold_value * line.qty / sold_qty)
                     };
                     return d.receive(self, k, line.qty, value, unit);
                 }

@@ -238,3 +238,17 @@ fn check_invariants_sees_stranded_value_and_a_value_of_the_wrong_sign() {
 fn count_rows(sql: &str) -> i64 {
     count(sql)
 }
+
+#[pg_test]
+fn a_partial_return_of_an_exact_half_cent_rounds_away_from_zero() {
+    setup();
+    // 0.9504 × 173.96 = 165.331584 → 165.33, all of it issued by the sale
+    apply(receipt("r1", "S1", &[("A", "0.9504", "173.96")]));
+    apply(till("s1", "sale", "S1", &[("A", "0.9504", "200", "0", "0")], &[("card", "190.08")]));
+    let mut ret = till("ret", "return", "S1", &[("A", "0.1872", "200", "0", "0")], &[("card", "-37.44")]);
+    ret["original_event_id"] = json!("s1");
+    assert_eq!(status(&apply(ret)), "applied");
+    // 165.33 × 0.1872 ÷ 0.9504 = 32.565 exactly → 32.57 (dividing first gives 32.5649999… → 32.56)
+    assert_eq!(move_values("ret"), vec![d("32.57")]);
+    assert_invariants();
+}

@@ -214,7 +214,10 @@ mod tests {
         let stranded = b.stranded();
         assert_eq!(stranded, d("-94.99"));
         b.write_off(stranded);
-        assert_eq!((b.on_hand, b.value, b.avg_cost), (d("2"), d("0.00"), Some(d("0"))));
+        assert_eq!(
+            (b.on_hand, b.value, b.avg_cost),
+            (d("2"), d("0.00"), Some(d("0")))
+        );
         // the next sale takes nothing, not the old 33.33 average
         let m = b.issue(d("1"), d("9"));
         assert_eq!(m.value, d("0"));
