@@ -1,6 +1,8 @@
 //! Harness for the end-to-end tests: throwaway PostgreSQL 15 clusters run as the `postgres` user on free ports,
 //! the bridge binary as a child process, a POS workload, and totals computed from the POS tables.
 
+pub mod model;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

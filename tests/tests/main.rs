@@ -8,6 +8,7 @@ mod dashboard;
 mod demo;
 mod exactly_once;
 mod hostile;
+mod model;
 mod outage;
 mod privileges;
 mod refused;
