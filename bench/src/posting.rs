@@ -36,7 +36,7 @@ pub struct Plan {
 
 /// Which implementation a run posts through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Implementation {
+pub enum Implementation {
     Possync,
     Baseline,
 }
@@ -52,13 +52,13 @@ impl Implementation {
 
 /// One measured run.
 #[derive(Debug, Clone, Copy)]
-struct Measured {
-    events: usize,
-    elapsed: Duration,
+pub struct Measured {
+    pub events: usize,
+    pub elapsed: Duration,
 }
 
 impl Measured {
-    fn per_second(&self) -> f64 {
+    pub fn per_second(&self) -> f64 {
         self.events as f64 / self.elapsed.as_secs_f64()
     }
 }
@@ -128,8 +128,18 @@ pub async fn run(client: &Client, plan: Plan) -> Result<Vec<Row>, BenchError> {
 
     verify_same_ledgers(client).await?;
 
+    // the storage floor: the rows possync wrote for the batches of 100, written again without any posting
+    let floor = crate::floor::run(client, "sale-b-", plan.batch_events).await?;
+    eprintln!(
+        "posting: storage floor, batches of 100: {} events in {:.2} s = {:.0} events/s",
+        floor.events,
+        floor.elapsed.as_secs_f64(),
+        floor.per_second()
+    );
+    let possync_batched = results[0].1;
+
     let targets = [2.0, 1.0];
-    Ok(results
+    let mut rows: Vec<Row> = results
         .into_iter()
         .zip(targets)
         .map(|((label, possync, baseline), target)| {
@@ -140,11 +150,22 @@ pub async fn run(client: &Client, plan: Plan) -> Result<Vec<Row>, BenchError> {
                 target,
             )
         })
-        .collect())
+        .collect();
+    let mut floor_row = Row::compared(
+        "posting events/s, batches of 100, against the storage floor (the same rows, one multi-row \
+         statement per table)"
+            .to_string(),
+        possync_batched.per_second(),
+        floor.per_second(),
+        0.5,
+    );
+    floor_row.baseline = format!("{} (storage floor)", floor_row.baseline);
+    rows.push(floor_row);
+    Ok(rows)
 }
 
 /// Posts every payload with one autocommit call each; checks each call applied all its events.
-async fn post(
+pub async fn post(
     client: &Client,
     imp: Implementation,
     payloads: &[(usize, String)],
