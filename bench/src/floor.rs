@@ -114,9 +114,8 @@ fn values_queries() -> Vec<(&'static str, String)> {
 const BALANCES_TAIL: &str = ") AS x(sku, location_id, on_hand, value, avg_cost, reserved) \
      WHERE b.sku = x.sku AND b.location_id = x.location_id";
 
-/// Writes the rows possync posted for the events whose ids start with `prefix` again, batch by batch, into
-/// the floor schema; returns the time it took for `events` events.
-pub async fn run(client: &Client, prefix: &str, events: usize) -> Result<Measured, BenchError> {
+/// Creates the floor's tables (empty ledgers, possync's balances as they stand).
+pub async fn create(client: &Client) -> Result<(), BenchError> {
     client
         .batch_execute(CREATE_FLOOR)
         .await
@@ -124,7 +123,12 @@ pub async fn run(client: &Client, prefix: &str, events: usize) -> Result<Measure
     client
         .batch_execute("VACUUM ANALYZE floor.stock_balance")
         .await
-        .map_err(|e| BenchError::sql("vacuuming the floor's balances", e))?;
+        .map_err(|e| BenchError::sql("vacuuming the floor's balances", e))
+}
+
+/// Writes the rows possync posted for the events whose ids start with `prefix` again, batch by batch, into
+/// the floor schema; returns the time it took for `events` events.
+pub async fn write(client: &Client, prefix: &str, events: usize) -> Result<Measured, BenchError> {
     let mut batches: BTreeMap<i32, Vec<String>> = BTreeMap::new();
     for (head, query) in values_queries() {
         let rows = client
