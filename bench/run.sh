@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make bench: every figure beside its baseline, measured in the same run on a throwaway PostgreSQL 15 cluster.
 #
-#   bench/run.sh [STAGE ...]     stages: posting atp bridge (default: all, and the report is written afresh)
+#   bench/run.sh [STAGE ...]     stages: posting atp bridge (default: all, and the report is written afresh), growth
 #
 # Stages:
 #   posting  possync.apply_events vs the PL/pgSQL baseline (bench/baseline.sql), 3-line sales, one connection,
@@ -9,6 +9,9 @@
 #   atp      pgbench, 2 clients: possync.atp(sku, location) vs SELECT 1, p99 latency from the per-transaction
 #            log, and reserve+release pairs per second
 #   bridge   bench/bridge.sh when it exists (it may print `row|...` lines for the table)
+#   growth   an empty ledger beside one preloaded in bulk with a year of a 30-store chain (bench/growth.sql):
+#            posting, atp(), reserve, trace, reconcile(location), check_invariants() and audit_day on both, the
+#            plans of trace/reconcile/audit_day on the grown one, table sizes (run it by name: not in a full run)
 #
 # Output: the table on stdout, and target/bench/report.md (rewritten by a full run, appended by a single stage).
 # Benchmarks print figures; nothing here passes or fails on a timing.
@@ -16,6 +19,8 @@
 # Environment: BENCH_DIR (target/bench), BENCH_PORT (54329), BENCH_LOCATIONS (50), BENCH_SKUS (200),
 # BENCH_POSSYNC (package | installed, see below), BENCH_BATCH_EVENTS (50000), BENCH_SINGLE_EVENTS (8000), BENCH_ATP_SECONDS (10 per run), BENCH_ATP_ROUNDS (3), BENCH_SYNC_COMMIT (on),
 # BENCH_PROFILE=1 (load pg_stat_statements, track=all, and print the top statements after the posting stage),
+# GROWTH_EVENTS (2000000 sales preloaded), GROWTH_LOCATIONS (30), GROWTH_DAYS (365), GROWTH_BATCH_EVENTS (20000),
+# GROWTH_SINGLE_EVENTS (2000), GROWTH_ROUNDS (3),
 # BENCH_KEEP=1 (leave the cluster running afterwards, for EXPLAIN and friends), BENCH_EXTRA_SQL=FILE (a what-if:
 # SQL run in the posting database once possync and the baseline exist, e.g. a candidate fix applied to both; its
 # rows are labelled), PG_BIN (/usr/lib/postgresql/15/bin).
@@ -32,6 +37,7 @@ BATCH_EVENTS=${BENCH_BATCH_EVENTS:-50000}
 SINGLE_EVENTS=${BENCH_SINGLE_EVENTS:-8000}
 ATP_SECONDS=${BENCH_ATP_SECONDS:-10}
 ATP_ROUNDS=${BENCH_ATP_ROUNDS:-3}
+GROWTH_ROUNDS=${GROWTH_ROUNDS:-3}
 SYNC_COMMIT=${BENCH_SYNC_COMMIT:-on}
 PROFILE=${BENCH_PROFILE:-0}
 PG_CONFIG=${PG_CONFIG:-$PG_BIN/pg_config}
@@ -173,10 +179,10 @@ machine() {
     echo "$(nproc) cores (${model:-unknown cpu}), $("$PG_BIN/postgres" --version | sed 's/^postgres (PostgreSQL) /PostgreSQL /'), $(. /etc/os-release 2>/dev/null; echo "${PRETTY_NAME:-unknown os}"), synchronous_commit=$SYNC_COMMIT"
 }
 
-print_table() { # print_table STAGE ROWS_FILE
-    local rows=$2
+print_table() { # print_table STAGE ROWS_FILE [HEADER]
+    local rows=$2 header=${3:-figure|possync|baseline|ratio|target|}
     {
-        echo "figure|possync|baseline|ratio|target|"
+        echo "$header"
         sed 's/^row|//' "$rows"
     } | column -t -s '|' -o '  '
     {
@@ -184,7 +190,7 @@ print_table() { # print_table STAGE ROWS_FILE
         echo "### $1 — $(date -u '+%Y-%m-%d %H:%M UTC')"
         echo
         [ "$FULL_RUN" = 1 ] || { echo "Machine: $(machine). possync: $POSSYNC_BUILD."; echo; }
-        echo "| figure | possync | baseline | ratio | target | |"
+        echo "| ${header//|/ | }|"
         echo "|---|---:|---:|---:|---|---|"
         sed 's/^row|//; s/|/ | /g; s/^/| /; s/$/ |/' "$rows"
     } >>"$REPORT"
@@ -222,14 +228,15 @@ stage_posting() {
     fi
 }
 
-# pgbench_run NAME SCRIPT: prints "tps p99_ms"
+# pgbench_run NAME SCRIPT [DB [LOCATIONS]]: prints "tps p99_ms"
 pgbench_run() {
-    local name=$1 script=$2 dir=$OUT/atp
+    local name=$1 script=$2 db=${3:-bench_atp} nloc=${4:-$LOCATIONS} dir=$OUT/atp
+    mkdir -p "$dir"
     rm -f "$dir/$name".log*
     local out
     out=$(cd "$dir" && "$PG_BIN/pgbench" -n -M prepared -c 2 -j 2 -T "$ATP_SECONDS" \
-        -D nskus="$SKUS" -D nlocations="$LOCATIONS" -f "$script" -l --log-prefix="$name.log" \
-        -h "$SOCK" -p "$PORT" -U postgres bench_atp 2>&1) || { say "$out"; die "pgbench $name failed"; }
+        -D nskus="$SKUS" -D nlocations="$nloc" -f "$script" -l --log-prefix="$name.log" \
+        -h "$SOCK" -p "$PORT" -U postgres "$db" 2>&1) || { say "$out"; die "pgbench $name failed"; }
     local tps failed
     tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out" | head -1)
     failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out")
@@ -326,6 +333,152 @@ stage_bridge() {
 }
 
 # ---------------------------------------------------------------------------------------------------------------
+# growth: the same figures on an empty ledger and on a year of a chain's sales
+
+GROWTH_EVENTS=${GROWTH_EVENTS:-2000000}
+GROWTH_LOCATIONS=${GROWTH_LOCATIONS:-30}
+GROWTH_DAYS=${GROWTH_DAYS:-365}
+GROWTH_FIRST_DAY=2025-11-26
+GROWTH_DAY=2026-06-15
+GROWTH_STORE=L7
+
+# growth_discrepancies DB: what reconcile() and check_invariants() report (nothing when the ledger is sound)
+growth_discrepancies() {
+    psql_bench "$1" "
+        SELECT 'reconcile: ' || check_name || ' ' || coalesce(location_id, '') || ' ' || coalesce(sku, '')
+               || ' expected ' || expected || ' actual ' || actual FROM possync.reconcile()
+        UNION ALL SELECT 'check_invariants: ' || invariant || ': ' || detail FROM possync.check_invariants()
+        LIMIT 30"
+}
+
+seconds_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", b - a }'; }
+
+stage_growth() {
+    ensure_cluster
+    build_bench
+    local rows=$OUT/rows-growth.txt db_empty=bench_growth_empty db_grown=bench_growth db
+    : >"$rows"
+    for db in "$db_empty" "$db_grown"; do
+        fresh_db "$db"
+        "$BENCH_BIN" setup --db "$(conninfo "$db")" --locations "$GROWTH_LOCATIONS" --skus "$SKUS" \
+            || die "setting up $db failed"
+    done
+    say "bench: growth: preloading $GROWTH_EVENTS sales over $GROWTH_DAYS days at $GROWTH_LOCATIONS stores x" \
+        "$SKUS skus (bench/growth.sql, in bulk)"
+    local t0 t1 t2
+    t0=$(date +%s.%N)
+    "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$SOCK" -p "$PORT" -U postgres -d "$db_grown" \
+        -v events="$GROWTH_EVENTS" -v days="$GROWTH_DAYS" -v first_day="$GROWTH_FIRST_DAY" \
+        -f "$ROOT/bench/growth.sql" >"$OUT/growth-load.log" 2>&1 \
+        || { cat "$OUT/growth-load.log" >&2; die "the preload failed"; }
+    t1=$(date +%s.%N)
+    psql_bench "$db_grown" "VACUUM (ANALYZE)"
+    psql_bench "$db_empty" "VACUUM (ANALYZE)"
+    psql_bench postgres "CHECKPOINT"
+    t2=$(date +%s.%N)
+    GROWTH_LOAD_SECONDS=$(seconds_between "$t0" "$t1")
+    say "bench: growth: preload ${GROWTH_LOAD_SECONDS} s, then VACUUM ANALYZE and a checkpoint" \
+        "$(seconds_between "$t1" "$t2") s (each statement's time in $OUT/growth-load.log)"
+    say "bench: growth: checking both ledgers: reconcile() and check_invariants() must come back empty"
+    local bad t3
+    for db in "$db_grown" "$db_empty"; do
+        bad=$(growth_discrepancies "$db")
+        if [ -n "$bad" ]; then
+            say "$bad"
+            die "growth: $db is not consistent (above: what reconcile() and check_invariants() report); nothing measured"
+        fi
+    done
+    t3=$(date +%s.%N)
+    say "bench: growth: both ledgers are consistent (checked in $(seconds_between "$t2" "$t3") s)"
+
+    # table sizes, before the measurements add to them
+    local sizes=$OUT/growth-sizes.txt t ne ng be bg
+    for t in event stock_move stock_balance journal journal_line exception; do
+        read -r ne be <<<"$(psql_bench "$db_empty" "SELECT count(*), pg_total_relation_size('possync.$t') FROM possync.$t" | tr '|' ' ')"
+        read -r ng bg <<<"$(psql_bench "$db_grown" "SELECT count(*), pg_total_relation_size('possync.$t') FROM possync.$t" | tr '|' ' ')"
+        awk -v t="$t" -v ne="$ne" -v ng="$ng" -v be="$be" -v bg="$bg" 'BEGIN {
+            printf "row|possync.%s with its indexes, MB (rows: %d / %d)|%.1f|%.1f|%.0fx|reported|\n", t, ne, ng, be / 1048576, bg / 1048576, bg / be }'
+    done >"$sizes"
+    cat "$sizes" | sed 's/^row|/bench: growth: size: /' >&2
+
+    say "bench: growth: posting and the audit functions, $GROWTH_ROUNDS alternating rounds"
+    "$BENCH_BIN" growth --db "$(conninfo "$db_empty")" --grown "$(conninfo "$db_grown")" \
+        --locations "$GROWTH_LOCATIONS" --skus "$SKUS" --batch-events "${GROWTH_BATCH_EVENTS:-20000}" \
+        --single-events "${GROWTH_SINGLE_EVENTS:-2000}" --rounds "$GROWTH_ROUNDS" \
+        --location "$GROWTH_STORE" --day "$GROWTH_DAY" | grep '^row|' >"$OUT/rows-growth-rust.txt" \
+        || die "the growth measurements failed (see the message above)"
+
+    say "bench: growth: atp() and reserve+release from 2 pgbench clients, $GROWTH_ROUNDS alternating rounds of ${ATP_SECONDS}s"
+    local r e_runs=() g_runs=() e_res=() g_res=()
+    for db in "$db_empty" "$db_grown"; do psql_bench "$db" "VACUUM ANALYZE"; done
+    for ((r = 1; r <= GROWTH_ROUNDS; r++)); do
+        if ((r % 2)); then
+            e_runs+=("$(pgbench_run "growth-atp-empty-$r" "$ROOT/bench/pgbench/atp.sql" "$db_empty" "$GROWTH_LOCATIONS")")
+            g_runs+=("$(pgbench_run "growth-atp-grown-$r" "$ROOT/bench/pgbench/atp.sql" "$db_grown" "$GROWTH_LOCATIONS")")
+            e_res+=("$(pgbench_run "growth-res-empty-$r" "$ROOT/bench/pgbench/reserve_release.sql" "$db_empty" "$GROWTH_LOCATIONS")")
+            g_res+=("$(pgbench_run "growth-res-grown-$r" "$ROOT/bench/pgbench/reserve_release.sql" "$db_grown" "$GROWTH_LOCATIONS")")
+        else
+            g_runs+=("$(pgbench_run "growth-atp-grown-$r" "$ROOT/bench/pgbench/atp.sql" "$db_grown" "$GROWTH_LOCATIONS")")
+            e_runs+=("$(pgbench_run "growth-atp-empty-$r" "$ROOT/bench/pgbench/atp.sql" "$db_empty" "$GROWTH_LOCATIONS")")
+            g_res+=("$(pgbench_run "growth-res-grown-$r" "$ROOT/bench/pgbench/reserve_release.sql" "$db_grown" "$GROWTH_LOCATIONS")")
+            e_res+=("$(pgbench_run "growth-res-empty-$r" "$ROOT/bench/pgbench/reserve_release.sql" "$db_empty" "$GROWTH_LOCATIONS")")
+        fi
+        say "bench: growth: round $r: atp() empty ${e_runs[-1]% *} tps, grown ${g_runs[-1]% *} tps;" \
+            "reserve+release empty ${e_res[-1]% *} pairs/s, grown ${g_res[-1]% *} pairs/s"
+    done
+    local e_tps e_p99 g_tps g_p99 er_tps er_p99 gr_tps gr_p99
+    read -r e_tps e_p99 <<<"$(median_runs "${e_runs[@]}")"
+    read -r g_tps g_p99 <<<"$(median_runs "${g_runs[@]}")"
+    read -r er_tps er_p99 <<<"$(median_runs "${e_res[@]}")"
+    read -r gr_tps gr_p99 <<<"$(median_runs "${g_res[@]}")"
+
+    {
+        grep '^row|posting' "$OUT/rows-growth-rust.txt"
+        awk -v e="$e_tps" -v g="$g_tps" 'BEGIN { printf "row|atp(sku, location) calls/s, 2 clients|%.0f|%.0f|%.2fx|>= 0.8x|\n", e, g, g / e }'
+        awk -v e="$e_p99" -v g="$g_p99" 'BEGIN { printf "row|atp() p99 latency, ms|%.3f|%.3f|%.2fx|< 1 ms|\n", e, g, g / e }'
+        awk -v e="$er_tps" -v g="$gr_tps" -v ep="$er_p99" -v gp="$gr_p99" 'BEGIN {
+            printf "row|reserve+release pairs/s, 2 clients (p99 %.3f / %.3f ms)|%.0f|%.0f|%.2fx|reported|\n", ep, gp, e, g, g / e }'
+        grep -v '^row|posting' "$OUT/rows-growth-rust.txt"
+        cat "$sizes"
+    } >"$rows"
+
+    growth_plans "$db_grown"
+    say "bench: growth: $GROWTH_EVENTS sales preloaded in $GROWTH_LOAD_SECONDS s; posting, atp and reserve are" \
+        "medians of $GROWTH_ROUNDS alternating rounds, the audit functions medians of 3 calls (check_invariants" \
+        "of 2); ratio = grown / empty; [answer: empty / grown]"
+    print_table "growth ($GROWTH_EVENTS sales preloaded in $GROWTH_LOAD_SECONDS s)" "$rows" "figure|empty|grown|ratio|target|"
+}
+
+# growth_plans DB: the plans of trace, reconcile(location) and audit_day as they run inside the functions
+# (auto_explain of nested statements, with ANALYZE and BUFFERS) go to a file; their key lines are printed
+growth_plans() {
+    local db=$1 plans=$OUT/growth-plans.txt call
+    say "bench: growth: plans of trace, reconcile($GROWTH_STORE) and audit_day on the grown ledger (in full: $plans)"
+    : >"$plans"
+    for call in "SELECT count(*) FROM possync.trace('4000', '$GROWTH_STORE', '$GROWTH_DAY', '$GROWTH_DAY')" \
+        "SELECT count(*) FROM possync.reconcile('$GROWTH_STORE')" \
+        "SELECT possync.audit_day('$GROWTH_STORE', '$GROWTH_DAY') ->> 'status'"; do
+        {
+            echo "=== $call"
+            printf '%s\n' "LOAD 'auto_explain';" \
+                "SET auto_explain.log_min_duration = 0;" \
+                "SET auto_explain.log_analyze = on;" \
+                "SET auto_explain.log_buffers = on;" \
+                "SET auto_explain.log_nested_statements = on;" \
+                "SET client_min_messages = log;" \
+                "$call;" |
+                "$PG_BIN/psql" -X -q -h "$SOCK" -p "$PORT" -U postgres -d "$db" -tA 2>&1
+        } >>"$plans"
+    done
+    # the key lines: each statement's duration and its scans of the ledger tables, with rows and buffers read
+    grep -E '^=== |duration: [0-9.]+ ms|Scan (using [a-z_]+ )?on (event|stock_move|journal|journal_line|exception) |Buffers: shared' "$plans" \
+        | sed -E 's/^LOG: +//; s/^ +->  / -> /; s/\(cost=[^)]*\) //' \
+        | awk '/^===/ { print; next } /duration:/ { d = $0; next }
+               /Scan/ { if (d != "") { print d; d = "" } print; scan = 1; next }
+               /Buffers/ { if (scan) print; scan = 0 }' | cut -c1-170 >&2
+}
+
+# ---------------------------------------------------------------------------------------------------------------
 
 main() {
     local stages=("$@")
@@ -343,8 +496,8 @@ main() {
     fi
     for stage in "${stages[@]}"; do
         case $stage in
-        posting | atp | bridge) ;;
-        *) die "unknown stage '$stage' (stages: ${ALL_STAGES[*]})" ;;
+        posting | atp | bridge | growth) ;;
+        *) die "unknown stage '$stage' (stages: ${ALL_STAGES[*]} growth)" ;;
         esac
     done
     say "bench: machine: $(machine)"

@@ -5,14 +5,21 @@
 //! possync-bench posting --db CONNINFO [--locations 50] [--skus 200] [--seed 42]
 //!                       [--warmup-events 1000] [--batch-events 50000] [--single-events 8000]
 //!                       [--extra-sql FILE]   (a what-if: SQL run once both schemas exist)
+//! possync-bench growth  --db EMPTY_CONNINFO --grown GROWN_CONNINFO [--locations 30] [--skus 200]
+//!                       [--batch-events 5000] [--single-events 1000] [--rounds 3] [--query-reps 3]
+//!                       [--location L7] [--day 2026-06-15] [--account 4000]
 //! ```
 //!
 //! `setup` installs possync with the default chart, the chain's master data and opening stock (the ATP stage
 //! uses it). `posting` does the same, adds the PL/pgSQL baseline, measures both and prints result rows as
 //! `row|figure|possync|baseline|ratio|target|verdict` on stdout for bench/run.sh to lay out; progress goes to stderr.
+//! `growth` measures posting and the audit functions on an empty ledger and on a grown one (bench/growth.sql
+//! preloads it) and prints `row|figure|empty|grown|ratio|target|`.
 //! Benchmarks print figures; they never pass or fail on a timing.
 
 mod catalog;
+mod floor;
+mod growth;
 mod posting;
 mod sales;
 
@@ -59,7 +66,7 @@ impl fmt::Display for BenchError {
 pub struct Row {
     figure: String,
     value: String,
-    baseline: String,
+    pub baseline: String,
     ratio: String,
     target: String,
     /// "met" or "below": information for the reader, never a pass or fail
@@ -100,6 +107,12 @@ struct Args {
     batch_events: usize,
     single_events: usize,
     extra_sql: Option<String>,
+    grown: String,
+    rounds: usize,
+    query_reps: usize,
+    location: String,
+    day: String,
+    account: String,
 }
 
 fn parse_args() -> Result<Args, BenchError> {
@@ -119,6 +132,12 @@ fn parse_args() -> Result<Args, BenchError> {
         batch_events: 50_000,
         single_events: 8_000,
         extra_sql: None,
+        grown: String::new(),
+        rounds: 3,
+        query_reps: 3,
+        location: "L7".to_string(),
+        day: "2026-06-15".to_string(),
+        account: "4000".to_string(),
     };
     while let Some(flag) = it.next() {
         let value = it
@@ -136,6 +155,12 @@ fn parse_args() -> Result<Args, BenchError> {
             "--warmup-events" => args.warmup_events = number(&value)? as usize,
             "--batch-events" => args.batch_events = number(&value)? as usize,
             "--single-events" => args.single_events = number(&value)? as usize,
+            "--grown" => args.grown = value,
+            "--rounds" => args.rounds = number(&value)? as usize,
+            "--query-reps" => args.query_reps = number(&value)? as usize,
+            "--location" => args.location = value,
+            "--day" => args.day = value,
+            "--account" => args.account = value,
             "--extra-sql" => {
                 let sql = std::fs::read_to_string(&value).map_err(|e| {
                     BenchError::Usage(format!("cannot read --extra-sql {value}: {e}"))
@@ -159,11 +184,17 @@ fn parse_args() -> Result<Args, BenchError> {
     Ok(args)
 }
 
-async fn run(args: Args) -> Result<(), BenchError> {
-    let (client, connection) = tokio_postgres::connect(&args.db, NoTls)
+type Connection = tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>;
+
+async fn connect(db: &str) -> Result<(tokio_postgres::Client, Connection), BenchError> {
+    let (client, connection) = tokio_postgres::connect(db, NoTls)
         .await
-        .map_err(|e| BenchError::sql(&format!("connecting to {}", args.db), e))?;
-    let connection = tokio::spawn(connection);
+        .map_err(|e| BenchError::sql(&format!("connecting to {db}"), e))?;
+    Ok((client, tokio::spawn(connection)))
+}
+
+async fn run(args: Args) -> Result<(), BenchError> {
+    let (client, connection) = connect(&args.db).await?;
     let result = match args.command.as_str() {
         "setup" => args.chain.install(&client).await,
         "posting" => {
@@ -181,8 +212,35 @@ async fn run(args: Args) -> Result<(), BenchError> {
                 }
             })
         }
+        "growth" => {
+            let plan = growth::Plan {
+                chain: args.chain,
+                seed: args.plan_seed,
+                warmup_events: args.warmup_events,
+                batch_events: args.batch_events,
+                single_events: args.single_events,
+                rounds: args.rounds,
+                query_reps: args.query_reps,
+                location: args.location.clone(),
+                day: args.day.clone(),
+                account: args.account.clone(),
+            };
+            match connect(&args.grown).await {
+                Ok((grown, grown_connection)) => {
+                    let r = growth::run(&client, &grown, plan).await.map(|pairs| {
+                        for p in pairs {
+                            p.print();
+                        }
+                    });
+                    drop(grown);
+                    let _ = grown_connection.await;
+                    r
+                }
+                Err(e) => Err(e),
+            }
+        }
         other => Err(BenchError::Usage(format!(
-            "unknown command {other:?}: use setup or posting"
+            "unknown command {other:?}: use setup, posting or growth"
         ))),
     };
     drop(client);

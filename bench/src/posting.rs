@@ -34,9 +34,21 @@ pub struct Plan {
     pub extra_sql: Option<String>,
 }
 
+/// Rounds of possync against the storage floor.
+const FLOOR_ROUNDS: usize = 3;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// Which implementation a run posts through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Implementation {
+pub enum Implementation {
     Possync,
     Baseline,
 }
@@ -52,13 +64,13 @@ impl Implementation {
 
 /// One measured run.
 #[derive(Debug, Clone, Copy)]
-struct Measured {
-    events: usize,
-    elapsed: Duration,
+pub struct Measured {
+    pub events: usize,
+    pub elapsed: Duration,
 }
 
 impl Measured {
-    fn per_second(&self) -> f64 {
+    pub fn per_second(&self) -> f64 {
         self.events as f64 / self.elapsed.as_secs_f64()
     }
 }
@@ -91,6 +103,10 @@ pub async fn run(client: &Client, plan: Plan) -> Result<Vec<Row>, BenchError> {
     let warmup = sales.payloads("w", plan.warmup_events, 100);
     let batched = sales.payloads("b", plan.batch_events, 100);
     let single = sales.payloads("s", plan.single_events, 1);
+    // the floor's rounds: each a fifth of the batched events (at least one batch)
+    let floor_rounds: Vec<Vec<(usize, String)>> = (1..=FLOOR_ROUNDS)
+        .map(|r| sales.payloads(&format!("f{r}"), (plan.batch_events / 5).max(100), 100))
+        .collect();
 
     for imp in [Implementation::Possync, Implementation::Baseline] {
         eprintln!(
@@ -128,8 +144,31 @@ pub async fn run(client: &Client, plan: Plan) -> Result<Vec<Row>, BenchError> {
 
     verify_same_ledgers(client).await?;
 
+    // the storage floor: in each round possync posts fresh batches of 100, then the rows it wrote for them are
+    // written again without any posting; each figure is the median of its rounds
+    crate::floor::create(client).await?;
+    let (mut possync_rates, mut floor_rates) = (Vec::new(), Vec::new());
+    for (round, payloads) in floor_rounds.iter().enumerate() {
+        client
+            .batch_execute("CHECKPOINT")
+            .await
+            .map_err(|e| BenchError::sql("checkpoint before a run", e))?;
+        let m = post(client, Implementation::Possync, payloads).await?;
+        let events: usize = payloads.iter().map(|(n, _)| n).sum();
+        let floor = crate::floor::write(client, &format!("sale-f{}-", round + 1), events).await?;
+        eprintln!(
+            "posting: floor round {}: possync {:.0} events/s, storage floor {:.0} events/s ({} events each)",
+            round + 1,
+            m.per_second(),
+            floor.per_second(),
+            events
+        );
+        possync_rates.push(m.per_second());
+        floor_rates.push(floor.per_second());
+    }
+
     let targets = [2.0, 1.0];
-    Ok(results
+    let mut rows: Vec<Row> = results
         .into_iter()
         .zip(targets)
         .map(|((label, possync, baseline), target)| {
@@ -140,11 +179,24 @@ pub async fn run(client: &Client, plan: Plan) -> Result<Vec<Row>, BenchError> {
                 target,
             )
         })
-        .collect())
+        .collect();
+    let mut floor_row = Row::compared(
+        format!(
+            "posting events/s, batches of 100, vs the storage floor (same rows, one multi-row INSERT per \
+             table; median of {} alternating rounds)",
+            floor_rounds.len()
+        ),
+        median(possync_rates),
+        median(floor_rates),
+        0.5,
+    );
+    floor_row.baseline = format!("{} (storage floor)", floor_row.baseline);
+    rows.push(floor_row);
+    Ok(rows)
 }
 
 /// Posts every payload with one autocommit call each; checks each call applied all its events.
-async fn post(
+pub async fn post(
     client: &Client,
     imp: Implementation,
     payloads: &[(usize, String)],
