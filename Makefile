@@ -55,11 +55,15 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-## fuzz: the model-based test of the posting rules at length (MODEL_EVENTS, default 200000) with a random seed
-## (printed; MODEL_SEED=<n> replays one); reconcile() and check_invariants() run every MODEL_CHECK_EVERY calls
+## fuzz: the model-based test of the posting rules and the hostile-input test at length: FUZZ_EVENTS events each
+## (default 200000; MODEL_EVENTS / HOSTILE_EVENTS override one), with a random seed that is printed
+## (MODEL_SEED=<n>, HOSTILE_SEED=<n> replay one); reconcile() and check_invariants() run every MODEL_CHECK_EVERY calls
 .PHONY: fuzz
 fuzz: deps install
 	@seed=$${MODEL_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
-	echo "make fuzz: MODEL_SEED=$$seed MODEL_EVENTS=$${MODEL_EVENTS:-200000}"; \
-	MODEL_SEED=$$seed MODEL_EVENTS=$${MODEL_EVENTS:-200000} MODEL_CHECK_EVERY=$${MODEL_CHECK_EVERY:-50} \
-	cargo test -p possync-e2e --test e2e model:: -- --test-threads=1 --nocapture
+	hseed=$${HOSTILE_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
+	events=$${FUZZ_EVENTS:-200000}; \
+	echo "make fuzz: MODEL_SEED=$$seed MODEL_EVENTS=$${MODEL_EVENTS:-$$events} HOSTILE_SEED=$$hseed HOSTILE_EVENTS=$${HOSTILE_EVENTS:-$$events}"; \
+	MODEL_SEED=$$seed MODEL_EVENTS=$${MODEL_EVENTS:-$$events} MODEL_CHECK_EVERY=$${MODEL_CHECK_EVERY:-50} \
+	HOSTILE_SEED=$$hseed HOSTILE_EVENTS=$${HOSTILE_EVENTS:-$$events} \
+	cargo test -p possync-e2e --test e2e -- --test-threads=1 --nocapture model:: hostile::
