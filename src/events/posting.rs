@@ -13,7 +13,7 @@ use super::context::Batch;
 use super::facts::{Effect, Raised, TransferState};
 use crate::ledger::{JournalDraft, Role};
 use crate::stock::balances::Key;
-use crate::stock::{cents, Balance, StockMove};
+use crate::stock::{cents, cents_of_share, Balance, StockMove};
 
 /// One event's posting before it is committed to the batch.
 #[derive(Debug, Default)]
@@ -168,7 +168,7 @@ impl Batch<'_, '_> {
                     let value = if line.qty == sold_qty {
                         sold_value
                     } else {
-                        cents(sold_value * line.qty / sold_qty)
+                        cents_of_share(sold_value, line.qty, sold_qty)
                     };
                     return d.receive(self, k, line.qty, value, unit);
                 }

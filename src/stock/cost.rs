@@ -13,6 +13,34 @@ pub fn cents(d: Decimal) -> Decimal {
     c
 }
 
+/// `value × part ÷ whole` rounded to cents half away from zero, exactly: the product and the quotient are
+/// taken in 128-bit integers, so no digit is lost before the one rounding (a 28-digit decimal division can
+/// round an exact half cent the wrong way). Falls back to decimal arithmetic only past 128 bits.
+pub fn cents_of_share(value: Decimal, part: Decimal, whole: Decimal) -> Decimal {
+    let exact = || -> Option<Decimal> {
+        let num = value.mantissa().checked_mul(part.mantissa())?;
+        let num_scale = value.scale() + part.scale();
+        // value × part ÷ whole × 100 = num × 10^whole.scale × 100 ÷ (whole.mantissa × 10^num_scale)
+        let n = num
+            .checked_mul(10i128.checked_pow(whole.scale())?)?
+            .checked_mul(100)?;
+        let d = whole
+            .mantissa()
+            .checked_mul(10i128.checked_pow(num_scale)?)?;
+        if d == 0 {
+            return None;
+        }
+        let (mut q, r) = (n / d, n % d);
+        if r.checked_abs()?.checked_mul(2)? >= d.checked_abs()? {
+            q += if (n < 0) == (d < 0) { 1 } else { -1 };
+        }
+        let mut c = Decimal::try_from_i128_with_scale(q, 2).ok()?;
+        c.rescale(2);
+        Some(c)
+    };
+    exact().unwrap_or_else(|| cents(value * part / whole))
+}
+
 /// Rounds a unit cost to the 6 decimals the average is kept in.
 pub fn unit(d: Decimal) -> Decimal {
     d.round_dp_with_strategy(6, RoundingStrategy::MidpointAwayFromZero)
@@ -228,5 +256,23 @@ mod tests {
         let m = b.issue(d("1400000"), d("0"));
         assert_eq!(m.value, d("-1.00"));
         assert!(b.value >= Decimal::ZERO && b.on_hand > Decimal::ZERO);
+    }
+
+    #[test]
+    fn a_share_of_a_value_is_rounded_once_and_exactly() {
+        // 165.33 × 0.1872 ÷ 0.9504 = 32.565 exactly
+        assert_eq!(
+            cents_of_share(d("165.33"), d("0.1872"), d("0.9504")),
+            d("32.57")
+        );
+        assert_eq!(
+            cents_of_share(d("-165.33"), d("0.1872"), d("0.9504")),
+            d("-32.57")
+        );
+        assert_eq!(cents_of_share(d("10.00"), d("1"), d("3")), d("3.33"));
+        assert_eq!(cents_of_share(d("10.00"), d("2"), d("3")), d("6.67"));
+        // 2 ÷ 3 of 0.01 is 0.00666…: rounds to 0.01; 1 ÷ 3 of 0.01 rounds to 0.00
+        assert_eq!(cents_of_share(d("0.01"), d("2"), d("3")), d("0.01"));
+        assert_eq!(cents_of_share(d("0.01"), d("1"), d("3")), d("0.00"));
     }
 }

@@ -4,4 +4,4 @@ pub mod balances;
 pub mod cost;
 
 pub use balances::Balances;
-pub use cost::{cents, Balance, StockMove};
+pub use cost::{cents, cents_of_share, Balance, StockMove};
