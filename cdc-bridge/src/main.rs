@@ -427,7 +427,29 @@ async fn run(r: Resolved) -> ExitCode {
     if let Some(addr) = &r.metrics {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
-                tracing::info!(addr = %addr, "serving /metrics, /healthz and the dashboard at /");
+                let bound = match listener.local_addr() {
+                    Ok(a) => a,
+                    Err(e) => {
+                        eprintln!("possync-bridge: cannot read the address bound for {addr}: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                let access = match possync_bridge::http::Access::for_address(
+                    bound,
+                    std::env::var(possync_bridge::http::TOKEN_ENV).ok(),
+                ) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::error!(addr = %bound, "{e}");
+                        eprintln!("possync-bridge: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                tracing::info!(
+                    addr = %bound,
+                    token_required = access.requires_token(),
+                    "serving /metrics, /healthz and the dashboard at /"
+                );
                 let dashboard = Arc::new(Dashboard::new(registry.clone()));
                 tokio::spawn(dashboard::refresh(
                     dashboard.clone(),
@@ -438,6 +460,7 @@ async fn run(r: Resolved) -> ExitCode {
                     listener,
                     registry.clone(),
                     dashboard,
+                    access,
                     stop_rx.clone(),
                 ));
             }

@@ -422,6 +422,40 @@ pub struct Bridge {
 impl Bridge {
     /// Starts `possync-bridge run` for the given sources (name, URL).
     pub fn start(erp_url: &str, sources: &[(&str, String)], extra: &[&str]) -> Bridge {
+        Bridge::spawn("127.0.0.1", &[], erp_url, sources, extra)
+    }
+
+    /// Starts the bridge with its metrics and dashboard on `host` (such as `0.0.0.0`) and extra environment
+    /// variables (`POSSYNC_BRIDGE_TOKEN` is taken from `env` only).
+    pub fn start_on(
+        host: &str,
+        env: &[(&str, &str)],
+        erp_url: &str,
+        sources: &[(&str, String)],
+        extra: &[&str],
+    ) -> Bridge {
+        Bridge::spawn(host, env, erp_url, sources, extra)
+    }
+
+    /// Waits for the process to exit by itself; its exit code, or `None` if it still runs after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    fn spawn(
+        host: &str,
+        env: &[(&str, &str)],
+        erp_url: &str,
+        sources: &[(&str, String)],
+        extra: &[&str],
+    ) -> Bridge {
         let metrics_port = free_port();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let log = workspace_root()
@@ -434,9 +468,12 @@ impl Bridge {
         for (name, url) in sources {
             cmd.arg("--source").arg(format!("{name}={url}"));
         }
-        cmd.arg("--metrics")
-            .arg(format!("127.0.0.1:{metrics_port}"));
+        cmd.arg("--metrics").arg(format!("{host}:{metrics_port}"));
         cmd.args(extra);
+        cmd.env_remove("POSSYNC_BRIDGE_TOKEN");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         cmd.env("POSSYNC_LOG", "info,possync_bridge=debug")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -484,11 +521,24 @@ impl Bridge {
 
     /// GET a path on the metrics endpoint: (status code, body).
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
+        self.http_get_from("127.0.0.1", path, None)
+    }
+
+    /// GET a path from `host` with an optional `Authorization` header value: (status code, body).
+    pub fn http_get_from(
+        &self,
+        host: &str,
+        path: &str,
+        authorization: Option<&str>,
+    ) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect((host, self.metrics_port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let auth = authorization
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
         )
         .ok()?;
         let mut resp = String::new();
@@ -500,8 +550,13 @@ impl Bridge {
 
     /// Waits until the source streams (its slot and publication exist).
     pub fn wait_streaming(&self, source: &str, within: Duration) {
+        self.wait_streaming_with(source, None, within)
+    }
+
+    /// [`Bridge::wait_streaming`] with an `Authorization` header value.
+    pub fn wait_streaming_with(&self, source: &str, authorization: Option<&str>, within: Duration) {
         let deadline = Instant::now() + within;
-        while self.metric("possync_bridge_streaming", source) != Some(1.0) {
+        while self.metric_with("possync_bridge_streaming", source, authorization) != Some(1.0) {
             assert!(
                 Instant::now() < deadline,
                 "{source} did not start streaming within {within:?}\n{}",
@@ -513,7 +568,17 @@ impl Bridge {
 
     /// A metric's value for a source, read over HTTP.
     pub fn metric(&self, name: &str, source: &str) -> Option<f64> {
-        let (_, body) = self.http_get("/metrics")?;
+        self.metric_with(name, source, None)
+    }
+
+    /// [`Bridge::metric`] with an `Authorization` header value.
+    pub fn metric_with(
+        &self,
+        name: &str,
+        source: &str,
+        authorization: Option<&str>,
+    ) -> Option<f64> {
+        let (_, body) = self.http_get_from("127.0.0.1", "/metrics", authorization)?;
         let prefix = format!("{name}{{source=\"{source}\"}} ");
         body.lines()
             .find_map(|l| l.strip_prefix(&prefix))

@@ -9,6 +9,7 @@ mod demo;
 mod exactly_once;
 mod hostile;
 mod model;
+mod network;
 mod outage;
 mod privileges;
 mod refused;
