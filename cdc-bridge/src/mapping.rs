@@ -354,10 +354,10 @@ impl Mapping {
                 u.insert("event".into(), built);
                 u.insert(
                     "reason".into(),
-                    Value::from(format!(
+                    Value::from(reason_text(&format!(
                         "the {} row does not make a well-formed event: {malformed}",
                         header.table
-                    )),
+                    ))),
                 );
                 Value::Object(u)
             }
@@ -384,8 +384,17 @@ fn unmapped(source: &str, commit_lsn: Lsn, index: usize, change: &Change, reason
     if let Some(old) = &change.old {
         u.insert("old".into(), Value::Object(old.clone()));
     }
-    u.insert("reason".into(), Value::from(reason));
+    u.insert("reason".into(), Value::from(reason_text(&reason)));
     Value::Object(u)
+}
+
+/// A reason as the event contract takes it: one line of at most [`crate::pgerr::REASON_MAX_CHARS`] characters,
+/// with the full length noted when a POS value (copied into an error message) made it longer.
+fn reason_text(reason: &str) -> String {
+    crate::pgerr::truncate_noting_length(
+        &crate::pgerr::single_line(reason),
+        crate::pgerr::REASON_MAX_CHARS,
+    )
 }
 
 fn put_fields(

@@ -333,3 +333,32 @@ fn timestamps_become_rfc3339() {
         "2026-11-26T14:03:07+05:30"
     );
 }
+
+#[test]
+fn a_megabyte_value_copied_into_a_reason_is_cut_with_its_length_noted() {
+    // a quantity of a million digits: the contract's reason quotes it in full
+    let huge = format!("1{}", "0".repeat(1_000_000));
+    let changes = vec![
+        sale_header("T9", "sale"),
+        sale_line("T9", 1, "SKU1", &huge, "1"),
+        tender("T9", 1, "cash", "1"),
+    ];
+    let events = Mapping::reference().events_of("east", LSN, &changes);
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(e["kind"], "unmapped");
+    let reason = e["reason"].as_str().unwrap_or_default();
+    assert_eq!(
+        reason.chars().count(),
+        crate::pgerr::REASON_MAX_CHARS,
+        "{}",
+        &reason[..reason.len().min(200)]
+    );
+    assert!(reason.starts_with("the pos.sale row does not make a well-formed event"));
+    assert!(reason.ends_with("characters in all]"), "{reason}");
+    // the value itself is kept whole in the raw row
+    assert_eq!(
+        e["raw"]["pos.sale_line"][0]["qty"].as_str(),
+        Some(huge.as_str())
+    );
+}
