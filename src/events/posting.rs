@@ -32,13 +32,36 @@ impl Draft {
             .or_insert_with(|| batch.balances.get(key).clone())
     }
 
-    /// Goods leave at the moving average; returns the move's (positive) value.
+    /// Goods leave at the moving average; returns the move's (positive) value. Leaving on-hand below 0 with
+    /// value still above it (the average lagging what the shelf was worth) writes that value off, as an
+    /// incoming move does.
     fn issue(&mut self, batch: &Batch<'_, '_>, key: Key, qty: Decimal) -> Decimal {
         let standard = batch.standard_cost(&key.0);
         let m = self.balance(batch, &key).issue(qty, standard);
         let value = -m.value;
-        self.moves.push((key, m));
+        self.moves.push((key.clone(), m));
+        self.write_off_stranded(batch, key);
         value
+    }
+
+    /// Value left stranded at `key` (on-hand exactly 0 with value, or value of the other sign than on-hand) is
+    /// written off against cogs in this event's journal, as a move of quantity 0.
+    fn write_off_stranded(&mut self, batch: &Batch<'_, '_>, key: Key) {
+        let stranded = self.balance(batch, &key).stranded();
+        if stranded.is_zero() {
+            return;
+        }
+        let m = self.balance(batch, &key).write_off(stranded);
+        self.moves.push((key.clone(), m));
+        let (sku, loc) = &key;
+        let class = batch.class(sku);
+        if stranded > Decimal::ZERO {
+            self.journal.debit(Role::Cogs, loc, class, stranded);
+            self.journal.credit(Role::Inventory, loc, class, stranded);
+        } else {
+            self.journal.debit(Role::Inventory, loc, class, -stranded);
+            self.journal.credit(Role::Cogs, loc, class, -stranded);
+        }
     }
 
     /// Goods arrive carrying `value`; returns it. Value the arrival leaves stranded (on-hand exactly 0, or a
@@ -51,23 +74,11 @@ impl Draft {
         value: Decimal,
         unit_cost: Decimal,
     ) -> Decimal {
-        let b = self.balance(batch, &key);
-        let m = b.receive_at_value(qty, value, unit_cost);
-        let stranded = b.stranded();
+        let m = self
+            .balance(batch, &key)
+            .receive_at_value(qty, value, unit_cost);
         self.moves.push((key.clone(), m));
-        if !stranded.is_zero() {
-            let m = self.balance(batch, &key).write_off(stranded);
-            self.moves.push((key.clone(), m));
-            let (sku, loc) = &key;
-            let class = batch.class(sku);
-            if stranded > Decimal::ZERO {
-                self.journal.debit(Role::Cogs, loc, class, stranded);
-                self.journal.credit(Role::Inventory, loc, class, stranded);
-            } else {
-                self.journal.debit(Role::Inventory, loc, class, -stranded);
-                self.journal.credit(Role::Cogs, loc, class, -stranded);
-            }
-        }
+        self.write_off_stranded(batch, key);
         value
     }
 

@@ -553,6 +553,9 @@ impl Model {
             qty: -qty,
             value: -value,
         });
+        // Reading (README, "Valuation at the edges"): an outgoing move that leaves value of the other sign than
+        // on-hand writes it off too
+        self.write_off_stranded(p, sku, loc);
         value
     }
 
