@@ -320,10 +320,10 @@ impl Batch<'_, '_> {
     }
 }
 
-/// Posting reads what other sessions committed after it waited for them (an event id, a balance): that is READ
-/// COMMITTED. Under REPEATABLE READ or SERIALIZABLE a posting would answer from a stale snapshot or fail with a
+/// Posting writes, so not on a hot standby; and it reads what other sessions committed after it waited for them
+/// (an event id, a balance): that is READ COMMITTED. Under REPEATABLE READ or SERIALIZABLE a posting would answer from a stale snapshot or fail with a
 /// serialization error on every hot sku, so it is refused up front, clearly.
-fn require_read_committed() {
+fn require_postable_transaction() {
     // SAFETY: asks the backend whether the server is in recovery
     if unsafe { pgrx::pg_sys::RecoveryInProgress() } {
         crate::errors::misuse(
@@ -377,7 +377,7 @@ pub fn apply(
     submissions: Vec<Submission>,
     source: Option<&str>,
 ) -> Vec<Outcome> {
-    require_read_committed();
+    require_postable_transaction();
     let reject_negative = crate::guc::reject_negative_on_hand();
     let work: Vec<Work> = submissions
         .into_iter()
@@ -447,21 +447,17 @@ pub fn apply(
     store::lock_event_ids(client, &to_lock);
     // a held event another session posted while this one waited is not posted again
     let held_now = store::still_held(client, &replayed);
+    let still_held = |w: &Work| {
+        w.parsed
+            .as_ref()
+            .is_ok_and(|e| held_now.contains(&e.event_id))
+    };
     let work: Vec<Work> = work
         .into_iter()
-        .filter(|w| {
-            !w.replay
-                || w.parsed
-                    .as_ref()
-                    .is_ok_and(|e| held_now.contains(&e.event_id))
-        })
+        .filter(|w| !w.replay || still_held(w))
         .collect();
     for waiting in follow.values_mut() {
-        waiting.retain(|w| {
-            w.parsed
-                .as_ref()
-                .is_ok_and(|e| held_now.contains(&e.event_id))
-        });
+        waiting.retain(still_held);
     }
     // event id -> the payload the inbox holds for it
     let stored = store::known_events(client, &fresh);

@@ -55,13 +55,9 @@ impl Draft {
         self.moves.push((key.clone(), m));
         let (sku, loc) = &key;
         let class = batch.class(sku);
-        if stranded > Decimal::ZERO {
-            self.journal.debit(Role::Cogs, loc, class, stranded);
-            self.journal.credit(Role::Inventory, loc, class, stranded);
-        } else {
-            self.journal.debit(Role::Inventory, loc, class, -stranded);
-            self.journal.credit(Role::Cogs, loc, class, -stranded);
-        }
+        // signed: a negative amount debits inventory and credits cogs
+        self.journal.debit(Role::Cogs, loc, class, stranded);
+        self.journal.credit(Role::Inventory, loc, class, stranded);
     }
 
     /// Goods arrive carrying `value`; returns it. Value the arrival leaves stranded (on-hand exactly 0, or a

@@ -37,19 +37,12 @@ const HOLD_AGAIN: &str =
 const REOPEN_SUPPLY: &str = "UPDATE possync.supply s SET qty_open = s.qty_open + r.qty \
      FROM possync.supply_receipt r WHERE r.event_id = $1 AND s.supply_id = r.supply_id";
 
-const TAKEN: &str = "SELECT count(*) FROM possync.event WHERE event_id = $1";
-const REVERSED_BY: &str =
-    "SELECT event_id FROM possync.event WHERE kind = 'reversal' AND payload ->> 'reverses' = $1";
+const REVERSES: &str = "SELECT payload ->> 'reverses' FROM possync.event WHERE event_id = $1";
 
 /// The id of the reversal of `event_id`: `<id>:reversal`, or `<id>:reversal-2`, ... when an event already has
-/// that id (the POS may use any id). An event already reversed keeps the id its reversal got.
+/// that id (the POS may use any id). Walks the candidates by primary key: the first that is free, or the one
+/// whose payload says it reverses `event_id` (an event already reversed keeps the id its reversal got).
 fn reversal_id_for(client: &mut pgrx::spi::SpiClient<'_>, event_id: &str) -> String {
-    if let Some(id) = run(client, REVERSED_BY, &[text(event_id)])
-        .next()
-        .and_then(|r| get_text(&r, 1))
-    {
-        return id;
-    }
     let base = format!("{event_id}:reversal");
     for n in 1.. {
         let id = if n == 1 {
@@ -57,11 +50,10 @@ fn reversal_id_for(client: &mut pgrx::spi::SpiClient<'_>, event_id: &str) -> Str
         } else {
             format!("{base}-{n}")
         };
-        let taken = run(client, TAKEN, &[text(&id)])
-            .next()
-            .and_then(|r| get_i64(&r, 1))
-            .unwrap_or(0);
-        if taken == 0 {
+        let Some(row) = run(client, REVERSES, &[text(&id)]).next() else {
+            return id;
+        };
+        if get_text(&row, 1).as_deref() == Some(event_id) {
             return id;
         }
     }

@@ -17,6 +17,47 @@ const ERP_SALES: &str =
 const POS_SLOTS: &str =
     "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'possync_store42'";
 
+/// A POS and an ERP with a bridge that streamed `sales` sales (ids `prefix`...) and then stopped, and the
+/// ERP's checkpoint for the source at that point.
+struct Streamed {
+    // the clusters stop when dropped: a test binds both for its whole length
+    pos: Cluster,
+    _erp: Cluster,
+    pos_db: Client,
+    erp_db: Client,
+    source: [(&'static str, String); 1],
+    erp_url: String,
+    checkpoint: String,
+}
+
+async fn streamed_then_stopped(pos_extra: &[&str], prefix: &str, sales: i64) -> Streamed {
+    let pos = pos_cluster(pos_extra).await;
+    let erp = erp_cluster().await;
+    let pos_db = pos.connect("pos").await;
+    let erp_db = erp.connect("erp").await;
+    let source = [("store42", pos.url("pos"))];
+    let erp_url = erp.url("erp");
+    let bridge = Bridge::start(&erp_url, &source, &[]);
+    bridge.wait_streaming("store42", Duration::from_secs(30));
+    run_sales(&pos_db, prefix, 1, sales, 200).await;
+    wait_caught_up(&erp_url, &pos_db, "store42", Duration::from_secs(60)).await;
+    assert_eq!(bridge.terminate(), Some(0));
+    let checkpoint: String = erp_db
+        .query_one("SELECT possync.source_checkpoint('store42')::text", &[])
+        .await
+        .expect("checkpoint")
+        .get(0);
+    Streamed {
+        pos,
+        _erp: erp,
+        pos_db,
+        erp_db,
+        source,
+        erp_url,
+        checkpoint,
+    }
+}
+
 fn wait_refusing(bridge: &Bridge, within: Duration) {
     let deadline = Instant::now() + within;
     while bridge.metric("possync_bridge_slot_lost", "store42") != Some(1.0) {
@@ -32,23 +73,15 @@ fn wait_refusing(bridge: &Bridge, within: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_whose_slot_was_dropped_is_refused_until_an_operator_accepts_the_loss() {
     let _serial = serial().await;
-    let pos = pos_cluster(&[]).await;
-    let erp = erp_cluster().await;
-    let pos_db = pos.connect("pos").await;
-    let erp_db = erp.connect("erp").await;
-    let source = [("store42", pos.url("pos"))];
-    let erp_url = erp.url("erp");
-
-    let bridge = Bridge::start(&erp_url, &source, &[]);
-    bridge.wait_streaming("store42", Duration::from_secs(30));
-    run_sales(&pos_db, "L", 1, 20, 200).await;
-    wait_caught_up(&erp_url, &pos_db, "store42", Duration::from_secs(60)).await;
-    assert_eq!(bridge.terminate(), Some(0));
-    let checkpoint: String = erp_db
-        .query_one("SELECT possync.source_checkpoint('store42')::text", &[])
-        .await
-        .expect("checkpoint")
-        .get(0);
+    let Streamed {
+        pos,
+        pos_db,
+        erp_db,
+        source,
+        erp_url,
+        checkpoint,
+        _erp,
+    } = streamed_then_stopped(&[], "L", 20).await;
 
     // a DBA drops the slot while the bridge is stopped; the tills go on selling
     pos_db
@@ -199,18 +232,15 @@ async fn a_source_whose_slot_was_dropped_is_refused_until_an_operator_accepts_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_slot_is_resynced_from_the_pos_tables_and_every_sale_posts_once() {
     let _serial = serial().await;
-    let pos = pos_cluster(&[]).await;
-    let erp = erp_cluster().await;
-    let pos_db = pos.connect("pos").await;
-    let erp_db = erp.connect("erp").await;
-    let source = [("store42", pos.url("pos"))];
-    let erp_url = erp.url("erp");
-
-    let bridge = Bridge::start(&erp_url, &source, &[]);
-    bridge.wait_streaming("store42", Duration::from_secs(30));
-    run_sales(&pos_db, "R", 1, 20, 200).await;
-    wait_caught_up(&erp_url, &pos_db, "store42", Duration::from_secs(60)).await;
-    assert_eq!(bridge.terminate(), Some(0));
+    let Streamed {
+        pos,
+        pos_db,
+        erp_db,
+        source,
+        erp_url,
+        checkpoint: _,
+        _erp,
+    } = streamed_then_stopped(&[], "R", 20).await;
     pos_db
         .batch_execute("SELECT pg_drop_replication_slot('possync_store42')")
         .await
@@ -277,23 +307,15 @@ async fn a_lost_slot_is_resynced_from_the_pos_tables_and_every_sale_posts_once()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_invalidated_by_max_slot_wal_keep_size_is_refused_and_then_replaced_on_acceptance() {
     let _serial = serial().await;
-    let pos = pos_cluster(&["max_slot_wal_keep_size = 1MB"]).await;
-    let erp = erp_cluster().await;
-    let pos_db = pos.connect("pos").await;
-    let erp_db = erp.connect("erp").await;
-    let source = [("store42", pos.url("pos"))];
-    let erp_url = erp.url("erp");
-
-    let bridge = Bridge::start(&erp_url, &source, &[]);
-    bridge.wait_streaming("store42", Duration::from_secs(30));
-    run_sales(&pos_db, "V", 1, 10, 200).await;
-    wait_caught_up(&erp_url, &pos_db, "store42", Duration::from_secs(60)).await;
-    assert_eq!(bridge.terminate(), Some(0));
-    let checkpoint: String = erp_db
-        .query_one("SELECT possync.source_checkpoint('store42')::text", &[])
-        .await
-        .expect("checkpoint")
-        .get(0);
+    let Streamed {
+        pos: _pos,
+        pos_db,
+        erp_db,
+        source,
+        erp_url,
+        checkpoint,
+        _erp,
+    } = streamed_then_stopped(&["max_slot_wal_keep_size = 1MB"], "V", 10).await;
 
     // sales, then WAL past the slot's keep size and a checkpoint: the server invalidates the stopped slot
     run_sales(&pos_db, "V", 11, 5, 200).await;
