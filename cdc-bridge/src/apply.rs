@@ -98,6 +98,11 @@ impl Erp {
         Ok(Erp { client, apply, wal })
     }
 
+    /// The connection, for the statements of a document group (see [`crate::mirror`]).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// True once the connection is gone (and with it the ownership lock).
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()

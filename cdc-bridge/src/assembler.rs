@@ -17,6 +17,8 @@ pub struct PosTransaction {
     /// Microseconds since 2000-01-01 UTC.
     pub commit_time: i64,
     pub events: Vec<Value>,
+    /// The transaction's changes to mirrored tables, in order (see [`crate::mirror`]).
+    pub changes: Vec<Change>,
 }
 
 /// Turns the pgoutput message stream into mapped transactions.
@@ -101,11 +103,20 @@ impl Assembler {
             } => {
                 let changes = self.open.take().map(|(_, c)| c).unwrap_or_default();
                 let events = self.mapping.events_of(&self.source, commit_lsn, &changes);
+                let changes = if self.mapping.mirrors().is_empty() {
+                    Vec::new()
+                } else {
+                    changes
+                        .into_iter()
+                        .filter(|c| self.mapping.is_mirrored(&c.table))
+                        .collect()
+                };
                 return Ok(Some(PosTransaction {
                     commit_lsn,
                     end_lsn,
                     commit_time,
                     events,
+                    changes,
                 }));
             }
         }

@@ -5,13 +5,14 @@
 //! mapping cannot turn into a well-formed event is still sent, as an `unmapped` payload carrying the raw rows, so the
 //! extension keeps it as a rejected event and the stream moves on.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use possync_events::Event;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::decoder::{Datum, Relation, Tuple};
+use crate::document::{Document, MirrorTable};
 use crate::lsn::Lsn;
 
 /// The mapping of the reference POS schema, used when no mapping file is given.
@@ -106,6 +107,10 @@ struct MappingFile {
     event: Vec<EventMapping>,
     #[serde(default)]
     outbox: Vec<OutboxMapping>,
+    #[serde(default)]
+    mirror: Vec<MirrorTable>,
+    #[serde(default)]
+    document: Vec<Document>,
 }
 
 /// A validated mapping.
@@ -113,6 +118,8 @@ struct MappingFile {
 pub struct Mapping {
     events: Vec<EventMapping>,
     outboxes: Vec<OutboxMapping>,
+    mirrors: Vec<MirrorTable>,
+    documents: Vec<Document>,
 }
 
 /// One decoded row change of a POS transaction, with columns by name.
@@ -137,7 +144,7 @@ pub enum ChangeOp {
 }
 
 impl ChangeOp {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             ChangeOp::Insert => "insert",
             ChangeOp::Update => "update",
@@ -192,9 +199,17 @@ impl Mapping {
                 }
             }
         }
+        crate::document::validate(&file.mirror, &file.document).map_err(|e| {
+            MappingError::Invalid {
+                table: e.document.clone(),
+                reason: e.reason,
+            }
+        })?;
         let m = Mapping {
             events: file.event,
             outboxes: file.outbox,
+            mirrors: file.mirror,
+            documents: file.document,
         };
         let tables = m.tables();
         if tables.is_empty() {
@@ -220,7 +235,23 @@ impl Mapping {
             t.extend(e.children.iter().map(|c| c.table.clone()));
         }
         t.extend(self.outboxes.iter().map(|o| o.table.clone()));
+        t.extend(self.mirrors.iter().map(|m| m.table.clone()));
         t
+    }
+
+    /// The tables kept in the ERP's mirror (see [`crate::mirror`]).
+    pub fn mirrors(&self) -> &[MirrorTable] {
+        &self.mirrors
+    }
+
+    /// Whether a POS table (`schema.table`) is mirrored.
+    pub fn is_mirrored(&self, table: &str) -> bool {
+        self.mirrors.iter().any(|m| m.table == table)
+    }
+
+    /// The documents made from mirrored tables.
+    pub fn documents(&self) -> &[Document] {
+        &self.documents
     }
 
     /// The header tables.
@@ -233,12 +264,30 @@ impl Mapping {
         &self.outboxes
     }
 
-    /// The events of one committed POS transaction, in the order their rows were written.
+    /// The events of one committed POS transaction, in the order their rows were written. Rows of mirrored
+    /// tables are not events by themselves (see [`crate::mirror`]). Linear in the number of changes: child rows
+    /// are found through an index by (table, key).
     pub fn events_of(&self, source: &str, commit_lsn: Lsn, changes: &[Change]) -> Vec<Value> {
-        let mut claimed = vec![false; changes.len()];
+        let mut claimed: Vec<bool> = changes.iter().map(|c| self.is_mirrored(&c.table)).collect();
+        let mut children: HashMap<(&str, String), Vec<usize>> = HashMap::new();
+        for (i, change) in changes.iter().enumerate() {
+            if change.op != ChangeOp::Insert || claimed[i] {
+                continue;
+            }
+            for em in &self.events {
+                for child in em.children.iter().filter(|c| c.table == change.table) {
+                    if let Some(v) = change.row.get(&child.key) {
+                        children
+                            .entry((child.table.as_str(), v.to_string()))
+                            .or_default()
+                            .push(i);
+                    }
+                }
+            }
+        }
         let mut out = Vec::new();
         for (i, change) in changes.iter().enumerate() {
-            if change.op != ChangeOp::Insert {
+            if change.op != ChangeOp::Insert || claimed[i] {
                 continue;
             }
             if let Some(o) = self.outboxes.iter().find(|o| o.table == change.table) {
@@ -259,7 +308,15 @@ impl Mapping {
                 continue;
             };
             claimed[i] = true;
-            out.push(self.header_event(source, commit_lsn, em, i, changes, &mut claimed));
+            out.push(self.header_event(
+                source,
+                commit_lsn,
+                em,
+                i,
+                changes,
+                &children,
+                &mut claimed,
+            ));
         }
         for (i, change) in changes.iter().enumerate() {
             if claimed[i] {
@@ -281,6 +338,7 @@ impl Mapping {
         out
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn header_event(
         &self,
         source: &str,
@@ -288,6 +346,7 @@ impl Mapping {
         em: &EventMapping,
         index: usize,
         changes: &[Change],
+        children: &HashMap<(&str, String), Vec<usize>>,
         claimed: &mut [bool],
     ) -> Value {
         let header = &changes[index];
@@ -307,15 +366,16 @@ impl Mapping {
         for child in &em.children {
             let key_value = em.key.as_ref().and_then(|k| row.get(k));
             let mut rows: Vec<(usize, &Map<String, Value>)> = Vec::new();
-            for (j, c) in changes.iter().enumerate() {
-                if c.op == ChangeOp::Insert
-                    && c.table == child.table
-                    && !claimed[j]
-                    && key_value.is_some()
-                    && c.row.get(&child.key) == key_value
-                {
-                    claimed[j] = true;
-                    rows.push((j, &c.row));
+            if let Some(kv) = key_value {
+                let candidates = children
+                    .get(&(child.table.as_str(), kv.to_string()))
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]);
+                for &j in candidates {
+                    if !claimed[j] {
+                        claimed[j] = true;
+                        rows.push((j, &changes[j].row));
+                    }
                 }
             }
             if let Some(ob) = &child.order_by {

@@ -326,6 +326,39 @@ impl ReplicationConnection {
             ))
     }
 
+    /// Creates the slot and exports its snapshot: the POS as of the slot's consistent point, which another
+    /// connection can read with `SET TRANSACTION SNAPSHOT` for as long as this connection runs no other command.
+    /// Returns (consistent point, snapshot name).
+    pub async fn create_slot_exporting(
+        &mut self,
+        slot: &str,
+    ) -> Result<(Lsn, String), ReplicationError> {
+        let rows = self
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput EXPORT_SNAPSHOT"
+            ))
+            .await?;
+        let row = rows.first().ok_or(ReplicationError::Malformed(
+            "CREATE_REPLICATION_SLOT returned no row",
+        ))?;
+        let at = row
+            .get(1)
+            .cloned()
+            .flatten()
+            .and_then(|s| s.parse().ok())
+            .ok_or(ReplicationError::Malformed(
+                "CREATE_REPLICATION_SLOT consistent_point",
+            ))?;
+        let snapshot = row
+            .get(2)
+            .cloned()
+            .flatten()
+            .ok_or(ReplicationError::Malformed(
+                "CREATE_REPLICATION_SLOT snapshot_name",
+            ))?;
+        Ok((at, snapshot))
+    }
+
     /// Drops the slot (it must not be in use).
     pub async fn drop_slot(&mut self, slot: &str) -> Result<(), ReplicationError> {
         self.simple_query(&format!("DROP_REPLICATION_SLOT {slot}"))

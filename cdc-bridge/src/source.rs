@@ -136,6 +136,8 @@ pub enum SessionError {
     ErpConnectionLost,
     #[error("{0}")]
     SlotLost(String),
+    #[error("mirror of the POS tables: {0}")]
+    Mirror(#[from] crate::mirror::MirrorError),
 }
 
 enum SessionEnd {
@@ -265,10 +267,23 @@ async fn session(
     metrics.checkpoint.store(checkpoint.0, Ordering::Relaxed);
 
     ensure_publication(&source.url, mapping).await?;
+    let poster = if mapping.mirrors().is_empty() {
+        None
+    } else {
+        let shapes = {
+            let (pos, connection) = tokio_postgres::connect(&source.url, NoTls).await?;
+            let driver = tokio::spawn(connection);
+            let shapes = crate::mirror::describe(&pos, mapping).await;
+            drop(pos);
+            let _ = driver.await;
+            shapes?
+        };
+        Some(crate::mirror::DocumentPoster::prepare(&erp, &source.name, mapping, shapes).await?)
+    };
     let mut repl = ReplicationConnection::connect(&source.url).await?;
     let identity = repl.identify_system().await?;
     let slot = source.slot();
-    let checkpoint = slot_guard(
+    let (mut checkpoint, exported) = slot_guard(
         &erp,
         &mut repl,
         source,
@@ -276,8 +291,18 @@ async fn session(
         checkpoint,
         identity.wal_position,
         metrics,
+        poster.is_some(),
     )
     .await?;
+    if let (Some(poster), Some((at, snapshot))) = (&poster, exported) {
+        let started = Instant::now();
+        let rows =
+            crate::mirror::initial_copy(&source.url, &erp, &source.name, poster, &snapshot, at)
+                .await?;
+        tracing::info!(source = %source.name, rows, consistent_point = %at, schema = poster.schema(),
+            elapsed_ms = started.elapsed().as_millis() as u64, "copied the mirrored POS tables into the ERP");
+        checkpoint = at;
+    }
     metrics.checkpoint.store(checkpoint.0, Ordering::Relaxed);
     repl.start(&slot, PUBLICATION, checkpoint).await?;
     metrics.set_state(SourceState::Streaming);
@@ -296,7 +321,15 @@ async fn session(
         metrics.clone(),
     );
     let applier = apply_loop(
-        &erp, source, rx, checkpoint, committed, settings, metrics, shutdown,
+        &erp,
+        poster.as_ref(),
+        source,
+        rx,
+        checkpoint,
+        committed,
+        settings,
+        metrics,
+        shutdown,
     );
     tokio::select! {
         r = reader => match r {
@@ -338,7 +371,8 @@ pub(crate) async fn slot_guard(
     checkpoint: Lsn,
     pos_now: Lsn,
     metrics: &SourceMetrics,
-) -> Result<Lsn, SessionError> {
+    export: bool,
+) -> Result<(Lsn, Option<(Lsn, String)>), SessionError> {
     let state = repl.slot_state(slot).await?;
     let marks = checkpoint.0 & MARK_BITS;
     let last_commit = Lsn(checkpoint.0 - marks);
@@ -353,11 +387,22 @@ pub(crate) async fn slot_guard(
         Some(_) => None,
     };
     let Some(problem) = problem else {
+        // a mirror starts from a copy of the POS tables as the new slot's snapshot shows them; with the
+        // checkpoint at 0/0 the ERP holds nothing from this source yet, so a slot left by a first start that
+        // died before its copy committed is made again
+        if export && checkpoint == Lsn::ZERO {
+            if state.is_some() {
+                repl.drop_slot(slot).await?;
+            }
+            let (at, snapshot) = repl.create_slot_exporting(slot).await?;
+            tracing::info!(source = %source.name, slot, consistent_point = %at, "created replication slot with a snapshot for the initial copy");
+            return Ok((checkpoint, Some((at, snapshot))));
+        }
         if state.is_none() {
             repl.create_slot(slot).await?;
             tracing::info!(source = %source.name, slot, "created replication slot");
         }
-        return Ok(checkpoint);
+        return Ok((checkpoint, None));
     };
     let name = &source.name;
     if source.accept_slot_loss == Some(last_commit) {
@@ -378,11 +423,14 @@ pub(crate) async fn slot_guard(
             erp.apply_batch(name, at, &[record]).await?;
         }
         tracing::warn!(source = %name, slot, checkpoint = %last_commit, new_slot_start = %start, "slot loss accepted by the operator; streaming from the new slot");
-        return Ok(if marks + 2 <= MARK_BITS {
-            at
-        } else {
-            checkpoint
-        });
+        return Ok((
+            if marks + 2 <= MARK_BITS {
+                at
+            } else {
+                checkpoint
+            },
+            None,
+        ));
     }
     if !unaccepted && marks < MARK_BITS {
         let at = Lsn(checkpoint.0 + 1);
@@ -506,6 +554,7 @@ pub fn flush_position(committed: Lsn, received: Lsn, handed: Lsn, nothing_in_han
 #[allow(clippy::too_many_arguments)]
 async fn apply_loop(
     erp: &Erp,
+    poster: Option<&crate::mirror::DocumentPoster>,
     source: &Source,
     mut rx: mpsc::Receiver<PosTransaction>,
     checkpoint: Lsn,
@@ -574,6 +623,7 @@ async fn apply_loop(
         // a shutdown request waits for the batch in flight: the call is not cancelled
         apply_isolating(
             erp,
+            poster,
             &source.name,
             &batch,
             metrics,
@@ -601,6 +651,7 @@ async fn apply_loop(
 /// later failure is not applied again: apply_batch skips an LSN at or below the checkpoint.
 pub(crate) async fn apply_isolating(
     erp: &Erp,
+    poster: Option<&crate::mirror::DocumentPoster>,
     source: &str,
     batch: &[PosTransaction],
     metrics: &SourceMetrics,
@@ -615,9 +666,17 @@ pub(crate) async fn apply_isolating(
         let (Some(first), Some(last)) = (part.first(), part.last()) else {
             continue;
         };
-        let events: Vec<&Value> = part.iter().flat_map(|t| t.events.iter()).collect();
         let started = Instant::now();
-        match erp.apply_batch(source, last.commit_lsn, &events).await {
+        let applied = match poster {
+            Some(p) if part.iter().any(|t| !t.changes.is_empty()) => {
+                p.apply(erp, source, part).await
+            }
+            _ => {
+                let events: Vec<&Value> = part.iter().flat_map(|t| t.events.iter()).collect();
+                erp.apply_batch(source, last.commit_lsn, &events).await
+            }
+        };
+        match applied {
             Ok((outcome, wal)) => {
                 metrics.observe_apply(started.elapsed());
                 settle(metrics, unflushed, committed, last.commit_lsn, wal);
@@ -721,7 +780,7 @@ pub fn rejected_form(
     } else {
         txn.events.iter().map(Some).collect()
     };
-    originals
+    let mut records: Vec<Value> = originals
         .into_iter()
         .enumerate()
         .map(|(i, original)| {
@@ -753,7 +812,39 @@ pub fn rejected_form(
             }
             Value::Object(u)
         })
-        .collect()
+        .collect();
+    // the mirrored rows of the transaction, which the mirror could not take: kept with the reason
+    if !txn.changes.is_empty() {
+        let rows: Vec<Value> = txn
+            .changes
+            .iter()
+            .map(|c| serde_json::json!({"table": c.table, "op": c.op.as_str(), "row": c.row}))
+            .collect();
+        let rows = Value::Array(rows);
+        let mut u = serde_json::Map::new();
+        u.insert(
+            "event_id".into(),
+            Value::from(format!("{source}:erp_error:{}:rows", txn.commit_lsn)),
+        );
+        u.insert("kind".into(), Value::from(possync_events::UNMAPPED));
+        u.insert("source".into(), Value::from(source));
+        u.insert("reason".into(), Value::from(reason.clone()));
+        u.insert("erp_error".into(), erp_error.clone());
+        u.insert("commit_lsn".into(), Value::from(txn.commit_lsn.to_string()));
+        if as_text || possync_events::depth(&rows) + 1 > possync_events::domain::MAX_DEPTH {
+            u.insert(
+                "rows_text".into(),
+                Value::from(truncate_noting_length(
+                    &rows.to_string(),
+                    ORIGINAL_TEXT_MAX_CHARS,
+                )),
+            );
+        } else {
+            u.insert("rows".into(), rows);
+        }
+        records.push(Value::Object(u));
+    }
+    records
 }
 
 /// Posts a POS transaction the ERP refused as rejected events at its own commit LSN, counts it and says so at
@@ -907,6 +998,7 @@ mod tests {
                 serde_json::json!({"event_id": "B-1", "kind": "sale"}),
                 serde_json::json!({"event_id": "B-2", "kind": "sale"}),
             ],
+            changes: vec![],
         };
         let error = crate::pgerr::ServerError {
             sqlstate: "22003".into(),

@@ -1,0 +1,461 @@
+//! Documents: events made from the rows of a normalized POS, in SQL, inside the ERP's posting transaction.
+//!
+//! A commercial POS does not write one row per event. An order is a header with surrogate keys (a till id, a
+//! product id, a payment-method id), written as a draft and made final later by an UPDATE, its tax on child rows
+//! and its discount as a percentage. Such tables are *mirrored*: the bridge keeps a copy of each in the ERP, in a
+//! schema of its own per source (`possync_pos_<source>`), row by row in the same ERP transaction that advances
+//! the source's checkpoint, after an initial copy taken with the replication slot's snapshot. A *document*
+//! then says, in SQL over those tables, when a header is final (or void), and how its event is built: each event
+//! field is a SQL expression, lookups are LEFT JOINs to master tables, lines and tenders are child tables.
+//! PostgreSQL evaluates the expressions, with exact numerics, dates and time zones. The same SQL runs against the
+//! POS itself for `possync-bridge check --dry-run`, so what a mapping would make can be seen before it runs.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::Deserialize;
+
+/// A POS table the bridge keeps a copy of in the ERP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorTable {
+    /// `schema.table` in the POS.
+    pub table: String,
+    /// Columns rows are looked up by (a child's column holding its header's key is indexed without being named).
+    #[serde(default)]
+    pub index: Vec<String>,
+}
+
+impl MirrorTable {
+    /// The table's name without its schema: what the documents' SQL calls it.
+    pub fn name(&self) -> &str {
+        self.table
+            .split_once('.')
+            .map(|(_, n)| n)
+            .unwrap_or(&self.table)
+    }
+
+    /// The POS schema.
+    pub fn schema(&self) -> &str {
+        self.table
+            .split_once('.')
+            .map(|(s, _)| s)
+            .unwrap_or("public")
+    }
+}
+
+/// A master row joined to the header or to a child row: `LEFT JOIN <table> AS <alias> ON <on>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lookup {
+    pub table: String,
+    pub on: String,
+}
+
+/// Rows of a child table that become an array of the event (`lines` or `tenders`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentChild {
+    pub into: String,
+    pub table: String,
+    #[serde(default = "default_child_alias")]
+    pub alias: String,
+    /// The child's column that holds the header's key.
+    pub parent: String,
+    /// A SQL condition on the child's rows; rows for which it is not true are left out.
+    #[serde(rename = "where")]
+    pub filter: Option<String>,
+    /// SQL sort order of the array.
+    pub order_by: Option<String>,
+    #[serde(default)]
+    pub lookups: BTreeMap<String, Lookup>,
+    /// Field of each array element = SQL expression.
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+}
+
+fn default_child_alias() -> String {
+    "c".into()
+}
+
+fn default_header_alias() -> String {
+    "h".into()
+}
+
+/// A table whose changes touch documents other than through a child's parent column.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TouchedBy {
+    pub table: String,
+    /// SQL giving the header's key from a changed row, which is called by the table's name.
+    pub header: String,
+}
+
+/// A header table whose rows become events once final.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    /// Names the document in logs, in `possync.pending_document` and in rejected events.
+    pub name: String,
+    pub table: String,
+    #[serde(default = "default_header_alias")]
+    pub alias: String,
+    /// The header's key column (single-column primary key).
+    pub key: String,
+    /// SQL condition: the header is final and its event is posted.
+    #[serde(rename = "final")]
+    pub final_when: String,
+    /// SQL condition: the header was cancelled; a `void` event records the sequence number it consumed.
+    pub void: Option<String>,
+    #[serde(default)]
+    pub lookups: BTreeMap<String, Lookup>,
+    /// Event field (dotted paths make objects) = SQL expression; `event_id` and `kind` are required.
+    pub fields: BTreeMap<String, String>,
+    #[serde(default)]
+    pub children: Vec<DocumentChild>,
+    #[serde(default)]
+    pub touched_by: Vec<TouchedBy>,
+}
+
+/// The fields a `void` event carries.
+const VOID_FIELDS: [&str; 6] = [
+    "event_id",
+    "location",
+    "register",
+    "sequence",
+    "business_date",
+    "occurred_at",
+];
+
+/// A document mapping that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("document {document}: {reason}")]
+pub struct DocumentError {
+    pub document: String,
+    pub reason: String,
+}
+
+/// Where the compiled SQL runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// In the ERP over the mirror: `$1` is the text array of header keys, `$2` the source name.
+    Erp,
+    /// In the POS, for a dry run: the `limit` most recent final headers; `$1` is the source name.
+    PosDryRun { limit: u32 },
+}
+
+/// A double-quoted SQL identifier.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A SQL string literal.
+pub fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+fn is_simple_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// Checks the documents against the mirrored tables.
+pub fn validate(mirrors: &[MirrorTable], documents: &[Document]) -> Result<(), DocumentError> {
+    let err = |document: &str, reason: String| DocumentError {
+        document: document.to_string(),
+        reason,
+    };
+    let mut names = HashSet::new();
+    for m in mirrors {
+        if !m.table.contains('.') {
+            return Err(err(
+                "(mirror)",
+                format!("name the table {} as schema.table", m.table),
+            ));
+        }
+        if !is_simple_name(m.name()) {
+            return Err(err("(mirror)", format!("table name {} must be lower case letters, digits and underscores, as the documents' SQL names it unquoted", m.table)));
+        }
+        if !names.insert(m.name().to_string()) {
+            return Err(err("(mirror)", format!("two mirrored tables are called {}: the documents' SQL names tables without their schema", m.name())));
+        }
+        for c in &m.index {
+            if !is_simple_name(c) {
+                return Err(err(
+                    "(mirror)",
+                    format!("index column {c} of {} is not a plain column name", m.table),
+                ));
+            }
+        }
+    }
+    let mirrored = |t: &str| names.contains(t);
+    let mut doc_names = HashSet::new();
+    for d in documents {
+        if !is_simple_name(&d.name) || !doc_names.insert(d.name.clone()) {
+            return Err(err(
+                &d.name,
+                "the name must be unique, in lower case letters, digits and underscores".into(),
+            ));
+        }
+        let not_mirrored = |t: &str| {
+            err(
+                &d.name,
+                format!("table {t} is not mirrored: add [[mirror]] table = \"<schema>.{t}\""),
+            )
+        };
+        if !mirrored(&d.table) {
+            return Err(not_mirrored(&d.table));
+        }
+        for f in ["event_id", "kind"] {
+            if !d.fields.contains_key(f) {
+                return Err(err(&d.name, format!("fields.{f} is required")));
+            }
+        }
+        let mut aliases = HashSet::from([d.alias.clone()]);
+        for (alias, l) in &d.lookups {
+            if !mirrored(&l.table) {
+                return Err(not_mirrored(&l.table));
+            }
+            if !aliases.insert(alias.clone()) {
+                return Err(err(&d.name, format!("alias {alias} is used twice")));
+            }
+        }
+        for c in &d.children {
+            if c.into != "lines" && c.into != "tenders" {
+                return Err(err(
+                    &d.name,
+                    format!("children into = \"{}\" must be lines or tenders", c.into),
+                ));
+            }
+            if !mirrored(&c.table) {
+                return Err(not_mirrored(&c.table));
+            }
+            if !is_simple_name(&c.parent) {
+                return Err(err(
+                    &d.name,
+                    format!("parent = \"{}\" must be a column of {}", c.parent, c.table),
+                ));
+            }
+            let mut child_aliases = aliases.clone();
+            if !child_aliases.insert(c.alias.clone()) {
+                return Err(err(&d.name, format!("alias {} is used twice", c.alias)));
+            }
+            for (alias, l) in &c.lookups {
+                if !mirrored(&l.table) {
+                    return Err(not_mirrored(&l.table));
+                }
+                if !child_aliases.insert(alias.clone()) {
+                    return Err(err(&d.name, format!("alias {alias} is used twice")));
+                }
+            }
+        }
+        for t in &d.touched_by {
+            if !mirrored(&t.table) {
+                return Err(not_mirrored(&t.table));
+            }
+        }
+        if !is_simple_name(&d.key) {
+            return Err(err(
+                &d.name,
+                format!("key = \"{}\" must be a column", d.key),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Nested `jsonb_build_object` for fields whose dotted paths make objects.
+fn build_object(fields: &[(&str, String)]) -> String {
+    let mut tree: BTreeMap<String, Node> = BTreeMap::new();
+    for (path, sql) in fields {
+        insert_path(&mut tree, path, sql.clone());
+    }
+    render_tree(&tree)
+}
+
+enum Node {
+    Leaf(String),
+    Branch(BTreeMap<String, Node>),
+}
+
+fn insert_path(tree: &mut BTreeMap<String, Node>, path: &str, sql: String) {
+    match path.split_once('.') {
+        None => {
+            tree.insert(path.to_string(), Node::Leaf(sql));
+        }
+        Some((head, rest)) => {
+            let entry = tree
+                .entry(head.to_string())
+                .or_insert_with(|| Node::Branch(BTreeMap::new()));
+            if let Node::Leaf(_) = entry {
+                *entry = Node::Branch(BTreeMap::new());
+            }
+            if let Node::Branch(inner) = entry {
+                insert_path(inner, rest, sql);
+            }
+        }
+    }
+}
+
+fn render_tree(tree: &BTreeMap<String, Node>) -> String {
+    let parts: Vec<String> = tree
+        .iter()
+        .map(|(k, v)| match v {
+            Node::Leaf(sql) => format!("{}, ({sql})", literal(k)),
+            Node::Branch(inner) => format!("{}, {}", literal(k), render_tree(inner)),
+        })
+        .collect();
+    format!("jsonb_build_object({})", parts.join(", "))
+}
+
+fn lookups_sql(lookups: &BTreeMap<String, Lookup>) -> String {
+    lookups
+        .iter()
+        .map(|(alias, l)| format!(" LEFT JOIN {} AS {alias} ON ({})", l.table, l.on))
+        .collect()
+}
+
+fn child_sql(d: &Document, c: &DocumentChild) -> String {
+    let fields: Vec<(&str, String)> = c
+        .fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    let order = c
+        .order_by
+        .as_deref()
+        .map(|o| format!(" ORDER BY {o}"))
+        .unwrap_or_default();
+    let filter = c
+        .filter
+        .as_deref()
+        .map(|f| format!(" AND ({f})"))
+        .unwrap_or_default();
+    format!(
+        "(SELECT coalesce(jsonb_agg({obj}{order}), '[]'::jsonb) FROM {table} AS {alias}{joins} WHERE {alias}.{parent} = {h}.{key}{filter})",
+        obj = build_object(&fields),
+        table = c.table,
+        alias = c.alias,
+        joins = lookups_sql(&c.lookups),
+        parent = c.parent,
+        h = d.alias,
+        key = d.key,
+    )
+}
+
+/// The event of a final header, as SQL.
+fn event_sql(d: &Document, source: &str) -> String {
+    let mut fields: Vec<(&str, String)> = d
+        .fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    fields.push(("source", source.to_string()));
+    let mut arrays: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for c in &d.children {
+        arrays.entry(&c.into).or_default().push(child_sql(d, c));
+    }
+    for (into, parts) in &arrays {
+        fields.push((into, parts.join(" || ")));
+    }
+    format!("jsonb_strip_nulls({})", build_object(&fields))
+}
+
+/// The `void` event of a cancelled header, as SQL.
+fn void_sql(d: &Document, source: &str) -> String {
+    let mut fields: Vec<(&str, String)> = d
+        .fields
+        .iter()
+        .filter(|(k, _)| VOID_FIELDS.contains(&k.as_str()))
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    fields.push(("kind", literal("void")));
+    fields.push(("source", source.to_string()));
+    format!("jsonb_strip_nulls({})", build_object(&fields))
+}
+
+/// What a header is.
+pub const FINAL: &str = "final";
+pub const VOID: &str = "void";
+pub const PENDING: &str = "pending";
+
+/// The query that evaluates headers: rows of (key text, state text, event text or NULL while pending).
+pub fn compile(d: &Document, target: Target) -> String {
+    let source = match target {
+        Target::Erp => "$2::text",
+        Target::PosDryRun { .. } => "$1::text",
+    };
+    let void = d.void.as_deref().unwrap_or("false");
+    let state = format!(
+        "CASE WHEN ({final_when}) THEN {FINAL_L} WHEN ({void}) THEN {VOID_L} ELSE {PENDING_L} END",
+        final_when = d.final_when,
+        FINAL_L = literal(FINAL),
+        VOID_L = literal(VOID),
+        PENDING_L = literal(PENDING),
+    );
+    let from = format!(
+        "{table} AS {h}{joins}",
+        table = d.table,
+        h = d.alias,
+        joins = lookups_sql(&d.lookups)
+    );
+    let key = format!("({}.{})::text", d.alias, d.key);
+    let select = format!(
+        "SELECT {key}, s.state, (CASE s.state WHEN {FINAL_L} THEN {event} WHEN {VOID_L} THEN {void_event} END)::text \
+         FROM {from} CROSS JOIN LATERAL (SELECT {state} AS state) AS s",
+        FINAL_L = literal(FINAL),
+        VOID_L = literal(VOID),
+        event = event_sql(d, source),
+        void_event = void_sql(d, source),
+    );
+    match target {
+        Target::Erp => format!("{select} WHERE {key} = ANY($1::text[])"),
+        Target::PosDryRun { limit } => format!(
+            "{select} WHERE s.state <> {PENDING_L} ORDER BY {h}.{k} DESC LIMIT {limit}",
+            PENDING_L = literal(PENDING),
+            h = d.alias,
+            k = d.key
+        ),
+    }
+}
+
+/// The query giving the keys of the headers a set of changed rows of `table` touch: `$1` is a JSON array of
+/// the rows, `$2` the schema holding the mirror (for the row type).
+pub fn touched_sql(d: &Document, table: &str, schema: &str) -> Vec<String> {
+    let rows = |alias: &str| {
+        format!(
+            "jsonb_populate_recordset(NULL::{}.{}, $1::text::jsonb) AS {alias}",
+            ident(schema),
+            ident(table)
+        )
+    };
+    let mut out = Vec::new();
+    if d.table == table {
+        out.push(format!(
+            "SELECT DISTINCT ({h}.{k})::text FROM {rows} WHERE {h}.{k} IS NOT NULL",
+            h = d.alias,
+            k = d.key,
+            rows = rows(&d.alias)
+        ));
+    }
+    for c in d.children.iter().filter(|c| c.table == table) {
+        out.push(format!(
+            "SELECT DISTINCT ({a}.{p})::text FROM {rows} WHERE {a}.{p} IS NOT NULL",
+            a = c.alias,
+            p = c.parent,
+            rows = rows(&c.alias)
+        ));
+    }
+    for t in d.touched_by.iter().filter(|t| t.table == table) {
+        out.push(format!(
+            "SELECT DISTINCT k::text FROM {rows}, LATERAL (SELECT ({expr}) AS k) AS touched WHERE k IS NOT NULL",
+            rows = rows(table),
+            expr = t.header
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

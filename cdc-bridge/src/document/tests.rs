@@ -1,0 +1,108 @@
+use super::*;
+use crate::mapping::Mapping;
+
+const NORMALIZED: &str = include_str!("../../mappings/normalized.toml");
+
+fn normalized() -> Mapping {
+    match Mapping::from_toml(NORMALIZED) {
+        Ok(m) => m,
+        Err(e) => panic!("normalized.toml: {e}"),
+    }
+}
+
+#[test]
+fn the_normalized_mapping_mirrors_its_tables_and_publishes_them() {
+    let m = normalized();
+    assert_eq!(m.mirrors().len(), 9);
+    assert_eq!(m.documents().len(), 1);
+    assert!(m.tables().contains(&"shop.pos_order_line_tax".to_string()));
+    assert!(m.is_mirrored("shop.product"));
+    assert!(!m.is_mirrored("pos.sale"));
+}
+
+#[test]
+fn a_document_compiles_to_one_query_over_the_mirror_with_lookups_as_left_joins() {
+    let m = normalized();
+    let d = &m.documents()[0];
+    let sql = compile(d, Target::Erp);
+    assert!(sql.starts_with("SELECT (o.id)::text, s.state,"), "{sql}");
+    assert!(
+        sql.ends_with("WHERE (o.id)::text = ANY($1::text[])"),
+        "{sql}"
+    );
+    assert!(
+        sql.contains("LEFT JOIN till AS t ON (t.id = o.till_id)"),
+        "{sql}"
+    );
+    assert!(
+        sql.contains("LEFT JOIN product AS p ON (p.id = l.product_id)"),
+        "{sql}"
+    );
+    assert!(sql.contains("WHERE l.order_id = o.id)"), "{sql}");
+    assert!(sql.contains("'source', ($2::text)"), "{sql}");
+    // the void event carries only what a void has
+    let void_part = &sql[sql.find("WHEN 'void' THEN").unwrap_or(0)..];
+    assert!(void_part.contains("'kind', ('void')"), "{void_part}");
+    assert!(
+        !void_part[..void_part.find(" END)::text").unwrap_or(void_part.len())].contains("'lines'")
+    );
+    let dry = compile(d, Target::PosDryRun { limit: 7 });
+    assert!(
+        dry.ends_with("WHERE s.state <> 'pending' ORDER BY o.id DESC LIMIT 7"),
+        "{dry}"
+    );
+    assert!(dry.contains("'source', ($1::text)"), "{dry}");
+}
+
+#[test]
+fn dotted_fields_make_nested_objects() {
+    let sql = build_object(&[
+        ("totals.tax", "x.tax".into()),
+        ("totals.net_sales", "x.net".into()),
+        ("location", "x.loc".into()),
+    ]);
+    assert_eq!(
+        sql,
+        "jsonb_build_object('location', (x.loc), 'totals', jsonb_build_object('net_sales', (x.net), 'tax', (x.tax)))"
+    );
+}
+
+#[test]
+fn touches_come_from_the_header_its_children_and_touched_by() {
+    let m = normalized();
+    let d = &m.documents()[0];
+    let header = touched_sql(d, "pos_order", "possync_pos_east");
+    assert_eq!(header.len(), 1);
+    assert!(header[0].contains("(o.id)::text"), "{}", header[0]);
+    assert!(header[0].contains("NULL::\"possync_pos_east\".\"pos_order\""));
+    let line = touched_sql(d, "pos_order_line", "possync_pos_east");
+    assert!(line[0].contains("(l.order_id)::text"), "{}", line[0]);
+    let tax = touched_sql(d, "pos_order_line_tax", "possync_pos_east");
+    assert_eq!(tax.len(), 1);
+    assert!(tax[0].contains("pos_order_line_tax.line_id"), "{}", tax[0]);
+    assert!(touched_sql(d, "product", "possync_pos_east").is_empty());
+}
+
+fn invalid(toml: &str) -> String {
+    match Mapping::from_toml(toml) {
+        Ok(_) => panic!("accepted: {toml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_document_over_a_table_that_is_not_mirrored_is_refused_naming_it() {
+    let base = "[[mirror]]\ntable = \"shop.pos_order\"\n[[document]]\nname = \"o\"\ntable = \"pos_order\"\nkey = \"id\"\nfinal = \"true\"\n";
+    let e = invalid(&format!(
+        "{base}[document.fields]\nevent_id = \"1\"\nkind = \"'sale'\"\n[document.lookups]\nt = {{ table = \"tills\", on = \"true\" }}\n"
+    ));
+    assert!(e.contains("table tills is not mirrored"), "{e}");
+    let e = invalid(&format!("{base}[document.fields]\nevent_id = \"1\"\n"));
+    assert!(e.contains("fields.kind is required"), "{e}");
+    let e = invalid("[[mirror]]\ntable = \"a.t\"\n[[mirror]]\ntable = \"b.t\"\n");
+    assert!(e.contains("two mirrored tables are called t"), "{e}");
+    let e = invalid(&format!(
+        "{base}[document.fields]\nevent_id = \"1\"\nkind = \"'sale'\"\n[[document.children]]\ninto = \"items\"\ntable = \"pos_order\"\nparent = \"id\"\n"
+    ));
+    assert!(e.contains("must be lines or tenders"), "{e}");
+}

@@ -1,0 +1,820 @@
+//! The ERP's copy of a POS's mirrored tables, and posting documents from it (see [`crate::document`]).
+//!
+//! Each source has a schema in the ERP, `possync_pos_<source>`, holding one table per mirrored POS table with
+//! the POS's columns and key. A group of POS transactions is applied in one ERP transaction: the mirror takes
+//! the rows' last images, the headers the rows touch are evaluated, final ones become events, cancelled ones
+//! `void` events, and `possync.apply_batch` posts them and advances the checkpoint. So a row waiting for its
+//! header to become final is as durable as the checkpoint, and a crash anywhere redoes the whole group or none.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use serde_json::{Map, Value};
+use tokio_postgres::{Client, Statement};
+
+use crate::apply::{outcome_of, BatchOutcome, Erp, ErpError, ErpWal};
+use crate::assembler::PosTransaction;
+use crate::document::{compile, ident, literal, touched_sql, Document, Target};
+use crate::lsn::Lsn;
+use crate::mapping::{Change, ChangeOp, Mapping};
+use crate::pgerr::{classify, ErrorClass};
+
+/// The ERP schema holding a source's mirror.
+pub fn schema_of(source: &str) -> String {
+    format!("possync_pos_{}", crate::source::sanitize(source))
+}
+
+/// A mirrored table's columns and key, as the POS defines them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableShape {
+    /// The name without schema.
+    pub name: String,
+    /// `schema.table` in the POS.
+    pub pos_table: String,
+    /// (column, SQL type in the ERP), in the POS's order.
+    pub columns: Vec<(String, String)>,
+    /// The key columns (replica identity index, else primary key).
+    pub key: Vec<String>,
+    /// The POS table's replica identity: d(efault), i(ndex), f(ull), n(othing).
+    pub replica_identity: char,
+    /// Columns to index besides the key.
+    pub index: Vec<String>,
+}
+
+/// Why the mirror could not be set up or written.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error("POS: {context}: {}", crate::pgerr::describe(.source))]
+    Pos {
+        context: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("ERP: {context}: {}", crate::pgerr::describe(.source))]
+    Erp {
+        context: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn pos_err(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> MirrorError {
+    let context = context.into();
+    move |source| MirrorError::Pos { context, source }
+}
+
+fn erp_err(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> MirrorError {
+    let context = context.into();
+    move |source| MirrorError::Erp { context, source }
+}
+
+/// Columns of a POS table with their types as the ERP can hold them: built-in types as they are, a domain over
+/// a built-in type as that type, anything else (enums, the POS's own types) as text.
+const COLUMNS: &str = "SELECT a.attname::text, \
+    CASE WHEN tn.nspname = 'pg_catalog' THEN format_type(a.atttypid, a.atttypmod) \
+         WHEN t.typtype = 'd' AND bn.nspname = 'pg_catalog' THEN format_type(t.typbasetype, t.typtypmod) \
+         ELSE 'text' END \
+    FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace \
+    LEFT JOIN pg_type bt ON bt.oid = t.typbasetype LEFT JOIN pg_namespace bn ON bn.oid = bt.typnamespace \
+    WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
+
+/// The key columns: the replica identity index when there is one, else the primary key.
+const KEY: &str = "SELECT c.relreplident::text, coalesce((SELECT array_agg(a.attname::text ORDER BY k.n) \
+    FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) \
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+    WHERE i.indexrelid = coalesce((SELECT x.indexrelid FROM pg_index x WHERE x.indrelid = c.oid AND x.indisreplident), \
+                                  (SELECT x.indexrelid FROM pg_index x WHERE x.indrelid = c.oid AND x.indisprimary))), '{}') \
+    FROM pg_class c WHERE c.oid = $1::regclass";
+
+/// Reads the shapes of the mapping's mirrored tables from the POS.
+pub async fn describe(pos: &Client, mapping: &Mapping) -> Result<Vec<TableShape>, MirrorError> {
+    let mut shapes = Vec::new();
+    for m in mapping.mirrors() {
+        let qualified = format!("{}.{}", ident(m.schema()), ident(m.name()));
+        let exists: bool = pos
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&qualified])
+            .await
+            .map_err(pos_err(format!("looking for table {}", m.table)))?
+            .get(0);
+        if !exists {
+            return Err(MirrorError::Invalid(format!(
+                "the mapping mirrors table {}, which the POS does not have",
+                m.table
+            )));
+        }
+        let columns: Vec<(String, String)> = pos
+            .query(COLUMNS, &[&qualified])
+            .await
+            .map_err(pos_err(format!("reading the columns of {}", m.table)))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let row = pos
+            .query_one(KEY, &[&qualified])
+            .await
+            .map_err(pos_err(format!("reading the key of {}", m.table)))?;
+        let ident_kind: String = row.get(0);
+        let key: Vec<String> = row.get(1);
+        if key.is_empty() {
+            return Err(MirrorError::Invalid(format!(
+                "table {} has neither a primary key nor a replica identity index: the bridge cannot tell its rows apart to keep a copy (ALTER TABLE {} ADD PRIMARY KEY (...))",
+                m.table, m.table
+            )));
+        }
+        for c in &m.index {
+            if !columns.iter().any(|(n, _)| n == c) {
+                return Err(MirrorError::Invalid(format!(
+                    "the mapping indexes column {c} of {}, which has no such column",
+                    m.table
+                )));
+            }
+        }
+        shapes.push(TableShape {
+            name: m.name().to_string(),
+            pos_table: m.table.clone(),
+            columns,
+            key,
+            replica_identity: ident_kind.chars().next().unwrap_or('d'),
+            index: m.index.clone(),
+        });
+    }
+    // a child is found by its parent column: index it
+    for d in mapping.documents() {
+        for c in &d.children {
+            if let Some(s) = shapes.iter_mut().find(|s| s.name == c.table) {
+                if !s.index.contains(&c.parent) && s.key.first() != Some(&c.parent) {
+                    s.index.push(c.parent.clone());
+                }
+            }
+        }
+    }
+    Ok(shapes)
+}
+
+/// The DDL that makes (or completes) a source's mirror in the ERP; safe to run again.
+pub fn ddl(schema: &str, shapes: &[TableShape]) -> String {
+    let s = ident(schema);
+    let mut sql = format!("CREATE SCHEMA IF NOT EXISTS {s};\n");
+    for t in shapes {
+        let cols: Vec<String> = t
+            .columns
+            .iter()
+            .map(|(c, ty)| format!("{} {ty}", ident(c)))
+            .collect();
+        let key: Vec<String> = t.key.iter().map(|k| ident(k)).collect();
+        sql.push_str(&format!(
+            "CREATE TABLE IF NOT EXISTS {s}.{} ({}, PRIMARY KEY ({}));\n",
+            ident(&t.name),
+            cols.join(", "),
+            key.join(", ")
+        ));
+        for (c, ty) in &t.columns {
+            sql.push_str(&format!(
+                "ALTER TABLE {s}.{} ADD COLUMN IF NOT EXISTS {} {ty};\n",
+                ident(&t.name),
+                ident(c)
+            ));
+        }
+        for c in &t.index {
+            sql.push_str(&format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {s}.{} ({});\n",
+                ident(&format!("{}_{}_idx", t.name, c)),
+                ident(&t.name),
+                ident(c)
+            ));
+        }
+    }
+    sql
+}
+
+/// A row's key as text, to collapse the changes of a group per row.
+fn key_text(shape: &TableShape, row: &Map<String, Value>) -> Option<String> {
+    let mut out = String::new();
+    for k in &shape.key {
+        let v = row.get(k)?;
+        if v.is_null() {
+            return None;
+        }
+        out.push_str(&v.to_string());
+        out.push('\u{1f}');
+    }
+    Some(out)
+}
+
+/// What a group of POS transactions leaves in one mirrored table.
+#[derive(Debug, Default)]
+struct TableWrites {
+    /// Everything before was emptied (TRUNCATE).
+    emptied: bool,
+    /// Per row key: the last image, or None for a deleted row.
+    rows: BTreeMap<String, RowWrite>,
+}
+
+#[derive(Debug, Clone)]
+enum RowWrite {
+    /// Every column.
+    Full(Map<String, Value>),
+    /// An update that left some columns out (unchanged TOAST values): those keep what the mirror holds.
+    Partial(Map<String, Value>),
+    /// The key columns of a deleted row.
+    Delete(Map<String, Value>),
+}
+
+/// The last image of every row a group of POS transactions wrote, per mirrored table.
+#[derive(Debug, Default)]
+pub struct MirrorWrites {
+    tables: BTreeMap<String, TableWrites>,
+    /// Row images (old and new) per table, for finding the documents they touch.
+    touched_rows: BTreeMap<String, Vec<Value>>,
+}
+
+impl MirrorWrites {
+    /// Collapses the changes, oldest first.
+    pub fn collect<'a>(
+        shapes: &[TableShape],
+        changes: impl Iterator<Item = &'a Change>,
+    ) -> MirrorWrites {
+        let mut w = MirrorWrites::default();
+        for change in changes {
+            let Some(shape) = shapes.iter().find(|s| s.pos_table == change.table) else {
+                continue;
+            };
+            let t = w.tables.entry(shape.name.clone()).or_default();
+            let touched = w.touched_rows.entry(shape.name.clone()).or_default();
+            match change.op {
+                ChangeOp::Truncate => {
+                    t.emptied = true;
+                    t.rows.clear();
+                }
+                ChangeOp::Delete => {
+                    if let Some(k) = key_text(shape, &change.row) {
+                        t.rows.insert(k, RowWrite::Delete(change.row.clone()));
+                    }
+                    touched.push(Value::Object(change.row.clone()));
+                }
+                ChangeOp::Insert | ChangeOp::Update => {
+                    if let Some(old) = &change.old {
+                        // the key changed (or the table's replica identity is FULL): the old row goes
+                        if let (Some(ko), Some(kn)) =
+                            (key_text(shape, old), key_text(shape, &change.row))
+                        {
+                            if ko != kn {
+                                t.rows.insert(ko, RowWrite::Delete(old.clone()));
+                            }
+                        }
+                        touched.push(Value::Object(old.clone()));
+                    }
+                    let Some(k) = key_text(shape, &change.row) else {
+                        continue;
+                    };
+                    let complete = shape
+                        .columns
+                        .iter()
+                        .all(|(c, _)| change.row.contains_key(c));
+                    let next = match (t.rows.remove(&k), complete) {
+                        (_, true) => RowWrite::Full(change.row.clone()),
+                        (Some(RowWrite::Full(mut before)), false) => {
+                            before.extend(change.row.clone());
+                            RowWrite::Full(before)
+                        }
+                        (Some(RowWrite::Partial(mut before)), false) => {
+                            before.extend(change.row.clone());
+                            RowWrite::Partial(before)
+                        }
+                        (_, false) => RowWrite::Partial(change.row.clone()),
+                    };
+                    t.rows.insert(k, next);
+                    touched.push(Value::Object(change.row.clone()));
+                }
+            }
+        }
+        w
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+}
+
+/// Posts groups of POS transactions that carry mirrored rows.
+pub struct DocumentPoster {
+    schema: String,
+    shapes: Vec<TableShape>,
+    documents: Vec<Document>,
+    /// Per document, its evaluation query.
+    queries: Vec<String>,
+    statements: Mutex<HashMap<String, Statement>>,
+    /// Whether the ERP has `possync.note_documents` (pending documents shown in open_exceptions).
+    note_documents: bool,
+}
+
+/// What the ERP raised for one header's mapping: kept as a rejected event, the group goes on.
+fn mapping_failure(
+    source: &str,
+    document: &str,
+    key: &str,
+    commit_lsn: Lsn,
+    error: &tokio_postgres::Error,
+) -> Value {
+    let why = crate::pgerr::describe(error);
+    serde_json::json!({
+        "event_id": format!("{source}:document:{document}:{key}:{commit_lsn}"),
+        "kind": possync_events::UNMAPPED,
+        "source": source,
+        "document": document,
+        "key": key,
+        "commit_lsn": commit_lsn.to_string(),
+        "reason": crate::pgerr::truncate_noting_length(
+            &crate::pgerr::single_line(&format!("the mapping of {document} {key} failed in the ERP: {why}; the POS rows are kept in the mirror, fix the mapping and run possync-bridge remap")),
+            crate::pgerr::REASON_MAX_CHARS),
+    })
+}
+
+impl DocumentPoster {
+    /// Makes or completes the mirror in the ERP and checks that every document's SQL compiles against it.
+    pub async fn prepare(
+        erp: &Erp,
+        source: &str,
+        mapping: &Mapping,
+        shapes: Vec<TableShape>,
+    ) -> Result<DocumentPoster, MirrorError> {
+        let schema = schema_of(source);
+        let client = erp.client();
+        client.batch_execute(&ddl(&schema, &shapes)).await.map_err(|e| {
+            let denied = e.code().map(|c| c.code() == "42501").unwrap_or(false);
+            let context = if denied {
+                format!(
+                    "creating the mirror schema {schema}: the bridge's ERP role needs CREATE on the ERP database (GRANT CREATE ON DATABASE <erp> TO <role>), or a DBA runs the DDL that `possync-bridge check` prints"
+                )
+            } else {
+                format!("creating the mirror schema {schema}")
+            };
+            MirrorError::Erp { context, source: e }
+        })?;
+        let documents: Vec<Document> = mapping.documents().to_vec();
+        let queries: Vec<String> = documents.iter().map(|d| compile(d, Target::Erp)).collect();
+        let set_path = format!("SET search_path TO {}", ident(&schema));
+        client
+            .batch_execute(&format!("BEGIN; {set_path}"))
+            .await
+            .map_err(erp_err("setting the search path"))?;
+        let mut problem = None;
+        for (d, q) in documents.iter().zip(&queries) {
+            if let Err(e) = client.prepare(q).await {
+                problem = Some(MirrorError::Invalid(format!(
+                    "document {} does not compile against the mirror of its tables: {}",
+                    d.name,
+                    crate::pgerr::describe(&e)
+                )));
+                break;
+            }
+            for t in &shapes {
+                for sql in touched_sql(d, &t.name, &schema) {
+                    if let Err(e) = client.prepare(&sql).await {
+                        problem = Some(MirrorError::Invalid(format!(
+                            "document {}: touched_by of table {} does not compile: {}",
+                            d.name,
+                            t.name,
+                            crate::pgerr::describe(&e)
+                        )));
+                        break;
+                    }
+                }
+            }
+        }
+        client
+            .batch_execute("ROLLBACK")
+            .await
+            .map_err(erp_err("ending the mapping check"))?;
+        if let Some(p) = problem {
+            return Err(p);
+        }
+        let note_documents: bool = client
+            .query_one(
+                "SELECT to_regprocedure('possync.note_documents(text,text,text[],text[])') IS NOT NULL",
+                &[],
+            )
+            .await
+            .map_err(erp_err("looking for possync.note_documents"))?
+            .get(0);
+        Ok(DocumentPoster {
+            schema,
+            shapes,
+            documents,
+            queries,
+            statements: Mutex::new(HashMap::new()),
+            note_documents,
+        })
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    pub fn shapes(&self) -> &[TableShape] {
+        &self.shapes
+    }
+
+    /// Whether a POS table is mirrored.
+    pub fn mirrors(&self, pos_table: &str) -> bool {
+        self.shapes.iter().any(|s| s.pos_table == pos_table)
+    }
+
+    async fn statement(
+        &self,
+        client: &Client,
+        sql: &str,
+    ) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self
+            .statements
+            .lock()
+            .ok()
+            .and_then(|m| m.get(sql).cloned())
+        {
+            return Ok(s);
+        }
+        let s = client.prepare(sql).await?;
+        if let Ok(mut m) = self.statements.lock() {
+            m.insert(sql.to_string(), s.clone());
+        }
+        Ok(s)
+    }
+
+    /// Applies consecutive POS transactions, some with mirrored rows, in one ERP transaction that advances the
+    /// checkpoint to the last one's commit LSN.
+    pub async fn apply(
+        &self,
+        erp: &Erp,
+        source: &str,
+        txns: &[PosTransaction],
+    ) -> Result<(BatchOutcome, ErpWal), ErpError> {
+        let client = erp.client();
+        let Some(last) = txns.last() else {
+            return Ok((BatchOutcome::default(), erp.wal().await?));
+        };
+        client
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL search_path TO {}",
+                ident(&self.schema)
+            ))
+            .await?;
+        match self
+            .apply_in_transaction(client, source, txns, last.commit_lsn)
+            .await
+        {
+            Ok(Some(answer)) => {
+                client.batch_execute("COMMIT").await?;
+                let wal = erp
+                    .wal()
+                    .await
+                    .map_err(|e| ErpError::AfterApply(Box::new(e)))?;
+                Ok((outcome_of(&answer), wal))
+            }
+            Ok(None) => {
+                client.batch_execute("ROLLBACK").await?;
+                Ok((BatchOutcome::default(), erp.wal().await?))
+            }
+            Err(e) => {
+                // the connection may be gone; a failed ROLLBACK changes nothing about the error to report
+                let _ = client.batch_execute("ROLLBACK").await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn apply_in_transaction(
+        &self,
+        client: &Client,
+        source: &str,
+        txns: &[PosTransaction],
+        commit_lsn: Lsn,
+    ) -> Result<Option<Value>, ErpError> {
+        // the mirror must not take rows the checkpoint says are applied: lock the source and look
+        let row = client
+            .query_one("SELECT possync.source_checkpoint($1)::text", &[&source])
+            .await?;
+        let checkpoint: Lsn = row.get::<_, String>(0).parse()?;
+        if commit_lsn <= checkpoint {
+            return Ok(None);
+        }
+        let writes =
+            MirrorWrites::collect(&self.shapes, txns.iter().flat_map(|t| t.changes.iter()));
+        self.write_mirror(client, &writes).await?;
+
+        // the headers touched, and the last transaction that touched each (its events go with that one)
+        let mut touched: Vec<BTreeMap<String, usize>> = vec![BTreeMap::new(); self.documents.len()];
+        for (i, t) in txns.iter().enumerate() {
+            if t.changes.is_empty() {
+                continue;
+            }
+            let one = MirrorWrites::collect(&self.shapes, t.changes.iter());
+            for (table, rows) in &one.touched_rows {
+                let rows = Value::Array(rows.clone()).to_string();
+                for (d_i, d) in self.documents.iter().enumerate() {
+                    for sql in touched_sql(d, table, &self.schema) {
+                        let st = self.statement(client, &sql).await?;
+                        for r in client.query(&st, &[&rows]).await? {
+                            touched[d_i].insert(r.get(0), i);
+                        }
+                    }
+                }
+            }
+        }
+        // per transaction: its own events, then the documents it settled
+        let mut by_txn: Vec<Vec<Value>> = txns.iter().map(|t| t.events.clone()).collect();
+        for (d_i, d) in self.documents.iter().enumerate() {
+            if touched[d_i].is_empty() {
+                continue;
+            }
+            let keys: Vec<String> = touched[d_i].keys().cloned().collect();
+            let evaluated = self
+                .evaluate(client, d_i, source, &keys, commit_lsn)
+                .await?;
+            let mut pending = Vec::new();
+            let mut settled = Vec::new();
+            for (key, state, event) in evaluated {
+                let at = touched[d_i].get(&key).copied().unwrap_or(txns.len() - 1);
+                match (state.as_str(), event) {
+                    (crate::document::PENDING, _) => pending.push(key),
+                    (_, Some(ev)) => {
+                        by_txn[at].push(ev);
+                        settled.push(key);
+                    }
+                    (_, None) => settled.push(key),
+                }
+            }
+            if self.note_documents {
+                let st = self
+                    .statement(
+                        client,
+                        "SELECT possync.note_documents($1, $2, $3::text[], $4::text[])",
+                    )
+                    .await?;
+                client
+                    .execute(&st, &[&source, &d.name, &pending, &settled])
+                    .await?;
+            }
+        }
+        let events: Vec<Value> = by_txn.into_iter().flatten().collect();
+        let payload = serde_json::to_string(&events)?;
+        let row = client
+            .query_one(
+                "SELECT possync.apply_batch($1, $2::text::pg_lsn, $3::text::jsonb)::text",
+                &[&source, &commit_lsn.to_string(), &payload],
+            )
+            .await?;
+        let text: String = row.get(0);
+        Ok(Some(serde_json::from_str(&text)?))
+    }
+
+    /// Evaluates headers; a header whose SQL fails with an error about the data becomes a rejected event.
+    async fn evaluate(
+        &self,
+        client: &Client,
+        d_i: usize,
+        source: &str,
+        keys: &[String],
+        commit_lsn: Lsn,
+    ) -> Result<Vec<(String, String, Option<Value>)>, ErpError> {
+        let st = self.statement(client, &self.queries[d_i]).await?;
+        let source_param = source.to_string();
+        client.batch_execute("SAVEPOINT possync_document").await?;
+        let rows = match client.query(&st, &[&keys, &source_param]).await {
+            Ok(rows) => rows,
+            Err(e) if classify(&e) == ErrorClass::Data => {
+                client
+                    .batch_execute("ROLLBACK TO SAVEPOINT possync_document")
+                    .await?;
+                // one by one, to keep the good ones
+                let mut out = Vec::new();
+                for key in keys {
+                    client.batch_execute("SAVEPOINT possync_one").await?;
+                    match client
+                        .query(&st, &[&vec![key.clone()], &source_param])
+                        .await
+                    {
+                        Ok(rows) => {
+                            client
+                                .batch_execute("RELEASE SAVEPOINT possync_one")
+                                .await?;
+                            out.extend(rows_of(&rows)?);
+                        }
+                        Err(e) if classify(&e) == ErrorClass::Data => {
+                            client
+                                .batch_execute("ROLLBACK TO SAVEPOINT possync_one")
+                                .await?;
+                            let name = &self.documents[d_i].name;
+                            tracing::error!(source, document = %name, key = %key, error = %crate::pgerr::describe(&e),
+                                "the mapping of a document failed in the ERP; keeping it as a rejected event");
+                            out.push((
+                                key.clone(),
+                                crate::document::FINAL.to_string(),
+                                Some(mapping_failure(source, name, key, commit_lsn, &e)),
+                            ));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                return Ok(out);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        client
+            .batch_execute("RELEASE SAVEPOINT possync_document")
+            .await?;
+        rows_of(&rows)
+    }
+
+    async fn write_mirror(&self, client: &Client, writes: &MirrorWrites) -> Result<(), ErpError> {
+        for (name, t) in &writes.tables {
+            let Some(shape) = self.shapes.iter().find(|s| &s.name == name) else {
+                continue;
+            };
+            let table = format!("{}.{}", ident(&self.schema), ident(name));
+            if t.emptied {
+                client.execute(&format!("DELETE FROM {table}"), &[]).await?;
+            }
+            let (mut full, mut partial, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
+            for w in t.rows.values() {
+                match w {
+                    RowWrite::Full(r) => full.push(Value::Object(r.clone())),
+                    RowWrite::Partial(r) => partial.push(Value::Object(r.clone())),
+                    RowWrite::Delete(r) => deleted.push(Value::Object(r.clone())),
+                }
+            }
+            let key_match = |a: &str, b: &str| {
+                shape
+                    .key
+                    .iter()
+                    .map(|k| format!("{a}.{k} = {b}.{k}", k = ident(k)))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            };
+            if !deleted.is_empty() {
+                let sql = format!(
+                    "DELETE FROM {table} AS x USING jsonb_populate_recordset(NULL::{table}, $1::text::jsonb) AS d WHERE {}",
+                    key_match("x", "d")
+                );
+                let st = self.statement(client, &sql).await?;
+                client
+                    .execute(&st, &[&Value::Array(deleted).to_string()])
+                    .await?;
+            }
+            if !full.is_empty() {
+                let key: Vec<String> = shape.key.iter().map(|k| ident(k)).collect();
+                let sets: Vec<String> = shape
+                    .columns
+                    .iter()
+                    .filter(|(c, _)| !shape.key.contains(c))
+                    .map(|(c, _)| format!("{c} = EXCLUDED.{c}", c = ident(c)))
+                    .collect();
+                let on_conflict = if sets.is_empty() {
+                    "DO NOTHING".to_string()
+                } else {
+                    format!("DO UPDATE SET {}", sets.join(", "))
+                };
+                let sql = format!(
+                    "INSERT INTO {table} SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1::text::jsonb) ON CONFLICT ({}) {on_conflict}",
+                    key.join(", ")
+                );
+                let st = self.statement(client, &sql).await?;
+                client
+                    .execute(&st, &[&Value::Array(full).to_string()])
+                    .await?;
+            }
+            if !partial.is_empty() {
+                let sets: Vec<String> = shape
+                    .columns
+                    .iter()
+                    .filter(|(c, _)| !shape.key.contains(c))
+                    .map(|(c, _)| {
+                        format!("{c} = (jsonb_populate_record(x, e.v)).{c}", c = ident(c))
+                    })
+                    .collect();
+                if !sets.is_empty() {
+                    let cond: Vec<String> = shape
+                        .key
+                        .iter()
+                        .map(|k| {
+                            format!(
+                                "x.{k} = (jsonb_populate_record(NULL::{table}, e.v)).{k}",
+                                k = ident(k)
+                            )
+                        })
+                        .collect();
+                    let sql = format!(
+                        "UPDATE {table} AS x SET {} FROM jsonb_array_elements($1::text::jsonb) AS e(v) WHERE {}",
+                        sets.join(", "),
+                        cond.join(" AND ")
+                    );
+                    let st = self.statement(client, &sql).await?;
+                    client
+                        .execute(&st, &[&Value::Array(partial).to_string()])
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn rows_of(rows: &[tokio_postgres::Row]) -> Result<Vec<(String, String, Option<Value>)>, ErpError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let key: String = r.get(0);
+        let state: String = r.get(1);
+        let event: Option<String> = r.get(2);
+        let event = match event {
+            Some(t) => Some(serde_json::from_str(&t)?),
+            None => None,
+        };
+        out.push((key, state, event));
+    }
+    Ok(out)
+}
+
+/// Copies the mirrored tables as the exported snapshot shows them into the ERP's mirror, and sets the
+/// source's checkpoint to the slot's consistent point, in one ERP transaction. Documents already final in the
+/// copy are history: they are not posted.
+pub async fn initial_copy(
+    pos_url: &str,
+    erp: &Erp,
+    source: &str,
+    poster: &DocumentPoster,
+    snapshot: &str,
+    consistent_point: Lsn,
+) -> Result<u64, MirrorError> {
+    let (pos, connection) = tokio_postgres::connect(pos_url, tokio_postgres::NoTls)
+        .await
+        .map_err(pos_err("connecting for the initial copy"))?;
+    let driver = tokio::spawn(connection);
+    pos.batch_execute(&format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        literal(snapshot)
+    ))
+    .await
+    .map_err(pos_err("reading the replication slot's snapshot"))?;
+    let client = erp.client();
+    client
+        .batch_execute("BEGIN")
+        .await
+        .map_err(erp_err("starting the initial copy"))?;
+    let mut copied = 0u64;
+    let result: Result<(), MirrorError> = async {
+        for shape in poster.shapes() {
+            let target = format!("{}.{}", ident(poster.schema()), ident(&shape.name));
+            let (schema, name) = shape.pos_table.split_once('.').unwrap_or(("public", &shape.pos_table));
+            let select = format!("SELECT to_jsonb(t)::text FROM {}.{} AS t", ident(schema), ident(name));
+            let insert = format!(
+                "INSERT INTO {target} SELECT * FROM jsonb_populate_recordset(NULL::{target}, $1::text::jsonb) ON CONFLICT DO NOTHING"
+            );
+            let rows = pos
+                .query(&select, &[])
+                .await
+                .map_err(pos_err(format!("copying {}", shape.pos_table)))?;
+            for chunk in rows.chunks(5000) {
+                let mut json = String::from("[");
+                for (i, r) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        json.push(',');
+                    }
+                    json.push_str(r.get::<_, &str>(0));
+                }
+                json.push(']');
+                client
+                    .execute(&insert, &[&json])
+                    .await
+                    .map_err(erp_err(format!("copying {} into the mirror", shape.pos_table)))?;
+                copied += chunk.len() as u64;
+            }
+        }
+        client
+            .query_one(
+                "SELECT possync.apply_batch($1, $2::text::pg_lsn, '[]'::jsonb)::text",
+                &[&source, &consistent_point.to_string()],
+            )
+            .await
+            .map_err(erp_err("setting the checkpoint after the initial copy"))?;
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(erp_err("committing the initial copy"))?;
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+    }
+    let _ = pos.batch_execute("COMMIT").await;
+    drop(pos);
+    let _ = driver.await;
+    Ok(copied)
+}
+
+#[cfg(test)]
+mod tests;
