@@ -43,10 +43,12 @@ impl MirrorTable {
     }
 }
 
-/// A master row joined to the header or to a child row: `LEFT JOIN <table> AS <alias> ON <on>`.
+/// A master row joined to the header or to a child row: `LEFT JOIN <table> AS <alias> ON <on>`, in the order
+/// given (a lookup's condition may use the aliases before it).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Lookup {
+    pub alias: String,
     pub table: String,
     pub on: String,
 }
@@ -67,7 +69,7 @@ pub struct DocumentChild {
     /// SQL sort order of the array.
     pub order_by: Option<String>,
     #[serde(default)]
-    pub lookups: BTreeMap<String, Lookup>,
+    pub lookups: Vec<Lookup>,
     /// Field of each array element = SQL expression.
     #[serde(default)]
     pub fields: BTreeMap<String, String>,
@@ -107,7 +109,7 @@ pub struct Document {
     /// SQL condition: the header was cancelled; a `void` event records the sequence number it consumed.
     pub void: Option<String>,
     #[serde(default)]
-    pub lookups: BTreeMap<String, Lookup>,
+    pub lookups: Vec<Lookup>,
     /// Event field (dotted paths make objects) = SQL expression; `event_id` and `kind` are required.
     pub fields: BTreeMap<String, String>,
     #[serde(default)]
@@ -213,12 +215,12 @@ pub fn validate(mirrors: &[MirrorTable], documents: &[Document]) -> Result<(), D
             }
         }
         let mut aliases = HashSet::from([d.alias.clone()]);
-        for (alias, l) in &d.lookups {
+        for l in &d.lookups {
             if !mirrored(&l.table) {
                 return Err(not_mirrored(&l.table));
             }
-            if !aliases.insert(alias.clone()) {
-                return Err(err(&d.name, format!("alias {alias} is used twice")));
+            if !aliases.insert(l.alias.clone()) {
+                return Err(err(&d.name, format!("alias {} is used twice", l.alias)));
             }
         }
         for c in &d.children {
@@ -241,12 +243,12 @@ pub fn validate(mirrors: &[MirrorTable], documents: &[Document]) -> Result<(), D
             if !child_aliases.insert(c.alias.clone()) {
                 return Err(err(&d.name, format!("alias {} is used twice", c.alias)));
             }
-            for (alias, l) in &c.lookups {
+            for l in &c.lookups {
                 if !mirrored(&l.table) {
                     return Err(not_mirrored(&l.table));
                 }
-                if !child_aliases.insert(alias.clone()) {
-                    return Err(err(&d.name, format!("alias {alias} is used twice")));
+                if !child_aliases.insert(l.alias.clone()) {
+                    return Err(err(&d.name, format!("alias {} is used twice", l.alias)));
                 }
             }
         }
@@ -309,10 +311,10 @@ fn render_tree(tree: &BTreeMap<String, Node>) -> String {
     format!("jsonb_build_object({})", parts.join(", "))
 }
 
-fn lookups_sql(lookups: &BTreeMap<String, Lookup>) -> String {
+fn lookups_sql(lookups: &[Lookup]) -> String {
     lookups
         .iter()
-        .map(|(alias, l)| format!(" LEFT JOIN {} AS {alias} ON ({})", l.table, l.on))
+        .map(|l| format!(" LEFT JOIN {} AS {} ON ({})", l.table, l.alias, l.on))
         .collect()
 }
 

@@ -76,7 +76,7 @@ const COLUMNS: &str = "SELECT a.attname::text, \
          ELSE 'text' END \
     FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace \
     LEFT JOIN pg_type bt ON bt.oid = t.typbasetype LEFT JOIN pg_namespace bn ON bn.oid = bt.typnamespace \
-    WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
+    WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
 
 /// The key columns: the replica identity index when there is one, else the primary key.
 const KEY: &str = "SELECT c.relreplident::text, coalesce((SELECT array_agg(a.attname::text ORDER BY k.n) \
@@ -84,7 +84,7 @@ const KEY: &str = "SELECT c.relreplident::text, coalesce((SELECT array_agg(a.att
     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
     WHERE i.indexrelid = coalesce((SELECT x.indexrelid FROM pg_index x WHERE x.indrelid = c.oid AND x.indisreplident), \
                                   (SELECT x.indexrelid FROM pg_index x WHERE x.indrelid = c.oid AND x.indisprimary))), '{}') \
-    FROM pg_class c WHERE c.oid = $1::regclass";
+    FROM pg_class c WHERE c.oid = $1::text::regclass";
 
 /// Reads the shapes of the mapping's mirrored tables from the POS.
 pub async fn describe(pos: &Client, mapping: &Mapping) -> Result<Vec<TableShape>, MirrorError> {

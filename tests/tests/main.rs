@@ -10,6 +10,7 @@ mod exactly_once;
 mod hostile;
 mod model;
 mod network;
+mod normalized;
 mod outage;
 mod privileges;
 mod refused;

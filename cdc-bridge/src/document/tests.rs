@@ -94,7 +94,7 @@ fn invalid(toml: &str) -> String {
 fn a_document_over_a_table_that_is_not_mirrored_is_refused_naming_it() {
     let base = "[[mirror]]\ntable = \"shop.pos_order\"\n[[document]]\nname = \"o\"\ntable = \"pos_order\"\nkey = \"id\"\nfinal = \"true\"\n";
     let e = invalid(&format!(
-        "{base}[document.fields]\nevent_id = \"1\"\nkind = \"'sale'\"\n[document.lookups]\nt = {{ table = \"tills\", on = \"true\" }}\n"
+        "{base}lookups = [{{ alias = \"t\", table = \"tills\", on = \"true\" }}]\n[document.fields]\nevent_id = \"1\"\nkind = \"'sale'\"\n"
     ));
     assert!(e.contains("table tills is not mirrored"), "{e}");
     let e = invalid(&format!("{base}[document.fields]\nevent_id = \"1\"\n"));
