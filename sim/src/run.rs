@@ -576,6 +576,7 @@ pub async fn run(day: Trading, cat: &Catalog, opts: &RunOptions) -> Result<RunSt
 
     let mut routes: HashMap<String, usize> = HashMap::new();
     let mut trading_started: Option<Instant> = None;
+    let mut opened = false;
     let mut trading_sent: u64 = 0;
     let result: Result<(), SimError> = async {
         for step in steps {
@@ -585,8 +586,10 @@ pub async fn run(day: Trading, cat: &Catalog, opts: &RunOptions) -> Result<RunSt
                     trading,
                     planted,
                 } => {
-                    if trading && trading_started.is_none() && erp.is_some() {
-                        // the stores open once their opening stock is posted
+                    if trading && !opened && erp.is_some() {
+                        // the stores open once their opening stock is posted (a flag of its own: with --rate 0
+                        // trading_started stays unset)
+                        opened = true;
                         let t = Instant::now();
                         wait_until_posted(&shared, opts.wait).await;
                         tracing::info!(
