@@ -7,6 +7,7 @@ use tokio_postgres::Client;
 use crate::catalog::{Catalog, Network, TAX_CODES};
 use crate::day::{Plan, MIDDAY_RECEIPT_ITEMS};
 use crate::error::SimError;
+use crate::shop::CITY_TAX;
 
 /// What `setup-erp` loaded.
 #[derive(Debug)]
@@ -47,9 +48,9 @@ pub async fn setup(
         "INSERT INTO possync.tax_code (tax_code, rate, description)
          SELECT c, r::numeric, d FROM unnest($1::text[], $2::text[], $3::text[]) AS t(c, r, d) ON CONFLICT DO NOTHING",
         &[
-            &texts(TAX_CODES.iter().map(|t| t.0)),
-            &texts(TAX_CODES.iter().map(|t| t.1)),
-            &texts(TAX_CODES.iter().map(|t| t.2)),
+            &texts(TAX_CODES.iter().chain([&CITY_TAX]).map(|t| t.0)),
+            &texts(TAX_CODES.iter().chain([&CITY_TAX]).map(|t| t.1)),
+            &texts(TAX_CODES.iter().chain([&CITY_TAX]).map(|t| t.2)),
         ],
     )
     .await

@@ -72,7 +72,7 @@ pub async fn apply(
     Ok(statuses)
 }
 
-async fn flush(
+pub async fn flush(
     erp_client: &Client,
     pending: &mut Vec<Value>,
     statuses: &mut BTreeMap<String, u64>,

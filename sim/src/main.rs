@@ -1,5 +1,6 @@
 //! `possync-sim`: a deterministic retail trading day for possync — N stores with registers, a DC and a web
-//! shop — written into the reference POS schema, emitted as contract JSON, or loaded as ERP master data.
+//! shop — written into the reference POS schema or the normalized one (`shop`), emitted as contract JSON, or
+//! loaded as ERP master data.
 
 mod catalog;
 mod day;
@@ -9,13 +10,14 @@ mod json;
 mod pos;
 mod rng;
 mod run;
+mod shop;
 mod totals;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use catalog::{Catalog, Network, Scale};
 use day::Plan;
@@ -60,6 +62,16 @@ struct DayArgs {
     date: String,
 }
 
+/// The POS schema `run` writes into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PosSchema {
+    /// Schema `pos` (cdc-bridge/sql/reference_pos_schema.sql): the bridge maps it without configuration.
+    Reference,
+    /// Schema `shop` (cdc-bridge/sql/normalized_pos_schema.sql): master tables with surrogate keys, orders
+    /// inserted as draft and paid by an update, cancellations, refunds as negative orders.
+    Normalized,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Load the ERP's master data for this day: default chart, locations, tax codes, items, supply, safety stock.
@@ -67,10 +79,14 @@ enum Command {
         #[arg(long, env = "SIM_ERP_URL", hide_env_values = true)]
         erp: String,
     },
-    /// Commit the day into the reference POS schema; with --erp, reserve web orders and measure lag.
+    /// Commit the day into a POS schema; with --erp, reserve web orders and measure lag (reference schema) or
+    /// post the opening stock first (normalized schema).
     Run {
         #[arg(long, env = "SIM_POS_URL", hide_env_values = true)]
         pos: String,
+        /// The POS schema to trade on.
+        #[arg(long, value_enum, default_value_t = PosSchema::Reference)]
+        pos_schema: PosSchema,
         #[arg(long, env = "SIM_ERP_URL", hide_env_values = true)]
         erp: Option<String>,
         /// Trading-hours POS transactions per second; 0 = as fast as possible.
@@ -79,7 +95,7 @@ enum Command {
         /// POS connections committing in parallel (a location always uses the same one).
         #[arg(long, default_value_t = 4)]
         writers: usize,
-        /// Create the reference POS schema when it is missing.
+        /// Create the POS schema when it is missing (the normalized one with its master rows).
         #[arg(long)]
         create_schema: bool,
         /// Show a live progress line on stderr.
@@ -188,6 +204,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, SimError> {
         }
         Command::Run {
             pos,
+            pos_schema,
             erp,
             rate,
             writers,
@@ -196,10 +213,20 @@ async fn execute(cli: Cli) -> Result<ExitCode, SimError> {
             wait,
             stats,
         } => {
+            let products = shop::Products::new(&cat, plan.scale.seed);
             if create_schema {
                 let client = pos::connect(&pos, "POS").await?;
-                if pos::create_schema(&client).await? {
-                    tracing::info!("created the reference POS schema");
+                match pos_schema {
+                    PosSchema::Reference => {
+                        if pos::create_schema(&client).await? {
+                            tracing::info!("created the reference POS schema");
+                        }
+                    }
+                    PosSchema::Normalized => {
+                        if shop::create_schema(&client, &net, &products).await? {
+                            tracing::info!("created the normalized POS schema and its master rows");
+                        }
+                    }
                 }
             }
             let day = plan.generate(&cat, &net);
@@ -208,6 +235,14 @@ async fn execute(cli: Cli) -> Result<ExitCode, SimError> {
                 mix = ?day.mix.by_kind,
                 "day generated"
             );
+            let day = match pos_schema {
+                PosSchema::Reference => run::Trading::Reference(day),
+                PosSchema::Normalized => {
+                    let d = shop::convert(&day, &products, plan.scale.seed);
+                    tracing::info!(steps = d.steps.len(), mix = ?d.mix, "day converted to orders");
+                    run::Trading::Normalized(d)
+                }
+            };
             let opts = run::RunOptions {
                 pos_url: pos,
                 erp_url: erp,
@@ -315,6 +350,25 @@ fn print_stats(s: &run::RunStats) {
         s.seconds_writing,
         s.pos_transactions as f64 / s.seconds_writing.max(0.001)
     );
+    if let Some(mix) = &s.normalized {
+        let n = |k: &str| mix.get(k).copied().unwrap_or(0);
+        println!(
+            "orders: {} sales, {} refunds ({} with refund_of), {} exchanges; paid with the order {}, later {} (on another connection {}); cancelled {}; later done {}; products inserted with their first sale {}",
+            n("order: sale"),
+            n("order: refund"),
+            n("refund of a paid order (refund_of)"),
+            n("order: exchange"),
+            n("paid in the same transaction"),
+            n("paid later") + n("paid later, on another connection"),
+            n("paid later, on another connection"),
+            n("cancelled"),
+            n("paid, later done"),
+            n("product inserted with its first sale"),
+        );
+    }
+    if let Some(o) = &s.opening_posted {
+        println!("opening stock posted to the ERP with apply_events: {o:?}");
+    }
     if s.clock.is_none() {
         return;
     }

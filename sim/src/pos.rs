@@ -218,12 +218,13 @@ fn day_close(sql: &mut String, ev: &Event) {
     sql.push_str("::jsonb);");
 }
 
-/// Commits one POS transaction; on failure the transaction is rolled back so the connection stays usable.
-pub async fn commit(pos: &Client, txn: &PosTxn) -> Result<(), SimError> {
-    if let Err(e) = pos.batch_execute(&render(txn)).await {
+/// Commits one POS transaction (its SQL, BEGIN to COMMIT; `label` names it in the error); on failure the
+/// transaction is rolled back so the connection stays usable.
+pub async fn commit(pos: &Client, sql: &str, label: &str) -> Result<(), SimError> {
+    if let Err(e) = pos.batch_execute(sql).await {
         let _ = pos.batch_execute("ROLLBACK").await;
         return Err(SimError::PosWrite {
-            event_id: txn.event_id().to_string(),
+            event_id: label.to_string(),
             message: pg_message(&e),
         });
     }

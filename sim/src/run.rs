@@ -1,15 +1,18 @@
 //! Streams the day into a POS database: writers commit transactions (one connection each, a location always
 //! on the same writer so its order holds), the web shop reserves on the ERP, and a monitor matches every POS
-//! commit with the ERP's commit of its event to measure lag.
+//! commit with the ERP's commit of its event to measure lag. On the normalized POS schema a transaction may
+//! wait for others committed on another writer (a payment for its order, a product inserted with a sale).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{IsTerminal, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use possync_events::Event;
+use rust_decimal::Decimal;
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 
 use crate::catalog::Catalog;
@@ -17,6 +20,208 @@ use crate::day::{Day, PosTxn, Step};
 use crate::erp::{self, CommitClock};
 use crate::error::SimError;
 use crate::pos;
+use crate::shop::{self, Key, ShopDay, ShopStep, ShopTxn};
+
+/// The day to trade, on the POS schema it is written into.
+#[derive(Debug)]
+pub enum Trading {
+    /// The reference POS schema (`pos`): every event of the day, as the bridge maps it without configuration.
+    Reference(Day),
+    /// The normalized POS schema (`shop`): the till transactions as orders; the opening stock goes to the ERP.
+    Normalized(ShopDay),
+}
+
+/// One POS database transaction.
+#[derive(Debug)]
+enum Write {
+    Reference(Box<PosTxn>),
+    Shop(Box<ShopTxn>),
+}
+
+impl Write {
+    fn sql(&self) -> String {
+        match self {
+            Write::Reference(t) => pos::render(t),
+            Write::Shop(t) => shop::render(t),
+        }
+    }
+
+    fn label(&self) -> &str {
+        match self {
+            Write::Reference(t) => t.event_id(),
+            Write::Shop(t) => &t.label,
+        }
+    }
+
+    fn route(&self) -> &str {
+        match self {
+            Write::Reference(t) => t.route(),
+            Write::Shop(t) => &t.store,
+        }
+    }
+
+    fn other_writer(&self) -> bool {
+        matches!(self, Write::Shop(t) if t.other_writer)
+    }
+
+    fn needs(&self) -> &[Key] {
+        match self {
+            Write::Reference(_) => &[],
+            Write::Shop(t) => &t.needs,
+        }
+    }
+
+    fn marks(&self) -> &[Key] {
+        match self {
+            Write::Reference(_) => &[],
+            Write::Shop(t) => &t.marks,
+        }
+    }
+
+    /// The ERP event id it becomes, for the lag: known for the reference schema only (on the normalized one the
+    /// bridge's mapping names the events).
+    fn event_id(&self) -> Option<&str> {
+        match self {
+            Write::Reference(t) => Some(t.event_id()),
+            Write::Shop(_) => None,
+        }
+    }
+}
+
+/// One thing the run does, in order.
+#[derive(Debug)]
+enum RunStep {
+    Pos {
+        write: Write,
+        trading: bool,
+        planted: bool,
+    },
+    Reserve {
+        reservation_id: String,
+        sku: String,
+        location: String,
+        qty: Decimal,
+    },
+    Release {
+        reservation_id: String,
+    },
+    LateItems,
+}
+
+/// The run's steps, and the opening stock to post to the ERP first (normalized schema).
+fn run_steps(trading: Trading) -> (Vec<RunStep>, Option<Vec<Event>>) {
+    match trading {
+        Trading::Reference(day) => (
+            day.steps
+                .into_iter()
+                .map(|s| match s {
+                    Step::Pos {
+                        txn,
+                        trading,
+                        planted,
+                    } => RunStep::Pos {
+                        write: Write::Reference(txn),
+                        trading,
+                        planted,
+                    },
+                    Step::Reserve {
+                        reservation_id,
+                        sku,
+                        location,
+                        qty,
+                    } => RunStep::Reserve {
+                        reservation_id,
+                        sku,
+                        location,
+                        qty,
+                    },
+                    Step::Release { reservation_id } => RunStep::Release { reservation_id },
+                    Step::LateItems => RunStep::LateItems,
+                })
+                .collect(),
+            None,
+        ),
+        Trading::Normalized(day) => (
+            day.steps
+                .into_iter()
+                .map(|s| match s {
+                    ShopStep::Txn(t) => RunStep::Pos {
+                        write: Write::Shop(t),
+                        trading: true,
+                        planted: false,
+                    },
+                    ShopStep::LateItems => RunStep::LateItems,
+                })
+                .collect(),
+            Some(day.opening),
+        ),
+    }
+}
+
+/// What has committed, for transactions that must wait for others on another writer.
+#[derive(Debug)]
+struct Gate {
+    state: Mutex<GateState>,
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    done: HashSet<Key>,
+    failed: bool,
+}
+
+impl Gate {
+    fn new() -> Gate {
+        Gate {
+            state: Mutex::default(),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    /// Returns once every key is marked; an error once a writer failed (what it waits for may never come).
+    async fn wait(&self, needs: &[Key]) -> Result<(), SimError> {
+        if needs.is_empty() {
+            return Ok(());
+        }
+        // subscribed before looking: a mark made after the look wakes this up
+        let mut rx = self.changed.subscribe();
+        loop {
+            {
+                let st = self
+                    .state
+                    .lock()
+                    .map_err(|_| SimError::WriterGone("a POS writer panicked".into()))?;
+                if st.failed {
+                    return Err(SimError::WriterGone("another POS writer failed".into()));
+                }
+                if needs.iter().all(|k| st.done.contains(k)) {
+                    return Ok(());
+                }
+            }
+            rx.changed()
+                .await
+                .map_err(|_| SimError::WriterGone("the run stopped".into()))?;
+        }
+    }
+
+    fn mark(&self, keys: &[Key]) {
+        if keys.is_empty() {
+            return;
+        }
+        if let Ok(mut st) = self.state.lock() {
+            st.done.extend(keys.iter().copied());
+        }
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    fn fail(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.failed = true;
+        }
+        self.changed.send_modify(|v| *v += 1);
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -75,6 +280,10 @@ pub struct RunStats {
     pub events_applied: i64,
     pub open_exceptions: i64,
     pub clock: Option<&'static str>,
+    /// Normalized schema: what the orders were (counts by kind and path).
+    pub normalized: Option<BTreeMap<&'static str, u64>>,
+    /// Normalized schema with an ERP: the statuses of the opening stock posted with apply_events.
+    pub opening_posted: Option<BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -123,6 +332,8 @@ impl RunStats {
             "releases": self.releases,
             "late_items": self.late_items.map(|(a, p)| json!({"added": a, "held_posted": p})),
             "lag_clock": self.clock,
+            "normalized_orders": self.normalized,
+            "opening_posted": self.opening_posted,
         })
     }
 }
@@ -260,27 +471,44 @@ async fn wait_until_posted(shared: &Shared, within: Duration) {
 }
 
 /// Runs the day into the POS database and, with an ERP, reserves and measures.
-pub async fn run(day: Day, cat: &Catalog, opts: &RunOptions) -> Result<RunStats, SimError> {
+pub async fn run(day: Trading, cat: &Catalog, opts: &RunOptions) -> Result<RunStats, SimError> {
+    let mut stats = RunStats::default();
+    if let Trading::Normalized(d) = &day {
+        stats.normalized = Some(d.mix.clone());
+    }
+    let (steps, opening) = run_steps(day);
     let writers = opts.writers.max(1);
     let shared = Arc::new(Shared::default());
+    let gate = Arc::new(Gate::new());
     let mut senders = Vec::new();
     let mut tasks = Vec::new();
     for _ in 0..writers {
         let client = pos::connect(&opts.pos_url, "POS").await?;
-        let (tx, mut rx) = mpsc::channel::<(Box<PosTxn>, bool)>(64);
+        let (tx, mut rx) = mpsc::channel::<(Write, bool)>(64);
         senders.push(tx);
         let shared = shared.clone();
+        let gate = gate.clone();
         tasks.push(tokio::spawn(async move {
-            while let Some((txn, trading)) = rx.recv().await {
-                pos::commit(&client, &txn).await?;
+            while let Some((write, trading)) = rx.recv().await {
+                let committed = match gate.wait(write.needs()).await {
+                    Ok(()) => pos::commit(&client, &write.sql(), write.label()).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = committed {
+                    gate.fail();
+                    return Err(e);
+                }
+                gate.mark(write.marks());
                 let at_us = now_us();
                 shared.committed.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut c) = shared.commits.lock() {
-                    c.push(Commit {
-                        event_id: txn.event_id().to_string(),
-                        at_us,
-                        trading,
-                    });
+                if let Some(event_id) = write.event_id() {
+                    if let Ok(mut c) = shared.commits.lock() {
+                        c.push(Commit {
+                            event_id: event_id.to_string(),
+                            at_us,
+                            trading,
+                        });
+                    }
                 }
             }
             Ok::<(), SimError>(())
@@ -293,6 +521,18 @@ pub async fn run(day: Day, cat: &Catalog, opts: &RunOptions) -> Result<RunStats,
             None
         }
     };
+    if let (Some(erp), Some(opening)) = (&erp, &opening) {
+        // this POS has no stock tables: the back office posts the opening stock to the ERP itself
+        let t = Instant::now();
+        let statuses = shop::post_opening(erp, opening).await?;
+        tracing::info!(
+            events = opening.len(),
+            seconds = format!("{:.1}", t.elapsed().as_secs_f64()),
+            ?statuses,
+            "opening stock posted to the ERP with possync.apply_events"
+        );
+        stats.opening_posted = Some(statuses);
+    }
     // the monitor has its own connection so that reserve calls never wait behind it
     let monitor_erp = match &opts.erp_url {
         Some(url) => Some(pos::connect(url, "ERP").await?),
@@ -334,20 +574,22 @@ pub async fn run(day: Day, cat: &Catalog, opts: &RunOptions) -> Result<RunStats,
         })
     };
 
-    let mut stats = RunStats::default();
     let mut routes: HashMap<String, usize> = HashMap::new();
     let mut trading_started: Option<Instant> = None;
+    let mut opened = false;
     let mut trading_sent: u64 = 0;
     let result: Result<(), SimError> = async {
-        for step in day.steps {
+        for step in steps {
             match step {
-                Step::Pos {
-                    txn,
+                RunStep::Pos {
+                    write,
                     trading,
                     planted,
                 } => {
-                    if trading && trading_started.is_none() && erp.is_some() {
-                        // the stores open once their opening stock is posted
+                    if trading && !opened && erp.is_some() {
+                        // the stores open once their opening stock is posted (a flag of its own: with --rate 0
+                        // trading_started stays unset)
+                        opened = true;
                         let t = Instant::now();
                         wait_until_posted(&shared, opts.wait).await;
                         tracing::info!(
@@ -368,13 +610,18 @@ pub async fn run(day: Day, cat: &Catalog, opts: &RunOptions) -> Result<RunStats,
                         trading_sent += 1;
                     }
                     let n = routes.len();
-                    let w = *routes.entry(txn.route().to_string()).or_insert(n % writers);
+                    let mut w = *routes
+                        .entry(write.route().to_string())
+                        .or_insert(n % writers);
+                    if write.other_writer() {
+                        w = (w + 1) % writers;
+                    }
                     senders[w]
-                        .send((txn, trading && !planted))
+                        .send((write, trading && !planted))
                         .await
                         .map_err(|_| SimError::WriterGone(format!("writer {w}")))?;
                 }
-                Step::Reserve {
+                RunStep::Reserve {
                     reservation_id,
                     sku,
                     location,
@@ -386,13 +633,13 @@ pub async fn run(day: Day, cat: &Catalog, opts: &RunOptions) -> Result<RunStats,
                         *stats.reservations.entry(status).or_default() += 1;
                     }
                 }
-                Step::Release { reservation_id } => {
+                RunStep::Release { reservation_id } => {
                     if let Some(erp) = &erp {
                         erp::release(erp, &reservation_id).await?;
                         stats.releases += 1;
                     }
                 }
-                Step::LateItems => {
+                RunStep::LateItems => {
                     if let Some(erp) = &erp {
                         let (added, posted) = erp::late_items(erp, cat).await?;
                         stats.late_items = Some((added, posted));
@@ -406,10 +653,14 @@ pub async fn run(day: Day, cat: &Catalog, opts: &RunOptions) -> Result<RunStats,
     drop(senders);
     let mut writer_error = None;
     for t in tasks {
-        match t.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => writer_error = writer_error.or(Some(e)),
-            Err(e) => writer_error = writer_error.or(Some(SimError::WriterGone(e.to_string()))),
+        let e = match t.await {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(e) => SimError::WriterGone(e.to_string()),
+        };
+        // the failed commit says more than the writers that stopped waiting because of it
+        if matches!(writer_error, None | Some(SimError::WriterGone(_))) {
+            writer_error = Some(e);
         }
     }
     stats.seconds_writing = started.elapsed().as_secs_f64();
@@ -443,9 +694,16 @@ pub async fn run(day: Day, cat: &Catalog, opts: &RunOptions) -> Result<RunStats,
     }
     stats.lag_trading_ms = Percentiles::of(&mut tracker.trading);
     stats.lag_all_ms = Percentiles::of(&mut tracker.all);
-    stats.clock = opts.erp_url.as_ref().map(|_| match clock {
-        CommitClock::CommitTimestamp => "commit timestamps (POS commit acknowledged -> ERP commit)",
-        CommitClock::ReceivedAt => "received_at (POS commit acknowledged -> ERP apply start)",
-    });
+    let lag_measured = stats.normalized.is_none();
+    stats.clock = opts
+        .erp_url
+        .as_ref()
+        .filter(|_| lag_measured)
+        .map(|_| match clock {
+            CommitClock::CommitTimestamp => {
+                "commit timestamps (POS commit acknowledged -> ERP commit)"
+            }
+            CommitClock::ReceivedAt => "received_at (POS commit acknowledged -> ERP apply start)",
+        });
     Ok(stats)
 }
