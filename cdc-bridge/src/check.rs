@@ -35,7 +35,12 @@ async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Er
 }
 
 /// Checks the ERP (extension and privileges) and each source (wal_level, privileges, mapped tables, slot).
-pub async fn check(erp_url: &str, sources: &[Source], mapping: &Mapping) -> Vec<Finding> {
+pub async fn check(
+    erp_url: &str,
+    sources: &[Source],
+    mapping: &Mapping,
+    dry_run: u32,
+) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut checkpoints = Vec::new();
     match connect(erp_url).await {
@@ -79,6 +84,143 @@ pub async fn check(erp_url: &str, sources: &[Source], mapping: &Mapping) -> Vec<
             .find(|(n, _)| *n == s.name)
             .map(|(_, c)| *c);
         out.extend(check_source(s, mapping, checkpoint).await);
+        if !mapping.mirrors().is_empty() {
+            out.extend(check_documents(erp_url, s, mapping, dry_run).await);
+        }
+    }
+    out
+}
+
+/// The statement a table owner runs when the bridge's POS role may not create the publication itself.
+pub fn create_publication_sql(mapping: &Mapping) -> String {
+    format!(
+        "CREATE PUBLICATION {PUBLICATION} FOR TABLE {};",
+        mapping.tables().join(", ")
+    )
+}
+
+/// Documents: the mirrored tables have keys; the ERP role may create the mirror (else the DDL a DBA runs); each
+/// document's SQL runs against the POS itself; and, with `dry_run` N, the events the N most recent settled
+/// headers would become, each checked against the event contract.
+async fn check_documents(
+    erp_url: &str,
+    source: &Source,
+    mapping: &Mapping,
+    dry_run: u32,
+) -> Vec<Finding> {
+    let name = &source.name;
+    let mut out = Vec::new();
+    let pos = match connect(&source.url).await {
+        Ok(c) => c,
+        Err(_) => return out,
+    };
+    let shapes = match crate::mirror::describe(&pos, mapping).await {
+        Ok(s) => {
+            out.push(ok(format!(
+                "{name}: the {} mirrored tables exist and have keys",
+                s.len()
+            )));
+            s
+        }
+        Err(e) => {
+            out.push(problem(format!("{name}: {e}")));
+            return out;
+        }
+    };
+    let schema = crate::mirror::schema_of(name);
+    if let Ok(erp) = connect(erp_url).await {
+        let can = erp
+            .query_one(
+                "SELECT has_database_privilege(current_database(), 'CREATE')                  OR coalesce((SELECT pg_has_role(nspowner, 'USAGE') FROM pg_namespace WHERE nspname = $1), false)",
+                &[&schema],
+            )
+            .await
+            .map(|r| r.get::<_, bool>(0));
+        match can {
+            Ok(true) => out.push(ok(format!(
+                "{name}: the ERP role may keep the mirror in schema {schema}"
+            ))),
+            Ok(false) => out.push(problem(format!(
+                "{name}: the ERP role may not create schema {schema} for the mirror; grant CREATE on the ERP database, or have a DBA run this and make the role its owner:\n{}",
+                crate::mirror::ddl(&schema, &shapes)
+            ))),
+            Err(e) => out.push(problem(format!(
+                "{name}: cannot read the ERP role's privileges: {}",
+                describe(&e)
+            ))),
+        }
+    }
+    let mut schemas: Vec<String> = mapping
+        .mirrors()
+        .iter()
+        .map(|m| crate::document::ident(m.schema()))
+        .collect();
+    schemas.dedup();
+    for d in mapping.documents() {
+        let limit = dry_run.max(1);
+        let sql = crate::document::compile(d, crate::document::Target::PosDryRun { limit });
+        let setup = format!(
+            "BEGIN READ ONLY; SET LOCAL search_path TO {}",
+            schemas.join(", ")
+        );
+        if let Err(e) = pos.batch_execute(&setup).await {
+            out.push(problem(format!(
+                "{name}: cannot start a read-only transaction: {}",
+                describe(&e)
+            )));
+            continue;
+        }
+        let rows = pos.query(&sql, &[&name.as_str()]).await;
+        let _ = pos.batch_execute("ROLLBACK").await;
+        match rows {
+            Err(e) => out.push(problem(format!(
+                "{name}: document {} does not run against the POS tables: {}",
+                d.name,
+                describe(&e)
+            ))),
+            Ok(rows) => {
+                out.push(ok(format!(
+                    "{name}: document {} runs against the POS tables",
+                    d.name
+                )));
+                if dry_run == 0 {
+                    continue;
+                }
+                if rows.is_empty() {
+                    out.push(ok(format!(
+                        "{name}: dry run of {}: no final or void header in the POS yet",
+                        d.name
+                    )));
+                }
+                for r in rows {
+                    let key: String = r.get(0);
+                    let event: Option<String> = r.get(2);
+                    let parsed = event
+                        .as_deref()
+                        .map(serde_json::from_str::<serde_json::Value>);
+                    match parsed {
+                        Some(Ok(v)) => match possync_events::Event::from_json(&v) {
+                            Ok(_) => out.push(ok(format!(
+                                "{name}: dry run: {} {key} becomes {v}",
+                                d.name
+                            ))),
+                            Err(m) => out.push(problem(format!(
+                                "{name}: dry run: {} {key} would be rejected: {m}; the event would be {v}",
+                                d.name
+                            ))),
+                        },
+                        Some(Err(e)) => out.push(problem(format!(
+                            "{name}: dry run: {} {key}: not JSON: {e}",
+                            d.name
+                        ))),
+                        None => out.push(problem(format!(
+                            "{name}: dry run: {} {key} made no event",
+                            d.name
+                        ))),
+                    }
+                }
+            }
+        }
     }
     out
 }
@@ -212,9 +354,31 @@ async fn check_source(source: &Source, mapping: &Mapping, checkpoint: Option<Lsn
         .await
     {
         Ok(Some(_)) => out.push(ok(format!("{name}: publication {PUBLICATION} exists"))),
-        Ok(None) => out.push(ok(format!(
-            "{name}: publication {PUBLICATION} will be created on first run"
-        ))),
+        Ok(None) => {
+            // CREATE PUBLICATION ... FOR TABLE needs CREATE on the database and ownership of every table
+            let may = pos
+                .query_one(
+                    "SELECT has_database_privilege(current_database(), 'CREATE') \
+                        AND coalesce(bool_and(pg_has_role(c.relowner, 'USAGE')), true) \
+                     FROM pg_class c WHERE c.oid = ANY(SELECT to_regclass(t) FROM unnest($1::text[]) AS t)",
+                    &[&mapping.tables()],
+                )
+                .await
+                .map(|r| r.get::<_, Option<bool>>(0).unwrap_or(false));
+            match may {
+                Ok(true) => out.push(ok(format!(
+                    "{name}: publication {PUBLICATION} will be created on first run"
+                ))),
+                Ok(false) => out.push(problem(format!(
+                    "{name}: publication {PUBLICATION} does not exist and this role may not create it (it needs CREATE on the database and to own the tables); have the tables' owner run: {}",
+                    create_publication_sql(mapping)
+                ))),
+                Err(e) => out.push(problem(format!(
+                    "{name}: cannot read the role's privileges: {}",
+                    describe(&e)
+                ))),
+            }
+        }
         Err(e) => out.push(problem(format!(
             "{name}: cannot read publications: {}",
             describe(&e)

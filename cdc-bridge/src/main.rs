@@ -87,6 +87,10 @@ struct Settings {
     /// streams. A different checkpoint (a later loss) is still refused. Repeat for several sources.
     #[arg(long = "accept-slot-loss", value_name = "NAME=LSN")]
     accept_slot_loss: Vec<String>,
+    /// check: show the events the N most recent final or cancelled headers of each document would become, and
+    /// which would be rejected and why (a document mapping's dry run; nothing is written anywhere).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    dry_run: u32,
 }
 
 #[derive(Deserialize, Default)]
@@ -109,6 +113,7 @@ struct Resolved {
     mapping: Mapping,
     metrics: Option<String>,
     apply: ApplySettings,
+    dry_run: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -300,6 +305,7 @@ fn resolve(s: &Settings, need_sources: bool) -> Result<Resolved, CliError> {
         mapping,
         metrics: s.metrics.clone().or(file.metrics),
         apply,
+        dry_run: s.dry_run,
     })
 }
 
@@ -343,6 +349,7 @@ fn main() -> ExitCode {
                     &resolved.erp,
                     &resolved.sources,
                     &resolved.mapping,
+                    resolved.dry_run,
                 )
                 .await;
                 let mut failed = false;

@@ -136,6 +136,8 @@ pub enum SessionError {
     ErpConnectionLost,
     #[error("{0}")]
     SlotLost(String),
+    #[error("{0}")]
+    Publication(String),
     #[error("mirror of the POS tables: {0}")]
     Mirror(#[from] crate::mirror::MirrorError),
 }
@@ -186,7 +188,11 @@ pub async fn run(
                 }
                 let jitter = rand::thread_rng().gen_range(0.5..1.5);
                 let wait = delay.mul_f64(jitter);
-                tracing::warn!(source = %source.name, error = %e, retry_in_ms = wait.as_millis() as u64, "session failed; retrying");
+                if matches!(e, SessionError::Publication(_) | SessionError::Mirror(_)) {
+                    tracing::error!(source = %source.name, error = %e, retry_in_ms = wait.as_millis() as u64, "the source cannot start until this is fixed; retrying");
+                } else {
+                    tracing::warn!(source = %source.name, error = %e, retry_in_ms = wait.as_millis() as u64, "session failed; retrying");
+                }
                 delay = (delay * 2).min(settings.retry_max);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
@@ -213,11 +219,21 @@ pub async fn ensure_publication(pos_url: &str, mapping: &Mapping) -> Result<(), 
     let tables: Vec<String> = mapping.tables();
     if !exists {
         let list = tables.join(", ");
-        client
+        if let Err(e) = client
             .batch_execute(&format!(
                 "CREATE PUBLICATION {PUBLICATION} FOR TABLE {list}"
             ))
-            .await?;
+            .await
+        {
+            if e.code().map(|c| c.code()) == Some("42501") {
+                return Err(SessionError::Publication(format!(
+                    "the bridge's POS role may not create publication {PUBLICATION} ({}); it needs CREATE on the POS database and to own the tables. Have the tables' owner run: {}  The bridge retries until the publication exists.",
+                    crate::pgerr::describe(&e),
+                    crate::check::create_publication_sql(mapping)
+                )));
+            }
+            return Err(e.into());
+        }
         tracing::info!(publication = PUBLICATION, tables = %list, "created publication");
     } else {
         for t in &tables {

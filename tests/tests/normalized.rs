@@ -643,3 +643,121 @@ async fn a_normalized_pos_day_reaches_the_ledgers_through_its_mapping_exactly_on
     .await;
     assert!(broken.is_empty(), "{broken:#?}");
 }
+
+fn bridge_check(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(bridge_path())
+        .arg("check")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run possync-bridge check: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test]
+async fn check_validates_a_document_mapping_against_the_pos_and_dry_runs_it() {
+    let _serial = serial().await;
+    let pos_c = Cluster::start("pos", true, &[]);
+    pos_c.create_database("pos").await;
+    let pos = pos_c.connect("pos").await;
+    let erp_c = erp_cluster().await;
+    pos_master(&pos).await;
+    let mut till = Till::new(7);
+    // two paid sales, a cancelled draft, and a paid sale of a product the POS keeps without a code
+    for _ in 0..2 {
+        let (sql, total, _) = till.draft(1, None, "sale");
+        let pay = till.pay("(SELECT id FROM new_order)", total);
+        txn(&pos, &format!("{sql} {pay}")).await;
+    }
+    let (sql, _, _) = till.draft(3, None, "sale");
+    let cancelled = txn(&pos, &sql).await.unwrap_or_default();
+    exec(
+        &pos,
+        &format!("UPDATE shop.pos_order SET state = 'cancel' WHERE id = {cancelled}"),
+    )
+    .await;
+    exec(&pos, "INSERT INTO shop.product (default_code, name, list_price, tax_id) VALUES (NULL, 'Unlabelled', 1.00, 3)").await;
+    let bad = txn(
+        &pos,
+        &format!(
+            "CREATE TEMP TABLE IF NOT EXISTS new_order (id bigint); TRUNCATE new_order;
+             WITH o AS (INSERT INTO shop.pos_order (till_id, receipt_no, state, date_order) VALUES (2, 1, 'draft', now()) RETURNING id)
+             INSERT INTO new_order SELECT id FROM o;
+             INSERT INTO shop.pos_order_line (order_id, product_id, qty, price_unit, price_subtotal)
+               SELECT (SELECT id FROM new_order), id, 1, 1.00, 1.00 FROM shop.product WHERE default_code IS NULL;
+             INSERT INTO shop.pos_payment (order_id, method_id, amount) SELECT id, 1, 1.00 FROM new_order;
+             UPDATE shop.pos_order SET state = 'paid' WHERE id = (SELECT id FROM new_order);"
+        ),
+    )
+    .await
+    .unwrap_or_default();
+
+    let mapping = mapping_path();
+    let source = format!("{SOURCE}={}", pos_c.url("pos"));
+    let erp_url = erp_c.url("erp");
+    let (code, text) = bridge_check(&[
+        "--erp",
+        &erp_url,
+        "--source",
+        &source,
+        "--mapping",
+        &mapping,
+        "--dry-run",
+        "10",
+    ]);
+    // the unlabelled product's sale would be rejected, naming the field: check says so and exits 1
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("document pos_order runs against the POS tables"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("pos_order {bad} would be rejected")) && text.contains("sku"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("pos_order {cancelled} becomes {{")),
+        "{text}"
+    );
+    assert!(text.contains("\"kind\": \"void\""), "{text}");
+    let good = text.matches("becomes {").count();
+    assert_eq!(good, 3, "two sales and one void: {text}");
+    // nothing was written: no slot, no publication, no mirror
+    let slots: i64 = one(&pos, "SELECT count(*) FROM pg_replication_slots").await;
+    assert_eq!(slots, 0);
+    let erp = erp_c.connect("erp").await;
+    let mirror: i64 = one(
+        &erp,
+        "SELECT count(*) FROM pg_namespace WHERE nspname = 'possync_pos_shop'",
+    )
+    .await;
+    assert_eq!(mirror, 0);
+
+    // a misspelled column is an error that names it, never a silently empty field
+    let dir = workspace_root().join("target").join("e2e");
+    let _ = std::fs::create_dir_all(&dir);
+    let wrong = dir.join(format!("normalized-misspelled-{}.toml", std::process::id()));
+    let text_in = std::fs::read_to_string(&mapping).unwrap_or_default();
+    assert!(text_in.contains("o.receipt_no"));
+    std::fs::write(&wrong, text_in.replace("o.receipt_no", "o.receipt_number"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (code, text) = bridge_check(&[
+        "--erp",
+        &erp_url,
+        "--source",
+        &source,
+        "--mapping",
+        &wrong.display().to_string(),
+    ]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("receipt_number"), "{text}");
+    assert!(
+        text.contains("ERROR") && text.contains("does not run against the POS tables"),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(&wrong);
+}
