@@ -143,6 +143,8 @@ pub enum Target {
     Erp,
     /// In the POS, for a dry run: the `limit` most recent final headers; `$1` is the source name.
     PosDryRun { limit: u32 },
+    /// In the ERP over the mirror, every settled header (for `remap`); `$1` is the source name.
+    ErpAll,
 }
 
 /// A double-quoted SQL identifier.
@@ -386,7 +388,7 @@ pub const PENDING: &str = "pending";
 pub fn compile(d: &Document, target: Target) -> String {
     let source = match target {
         Target::Erp => "$2::text",
-        Target::PosDryRun { .. } => "$1::text",
+        Target::PosDryRun { .. } | Target::ErpAll => "$1::text",
     };
     let void = d.void.as_deref().unwrap_or("false");
     let state = format!(
@@ -413,6 +415,12 @@ pub fn compile(d: &Document, target: Target) -> String {
     );
     match target {
         Target::Erp => format!("{select} WHERE {key} = ANY($1::text[])"),
+        Target::ErpAll => format!(
+            "{select} WHERE s.state <> {PENDING_L} ORDER BY {h}.{k}",
+            PENDING_L = literal(PENDING),
+            h = d.alias,
+            k = d.key
+        ),
         Target::PosDryRun { limit } => format!(
             "{select} WHERE s.state <> {PENDING_L} ORDER BY {h}.{k} DESC LIMIT {limit}",
             PENDING_L = literal(PENDING),
@@ -420,6 +428,23 @@ pub fn compile(d: &Document, target: Target) -> String {
             k = d.key
         ),
     }
+}
+
+/// The query giving only the state of headers (`$1`: the keys), for a header whose event could not be built.
+pub fn compile_state(d: &Document) -> String {
+    let void = d.void.as_deref().unwrap_or("false");
+    format!(
+        "SELECT ({h}.{k})::text, CASE WHEN ({f}) THEN {FINAL_L} WHEN ({void}) THEN {VOID_L} ELSE {PENDING_L} END \
+         FROM {table} AS {h}{joins} WHERE ({h}.{k})::text = ANY($1::text[])",
+        h = d.alias,
+        k = d.key,
+        f = d.final_when,
+        FINAL_L = literal(FINAL),
+        VOID_L = literal(VOID),
+        PENDING_L = literal(PENDING),
+        table = d.table,
+        joins = lookups_sql(&d.lookups),
+    )
 }
 
 /// The query giving the keys of the headers a set of changed rows of `table` touch: `$1` is a JSON array of

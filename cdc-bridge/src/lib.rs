@@ -12,6 +12,7 @@ pub mod mapping;
 pub mod metrics;
 pub mod mirror;
 pub mod pgerr;
+pub mod remap;
 pub mod replication;
 pub mod resync;
 pub mod source;

@@ -36,6 +36,9 @@ enum Command {
     /// After a slot loss the bridge refused: make the new slot, re-read the POS rows of a range of business
     /// dates, post what the ERP lacks (by event id, exactly once) and let the bridge stream again.
     Resync(ResyncArgs),
+    /// After a document mapping was corrected: evaluate every settled header again from the ERP's mirror and
+    /// resubmit the events the ERP holds as rejected, without re-reading the POS.
+    Remap(Settings),
 }
 
 #[derive(Args, Clone)]
@@ -321,6 +324,7 @@ fn main() -> ExitCode {
     let (settings, need_sources) = match &cli.command {
         Command::Run(s) | Command::Check(s) => (s, true),
         Command::Resync(r) => (&r.settings, true),
+        Command::Remap(s) => (s, true),
         Command::Status(s) => (s, false),
     };
     let resolved = match resolve(settings, need_sources) {
@@ -356,6 +360,38 @@ fn main() -> ExitCode {
                 for f in &findings {
                     println!("{} {}", if f.ok { "ok   " } else { "ERROR" }, f.what);
                     failed |= !f.ok;
+                }
+                if failed {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Command::Remap(_) => {
+                let mut failed = false;
+                for s in &resolved.sources {
+                    match possync_bridge::remap::remap(&resolved.erp, &s.name, &resolved.mapping)
+                        .await
+                    {
+                        Ok(report) => {
+                            println!(
+                                "{}: evaluated {} settled headers; resubmitted {} rejected events, {} posted and resolved, {} still failing",
+                                s.name,
+                                report.evaluated,
+                                report.resubmitted,
+                                report.resolved,
+                                report.still_failing.len()
+                            );
+                            for f in &report.still_failing {
+                                println!("  still failing: {f}");
+                            }
+                            failed |= !report.still_failing.is_empty();
+                        }
+                        Err(e) => {
+                            eprintln!("possync-bridge: remap {}: {e}", s.name);
+                            failed = true;
+                        }
+                    }
                 }
                 if failed {
                     ExitCode::FAILURE

@@ -155,6 +155,10 @@ pub async fn describe(pos: &Client, mapping: &Mapping) -> Result<Vec<TableShape>
 pub fn ddl(schema: &str, shapes: &[TableShape]) -> String {
     let s = ident(schema);
     let mut sql = format!("CREATE SCHEMA IF NOT EXISTS {s};\n");
+    // the headers whose mapping failed and were kept as a rejected event: met again, they are not kept twice
+    sql.push_str(&format!(
+        "CREATE TABLE IF NOT EXISTS {s}.{FAILED} (document text, doc_key text, PRIMARY KEY (document, doc_key));\n"
+    ));
     for t in shapes {
         let cols: Vec<String> = t
             .columns
@@ -186,6 +190,9 @@ pub fn ddl(schema: &str, shapes: &[TableShape]) -> String {
     }
     sql
 }
+
+/// The bridge's own table in the mirror schema: headers kept as rejected because their mapping failed.
+pub const FAILED: &str = "_possync_failed";
 
 /// A row's key as text, to collapse the changes of a group per row.
 fn key_text(shape: &TableShape, row: &Map<String, Value>) -> Option<String> {
@@ -308,22 +315,22 @@ pub struct DocumentPoster {
     note_documents: bool,
 }
 
-/// What the ERP raised for one header's mapping: kept as a rejected event, the group goes on.
+/// What the ERP raised for one header's mapping: kept as a rejected event, the group goes on. Its id names the
+/// document and key (not the transaction), so that the same failure met again, when a later change touches the
+/// header, is a duplicate rather than another exception; `commit_lsn` goes to the log only.
 fn mapping_failure(
     source: &str,
     document: &str,
     key: &str,
-    commit_lsn: Lsn,
     error: &tokio_postgres::Error,
 ) -> Value {
     let why = crate::pgerr::describe(error);
     serde_json::json!({
-        "event_id": format!("{source}:document:{document}:{key}:{commit_lsn}"),
+        "event_id": format!("{source}:document:{document}:{key}"),
         "kind": possync_events::UNMAPPED,
         "source": source,
         "document": document,
         "key": key,
-        "commit_lsn": commit_lsn.to_string(),
         "reason": crate::pgerr::truncate_noting_length(
             &crate::pgerr::single_line(&format!("the mapping of {document} {key} failed in the ERP: {why}; the POS rows are kept in the mirror, fix the mapping and run possync-bridge remap")),
             crate::pgerr::REASON_MAX_CHARS),
@@ -603,13 +610,37 @@ impl DocumentPoster {
                             client
                                 .batch_execute("ROLLBACK TO SAVEPOINT possync_one")
                                 .await?;
+                            // a header still waiting is not a failure yet: it is evaluated again once final
+                            let state_sql = crate::document::compile_state(&self.documents[d_i]);
+                            let state = client
+                                .query_opt(&state_sql, &[&vec![key.clone()]])
+                                .await
+                                .ok()
+                                .flatten()
+                                .map(|r| r.get::<_, String>(1));
+                            if state.as_deref() == Some(crate::document::PENDING) {
+                                out.push((key.clone(), crate::document::PENDING.to_string(), None));
+                                continue;
+                            }
                             let name = &self.documents[d_i].name;
-                            tracing::error!(source, document = %name, key = %key, error = %crate::pgerr::describe(&e),
+                            let first = client
+                                .query_opt(
+                                    &format!("INSERT INTO {FAILED} (document, doc_key) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1"),
+                                    &[name, key],
+                                )
+                                .await?
+                                .is_some();
+                            if !first {
+                                out.push((key.clone(), crate::document::FINAL.to_string(), None));
+                                continue;
+                            }
+                            tracing::error!(source, document = %name, key = %key, commit_lsn = %commit_lsn,
+                                error = %crate::pgerr::describe(&e),
                                 "the mapping of a document failed in the ERP; keeping it as a rejected event");
                             out.push((
                                 key.clone(),
                                 crate::document::FINAL.to_string(),
-                                Some(mapping_failure(source, name, key, commit_lsn, &e)),
+                                Some(mapping_failure(source, name, key, &e)),
                             ));
                         }
                         Err(e) => return Err(e.into()),

@@ -761,3 +761,127 @@ async fn check_validates_a_document_mapping_against_the_pos_and_dry_runs_it() {
     );
     let _ = std::fs::remove_file(&wrong);
 }
+
+#[tokio::test]
+async fn a_corrected_mapping_posts_what_the_wrong_one_rejected_without_reading_the_pos_again() {
+    let _serial = serial().await;
+    let pos_c = Cluster::start("pos", true, &[]);
+    pos_c.create_database("pos").await;
+    let pos = pos_c.connect("pos").await;
+    let erp_c = erp_cluster().await;
+    let erp = erp_c.connect("erp").await;
+    erp_master(&erp).await;
+    pos_master(&pos).await;
+
+    // a mapping mistake that only some orders meet: division by zero on lines without a discount
+    let right = std::fs::read_to_string(mapping_path()).unwrap_or_default();
+    let good_discount = "discount = \"abs(l.qty) * l.price_unit - abs(l.price_subtotal)\"";
+    assert!(right.contains(good_discount));
+    let dir = workspace_root().join("target").join("e2e");
+    let _ = std::fs::create_dir_all(&dir);
+    let wrong = dir.join(format!("normalized-wrong-{}.toml", std::process::id()));
+    std::fs::write(
+        &wrong,
+        right.replace(
+            good_discount,
+            "discount = \"(abs(l.qty) * l.price_unit - abs(l.price_subtotal)) * l.discount_pct / l.discount_pct\"",
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let wrong_path = wrong.display().to_string();
+    let bridge = Bridge::start(
+        &erp_c.url("erp"),
+        &[(SOURCE, pos_c.url("pos"))],
+        &["--mapping", &wrong_path],
+    );
+    bridge.wait_streaming(SOURCE, Duration::from_secs(60));
+    let mut till = Till::new(99);
+    let mut waiting: Waiting = Vec::new();
+    trade(&pos, &mut till, 80, &mut waiting).await;
+    for (id, _, total) in std::mem::take(&mut waiting) {
+        exec(
+            &pos,
+            &format!("BEGIN; {} COMMIT;", till.pay(&id.to_string(), total)),
+        )
+        .await;
+    }
+    let settled: i64 = one(
+        &pos,
+        "SELECT count(*) FROM shop.pos_order WHERE state <> 'draft'",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (mut posted, mut rejected) = (0i64, 0i64);
+    while Instant::now() < deadline {
+        posted = one(
+            &erp,
+            "SELECT count(*) FROM possync.event WHERE source = 'shop'",
+        )
+        .await;
+        rejected = one(&erp, "SELECT count(*) FROM possync.exception WHERE source = 'shop' AND kind = 'malformed' AND status = 'open'").await;
+        if posted + rejected >= settled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = bridge.log();
+    drop(bridge);
+    let detail = pairs(&erp, "SELECT exception_id::text || ' ' || coalesce(event_id, '-'), kind || ' ' || status || ' ' || reason FROM possync.exception WHERE source = 'shop' AND kind = 'malformed'").await;
+    assert_eq!(posted + rejected, settled, "{detail:#?}");
+    assert!(
+        rejected > 0 && posted > 0,
+        "the mistake hits some orders only: {posted} posted, {rejected} rejected"
+    );
+    let why: String = one(
+        &erp,
+        "SELECT reason FROM possync.exception WHERE source = 'shop' AND kind = 'malformed' LIMIT 1",
+    )
+    .await;
+    assert!(
+        why.contains("division by zero") && why.contains("remap"),
+        "{why}"
+    );
+
+    // what the POS says, read now: the POS is then stopped, so the remap can only use the ERP's mirror
+    let final_orders = "o.state IN ('paid', 'done')";
+    let revenue = decimal(&pos, &format!("SELECT sum(l.price_subtotal)::text FROM shop.pos_order o JOIN shop.pos_order_line l ON l.order_id = o.id WHERE {final_orders} AND l.qty > 0")).await;
+    let tax = decimal(&pos, &format!("SELECT sum(x.amount)::text FROM shop.pos_order o JOIN shop.pos_order_line l ON l.order_id = o.id JOIN shop.pos_order_line_tax x ON x.line_id = l.id WHERE {final_orders}")).await;
+    drop(pos);
+    pos_c.stop();
+
+    let out = std::process::Command::new(bridge_path())
+        .args(["remap", "--erp", &erp_c.url("erp"), "--source"])
+        .arg(format!("{SOURCE}={}", pos_c.url("pos")))
+        .args(["--mapping", &mapping_path()])
+        .output()
+        .unwrap_or_else(|e| panic!("remap: {e}"));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("resubmitted {rejected} rejected events, {rejected} posted and resolved, 0 still failing")),
+        "{text}"
+    );
+    let open: i64 = one(&erp, "SELECT count(*) FROM possync.exception WHERE source = 'shop' AND kind = 'malformed' AND status = 'open'").await;
+    assert_eq!(open, 0);
+    let events: i64 = one(
+        &erp,
+        "SELECT count(*) FROM possync.event WHERE source = 'shop' AND event_id LIKE 'shop-%'",
+    )
+    .await;
+    assert_eq!(events, settled);
+    let gl = |account: &str| {
+        format!("SELECT sum(credit - debit)::text FROM possync.journal_line WHERE account_code = '{account}'")
+    };
+    assert_eq!(decimal(&erp, &gl("4000")).await, revenue);
+    assert_eq!(decimal(&erp, &gl("2100")).await, tax);
+    // a second remap finds nothing left to do
+    let again = std::process::Command::new(bridge_path())
+        .args(["remap", "--erp", &erp_c.url("erp"), "--source"])
+        .arg(format!("{SOURCE}={}", pos_c.url("pos")))
+        .args(["--mapping", &mapping_path()])
+        .output()
+        .unwrap_or_else(|e| panic!("remap: {e}"));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("resubmitted 0 rejected events"));
+    let _ = std::fs::remove_file(&wrong);
+}
