@@ -7,6 +7,10 @@
 # operations see, and stops everything it started (also on Ctrl-C).
 #
 #   scripts/demo.sh [--seconds N] [--rate TXNS_PER_S] [--stores N] [--skus N] [--registers N] [--seed N] [--keep]
+#                   [--pos-schema reference|normalized]
+#
+# --pos-schema normalized trades on a normalized POS (schema shop: surrogate keys, percent discounts, tax rows,
+# drafts paid later by an UPDATE, cancellations, refunds) mapped by cdc-bridge/mappings/normalized.toml.
 #
 # The same settings as environment variables: DEMO_SECONDS (40), DEMO_RATE (250), DEMO_STORES (8), DEMO_SKUS
 # (2000), DEMO_REGISTERS (4), DEMO_SEED (42). Others: DEMO_DIR, DEMO_POS_PORT, DEMO_ERP_PORT, DEMO_METRICS
@@ -28,6 +32,7 @@ SKUS=${DEMO_SKUS:-2000}
 REGISTERS=${DEMO_REGISTERS:-4}
 SEED=${DEMO_SEED:-42}
 KEEP=${DEMO_KEEP:-0}
+POS_SCHEMA=${DEMO_POS_SCHEMA:-reference}
 
 usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
@@ -39,6 +44,7 @@ while [ $# -gt 0 ]; do
     --registers) REGISTERS=$2; shift 2 ;;
     --seed) SEED=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
+    --pos-schema) POS_SCHEMA=$2; shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "demo.sh: unknown argument $1" >&2; usage 2 ;;
   esac
@@ -47,6 +53,11 @@ for n in "$SECONDS_OF_TRADING" "$RATE" "$STORES" "$SKUS" "$REGISTERS" "$SEED"; d
   [[ "$n" =~ ^[0-9]+$ ]] || { echo "demo.sh: \"$n\" is not a whole number" >&2; exit 2; }
 done
 [ "$RATE" -gt 0 ] || { echo "demo.sh: --rate must be above 0" >&2; exit 2; }
+case "$POS_SCHEMA" in
+  reference) MAPPING_ARGS=() ;;
+  normalized) MAPPING_ARGS=(--mapping "$ROOT/cdc-bridge/mappings/normalized.toml") ;;
+  *) echo "demo.sh: --pos-schema takes reference or normalized, not \"$POS_SCHEMA\"" >&2; exit 2 ;;
+esac
 TRANSACTIONS=$((SECONDS_OF_TRADING * RATE))
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -132,11 +143,16 @@ say "ERP: CREATE EXTENSION possync, the default chart and the retailer's master 
 psql_erp -c "CREATE EXTENSION possync"
 "${SIM[@]}" setup-erp --erp "$ERP_URL"
 
-say "POS: the reference POS schema"
-psql_pos -f cdc-bridge/sql/reference_pos_schema.sql
+if [ "$POS_SCHEMA" = normalized ]; then
+  say "POS: the normalized POS schema (shop) with its stores, tills, taxes, payment methods and products"
+  "${SIM[@]}" create-pos --pos "$POS_URL" --pos-schema normalized
+else
+  say "POS: the reference POS schema"
+  psql_pos -f cdc-bridge/sql/reference_pos_schema.sql
+fi
 
 say "starting possync-bridge"
-POSSYNC_LOG=info NO_COLOR=1 "$BIN/possync-bridge" run --erp "$ERP_URL" --source "pos-central=$POS_URL" \
+POSSYNC_LOG=info NO_COLOR=1 "$BIN/possync-bridge" run --erp "$ERP_URL" --source "pos-central=$POS_URL" "${MAPPING_ARGS[@]}" \
   --metrics "$METRICS" 2>"$DEMO_DIR/bridge.log" &
 BRIDGE_PID=$!
 for _ in $(seq 1 300); do
@@ -151,7 +167,8 @@ curl -fs "http://$METRICS/metrics" | grep -q '^possync_bridge_streaming{source="
 echo "bridge streaming; metrics at http://$METRICS/metrics (health: http://$METRICS/healthz), log $DEMO_DIR/bridge.log"
 
 say "trading: $STORES stores x $REGISTERS registers, a DC and a web shop, $SKUS SKUs; $TRANSACTIONS customer transactions at $RATE/s (about ${SECONDS_OF_TRADING} s)"
-"${SIM[@]}" run --pos "$POS_URL" --erp "$ERP_URL" --rate "$RATE" --progress --stats "$DEMO_DIR/stats.json"
+"${SIM[@]}" run --pos "$POS_URL" --pos-schema "$POS_SCHEMA" --erp "$ERP_URL" --rate "$RATE" --progress \
+  --stats "$DEMO_DIR/stats.json"
 
 say "ATP of the five best sellers, network-wide"
 psql_erp <<'SQL'
@@ -199,7 +216,23 @@ SELECT kind, status, count(*) AS exceptions, min(event_id) AS for_example
 SQL
 
 say "POS against ERP"
-"${SIM[@]}" totals --pos "$POS_URL" --erp "$ERP_URL"
+if [ "$POS_SCHEMA" = normalized ]; then
+  # the figures of the paid orders in the POS tables, and the same figures from the general ledger
+  pos_fig=$(psql_pos -At -F' ' -c "SELECT coalesce(sum(l.price_subtotal) FILTER (WHERE l.qty > 0), 0),
+      coalesce(-sum(l.price_subtotal) FILTER (WHERE l.qty < 0), 0),
+      (SELECT coalesce(sum(x.amount), 0) FROM shop.pos_order o2 JOIN shop.pos_order_line l2 ON l2.order_id = o2.id
+         JOIN shop.pos_order_line_tax x ON x.line_id = l2.id
+        WHERE o2.state IN ('paid', 'done') AND l2.product_id IN (SELECT id FROM shop.product))
+    FROM shop.pos_order o JOIN shop.pos_order_line l ON l.order_id = o.id WHERE o.state IN ('paid', 'done')")
+  erp_fig=$(psql_erp -At -F' ' -c "SELECT coalesce(sum(credit - debit) FILTER (WHERE account_code = '4000'), 0),
+      coalesce(sum(debit - credit) FILTER (WHERE account_code = '4100'), 0),
+      coalesce(sum(credit - debit) FILTER (WHERE account_code = '2100'), 0) FROM possync.journal_line")
+  read -r p_rev p_ret p_tax <<<"$pos_fig"; read -r e_rev e_ret e_tax <<<"$erp_fig"
+  printf '%-12s %14s %14s\n' figure POS ERP revenue "$p_rev" "$e_rev" returns "$p_ret" "$e_ret" tax "$p_tax" "$e_tax"
+  echo "(sales the ERP holds as held or rejected, listed above, are in the POS figures and not yet in the ledger)"
+else
+  "${SIM[@]}" totals --pos "$POS_URL" --erp "$ERP_URL"
+fi
 
 say "the bridge's own figures (http://$METRICS/metrics)"
 curl -fs "http://$METRICS/metrics" | grep -E '^possync_bridge_(transactions_applied_total|events_(applied|held|rejected)_total|batches_total|retries_total|lag_seconds)\{' || true

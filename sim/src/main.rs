@@ -79,6 +79,14 @@ enum Command {
         #[arg(long, env = "SIM_ERP_URL", hide_env_values = true)]
         erp: String,
     },
+    /// Create a POS schema with its master rows (the normalized schema's stores, tills, taxes, payment methods and
+    /// products), before a bridge starts; nothing is traded.
+    CreatePos {
+        #[arg(long, env = "SIM_POS_URL", hide_env_values = true)]
+        pos: String,
+        #[arg(long, value_enum, default_value_t = PosSchema::Reference)]
+        pos_schema: PosSchema,
+    },
     /// Commit the day into a POS schema; with --erp, reserve web orders and measure lag (reference schema) or
     /// post the opening stock first (normalized schema).
     Run {
@@ -200,6 +208,24 @@ async fn execute(cli: Cli) -> Result<ExitCode, SimError> {
             println!(
                 "ERP master data: {} locations, {} items, {} purchase orders, default chart",
                 m.locations, m.items, m.supply
+            );
+        }
+        Command::CreatePos { pos, pos_schema } => {
+            let client = pos::connect(&pos, "POS").await?;
+            let created = match pos_schema {
+                PosSchema::Reference => pos::create_schema(&client).await?,
+                PosSchema::Normalized => {
+                    let products = shop::Products::new(&cat, plan.scale.seed);
+                    shop::create_schema(&client, &net, &products).await?
+                }
+            };
+            println!(
+                "{}",
+                if created {
+                    "POS schema created"
+                } else {
+                    "POS schema already there; left as it is"
+                }
             );
         }
         Command::Run {
