@@ -222,7 +222,7 @@ if [ "$POS_SCHEMA" = normalized ]; then
       coalesce(-sum(l.price_subtotal) FILTER (WHERE l.qty < 0), 0),
       (SELECT coalesce(sum(x.amount), 0) FROM shop.pos_order o2 JOIN shop.pos_order_line l2 ON l2.order_id = o2.id
          JOIN shop.pos_order_line_tax x ON x.line_id = l2.id
-        WHERE o2.state IN ('paid', 'done') AND l2.product_id IN (SELECT id FROM shop.product))
+        WHERE o2.state IN ('paid', 'done'))
     FROM shop.pos_order o JOIN shop.pos_order_line l ON l.order_id = o.id WHERE o.state IN ('paid', 'done')")
   erp_fig=$(psql_erp -At -F' ' -c "SELECT coalesce(sum(credit - debit) FILTER (WHERE account_code = '4000'), 0),
       coalesce(sum(debit - credit) FILTER (WHERE account_code = '4100'), 0),
