@@ -447,41 +447,47 @@ pub fn compile_state(d: &Document) -> String {
     )
 }
 
-/// The query giving the keys of the headers a set of changed rows of `table` touch: `$1` is a JSON array of
-/// the rows, `$2` the schema holding the mirror (for the row type).
-pub fn touched_sql(d: &Document, table: &str, schema: &str) -> Vec<String> {
-    let rows = |alias: &str| {
-        format!(
-            "jsonb_populate_recordset(NULL::{}.{}, $1::text::jsonb) AS {alias}",
-            ident(schema),
-            ident(table)
-        )
-    };
+/// A JSON value of a key column as PostgreSQL's text output gives it (`::text`), for matching header keys.
+fn key_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The keys of the headers a changed row of `table` touches directly: a header row its own key, a child row
+/// its parent column. Worked out here, without a query.
+pub fn direct_touches(
+    d: &Document,
+    table: &str,
+    row: &serde_json::Map<String, serde_json::Value>,
+) -> Vec<String> {
     let mut out = Vec::new();
     if d.table == table {
-        out.push(format!(
-            "SELECT DISTINCT ({h}.{k})::text FROM {rows} WHERE {h}.{k} IS NOT NULL",
-            h = d.alias,
-            k = d.key,
-            rows = rows(&d.alias)
-        ));
+        out.extend(row.get(&d.key).and_then(key_text));
     }
     for c in d.children.iter().filter(|c| c.table == table) {
-        out.push(format!(
-            "SELECT DISTINCT ({a}.{p})::text FROM {rows} WHERE {a}.{p} IS NOT NULL",
-            a = c.alias,
-            p = c.parent,
-            rows = rows(&c.alias)
-        ));
-    }
-    for t in d.touched_by.iter().filter(|t| t.table == table) {
-        out.push(format!(
-            "SELECT DISTINCT k::text FROM {rows}, LATERAL (SELECT ({expr}) AS k) AS touched WHERE k IS NOT NULL",
-            rows = rows(table),
-            expr = t.header
-        ));
+        out.extend(row.get(&c.parent).and_then(key_text));
     }
     out
+}
+
+/// The query giving the headers that changed rows of `t.table` touch through `touched_by`: `$1` is a JSON array
+/// of the row images, each with `_possync_txn`, the index of its transaction in the group; rows of (key, the
+/// last transaction that touched it).
+pub fn touched_by_sql(t: &TouchedBy, schema: &str) -> String {
+    format!(
+        "SELECT k, max(i) FROM (SELECT ({expr})::text AS k, (e.v->>'_possync_txn')::int AS i \
+           FROM jsonb_array_elements($1::text::jsonb) AS e(v) \
+           CROSS JOIN LATERAL jsonb_populate_record(NULL::{s}.{tbl}, e.v) AS {alias}) AS touched \
+         WHERE k IS NOT NULL GROUP BY k",
+        expr = t.header,
+        s = ident(schema),
+        tbl = ident(&t.table),
+        alias = t.table,
+    )
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use tokio_postgres::{Client, Statement};
 
 use crate::apply::{outcome_of, BatchOutcome, Erp, ErpError, ErpWal};
 use crate::assembler::PosTransaction;
-use crate::document::{compile, ident, literal, touched_sql, Document, Target};
+use crate::document::{compile, direct_touches, ident, literal, touched_by_sql, Document, Target};
 use crate::lsn::Lsn;
 use crate::mapping::{Change, ChangeOp, Mapping};
 use crate::pgerr::{classify, ErrorClass};
@@ -231,8 +231,6 @@ enum RowWrite {
 #[derive(Debug, Default)]
 pub struct MirrorWrites {
     tables: BTreeMap<String, TableWrites>,
-    /// Row images (old and new) per table, for finding the documents they touch.
-    touched_rows: BTreeMap<String, Vec<Value>>,
 }
 
 impl MirrorWrites {
@@ -247,7 +245,6 @@ impl MirrorWrites {
                 continue;
             };
             let t = w.tables.entry(shape.name.clone()).or_default();
-            let touched = w.touched_rows.entry(shape.name.clone()).or_default();
             match change.op {
                 ChangeOp::Truncate => {
                     t.emptied = true;
@@ -257,7 +254,6 @@ impl MirrorWrites {
                     if let Some(k) = key_text(shape, &change.row) {
                         t.rows.insert(k, RowWrite::Delete(change.row.clone()));
                     }
-                    touched.push(Value::Object(change.row.clone()));
                 }
                 ChangeOp::Insert | ChangeOp::Update => {
                     if let Some(old) = &change.old {
@@ -269,7 +265,6 @@ impl MirrorWrites {
                                 t.rows.insert(ko, RowWrite::Delete(old.clone()));
                             }
                         }
-                        touched.push(Value::Object(old.clone()));
                     }
                     let Some(k) = key_text(shape, &change.row) else {
                         continue;
@@ -291,7 +286,6 @@ impl MirrorWrites {
                         (_, false) => RowWrite::Partial(change.row.clone()),
                     };
                     t.rows.insert(k, next);
-                    touched.push(Value::Object(change.row.clone()));
                 }
             }
         }
@@ -375,17 +369,15 @@ impl DocumentPoster {
                 )));
                 break;
             }
-            for t in &shapes {
-                for sql in touched_sql(d, &t.name, &schema) {
-                    if let Err(e) = client.prepare(&sql).await {
-                        problem = Some(MirrorError::Invalid(format!(
-                            "document {}: touched_by of table {} does not compile: {}",
-                            d.name,
-                            t.name,
-                            crate::pgerr::describe(&e)
-                        )));
-                        break;
-                    }
+            for t in &d.touched_by {
+                if let Err(e) = client.prepare(&touched_by_sql(t, &schema)).await {
+                    problem = Some(MirrorError::Invalid(format!(
+                        "document {}: touched_by of table {} does not compile: {}",
+                        d.name,
+                        t.table,
+                        crate::pgerr::describe(&e)
+                    )));
+                    break;
                 }
             }
         }
@@ -508,23 +500,45 @@ impl DocumentPoster {
             MirrorWrites::collect(&self.shapes, txns.iter().flat_map(|t| t.changes.iter()));
         self.write_mirror(client, &writes).await?;
 
-        // the headers touched, and the last transaction that touched each (its events go with that one)
+        // the headers touched, and the last transaction that touched each (its events go with that one): header
+        // and child rows say so themselves; rows of `touched_by` tables are asked, one query per table and group
         let mut touched: Vec<BTreeMap<String, usize>> = vec![BTreeMap::new(); self.documents.len()];
+        let mut indirect: BTreeMap<(usize, usize), Vec<Value>> = BTreeMap::new();
         for (i, t) in txns.iter().enumerate() {
-            if t.changes.is_empty() {
-                continue;
-            }
-            let one = MirrorWrites::collect(&self.shapes, t.changes.iter());
-            for (table, rows) in &one.touched_rows {
-                let rows = Value::Array(rows.clone()).to_string();
-                for (d_i, d) in self.documents.iter().enumerate() {
-                    for sql in touched_sql(d, table, &self.schema) {
-                        let st = self.statement(client, &sql).await?;
-                        for r in client.query(&st, &[&rows]).await? {
-                            touched[d_i].insert(r.get(0), i);
+            for c in &t.changes {
+                let Some(shape) = self.shapes.iter().find(|s| s.pos_table == c.table) else {
+                    continue;
+                };
+                let images = std::iter::once(&c.row).chain(c.old.as_ref());
+                for image in images {
+                    for (d_i, d) in self.documents.iter().enumerate() {
+                        for key in direct_touches(d, &shape.name, image) {
+                            touched[d_i].insert(key, i);
+                        }
+                        for (t_i, tb) in d.touched_by.iter().enumerate() {
+                            if tb.table == shape.name {
+                                let mut row = image.clone();
+                                row.insert("_possync_txn".into(), Value::from(i));
+                                indirect
+                                    .entry((d_i, t_i))
+                                    .or_default()
+                                    .push(Value::Object(row));
+                            }
                         }
                     }
                 }
+            }
+        }
+        for ((d_i, t_i), rows) in indirect {
+            let sql = touched_by_sql(&self.documents[d_i].touched_by[t_i], &self.schema);
+            let st = self.statement(client, &sql).await?;
+            let rows = Value::Array(rows).to_string();
+            for r in client.query(&st, &[&rows]).await? {
+                let key: String = r.get(0);
+                let at: i32 = r.get(1);
+                let at = usize::try_from(at).unwrap_or(0);
+                let slot = touched[d_i].entry(key).or_insert(at);
+                *slot = (*slot).max(at);
             }
         }
         // per transaction: its own events, then the documents it settled

@@ -379,6 +379,7 @@ pub fn last_commit_of(checkpoint: Lsn) -> Lsn {
 /// never be a real POS commit, and the lowest three bits of the checkpoint say what was recorded since the last
 /// real commit: odd, a loss not yet accepted (refused again after a restart, even if someone made a new slot
 /// meanwhile); even and not zero, a loss accepted.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn slot_guard(
     erp: &Erp,
     repl: &mut ReplicationConnection,

@@ -71,16 +71,44 @@ fn dotted_fields_make_nested_objects() {
 fn touches_come_from_the_header_its_children_and_touched_by() {
     let m = normalized();
     let d = &m.documents()[0];
-    let header = touched_sql(d, "pos_order", "possync_pos_east");
-    assert_eq!(header.len(), 1);
-    assert!(header[0].contains("(o.id)::text"), "{}", header[0]);
-    assert!(header[0].contains("NULL::\"possync_pos_east\".\"pos_order\""));
-    let line = touched_sql(d, "pos_order_line", "possync_pos_east");
-    assert!(line[0].contains("(l.order_id)::text"), "{}", line[0]);
-    let tax = touched_sql(d, "pos_order_line_tax", "possync_pos_east");
-    assert_eq!(tax.len(), 1);
-    assert!(tax[0].contains("pos_order_line_tax.line_id"), "{}", tax[0]);
-    assert!(touched_sql(d, "product", "possync_pos_east").is_empty());
+    let row = |v: serde_json::Value| match v {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    assert_eq!(
+        direct_touches(
+            d,
+            "pos_order",
+            &row(serde_json::json!({"id": 42, "state": "paid"}))
+        ),
+        ["42"]
+    );
+    assert_eq!(
+        direct_touches(
+            d,
+            "pos_order_line",
+            &row(serde_json::json!({"id": 7, "order_id": 42}))
+        ),
+        ["42"]
+    );
+    assert_eq!(
+        direct_touches(
+            d,
+            "pos_payment",
+            &row(serde_json::json!({"id": 9, "order_id": "A-1"}))
+        ),
+        ["A-1"]
+    );
+    assert!(direct_touches(d, "product", &row(serde_json::json!({"id": 1}))).is_empty());
+    let sql = touched_by_sql(&d.touched_by[0], "possync_pos_east");
+    assert!(sql.contains("pos_order_line_tax.line_id"), "{sql}");
+    assert!(
+        sql.contains(
+            "NULL::\"possync_pos_east\".\"pos_order_line_tax\", e.v) AS pos_order_line_tax"
+        ),
+        "{sql}"
+    );
+    assert!(sql.contains("(e.v->>'_possync_txn')::int"), "{sql}");
 }
 
 fn invalid(toml: &str) -> String {
