@@ -593,11 +593,9 @@ async fn a_normalized_pos_day_reaches_the_ledgers_through_its_mapping_exactly_on
     // ... except the receipt numbers of the drafts still open, which the audit rightly reports as not received
     let open_receipts: Vec<String> = pairs(
         &pos,
-        &format!(
-            "SELECT 'register ' || t.register_code || ' at ' || s.code || ': transaction ' || o.receipt_no, ''
-               FROM shop.pos_order o JOIN shop.till t ON t.id = o.till_id JOIN shop.store s ON s.id = t.store_id
-              WHERE o.state = 'draft'"
-        ),
+        "SELECT 'register ' || t.register_code || ' at ' || s.code || ': transaction ' || o.receipt_no, ''
+           FROM shop.pos_order o JOIN shop.till t ON t.id = o.till_id JOIN shop.store s ON s.id = t.store_id
+          WHERE o.state = 'draft'",
     )
     .await
     .into_keys()
@@ -683,15 +681,13 @@ async fn check_validates_a_document_mapping_against_the_pos_and_dry_runs_it() {
     exec(&pos, "INSERT INTO shop.product (default_code, name, list_price, tax_id) VALUES (NULL, 'Unlabelled', 1.00, 3)").await;
     let bad = txn(
         &pos,
-        &format!(
-            "CREATE TEMP TABLE IF NOT EXISTS new_order (id bigint); TRUNCATE new_order;
-             WITH o AS (INSERT INTO shop.pos_order (till_id, receipt_no, state, date_order) VALUES (2, 1, 'draft', now()) RETURNING id)
-             INSERT INTO new_order SELECT id FROM o;
-             INSERT INTO shop.pos_order_line (order_id, product_id, qty, price_unit, price_subtotal)
-               SELECT (SELECT id FROM new_order), id, 1, 1.00, 1.00 FROM shop.product WHERE default_code IS NULL;
-             INSERT INTO shop.pos_payment (order_id, method_id, amount) SELECT id, 1, 1.00 FROM new_order;
-             UPDATE shop.pos_order SET state = 'paid' WHERE id = (SELECT id FROM new_order);"
-        ),
+        "CREATE TEMP TABLE IF NOT EXISTS new_order (id bigint); TRUNCATE new_order;
+         WITH o AS (INSERT INTO shop.pos_order (till_id, receipt_no, state, date_order) VALUES (2, 1, 'draft', now()) RETURNING id)
+         INSERT INTO new_order SELECT id FROM o;
+         INSERT INTO shop.pos_order_line (order_id, product_id, qty, price_unit, price_subtotal)
+           SELECT (SELECT id FROM new_order), id, 1, 1.00, 1.00 FROM shop.product WHERE default_code IS NULL;
+         INSERT INTO shop.pos_payment (order_id, method_id, amount) SELECT id, 1, 1.00 FROM new_order;
+         UPDATE shop.pos_order SET state = 'paid' WHERE id = (SELECT id FROM new_order);",
     )
     .await
     .unwrap_or_default();
@@ -824,7 +820,6 @@ async fn a_corrected_mapping_posts_what_the_wrong_one_rejected_without_reading_t
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let log = bridge.log();
     drop(bridge);
     let detail = pairs(&erp, "SELECT exception_id::text || ' ' || coalesce(event_id, '-'), kind || ' ' || status || ' ' || reason FROM possync.exception WHERE source = 'shop' AND kind = 'malformed'").await;
     assert_eq!(posted + rejected, settled, "{detail:#?}");
