@@ -696,7 +696,7 @@ pub(crate) async fn apply_isolating(
         match applied {
             Ok((outcome, wal)) => {
                 metrics.observe_apply(started.elapsed());
-                settle(metrics, unflushed, committed, last.commit_lsn, wal);
+                settle(metrics, unflushed, committed, last, wal);
                 count(metrics, &outcome, part.len() as u64);
             }
             Err(e) if e.class() == ErrorClass::Data && part.len() > 1 => {
@@ -717,15 +717,18 @@ pub(crate) async fn apply_isolating(
 }
 
 /// After a batch committed: the POS may forget it once the ERP has it on disk (at once when it commits
-/// synchronously, otherwise after its WAL writer's next flush).
+/// synchronously, otherwise after its WAL writer's next flush). The POS is told the end of the last
+/// transaction's commit record, not its start (the ERP's checkpoint): a reconnect then starts past it, so an
+/// applied transaction is never sent and decoded again, however large.
 fn settle(
     metrics: &SourceMetrics,
     unflushed: &mut Unflushed,
     committed: &AtomicU64,
-    commit_lsn: Lsn,
+    last: &PosTransaction,
     wal: crate::apply::ErpWal,
 ) {
-    unflushed.push(wal.written, commit_lsn);
+    let commit_lsn = last.commit_lsn;
+    unflushed.push(wal.written, last.end_lsn.max(commit_lsn));
     unflushed.confirm(wal.flushed, committed);
     metrics.checkpoint.store(commit_lsn.0, Ordering::Relaxed);
 }
@@ -898,7 +901,7 @@ async fn reject_transaction(
         match erp.apply_batch(source, txn.commit_lsn, &events).await {
             Ok((outcome, wal)) => {
                 metrics.observe_apply(started.elapsed());
-                settle(metrics, unflushed, committed, txn.commit_lsn, wal);
+                settle(metrics, unflushed, committed, txn, wal);
                 count(metrics, &outcome, 1);
                 if outcome.applied {
                     metrics

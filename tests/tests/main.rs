@@ -8,6 +8,7 @@ mod dashboard;
 mod demo;
 mod exactly_once;
 mod hostile;
+mod large_transaction;
 mod model;
 mod network;
 mod normalized;
