@@ -123,7 +123,9 @@ fn interval_micros(text: &std::ffi::CStr) -> Option<i128> {
         }?;
         // SAFETY: interval_in returned a pointer to an Interval
         let iv = unsafe { &*datum.cast_mut_ptr::<pg_sys::Interval>() };
-        Some((i128::from(iv.month) * 30 + i128::from(iv.day)) * 86_400_000_000 + i128::from(iv.time))
+        Some(
+            (i128::from(iv.month) * 30 + i128::from(iv.day)) * 86_400_000_000 + i128::from(iv.time),
+        )
     })
     .catch_others(|_| None)
     .execute()

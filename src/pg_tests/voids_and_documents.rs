@@ -218,7 +218,9 @@ fn a_document_pending_past_the_setting_is_an_open_exception() {
          UPDATE possync.pending_document SET first_seen = now() - interval '30 minutes' WHERE doc_key = 'O-new';",
     )
     .expect("pending");
-    let rows = || -> Vec<(Option<i64>, String, String, String, String, String, String)> {
+    // (exception_id, kind, age, reason, next_step, source, event/location/amount run together)
+    type Row = (Option<i64>, String, String, String, String, String, String);
+    let rows = || -> Vec<Row> {
         Spi::connect(|c| {
             c.select(
                 "SELECT exception_id, kind, age::text, reason, next_step, coalesce(source, ''),

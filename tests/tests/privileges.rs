@@ -141,7 +141,9 @@ async fn each_grant_allows_what_design_says_and_nothing_more() {
     assert_eq!(
         refused(
             &bridge,
-            &format!("SELECT possync.apply_batch('pos-east', '0/200', '{rejected_and_held}'::jsonb)")
+            &format!(
+                "SELECT possync.apply_batch('pos-east', '0/200', '{rejected_and_held}'::jsonb)"
+            )
         )
         .await,
         None

@@ -312,10 +312,18 @@ async fn keeps_working(c: &Client, rejected: i64) {
     )
     .await;
     assert_eq!(
-        rows(c, "SELECT kind, source FROM possync.open_exceptions WHERE kind = 'document_not_final'").await,
+        rows(
+            c,
+            "SELECT kind, source FROM possync.open_exceptions WHERE kind = 'document_not_final'"
+        )
+        .await,
         "(document_not_final,pos-a)"
     );
-    exec(c, "SELECT possync.note_documents('pos-a', 'order', '{}', '{O-1}')").await;
+    exec(
+        c,
+        "SELECT possync.note_documents('pos-a', 'order', '{}', '{O-1}')",
+    )
+    .await;
     let held_left: i64 = c
         .query_one(
             "SELECT count(*) FROM possync.event WHERE status = 'held'",

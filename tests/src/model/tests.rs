@@ -431,7 +431,11 @@ fn a_void_posts_nothing_and_is_judged_like_any_event() {
     let mut bad = void("V2", "S1", "1", 2);
     bad["sequence"] = json!("2.5");
     assert_eq!(status(&mut m, bad), Status::Rejected);
-    assert_eq!(status(&mut m, void("V3", "S8", "1", 3)), Status::Held, "unknown location");
+    assert_eq!(
+        status(&mut m, void("V3", "S8", "1", 3)),
+        Status::Held,
+        "unknown location"
+    );
 }
 
 #[test]
@@ -455,5 +459,9 @@ fn voids_take_register_numbers_so_only_real_gaps_are_missing() {
     status(&mut m, void("W9", "S1", "2", 9));
     assert_eq!(m.missing_transactions().get(&key), Some(&1));
     status(&mut m, void("V4", "S1", "1", 4));
-    assert!(m.missing_transactions().is_empty(), "{:?}", m.missing_transactions());
+    assert!(
+        m.missing_transactions().is_empty(),
+        "{:?}",
+        m.missing_transactions()
+    );
 }
