@@ -3,7 +3,8 @@
 
 -- Compares a day_close with what was posted for its location, register and business date. Raises one
 -- day_close_mismatch exception listing each difference (expected = the register's figure, posted = the ERP's),
--- or resolves an earlier one when they now agree. Returns the number of differences.
+-- or resolves an earlier one when they now agree. Returns the number of differences. A void counts as one of the
+-- register's transactions (and may hold its last sequence number), but adds no sales, tax or tenders.
 CREATE FUNCTION check_day_close(close_event_id text) RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     dc         possync.event;
@@ -24,11 +25,13 @@ BEGIN
     WITH ev AS (
         SELECT e.event_id, e.kind, e.sequence, e.payload FROM possync.event e
          WHERE e.location_id = dc.location_id AND e.register IS NOT DISTINCT FROM dc.register
-           AND e.business_date = dc.business_date AND e.kind IN ('sale', 'return', 'exchange')
+           AND e.business_date = dc.business_date AND e.kind IN ('sale', 'return', 'exchange', 'void')
            AND e.status IN ('applied', 'held')),
+    -- what a void carries of the cancelled transaction was never sold or paid
+    sold AS (SELECT ev.* FROM ev WHERE ev.kind <> 'void'),
     lines AS (
         SELECT CASE WHEN ev.kind = 'return' OR coalesce((l ->> 'returned')::boolean, false) THEN -1 ELSE 1 END AS sign, l
-          FROM ev, jsonb_array_elements(ev.payload -> 'lines') l)
+          FROM sold ev, jsonb_array_elements(ev.payload -> 'lines') l)
     SELECT coalesce((SELECT sum(sign * round((l ->> 'qty')::numeric * (l ->> 'unit_price')::numeric
                                              - coalesce((l ->> 'discount')::numeric, 0), 2)) FROM lines), 0) AS net_sales,
            coalesce((SELECT sum(sign * coalesce((l ->> 'tax')::numeric, 0)) FROM lines), 0) AS tax,
@@ -36,7 +39,7 @@ BEGIN
            coalesce((SELECT max(ev.sequence) FROM ev), 0) AS last_sequence,
            coalesce((SELECT jsonb_object_agg(t.type, t.amount) FROM (
                SELECT x ->> 'type' AS type, sum((x ->> 'amount')::numeric) AS amount
-                 FROM ev, jsonb_array_elements(ev.payload -> 'tenders') x GROUP BY 1) t), '{}') AS tenders
+                 FROM sold ev, jsonb_array_elements(ev.payload -> 'tenders') x GROUP BY 1) t), '{}') AS tenders
       INTO posted;
     posted_tenders := posted.tenders;
 
@@ -84,7 +87,11 @@ BEGIN
 END
 $$;
 
--- Exceptions a person has to look at, oldest first, with what to do about each.
+-- Exceptions a person has to look at, oldest first, with what to do about each. Besides the open rows of
+-- possync.exception: POS documents the bridge saw in a draft state (possync.pending_document) that have not
+-- become final within possync.document_final_within. Those rows have exception_id NULL: they are not rows of
+-- possync.exception, so resolve_exception cannot close them (a synthetic id would invite it); they leave the view
+-- when the document settles or its pending_document row is deleted. raised_at is when the document was first seen.
 CREATE VIEW open_exceptions AS
 SELECT x.exception_id, x.kind, now() - x.raised_at AS age, x.location_id, x.amount AS amount_at_stake,
        x.event_id, x.reason,
@@ -96,7 +103,22 @@ SELECT x.exception_id, x.kind, now() - x.raised_at AS age, x.location_id, x.amou
        x.payload, x.detail, x.source, x.raised_at
   FROM possync.exception x
  WHERE x.status = 'open'
- ORDER BY x.raised_at, x.exception_id;
+UNION ALL
+SELECT NULL::bigint, 'document_not_final', now() - p.first_seen, NULL::text, NULL::numeric, NULL::text,
+       format('source %s: %s %s has waited %s for a final state (first seen %s, last seen %s)', p.source,
+              p.document, p.doc_key, date_trunc('second', now() - p.first_seen), p.first_seen, p.last_seen),
+       format('the POS order never reached a final state, so nothing of it was posted: finish or cancel it in the '
+              'POS (the bridge then posts or drops it and this row goes away); if it was settled by hand, '
+              'DELETE FROM possync.pending_document WHERE source = %L AND document = %L AND doc_key = %L',
+              p.source, p.document, p.doc_key),
+       NULL::jsonb,
+       jsonb_build_object('document', p.document, 'doc_key', p.doc_key, 'first_seen', p.first_seen,
+                          'last_seen', p.last_seen),
+       p.source, p.first_seen
+  FROM possync.pending_document p
+ WHERE p.first_seen < now() - coalesce(nullif(current_setting('possync.document_final_within', true), ''),
+                                      '1 hour')::interval
+ ORDER BY raised_at, exception_id;
 
 -- Closes an exception with a note saying why.
 CREATE FUNCTION resolve_exception(exception_id bigint, note text) RETURNS jsonb LANGUAGE plpgsql AS $$
@@ -171,19 +193,31 @@ $$;
 
 -- Only discrepancies: stock ledger value vs GL inventory per location, stock_balance vs the sum of stock_move,
 -- in-transit vs open transfers. An empty result means the books agree.
+-- Every part is filtered by the location before it is aggregated, so reconcile(location) reads that location's
+-- rows through the location indexes (stock_move_by_location, journal_line_by_account) and not whole ledgers. The
+-- text is planned for each call with the location known (EXECUTE ... USING): for one location the filter is an
+-- index condition, for all of them it folds away.
 CREATE FUNCTION reconcile(location text DEFAULT NULL)
 RETURNS TABLE (check_name text, location_id text, sku text, expected numeric, actual numeric, difference numeric)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY EXECUTE $q$
     WITH inventory_accounts AS (SELECT DISTINCT account_code FROM possync.account_map WHERE role = 'inventory'),
     transit_accounts AS (SELECT DISTINCT account_code FROM possync.account_map WHERE role = 'in_transit'),
-    stock AS (SELECT b.location_id, sum(b.value) AS v FROM possync.stock_balance b GROUP BY 1),
+    balances AS (SELECT b.sku, b.location_id, b.on_hand, b.value FROM possync.stock_balance b
+                  WHERE $1 IS NULL OR b.location_id = $1),
+    stock AS (SELECT b.location_id, sum(b.value) AS v FROM balances b GROUP BY 1),
     gl AS (SELECT l.location_id, sum(l.debit - l.credit) AS v FROM possync.journal_line l
-            WHERE l.account_code IN (SELECT account_code FROM inventory_accounts) GROUP BY 1),
-    moves AS (SELECT m.sku, m.location_id, sum(m.qty) AS q, sum(m.value) AS v FROM possync.stock_move m GROUP BY 1, 2),
+            WHERE l.account_code IN (SELECT account_code FROM inventory_accounts)
+              AND ($1 IS NULL OR l.location_id = $1) GROUP BY 1),
+    moves AS (SELECT m.sku, m.location_id, sum(m.qty) AS q, sum(m.value) AS v FROM possync.stock_move m
+               WHERE $1 IS NULL OR m.location_id = $1 GROUP BY 1, 2),
     open_transfers AS (SELECT t.from_location AS location_id, sum(tl.value_shipped - tl.value_received) AS v
-                         FROM possync.transfer t JOIN possync.transfer_line tl USING (transfer_id) GROUP BY 1),
+                         FROM possync.transfer t JOIN possync.transfer_line tl USING (transfer_id)
+                        WHERE $1 IS NULL OR t.from_location = $1 GROUP BY 1),
     transit AS (SELECT l.location_id, sum(l.debit - l.credit) AS v FROM possync.journal_line l
-                 WHERE l.account_code IN (SELECT account_code FROM transit_accounts) GROUP BY 1),
+                 WHERE l.account_code IN (SELECT account_code FROM transit_accounts)
+                   AND ($1 IS NULL OR l.location_id = $1) GROUP BY 1),
     found AS (
         SELECT 'stock_value_vs_gl_inventory' AS check_name, coalesce(s.location_id, g.location_id) AS location_id,
                NULL::text AS sku, coalesce(s.v, 0) AS expected, coalesce(g.v, 0) AS actual
@@ -191,19 +225,20 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
         UNION ALL
         SELECT 'balance_qty_vs_moves', coalesce(b.location_id, m.location_id), coalesce(b.sku, m.sku),
                coalesce(b.on_hand, 0), coalesce(m.q, 0)
-          FROM possync.stock_balance b FULL JOIN moves m ON m.sku = b.sku AND m.location_id = b.location_id
+          FROM balances b FULL JOIN moves m ON m.sku = b.sku AND m.location_id = b.location_id
         UNION ALL
         SELECT 'balance_value_vs_moves', coalesce(b.location_id, m.location_id), coalesce(b.sku, m.sku),
                coalesce(b.value, 0), coalesce(m.v, 0)
-          FROM possync.stock_balance b FULL JOIN moves m ON m.sku = b.sku AND m.location_id = b.location_id
+          FROM balances b FULL JOIN moves m ON m.sku = b.sku AND m.location_id = b.location_id
         UNION ALL
         SELECT 'in_transit_vs_open_transfers', coalesce(o.location_id, t.location_id), NULL,
                coalesce(o.v, 0), coalesce(t.v, 0)
           FROM open_transfers o FULL JOIN transit t ON t.location_id = o.location_id)
     SELECT f.check_name, f.location_id, f.sku, f.expected, f.actual, f.expected - f.actual
       FROM found f
-     WHERE f.expected <> f.actual AND (reconcile.location IS NULL OR f.location_id = reconcile.location)
-     ORDER BY 1, 2, 3
+     WHERE f.expected <> f.actual
+     ORDER BY 1, 2, 3 $q$ USING location;
+END
 $$;
 
 -- Only broken invariants; an empty result means the ledgers are sound.
@@ -271,9 +306,18 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- The journal lines (and their events) whose sum is an account's balance, for a location and a date range.
+-- For a date range it first takes the least and the greatest journal id dated in it (journal_by_day): every
+-- journal of the range lies between them, so the lines are read from the account's index for the location
+-- between those ids (the range's lines, in the usual case where ids grow with the business day), not from the
+-- account's whole history. Bounding by journal id, not by the journal's location, also finds the lines that sit
+-- at another location than their journal (in transit, at the shipping location). Planned per call with the
+-- arguments known (EXECUTE ... USING), so absent filters fold away.
 CREATE FUNCTION trace(account text, location text DEFAULT NULL, from_date date DEFAULT NULL, to_date date DEFAULT NULL)
 RETURNS TABLE (event_id text, journal_id bigint, line_no integer, business_date date, debit numeric, credit numeric)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    first_journal bigint;
+    last_journal bigint;
 BEGIN
     IF account IS NULL THEN
         RAISE EXCEPTION 'possync.trace: argument account must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -282,14 +326,26 @@ BEGIN
         RAISE EXCEPTION 'possync.trace: argument account % is not in possync.account', quote_literal(account)
             USING ERRCODE = 'invalid_parameter_value', HINT = 'pass an account code such as 4000';
     END IF;
-    RETURN QUERY
+    IF from_date IS NOT NULL OR to_date IS NOT NULL THEN
+        -- the range's journals from journal_by_day alone (not a walk of every journal id in order)
+        WITH dated AS MATERIALIZED (
+            SELECT j.journal_id AS id FROM possync.journal j
+             WHERE j.business_date BETWEEN coalesce(trace.from_date, '-infinity') AND coalesce(trace.to_date, 'infinity'))
+        SELECT min(d.id), max(d.id) INTO first_journal, last_journal FROM dated d;
+        IF first_journal IS NULL THEN
+            RETURN;
+        END IF;
+    END IF;
+    RETURN QUERY EXECUTE $q$
     SELECT j.event_id, l.journal_id, l.line_no, j.business_date, l.debit, l.credit
-      FROM possync.journal_line l JOIN possync.journal j USING (journal_id)
-     WHERE l.account_code = trace.account
-       AND (trace.location IS NULL OR l.location_id = trace.location)
-       AND (trace.from_date IS NULL OR j.business_date >= trace.from_date)
-       AND (trace.to_date IS NULL OR j.business_date <= trace.to_date)
-     ORDER BY j.business_date, l.journal_id, l.line_no;
+      FROM possync.journal_line l JOIN possync.journal j ON j.journal_id = l.journal_id
+     WHERE l.account_code = $1
+       AND ($2 IS NULL OR l.location_id = $2)
+       AND ($3 IS NULL OR j.business_date >= $3)
+       AND ($4 IS NULL OR j.business_date <= $4)
+       AND ($5 IS NULL OR l.journal_id BETWEEN $5 AND $6)
+     ORDER BY j.business_date, l.journal_id, l.line_no $q$
+    USING account, location, from_date, to_date, first_journal, last_journal;
 END
 $$;
 

@@ -59,13 +59,51 @@ SELECT l.account_code, a.name, a.kind, l.location_id,
   JOIN possync.account a USING (account_code)
  GROUP BY l.account_code, a.name, a.kind, l.location_id;
 
--- Per source: where it stands and what it left behind.
+-- Per source: where it stands and what it left behind. A rejected event is never in possync.event: it is kept
+-- as an exception (kind malformed, or unmapped for a row the bridge could not map) tagged with its source, so
+-- rejected counts those still open, and open_exceptions counts the source's open exceptions whether or not their
+-- event was stored. The bridge's role reads this view (possync.grant_bridge), not the tables behind it.
 CREATE VIEW source_status AS
 SELECT s.source_id, s.checkpoint, s.applied_at, s.events_applied,
        (SELECT count(*) FROM possync.event e WHERE e.source = s.source_id AND e.status = 'held') AS held,
-       (SELECT count(*) FROM possync.exception x JOIN possync.event e USING (event_id)
-         WHERE e.source = s.source_id AND x.status = 'open') AS open_exceptions
+       (SELECT count(*) FROM possync.exception x
+         WHERE x.status = 'open'
+           AND (x.source = s.source_id
+                OR EXISTS (SELECT 1 FROM possync.event e WHERE e.event_id = x.event_id AND e.source = s.source_id)))
+           AS open_exceptions,
+       (SELECT count(*) FROM possync.exception x
+         WHERE x.source = s.source_id AND x.status = 'open' AND x.kind IN ('malformed', 'unmapped')) AS rejected
   FROM possync.source s;
+
+-- The bridge's record of POS documents (orders) it has seen in a draft state: each key of pending is noted as
+-- waiting (first_seen kept, last_seen now), then each key of settled (final, cancelled or dropped) is forgotten;
+-- a key in both settles. Called by the bridge in the transaction of its apply_batch; SECURITY DEFINER so that
+-- a role granted only this and apply_batch (possync.grant_bridge) needs no privileges on the table.
+CREATE FUNCTION note_documents(source text, document text, pending text[], settled text[]) RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF source IS NULL OR document IS NULL OR pending IS NULL OR settled IS NULL THEN
+        RAISE EXCEPTION 'possync.note_documents: argument % must not be NULL',
+            CASE WHEN source IS NULL THEN 'source' WHEN document IS NULL THEN 'document'
+                 WHEN pending IS NULL THEN 'pending' ELSE 'settled' END
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'pass an empty array (''{}'') when there is nothing to note';
+    END IF;
+    IF array_position(pending, NULL) IS NOT NULL OR array_position(settled, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'possync.note_documents: argument % must not contain NULL keys',
+            CASE WHEN array_position(pending, NULL) IS NOT NULL THEN 'pending' ELSE 'settled' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    INSERT INTO possync.pending_document AS p (source, document, doc_key, first_seen, last_seen)
+    SELECT DISTINCT note_documents.source, note_documents.document, k.key, now(), now()
+      FROM unnest(pending) AS k(key)
+    ON CONFLICT ON CONSTRAINT pending_document_pkey DO UPDATE SET last_seen = now();
+    DELETE FROM possync.pending_document p
+     WHERE p.source = note_documents.source AND p.document = note_documents.document
+       AND p.doc_key = ANY (settled);
+END
+$$;
 
 -- Nothing is granted to PUBLIC; roles get what they need through these two functions.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA possync FROM PUBLIC;
@@ -77,7 +115,10 @@ BEGIN
     END IF;
     EXECUTE format('GRANT USAGE ON SCHEMA possync TO %s', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION possync.apply_batch(text, pg_lsn, jsonb), '
-                   'possync.source_checkpoint(text) TO %s', role_name);
+                   'possync.source_checkpoint(text), possync.note_documents(text, text, text[], text[]) TO %s',
+                   role_name);
+    -- possync-bridge status reads where each source stands
+    EXECUTE format('GRANT SELECT ON possync.source_status TO %s', role_name);
 END
 $$;
 

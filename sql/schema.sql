@@ -137,6 +137,8 @@ CREATE TABLE event (
 CREATE INDEX event_held ON event (hold_key) WHERE status = 'held';
 -- the sales audit finds which event used a register's sequence number
 CREATE INDEX event_by_register_sequence ON event (location_id, register, sequence) WHERE sequence IS NOT NULL;
+-- a store day's events: audit_day finds its day closes, check_day_close the transactions a close covers
+CREATE INDEX event_by_location_day ON event (location_id, business_date, kind);
 
 ----------------------------------------------------------------------------------------------------
 -- The stock ledger: append-only moves, and the balance they add up to
@@ -157,6 +159,8 @@ CREATE TABLE stock_move (
 CREATE SEQUENCE stock_move_move_id_seq AS bigint OWNED BY stock_move.move_id;
 ALTER TABLE stock_move ALTER COLUMN move_id SET DEFAULT nextval('stock_move_move_id_seq');
 CREATE INDEX stock_move_by_event ON stock_move (event_id);
+-- reconcile(location) adds up one location's moves per sku from the index alone
+CREATE INDEX stock_move_by_location ON stock_move (location_id, sku) INCLUDE (qty, value);
 
 CREATE TABLE stock_balance (
     sku         text NOT NULL,
@@ -237,6 +241,8 @@ CREATE TABLE journal (
 );
 CREATE SEQUENCE journal_id_seq AS bigint OWNED BY journal.journal_id;
 CREATE INDEX journal_by_event ON journal (event_id);
+-- trace() bounds a date range by the least and greatest journal id dated in it
+CREATE INDEX journal_by_day ON journal (business_date, journal_id);
 
 CREATE TABLE journal_line (
     journal_id   bigint NOT NULL,
@@ -249,7 +255,9 @@ CREATE TABLE journal_line (
     PRIMARY KEY (journal_id, line_no),
     CONSTRAINT journal_line_one_side CHECK (debit = 0 OR credit = 0)
 );
-CREATE INDEX journal_line_by_account ON journal_line (account_code, location_id);
+-- an account's lines at a location in journal order: trace() reads a range of journal ids, reconcile(location)
+-- adds up debits and credits from the index alone
+CREATE INDEX journal_line_by_account ON journal_line (account_code, location_id, journal_id) INCLUDE (debit, credit);
 
 -- A journal's lines must balance at the end of every statement that writes them, whoever writes them. Lines are
 -- never updated or deleted (below), so checking the lines a statement adds, per journal, keeps every journal
@@ -342,6 +350,20 @@ CREATE TABLE audited_day (
 CREATE INDEX exception_open ON exception (kind) WHERE status = 'open';
 
 ----------------------------------------------------------------------------------------------------
+-- POS documents (orders) seen in a draft state and not yet final, written by the bridge through
+-- possync.note_documents; one that stays longer than possync.document_final_within shows in open_exceptions
+----------------------------------------------------------------------------------------------------
+
+CREATE TABLE pending_document (
+    source     text NOT NULL,
+    document   text NOT NULL,
+    doc_key    text NOT NULL,
+    first_seen timestamptz NOT NULL DEFAULT now(),
+    last_seen  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source, document, doc_key)
+);
+
+----------------------------------------------------------------------------------------------------
 -- pg_dump keeps the data of these tables (extension configuration tables)
 ----------------------------------------------------------------------------------------------------
 
@@ -371,3 +393,4 @@ SELECT pg_catalog.pg_extension_config_dump('account_map_account_map_id_seq', '')
 SELECT pg_catalog.pg_extension_config_dump('promotion', '');
 SELECT pg_catalog.pg_extension_config_dump('register_state', '');
 SELECT pg_catalog.pg_extension_config_dump('audited_day', '');
+SELECT pg_catalog.pg_extension_config_dump('pending_document', '');

@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::str::FromStr;
 
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{pg_guard, pg_sys, GucContext, GucFlags, GucRegistry, GucSetting, PgTryBuilder};
 use rust_decimal::Decimal;
 
 static REJECT_NEGATIVE_ON_HAND: GucSetting<bool> = GucSetting::<bool>::new(false);
@@ -29,6 +29,7 @@ pub fn init() {
         GucFlags::default(),
     );
     init_audit();
+    init_documents();
 }
 
 static ALLOW_DROP: GucSetting<bool> = GucSetting::<bool>::new(false);
@@ -80,4 +81,77 @@ pub fn tax_tolerance() -> Decimal {
 /// possync.max_discount_pct as a decimal (50 when unset or not a number).
 pub fn max_discount_pct() -> Decimal {
     decimal_setting(&MAX_DISCOUNT_PCT, "50")
+}
+
+static DOCUMENT_FINAL_WITHIN: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"1 hour"));
+
+fn init_documents() {
+    // SAFETY: the check hook is a #[pg_guard] function that catches the errors it provokes
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"possync.document_final_within",
+            c"How long a POS document may wait in a draft state before open_exceptions shows it",
+            c"An interval, for example '1 hour' or '30 min'. A document the bridge noted as pending \
+              (possync.pending_document) for longer shows in possync.open_exceptions as document_not_final.",
+            &DOCUMENT_FINAL_WITHIN,
+            GucContext::Suset,
+            GucFlags::default(),
+            Some(check_document_final_within),
+            None,
+            None,
+        );
+    }
+}
+
+/// Microseconds of an interval as PostgreSQL orders intervals (a month is 30 days), or None when `text` is not an
+/// interval. Runs PostgreSQL's own interval input and catches its error.
+fn interval_micros(text: &std::ffi::CStr) -> Option<i128> {
+    let ptr = text.as_ptr();
+    PgTryBuilder::new(|| {
+        // SAFETY: interval_in reads a NUL-terminated string, a type oid and a typmod; it returns a palloc'd
+        // Interval or raises, which PgTryBuilder catches
+        let datum = unsafe {
+            pgrx::fcinfo::direct_function_call_as_datum(
+                pg_sys::interval_in,
+                &[
+                    Some(pg_sys::Datum::from(ptr)),
+                    Some(pg_sys::Datum::from(pg_sys::InvalidOid)),
+                    Some(pg_sys::Datum::from(-1i32)),
+                ],
+            )
+        }?;
+        // SAFETY: interval_in returned a pointer to an Interval
+        let iv = unsafe { &*datum.cast_mut_ptr::<pg_sys::Interval>() };
+        Some(
+            (i128::from(iv.month) * 30 + i128::from(iv.day)) * 86_400_000_000 + i128::from(iv.time),
+        )
+    })
+    .catch_others(|_| None)
+    .execute()
+}
+
+/// Refuses a possync.document_final_within that is not an interval, or is negative.
+#[pg_guard]
+unsafe extern "C-unwind" fn check_document_final_within(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: PostgreSQL passes a valid pointer to the proposed value, which may be NULL
+    let Some(value) = (unsafe { newval.as_ref() }).filter(|p| !p.is_null()) else {
+        return true;
+    };
+    // SAFETY: a non-NULL proposed value is a NUL-terminated string
+    let text = unsafe { std::ffi::CStr::from_ptr(*value) };
+    let detail = match interval_micros(text) {
+        Some(us) if us >= 0 => return true,
+        Some(_) => c"possync.document_final_within must not be negative.",
+        None => c"possync.document_final_within must be an interval such as '1 hour' or '30 min'.",
+    };
+    // SAFETY: the GUC machinery reports this palloc'd detail with its error
+    unsafe {
+        pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr());
+    }
+    false
 }

@@ -35,6 +35,7 @@ mod tests {
     include!("pg_tests/audit.rs");
     include!("pg_tests/accounting.rs");
     include!("pg_tests/defects.rs");
+    include!("pg_tests/voids_and_documents.rs");
 }
 
 /// Required by `cargo pgrx test`.

@@ -392,16 +392,16 @@ pub async fn status(erp_url: &str, sources: &[Source]) -> Result<Vec<String>, St
     let erp = connect(erp_url)
         .await
         .map_err(|e| format!("cannot connect to the ERP: {}", describe(&e)))?;
+    // the view is what possync.grant_bridge lets the bridge's role read; rejected counts the source's rejected
+    // events still open (kept as exceptions, never in possync.event)
     let rows = erp
         .query(
-            "SELECT s.source_id, s.checkpoint::text, coalesce(s.applied_at::text, '-'), s.events_applied, \
-                    (SELECT count(*) FROM possync.event e WHERE e.source = s.source_id AND e.status = 'held'), \
-                    (SELECT count(*) FROM possync.exception x WHERE x.source = s.source_id AND x.kind = 'malformed') \
-             FROM possync.source s ORDER BY 1",
+            "SELECT source_id, checkpoint::text, coalesce(applied_at::text, '-'), events_applied, held, rejected \
+             FROM possync.source_status ORDER BY 1",
             &[],
         )
         .await
-        .map_err(|e| format!("cannot read possync.source: {}", describe(&e)))?;
+        .map_err(|e| format!("cannot read possync.source_status: {}", describe(&e)))?;
     let mut lines = vec![format!(
         "{:<16} {:>14} {:>14} {:>10} {:>6} {:>8}  applied_at",
         "source", "checkpoint", "lag_bytes", "events", "held", "rejected"

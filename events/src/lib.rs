@@ -28,10 +28,13 @@ pub enum EventKind {
     Adjustment,
     Count,
     DayClose,
+    /// A cancelled till transaction that used up a register sequence number: it posts nothing, but the
+    /// register's sequence audit and its day close count it.
+    Void,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::Sale,
         EventKind::Return,
         EventKind::Exchange,
@@ -42,6 +45,7 @@ impl EventKind {
         EventKind::Adjustment,
         EventKind::Count,
         EventKind::DayClose,
+        EventKind::Void,
     ];
 
     /// The kind's name as it appears in the `kind` field.
@@ -57,6 +61,7 @@ impl EventKind {
             EventKind::Adjustment => "adjustment",
             EventKind::Count => "count",
             EventKind::DayClose => "day_close",
+            EventKind::Void => "void",
         }
     }
 
@@ -71,6 +76,12 @@ impl EventKind {
             self,
             EventKind::Sale | EventKind::Return | EventKind::Exchange
         )
+    }
+
+    /// True for kinds that use up a register's sequence number: the till transactions, and a void (a till
+    /// transaction cancelled after it took its number). The sequence audit counts these.
+    pub fn takes_register_sequence(self) -> bool {
+        self.has_tenders() || self == EventKind::Void
     }
 }
 

@@ -488,7 +488,8 @@ fn line_of(v: &Value, i: usize, kind: EventKind) -> Result<Line, Malformed> {
             }
             line.counted_qty = Some(counted);
         }
-        EventKind::DayClose => {}
+        // neither reads lines: event() returns before them
+        EventKind::DayClose | EventKind::Void => {}
     }
     Ok(line)
 }
@@ -616,6 +617,20 @@ pub(crate) fn event(value: &Value) -> Result<Event, Malformed> {
             return Err(bad("register", "is required for a day_close"));
         }
         ev.totals = Some(totals_of(&f)?);
+        return Ok(ev);
+    }
+    if kind == EventKind::Void {
+        // a cancelled till transaction: only its place in the register's sequence matters; lines or tenders
+        // it may carry stay in the kept payload and post nothing
+        if ev.register.is_none() {
+            return Err(bad("register", "is required for a void"));
+        }
+        if ev.sequence.is_none() {
+            return Err(bad(
+                "sequence",
+                "is required for a void (the register sequence number it used up)",
+            ));
+        }
         return Ok(ev);
     }
     let lines = f

@@ -284,3 +284,63 @@ fn an_exchange_takes_the_event_level_original_sale_on_its_returned_lines() {
         .collect();
     assert_eq!(origs, [Some("S1"), Some("S2"), None]);
 }
+
+fn void() -> Value {
+    json!({"event_id": "S042-3-000124", "kind": "void", "location": "S042", "register": "3",
+           "sequence": 124, "business_date": "2026-11-26", "reason": "customer walked away"})
+}
+
+#[test]
+fn a_void_needs_its_register_and_sequence_and_nothing_else() {
+    let ev = Event::from_json(&void()).expect("valid");
+    assert_eq!(ev.kind, EventKind::Void);
+    assert_eq!(
+        (ev.register.as_deref(), ev.sequence),
+        (Some("3"), Some(124))
+    );
+    assert_eq!(ev.reason.as_deref(), Some("customer walked away"));
+    assert!(ev.lines.is_empty() && ev.tenders.is_empty());
+    assert!(EventKind::Void.takes_register_sequence() && !EventKind::Void.has_tenders());
+    assert!(!EventKind::DayClose.takes_register_sequence());
+    assert_eq!(
+        Event::from_json(&ev.to_json()).expect("round trip"),
+        ev,
+        "round trips"
+    );
+
+    let mut v = void();
+    v.as_object_mut().expect("object").remove("reason");
+    assert!(Event::from_json(&v).is_ok(), "reason is optional");
+
+    // lines and tenders of the cancelled transaction are not read (they post nothing)
+    let mut v = void();
+    v["lines"] = json!([{"sku": "X", "qty": "not read"}]);
+    v["tenders"] = json!("not read either");
+    let ev = Event::from_json(&v).expect("valid");
+    assert!(ev.lines.is_empty() && ev.tenders.is_empty());
+
+    let mut v = void();
+    v.as_object_mut().expect("object").remove("sequence");
+    assert_eq!(
+        reason(v),
+        "sequence: is required for a void (the register sequence number it used up)"
+    );
+    let mut v = void();
+    v.as_object_mut().expect("object").remove("register");
+    assert_eq!(reason(v), "register: is required for a void");
+    let mut v = void();
+    v["sequence"] = json!(-1);
+    assert!(reason(v).starts_with("sequence: -1 is out of range"));
+    let mut v = void();
+    v["sequence"] = json!("12.5");
+    assert_eq!(reason(v), "sequence: expected a whole number, got 12.5");
+    let mut v = void();
+    v["reason"] = json!("x".repeat(1001));
+    assert!(reason(v).starts_with("reason: is 1001 characters long"));
+    let mut v = void();
+    v.as_object_mut().expect("object").remove("business_date");
+    assert_eq!(reason(v), "business_date: is required");
+    let mut v = void();
+    v.as_object_mut().expect("object").remove("location");
+    assert_eq!(reason(v), "location: is required");
+}

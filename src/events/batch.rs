@@ -204,7 +204,8 @@ impl Batch<'_, '_> {
         let outcome = self.post_event(ev, payload, replay);
         if !replay && matches!(outcome.status, Status::Applied | Status::Held) {
             if let (Some(register), Some(sequence)) = (&ev.register, ev.sequence) {
-                if ev.kind.has_tenders() {
+                // a void used its number up as a sale would have: counting it keeps a false gap away
+                if ev.kind.takes_register_sequence() {
                     self.sequences.push(Seen {
                         source: ev.source.clone().unwrap_or_default(),
                         location: ev.location.clone(),

@@ -110,7 +110,7 @@ impl Batch<'_, '_> {
             EventKind::TransferIn => self.post_transfer_in(ev, &mut d)?,
             EventKind::Adjustment => self.post_adjustment(ev, &mut d),
             EventKind::Count => self.post_count(ev, &mut d),
-            EventKind::DayClose => {}
+            EventKind::DayClose | EventKind::Void => {}
         }
         if !d.journal.imbalance().is_zero() {
             crate::statements::internal(&format!(

@@ -240,3 +240,89 @@ fn exception_workflow_and_kpis() {
     Spi::run("SELECT possync.reserve('w1', 'A', 'S1', 100)").expect("reserve");
     assert_eq!(num("SELECT insufficient_reservations FROM possync.kpi_oversell WHERE location_id = 'S1'"), d("1"));
 }
+
+#[pg_test]
+fn trace_of_a_day_finds_late_journals_and_lines_at_another_location_than_their_journal() {
+    setup();
+    let dated = |mut ev: Value, day: &str| {
+        ev["business_date"] = json!(day);
+        ev
+    };
+    apply(dated(receipt("r1", "DC1", &[("A", "10", "3.00")]), "2026-11-24"));
+    // shipped on the 25th from DC1, received on the 26th at S2: the transfer_in's journal is S2's, its in-transit
+    // line DC1's
+    apply(json!({"event_id": "to", "kind": "transfer_out", "location": "DC1", "business_date": "2026-11-25",
+                 "transfer_id": "T1", "to_location": "S2", "lines": [{"sku": "A", "qty": 4}]}));
+    apply(dated(till("s1", "sale", "S1", &[("A", "1", "5", "0", "0")], &[("cash", "5")]), "2026-11-26"));
+    apply(json!({"event_id": "ti", "kind": "transfer_in", "location": "S2", "business_date": "2026-11-26",
+                 "transfer_id": "T1", "from_location": "DC1", "lines": [{"sku": "A", "qty": 4}]}));
+    apply(dated(till("s2", "sale", "S1", &[("A", "2", "5", "0", "0")], &[("cash", "10")]), "2026-11-27"));
+    // the 25th's sale arrives two days late: its journal id is the newest
+    apply(dated(till("s0", "sale", "S1", &[("A", "3", "5", "0", "0")], &[("cash", "15")]), "2026-11-25"));
+    let traced = |sql: &str| -> (String, Decimal) {
+        (
+            Spi::get_one::<String>(&format!("SELECT coalesce(string_agg(event_id, ',' ORDER BY journal_id, line_no), '') FROM {sql}"))
+                .expect(sql)
+                .unwrap_or_default(),
+            num(&format!("SELECT sum(debit - credit) FROM {sql}")),
+        )
+    };
+    // in transit at DC1 on the 26th: the transfer_in's credit of 4 × 3.00, though its journal is at S2
+    assert_eq!(traced("possync.trace('1210', 'DC1', '2026-11-26', '2026-11-26')"), ("ti".into(), d("-12.00")));
+    assert_eq!(traced("possync.trace('1210', 'DC1', '2026-11-25', '2026-11-26')"), ("to,ti".into(), d("0")));
+    assert_eq!(traced("possync.trace('1210', 'S2', '2026-11-26', '2026-11-26')"), (String::new(), d("0")));
+    // revenue at S1 on the 25th: the late sale only; on the 26th and 27th the others; every day adds up to the total
+    assert_eq!(traced("possync.trace('4000', 'S1', '2026-11-25', '2026-11-25')"), ("s0".into(), d("-15")));
+    assert_eq!(traced("possync.trace('4000', 'S1', '2026-11-26', '2026-11-27')"), ("s1,s2".into(), d("-15")));
+    assert_eq!(traced("possync.trace('4000', 'S1', '2026-11-26')"), ("s1,s2".into(), d("-15")));
+    assert_eq!(traced("possync.trace('4000', 'S1', NULL, '2026-11-26')"), ("s1,s0".into(), d("-20")));
+    assert_eq!(traced("possync.trace('4000', NULL, '2026-11-25', '2026-11-25')"), ("s0".into(), d("-15")));
+    assert_eq!(traced("possync.trace('4000', 'S1')").1, account("4000", Some("S1")));
+    assert_eq!(traced("possync.trace('4000', 'S1', '2026-12-01', '2026-12-31')"), (String::new(), d("0")));
+    // ordered by business date, then journal
+    assert_eq!(
+        Spi::get_one::<String>("SELECT string_agg(event_id, ',') FROM possync.trace('4000', 'S1')").expect("order"),
+        Some("s0,s1,s2".into())
+    );
+}
+
+#[pg_test]
+fn reconcile_of_one_location_reports_what_the_whole_reconcile_reports_for_it() {
+    setup();
+    apply(receipt("r1", "S1", &[("A", "10", "2.00"), ("B", "5", "1.00")]));
+    apply(receipt("r2", "S2", &[("A", "4", "2.50")]));
+    apply(json!({"event_id": "to", "kind": "transfer_out", "location": "S1", "business_date": "2026-11-26",
+                 "transfer_id": "T1", "to_location": "S2", "lines": [{"sku": "B", "qty": 2}]}));
+    // break the books at both stores, differently
+    Spi::run(
+        "INSERT INTO possync.journal (journal_id, event_id, location_id) VALUES (900, 'manual', 'S1');
+         INSERT INTO possync.journal_line (journal_id, line_no, account_code, location_id, debit, credit)
+         VALUES (900, 1, '1200', 'S1', 5.00, 0), (900, 2, '5100', 'S1', 0, 5.00);
+         INSERT INTO possync.journal (journal_id, event_id, location_id) VALUES (901, 'manual', 'S2');
+         INSERT INTO possync.journal_line (journal_id, line_no, account_code, location_id, debit, credit)
+         VALUES (901, 1, '1210', 'S2', 1.00, 0), (901, 2, '5100', 'S2', 0, 1.00);
+         UPDATE possync.stock_balance SET on_hand = on_hand + 1 WHERE sku = 'A' AND location_id = 'S2';",
+    )
+    .expect("break");
+    let rows = |sql: &str| -> Vec<String> {
+        Spi::connect(|c| {
+            c.select(&format!("SELECT r::text FROM {sql} r"), None, &[])
+                .expect(sql)
+                .filter_map(|r| r.get::<String>(1).ok().flatten())
+                .collect()
+        })
+    };
+    let all = rows("possync.reconcile()");
+    assert_eq!(
+        all,
+        vec![
+            "(balance_qty_vs_moves,S2,A,5,4,1)",
+            "(in_transit_vs_open_transfers,S2,,0,1.00,-1.00)",
+            "(stock_value_vs_gl_inventory,S1,,23.00,28.00,-5.00)",
+        ]
+    );
+    for loc in ["S1", "S2", "DC1"] {
+        let want: Vec<String> = all.iter().filter(|r| r.split(',').nth(1) == Some(loc)).cloned().collect();
+        assert_eq!(rows(&format!("possync.reconcile('{loc}')")), want, "{loc}");
+    }
+}

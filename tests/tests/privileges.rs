@@ -95,7 +95,18 @@ async fn each_grant_allows_what_design_says_and_nothing_more() {
         refused(&bridge, "SELECT possync.source_checkpoint('pos-east')").await,
         None
     );
+    // the bridge notes documents that wait for a final state and reads where its sources stand
+    for ok in [
+        "SELECT possync.note_documents('pos-east', 'order', '{O-1,O-2}', '{}')",
+        "SELECT possync.note_documents('pos-east', 'order', '{}', '{O-2}')",
+        "SELECT * FROM possync.source_status",
+    ] {
+        assert_eq!(refused(&bridge, ok).await, None, "bridge: {ok}");
+    }
     for no in [
+        "SELECT * FROM possync.pending_document".to_string(),
+        "SELECT * FROM possync.exception".to_string(),
+        "SELECT * FROM possync.source".to_string(),
         "SELECT possync.apply_event('{}'::jsonb)".to_string(),
         "SELECT possync.replay_held()".to_string(),
         "SELECT * FROM possync.event".to_string(),
@@ -109,6 +120,54 @@ async fn each_grant_allows_what_design_says_and_nothing_more() {
             "bridge: {no}"
         );
     }
+
+    let pending: String = admin
+        .query_one(
+            "SELECT string_agg(source || '/' || document || '/' || doc_key, ',') FROM possync.pending_document",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .get(0);
+    assert_eq!(pending, "pos-east/order/O-1");
+
+    // `possync-bridge status` as the bridge's role: two events it sent were rejected, one is held
+    let rejected_and_held = json!([
+        {"event_id": "bad-1", "kind": "sale", "location": STORE},
+        {"event_id": "row-1", "kind": "unmapped", "reason": "no mapping for pos.coupon"},
+        {"event_id": "held-1", "kind": "sale", "location": "S-unknown", "business_date": "2026-11-26",
+         "lines": [{"sku": SKUS[0], "qty": 1, "unit_price": "10.00"}], "tenders": []}
+    ]);
+    assert_eq!(
+        refused(
+            &bridge,
+            &format!(
+                "SELECT possync.apply_batch('pos-east', '0/200', '{rejected_and_held}'::jsonb)"
+            )
+        )
+        .await,
+        None
+    );
+    let bridge_url = erp.url("erp").replacen("postgres@", "bridge@", 1);
+    let out = std::process::Command::new(possync_e2e::bridge_path())
+        .args(["status", "--erp", &bridge_url])
+        .output()
+        .expect("possync-bridge status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "status as the bridge's role: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("pos-east "))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    // source, checkpoint, lag, events, held, rejected
+    assert_eq!(line.get(1).copied(), Some("0/200"), "{text}");
+    assert_eq!(line.get(4).copied(), Some("1"), "held\n{text}");
+    assert_eq!(line.get(5).copied(), Some("2"), "rejected\n{text}");
 
     let nobody = connect_as(&erp, "nobody").await;
     assert_eq!(

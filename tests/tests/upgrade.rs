@@ -69,7 +69,11 @@ async fn snapshot(c: &Client) -> Vec<(String, String)> {
             "SELECT d.* FROM possync.item i, possync.atp_detail(i.sku, NULL, '2026-12-01'::timestamptz) d",
         ),
         ("open_exceptions", "SELECT kind, event_id FROM possync.open_exceptions"),
-        ("source_status", "SELECT * FROM possync.source_status"),
+        // the columns 0.1.0 had (0.2.0 adds rejected)
+        (
+            "source_status",
+            "SELECT source_id, checkpoint, applied_at, events_applied, held, open_exceptions FROM possync.source_status",
+        ),
     ] {
         out.push((name.to_string(), rows(c, sql).await));
     }
@@ -287,6 +291,39 @@ async fn keeps_working(c: &Client, rejected: i64) {
     )
     .await;
     assert_eq!(status(&out), "applied", "{out}");
+    // what 0.2.0 adds: a void takes its register number and posts nothing; documents waiting to become final
+    let lines_before = rows(c, "SELECT count(*) FROM possync.journal_line").await;
+    let void = apply(
+        c,
+        json!({"event_id": "S1-1-8", "kind": "void", "location": "S1", "register": "1", "sequence": 8,
+               "business_date": "2026-11-26"}),
+    )
+    .await;
+    assert_eq!(status(&void), "applied", "{void}");
+    assert_eq!(
+        rows(c, "SELECT count(*) FROM possync.journal_line").await,
+        lines_before,
+        "a void posts no journal"
+    );
+    exec(
+        c,
+        "SELECT possync.note_documents('pos-a', 'order', '{O-1}', '{}');
+         UPDATE possync.pending_document SET first_seen = now() - interval '2 hours';",
+    )
+    .await;
+    assert_eq!(
+        rows(
+            c,
+            "SELECT kind, source FROM possync.open_exceptions WHERE kind = 'document_not_final'"
+        )
+        .await,
+        "(document_not_final,pos-a)"
+    );
+    exec(
+        c,
+        "SELECT possync.note_documents('pos-a', 'order', '{}', '{O-1}')",
+    )
+    .await;
     let held_left: i64 = c
         .query_one(
             "SELECT count(*) FROM possync.event WHERE status = 'held'",

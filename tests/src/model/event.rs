@@ -18,6 +18,8 @@ pub enum Kind {
     Adjustment,
     Count,
     DayClose,
+    /// A cancelled till transaction that used up a register sequence number (DESIGN.md, "Clarified rules").
+    Void,
 }
 
 impl Kind {
@@ -33,6 +35,7 @@ impl Kind {
             "adjustment" => Kind::Adjustment,
             "count" => Kind::Count,
             "day_close" => Kind::DayClose,
+            "void" => Kind::Void,
             _ => return None,
         })
     }
@@ -49,12 +52,19 @@ impl Kind {
             Kind::Adjustment => "adjustment",
             Kind::Count => "count",
             Kind::DayClose => "day_close",
+            Kind::Void => "void",
         }
     }
 
     /// Kinds paid or refunded at a till: they carry tenders.
     pub fn at_till(self) -> bool {
         matches!(self, Kind::Sale | Kind::Return | Kind::Exchange)
+    }
+
+    /// Kinds whose register sequence number the sales audit counts: the till transactions and a void, which
+    /// used its number up (DESIGN.md: "the sequence audit counts it").
+    pub fn uses_a_register_number(self) -> bool {
+        self.at_till() || self == Kind::Void
     }
 }
 
@@ -85,6 +95,8 @@ pub struct Event {
     pub to_location: Option<String>,
     pub from_location: Option<String>,
     pub original_event_id: Option<String>,
+    pub register: Option<String>,
+    pub sequence: Option<i64>,
 }
 
 impl Event {
@@ -145,6 +157,19 @@ fn decimal(o: &Map<String, Value>, key: &str) -> Result<Option<Decimal>, Malform
 
 fn required_decimal(o: &Map<String, Value>, key: &str) -> Result<Decimal, Malformed> {
     decimal(o, key)?.ok_or_else(|| Malformed(key.to_string()))
+}
+
+/// A whole number in the contract's domain (0 to 2^53 − 1; README, "What an event may hold"), as a JSON number or
+/// a string.
+fn whole(o: &Map<String, Value>, key: &str) -> Result<Option<i64>, Malformed> {
+    match decimal(o, key)? {
+        None => Ok(None),
+        Some(d) if d.fract().is_zero() => match i64::try_from(d) {
+            Ok(n) if (0..=9_007_199_254_740_991).contains(&n) => Ok(Some(n)),
+            _ => bad(key),
+        },
+        Some(_) => bad(key),
+    }
 }
 
 fn is_date(s: &str) -> bool {
@@ -228,7 +253,7 @@ fn line(v: &Value, kind: Kind) -> Result<Line, Malformed> {
             }
             l.counted_qty = Some(c);
         }
-        Kind::DayClose => {}
+        Kind::DayClose | Kind::Void => {}
     }
     Ok(l)
 }
@@ -254,6 +279,8 @@ pub fn parse(v: &Value) -> Result<Event, Malformed> {
         to_location: text(o, "to_location")?,
         from_location: text(o, "from_location")?,
         original_event_id: text(o, "original_event_id")?,
+        register: text(o, "register")?,
+        sequence: whole(o, "sequence")?,
     };
     if kind == Kind::DayClose {
         if text(o, "register")?.is_none() {
@@ -264,6 +291,17 @@ pub fn parse(v: &Value) -> Result<Event, Malformed> {
                 required_decimal(t, "net_sales")?;
             }
             _ => return bad("totals"),
+        }
+        return Ok(ev);
+    }
+    if kind == Kind::Void {
+        // DESIGN.md: register, sequence, business_date, optional reason; it posts nothing, so whatever else it
+        // carries (the cancelled basket) is not read
+        if ev.register.is_none() {
+            return bad("register");
+        }
+        if ev.sequence.is_none() {
+            return bad("sequence");
         }
         return Ok(ev);
     }

@@ -36,6 +36,9 @@ pub const SOURCES: [&str; 2] = ["pos-a", "pos-b"];
 /// A sku and a location the ERP does not know: events naming them are held.
 pub const UNKNOWN_SKU: &str = "GHOST";
 pub const UNKNOWN_LOCATION: &str = "S9";
+/// The `source` every event with a register sequence number names, so that the sales audit sees one stream per
+/// register whichever call carries it.
+pub const TILL_SOURCE: &str = "pos-tills";
 
 fn dec(s: &str) -> Decimal {
     s.parse().unwrap_or_default()
@@ -197,6 +200,8 @@ pub struct Generator {
     lsn: [u64; 2],
     last_batch: [Option<(String, Vec<Value>)>; 2],
     tax_rate: Decimal,
+    /// (location, register) → the next sequence number its till gives out
+    next_number: std::collections::HashMap<(String, String), i64>,
 }
 
 const KEEP: usize = 300;
@@ -225,6 +230,7 @@ impl Generator {
             lsn: [0x1_0000_0000, 0x2_0000_0000],
             last_batch: [None, None],
             tax_rate: dec(TAX_CODE.1),
+            next_number: std::collections::HashMap::new(),
         }
     }
 
@@ -586,7 +592,8 @@ impl Generator {
             780..=789 => self.day_close(),
             790..=809 => (self.malformed(), Made::Other, false),
             810..=824 => self.unknown_master_data(),
-            825..=909 => self.repeat(in_call, well_formed, false),
+            825..=844 => self.void(),
+            845..=909 => self.repeat(in_call, well_formed, false),
             _ => self.repeat(in_call, well_formed, true),
         }
     }
@@ -619,6 +626,9 @@ impl Generator {
         }
         let mut m = self.header(&id, "sale", &loc);
         m.insert("register".into(), json!("1"));
+        if self.rng.gen_bool(0.5) {
+            self.number(&mut m, &loc);
+        }
         m.insert("lines".into(), Value::Array(lines));
         m.insert("tenders".into(), self.tenders(owed));
         let s = Sold {
@@ -938,6 +948,45 @@ impl Generator {
         (Value::Object(m), Made::Other, true)
     }
 
+    /// Gives a till event the next sequence number of one of the location's registers (now and then skipping a
+    /// few, as a till whose transactions were lost), and the one source every numbered event names.
+    fn number(&mut self, m: &mut Map<String, Value>, loc: &str) {
+        let register = if self.rng.gen_bool(0.5) { "1" } else { "2" };
+        let next = self
+            .next_number
+            .entry((loc.to_string(), register.to_string()))
+            .or_insert(1);
+        if self.rng.gen_bool(0.03) {
+            *next += 1 + self.rng.gen_range(0..3);
+        }
+        let sequence = *next;
+        *next += 1;
+        m.insert("source".into(), json!(TILL_SOURCE));
+        m.insert("register".into(), json!(register));
+        m.insert("sequence".into(), self.num(Decimal::from(sequence)));
+    }
+
+    /// A cancelled till transaction: it takes the register's next number and posts nothing, though it may carry
+    /// the basket that was cancelled (which must not post).
+    fn void(&mut self) -> (Value, Made, bool) {
+        let loc = self.pick_location();
+        let id = self.next_id("VO");
+        let mut m = self.header(&id, "void", &loc);
+        self.number(&mut m, &loc);
+        if self.rng.gen_bool(0.5) {
+            m.insert("reason".into(), json!("customer changed their mind"));
+        }
+        if self.rng.gen_bool(0.4) {
+            let sku = self.pick_skus(1).pop().unwrap_or_else(|| "A".into());
+            let qty = self.qty();
+            let price = self.price();
+            let (l, o) = self.till_line(&sku, qty, price, false);
+            m.insert("lines".into(), json!([l]));
+            m.insert("tenders".into(), self.tenders(o));
+        }
+        (Value::Object(m), Made::Other, true)
+    }
+
     /// An event that is malformed beyond doubt: an unknown kind, an impossible date, a quantity that is no
     /// number, no location, no lines, a receipt line without its cost, a transfer without its id.
     fn malformed(&mut self) -> Value {
@@ -952,7 +1001,16 @@ impl Generator {
             "tenders".into(),
             json!([{"type": "cash", "amount": "2.00"}]),
         );
-        match self.rng.gen_range(0..7) {
+        match self.rng.gen_range(0..9) {
+            7 => {
+                // a void that does not say which number it used up
+                m.insert("kind".into(), json!("void"));
+                m.insert("register".into(), json!("1"));
+            }
+            8 => {
+                m.insert("kind".into(), json!("void"));
+                m.insert("sequence".into(), json!(1));
+            }
             0 => {
                 m.insert("kind".into(), json!("teleport"));
             }

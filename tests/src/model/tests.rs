@@ -291,6 +291,7 @@ fn the_generator_stays_in_the_models_domain_and_repeats_itself() {
         let mut g = Generator::new(seed, Avoid::default());
         let mut calls = Vec::new();
         let mut statuses = std::collections::BTreeMap::<&str, usize>::new();
+        let mut most_missing = 0;
         while g.events_made < 4000 {
             let step = g
                 .next_step(&mut m)
@@ -301,12 +302,17 @@ fn the_generator_stays_in_the_models_domain_and_repeats_itself() {
                     *statuses.entry(o.status.as_str()).or_default() += 1;
                 }
             }
+            most_missing = most_missing.max(m.missing_transactions().values().sum::<i64>());
             calls.push(step.call.to_sql());
         }
-        (calls, statuses)
+        (calls, statuses, most_missing)
     };
-    let (a, statuses) = run(7);
-    let (b, _) = run(7);
+    let (a, statuses, most_missing) = run(7);
+    let (b, _, _) = run(7);
+    // the registers' numbers have real gaps to find, and voids among the numbers
+    assert!(most_missing > 5, "{most_missing}");
+    let voids = a.iter().filter(|c| c.contains("\"kind\":\"void\"")).count();
+    assert!(voids > 20, "{voids} calls carry a void");
     assert_eq!(a, b, "the same seed makes the same calls");
     for s in ["applied", "duplicate", "conflict", "held", "rejected"] {
         assert!(
@@ -391,5 +397,77 @@ fn a_reversal_moves_the_average_move_by_move() {
             value: d("11.00"),
             avg_cost: Some(d("2"))
         }
+    );
+}
+
+fn void(id: &str, loc: &str, register: &str, sequence: i64) -> Value {
+    json!({"event_id": id, "kind": "void", "location": loc, "register": register, "sequence": sequence,
+           "business_date": "2026-11-26"})
+}
+
+fn numbered_sale(id: &str, register: &str, sequence: i64) -> Value {
+    let mut v = sale(id, "S1", "A", "1");
+    v["register"] = json!(register);
+    v["sequence"] = json!(sequence);
+    v
+}
+
+#[test]
+fn a_void_posts_nothing_and_is_judged_like_any_event() {
+    let mut m = model();
+    status(&mut m, receipt("R1", "S1", "A", "2", "3.00"));
+    let before = (bal(&m, "A", "S1"), m.ledger());
+    let mut v = void("V1", "S1", "1", 1);
+    // the cancelled basket rides along and is not posted
+    v["lines"] = json!([{"sku": "A", "qty": "2", "unit_price": "9.00"}]);
+    v["tenders"] = json!([{"type": "cash", "amount": "18.00"}]);
+    let o = apply(&mut m, v.clone());
+    assert_eq!((o.status, o.exceptions.len()), (Status::Applied, 0));
+    assert_eq!((bal(&m, "A", "S1"), m.ledger()), before);
+    assert_eq!(m.state("V1"), Some(State::Applied));
+    assert_eq!(status(&mut m, v.clone()), Status::Duplicate);
+    let mut other = v.clone();
+    other["reason"] = json!("another");
+    assert_eq!(status(&mut m, other), Status::Conflict);
+    for field in ["register", "sequence"] {
+        let mut bad = void("V2", "S1", "1", 2);
+        bad.as_object_mut().expect("object").remove(field);
+        assert_eq!(status(&mut m, bad), Status::Rejected, "{field}");
+    }
+    let mut bad = void("V2", "S1", "1", 2);
+    bad["sequence"] = json!("2.5");
+    assert_eq!(status(&mut m, bad), Status::Rejected);
+    assert_eq!(
+        status(&mut m, void("V3", "S8", "1", 3)),
+        Status::Held,
+        "unknown location"
+    );
+}
+
+#[test]
+fn voids_take_register_numbers_so_only_real_gaps_are_missing() {
+    let mut m = model();
+    status(&mut m, numbered_sale("T1", "1", 1));
+    status(&mut m, void("V2", "S1", "1", 2));
+    status(&mut m, numbered_sale("T3", "1", 3));
+    assert!(m.missing_transactions().is_empty());
+    // 4 and 5 lost, 6 arrives; then 5 comes late as a void
+    status(&mut m, numbered_sale("T6", "1", 6));
+    let key = ("S1".to_string(), "1".to_string());
+    assert_eq!(m.missing_transactions().get(&key), Some(&2));
+    status(&mut m, void("V5", "S1", "1", 5));
+    assert_eq!(m.missing_transactions().get(&key), Some(&1));
+    // a duplicate or a rejected event uses no number; another register has its own
+    status(&mut m, numbered_sale("T6", "1", 6));
+    let mut bad = void("V4", "S1", "1", 4);
+    bad.as_object_mut().expect("object").remove("register");
+    status(&mut m, bad);
+    status(&mut m, void("W9", "S1", "2", 9));
+    assert_eq!(m.missing_transactions().get(&key), Some(&1));
+    status(&mut m, void("V4", "S1", "1", 4));
+    assert!(
+        m.missing_transactions().is_empty(),
+        "{:?}",
+        m.missing_transactions()
     );
 }
