@@ -719,7 +719,7 @@ async fn check_validates_a_document_mapping_against_the_pos_and_dry_runs_it() {
         text.contains(&format!("pos_order {cancelled} becomes {{")),
         "{text}"
     );
-    assert!(text.contains("\"kind\": \"void\""), "{text}");
+    assert!(text.contains("\"kind\":\"void\""), "{text}");
     let good = text.matches("becomes {").count();
     assert_eq!(good, 3, "two sales and one void: {text}");
     // nothing was written: no slot, no publication, no mirror
