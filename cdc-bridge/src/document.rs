@@ -43,14 +43,17 @@ impl MirrorTable {
     }
 }
 
-/// A master row joined to the header or to a child row: `LEFT JOIN <table> AS <alias> ON <on>`, in the order
-/// given (a lookup's condition may use the aliases before it).
+/// A master row joined to the header or to a child row, in the order given (a lookup may use the aliases before
+/// it): `{ alias, table, on }` is `LEFT JOIN <table> AS <alias> ON <on>`; `{ alias, sql }` is `LEFT JOIN LATERAL
+/// (<sql>) AS <alias> ON true`, for a row computed over other rows (sums over child rows, say) once, whatever the
+/// number of fields that use it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Lookup {
     pub alias: String,
-    pub table: String,
-    pub on: String,
+    pub table: Option<String>,
+    pub on: Option<String>,
+    pub sql: Option<String>,
 }
 
 /// Rows of a child table that become an array of the event (`lines` or `tenders`).
@@ -138,9 +141,11 @@ pub struct DocumentError {
 
 /// Where the compiled SQL runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    /// In the ERP over the mirror: `$1` is the text array of header keys, `$2` the source name.
-    Erp,
+pub enum Target<'a> {
+    /// In the ERP over the mirror: `$1` is the text array of header keys, `$2` the source name. `key_type` is
+    /// the key column's SQL type: the keys are cast to it, so that the header's key index finds them (a filter
+    /// on the key cast to text would read the whole table).
+    Erp { key_type: &'a str },
     /// In the POS, for a dry run: the `limit` most recent final headers; `$1` is the source name.
     PosDryRun { limit: u32 },
     /// In the ERP over the mirror, every settled header (for `remap`); `$1` is the source name.
@@ -218,9 +223,7 @@ pub fn validate(mirrors: &[MirrorTable], documents: &[Document]) -> Result<(), D
         }
         let mut aliases = HashSet::from([d.alias.clone()]);
         for l in &d.lookups {
-            if !mirrored(&l.table) {
-                return Err(not_mirrored(&l.table));
-            }
+            check_lookup(l, &mirrored).map_err(|r| err(&d.name, r))?;
             if !aliases.insert(l.alias.clone()) {
                 return Err(err(&d.name, format!("alias {} is used twice", l.alias)));
             }
@@ -246,9 +249,7 @@ pub fn validate(mirrors: &[MirrorTable], documents: &[Document]) -> Result<(), D
                 return Err(err(&d.name, format!("alias {} is used twice", c.alias)));
             }
             for l in &c.lookups {
-                if !mirrored(&l.table) {
-                    return Err(not_mirrored(&l.table));
-                }
+                check_lookup(l, &mirrored).map_err(|r| err(&d.name, r))?;
                 if !child_aliases.insert(l.alias.clone()) {
                     return Err(err(&d.name, format!("alias {} is used twice", l.alias)));
                 }
@@ -316,8 +317,28 @@ fn render_tree(tree: &BTreeMap<String, Node>) -> String {
 fn lookups_sql(lookups: &[Lookup]) -> String {
     lookups
         .iter()
-        .map(|l| format!(" LEFT JOIN {} AS {} ON ({})", l.table, l.alias, l.on))
+        .map(|l| match (&l.table, &l.on, &l.sql) {
+            (Some(t), Some(on), _) => format!(" LEFT JOIN {t} AS {} ON ({on})", l.alias),
+            (_, _, Some(sql)) => format!(" LEFT JOIN LATERAL ({sql}) AS {} ON true", l.alias),
+            // refused by validate()
+            _ => String::new(),
+        })
         .collect()
+}
+
+/// A lookup names a mirrored table with its condition, or gives a SQL query; never both, never neither.
+fn check_lookup(l: &Lookup, mirrored: &dyn Fn(&str) -> bool) -> Result<(), String> {
+    match (&l.table, &l.on, &l.sql) {
+        (Some(t), Some(_), None) if mirrored(t) => Ok(()),
+        (Some(t), Some(_), None) => Err(format!(
+            "table {t} is not mirrored: add [[mirror]] table = \"<schema>.{t}\""
+        )),
+        (None, None, Some(_)) => Ok(()),
+        _ => Err(format!(
+            "lookup {} needs either table and on, or sql",
+            l.alias
+        )),
+    }
 }
 
 fn child_sql(d: &Document, c: &DocumentChild) -> String {
@@ -385,9 +406,9 @@ pub const VOID: &str = "void";
 pub const PENDING: &str = "pending";
 
 /// The query that evaluates headers: rows of (key text, state text, event text or NULL while pending).
-pub fn compile(d: &Document, target: Target) -> String {
+pub fn compile(d: &Document, target: Target<'_>) -> String {
     let source = match target {
-        Target::Erp => "$2::text",
+        Target::Erp { .. } => "$2::text",
         Target::PosDryRun { .. } | Target::ErpAll => "$1::text",
     };
     let void = d.void.as_deref().unwrap_or("false");
@@ -414,7 +435,11 @@ pub fn compile(d: &Document, target: Target) -> String {
         void_event = void_sql(d, source),
     );
     match target {
-        Target::Erp => format!("{select} WHERE {key} = ANY($1::text[])"),
+        Target::Erp { key_type } => format!(
+            "{select} WHERE {h}.{k} = ANY($1::text[]::{key_type}[])",
+            h = d.alias,
+            k = d.key
+        ),
         Target::ErpAll => format!(
             "{select} WHERE s.state <> {PENDING_L} ORDER BY {h}.{k}",
             PENDING_L = literal(PENDING),
@@ -431,11 +456,11 @@ pub fn compile(d: &Document, target: Target) -> String {
 }
 
 /// The query giving only the state of headers (`$1`: the keys), for a header whose event could not be built.
-pub fn compile_state(d: &Document) -> String {
+pub fn compile_state(d: &Document, key_type: &str) -> String {
     let void = d.void.as_deref().unwrap_or("false");
     format!(
         "SELECT ({h}.{k})::text, CASE WHEN ({f}) THEN {FINAL_L} WHEN ({void}) THEN {VOID_L} ELSE {PENDING_L} END \
-         FROM {table} AS {h}{joins} WHERE ({h}.{k})::text = ANY($1::text[])",
+         FROM {table} AS {h}{joins} WHERE {h}.{k} = ANY($1::text[]::{key_type}[])",
         h = d.alias,
         k = d.key,
         f = d.final_when,
@@ -480,8 +505,8 @@ pub fn direct_touches(
 pub fn touched_by_sql(t: &TouchedBy, schema: &str) -> String {
     format!(
         "SELECT k, max(i) FROM (SELECT ({expr})::text AS k, (e.v->>'_possync_txn')::int AS i \
-           FROM jsonb_array_elements($1::text::jsonb) AS e(v) \
-           CROSS JOIN LATERAL jsonb_populate_record(NULL::{s}.{tbl}, e.v) AS {alias}) AS touched \
+           FROM json_array_elements($1::text::json) AS e(v) \
+           CROSS JOIN LATERAL json_populate_record(NULL::{s}.{tbl}, e.v) AS {alias}) AS touched \
          WHERE k IS NOT NULL GROUP BY k",
         expr = t.header,
         s = ident(schema),

@@ -304,6 +304,8 @@ pub struct DocumentPoster {
     documents: Vec<Document>,
     /// Per document, its evaluation query.
     queries: Vec<String>,
+    /// Per document, the SQL type of its header's key.
+    key_types: Vec<String>,
     statements: Mutex<HashMap<String, Statement>>,
     /// Whether the ERP has `possync.note_documents` (pending documents shown in open_exceptions).
     note_documents: bool,
@@ -353,7 +355,27 @@ impl DocumentPoster {
             MirrorError::Erp { context, source: e }
         })?;
         let documents: Vec<Document> = mapping.documents().to_vec();
-        let queries: Vec<String> = documents.iter().map(|d| compile(d, Target::Erp)).collect();
+        let key_types: Vec<String> = documents
+            .iter()
+            .map(|d| {
+                shapes
+                    .iter()
+                    .find(|s| s.name == d.table)
+                    .and_then(|s| s.columns.iter().find(|(c, _)| *c == d.key))
+                    .map(|(_, t)| t.clone())
+                    .ok_or_else(|| {
+                        MirrorError::Invalid(format!(
+                            "document {}: table {} has no column {}",
+                            d.name, d.table, d.key
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let queries: Vec<String> = documents
+            .iter()
+            .zip(&key_types)
+            .map(|(d, key_type)| compile(d, Target::Erp { key_type }))
+            .collect();
         let set_path = format!("SET search_path TO {}", ident(&schema));
         client
             .batch_execute(&format!("BEGIN; {set_path}"))
@@ -401,6 +423,7 @@ impl DocumentPoster {
             shapes,
             documents,
             queries,
+            key_types,
             statements: Mutex::new(HashMap::new()),
             note_documents,
         })
@@ -496,9 +519,11 @@ impl DocumentPoster {
         if commit_lsn <= checkpoint {
             return Ok(None);
         }
+        let t0 = std::time::Instant::now();
         let writes =
             MirrorWrites::collect(&self.shapes, txns.iter().flat_map(|t| t.changes.iter()));
         self.write_mirror(client, &writes).await?;
+        let t_mirror = t0.elapsed();
 
         // the headers touched, and the last transaction that touched each (its events go with that one): header
         // and child rows say so themselves; rows of `touched_by` tables are asked, one query per table and group
@@ -541,6 +566,7 @@ impl DocumentPoster {
                 *slot = (*slot).max(at);
             }
         }
+        let t_touch = t0.elapsed();
         // per transaction: its own events, then the documents it settled
         let mut by_txn: Vec<Vec<Value>> = txns.iter().map(|t| t.events.clone()).collect();
         for (d_i, d) in self.documents.iter().enumerate() {
@@ -576,6 +602,7 @@ impl DocumentPoster {
                     .await?;
             }
         }
+        let t_eval = t0.elapsed();
         let events: Vec<Value> = by_txn.into_iter().flatten().collect();
         let payload = serde_json::to_string(&events)?;
         let row = client
@@ -585,6 +612,16 @@ impl DocumentPoster {
             )
             .await?;
         let text: String = row.get(0);
+        tracing::debug!(
+            source,
+            txns = txns.len(),
+            events = events.len(),
+            mirror_ms = t_mirror.as_secs_f64() * 1e3,
+            touches_ms = (t_touch - t_mirror).as_secs_f64() * 1e3,
+            evaluate_ms = (t_eval - t_touch).as_secs_f64() * 1e3,
+            apply_batch_ms = (t0.elapsed() - t_eval).as_secs_f64() * 1e3,
+            "document group"
+        );
         Ok(Some(serde_json::from_str(&text)?))
     }
 
@@ -625,7 +662,10 @@ impl DocumentPoster {
                                 .batch_execute("ROLLBACK TO SAVEPOINT possync_one")
                                 .await?;
                             // a header still waiting is not a failure yet: it is evaluated again once final
-                            let state_sql = crate::document::compile_state(&self.documents[d_i]);
+                            let state_sql = crate::document::compile_state(
+                                &self.documents[d_i],
+                                &self.key_types[d_i],
+                            );
                             let state = client
                                 .query_opt(&state_sql, &[&vec![key.clone()]])
                                 .await
@@ -697,7 +737,7 @@ impl DocumentPoster {
             };
             if !deleted.is_empty() {
                 let sql = format!(
-                    "DELETE FROM {table} AS x USING jsonb_populate_recordset(NULL::{table}, $1::text::jsonb) AS d WHERE {}",
+                    "DELETE FROM {table} AS x USING json_populate_recordset(NULL::{table}, $1::text::json) AS d WHERE {}",
                     key_match("x", "d")
                 );
                 let st = self.statement(client, &sql).await?;
@@ -719,7 +759,7 @@ impl DocumentPoster {
                     format!("DO UPDATE SET {}", sets.join(", "))
                 };
                 let sql = format!(
-                    "INSERT INTO {table} SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1::text::jsonb) ON CONFLICT ({}) {on_conflict}",
+                    "INSERT INTO {table} SELECT * FROM json_populate_recordset(NULL::{table}, $1::text::json) ON CONFLICT ({}) {on_conflict}",
                     key.join(", ")
                 );
                 let st = self.statement(client, &sql).await?;
@@ -732,9 +772,7 @@ impl DocumentPoster {
                     .columns
                     .iter()
                     .filter(|(c, _)| !shape.key.contains(c))
-                    .map(|(c, _)| {
-                        format!("{c} = (jsonb_populate_record(x, e.v)).{c}", c = ident(c))
-                    })
+                    .map(|(c, _)| format!("{c} = (json_populate_record(x, e.v)).{c}", c = ident(c)))
                     .collect();
                 if !sets.is_empty() {
                     let cond: Vec<String> = shape
@@ -742,13 +780,13 @@ impl DocumentPoster {
                         .iter()
                         .map(|k| {
                             format!(
-                                "x.{k} = (jsonb_populate_record(NULL::{table}, e.v)).{k}",
+                                "x.{k} = (json_populate_record(NULL::{table}, e.v)).{k}",
                                 k = ident(k)
                             )
                         })
                         .collect();
                     let sql = format!(
-                        "UPDATE {table} AS x SET {} FROM jsonb_array_elements($1::text::jsonb) AS e(v) WHERE {}",
+                        "UPDATE {table} AS x SET {} FROM json_array_elements($1::text::json) AS e(v) WHERE {}",
                         sets.join(", "),
                         cond.join(" AND ")
                     );
@@ -811,7 +849,7 @@ pub async fn initial_copy(
             let (schema, name) = shape.pos_table.split_once('.').unwrap_or(("public", &shape.pos_table));
             let select = format!("SELECT to_jsonb(t)::text FROM {}.{} AS t", ident(schema), ident(name));
             let insert = format!(
-                "INSERT INTO {target} SELECT * FROM jsonb_populate_recordset(NULL::{target}, $1::text::jsonb) ON CONFLICT DO NOTHING"
+                "INSERT INTO {target} SELECT * FROM json_populate_recordset(NULL::{target}, $1::text::json) ON CONFLICT DO NOTHING"
             );
             let rows = pos
                 .query(&select, &[])
