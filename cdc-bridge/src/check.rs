@@ -95,7 +95,12 @@ pub async fn check(
 pub fn create_publication_sql(mapping: &Mapping) -> String {
     format!(
         "CREATE PUBLICATION {PUBLICATION} FOR TABLE {};",
-        mapping.tables().join(", ")
+        mapping
+            .tables()
+            .iter()
+            .map(|t| crate::document::qualified_sql(t))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
@@ -280,7 +285,7 @@ async fn check_source(source: &Source, mapping: &Mapping, checkpoint: Option<Lsn
                         EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
                         has_table_privilege(c.oid, 'SELECT') \
                  FROM pg_class c WHERE c.oid = to_regclass($1)",
-                &[&table],
+                &[&crate::document::qualified_sql(&table)],
             )
             .await;
         match row {
@@ -361,7 +366,11 @@ async fn check_source(source: &Source, mapping: &Mapping, checkpoint: Option<Lsn
                     "SELECT has_database_privilege(current_database(), 'CREATE') \
                         AND coalesce(bool_and(pg_has_role(c.relowner, 'USAGE')), true) \
                      FROM pg_class c WHERE c.oid = ANY(SELECT to_regclass(t) FROM unnest($1::text[]) AS t)",
-                    &[&mapping.tables()],
+                    &[&mapping
+                        .tables()
+                        .iter()
+                        .map(|t| crate::document::qualified_sql(t))
+                        .collect::<Vec<_>>()],
                 )
                 .await
                 .map(|r| r.get::<_, Option<bool>>(0).unwrap_or(false));

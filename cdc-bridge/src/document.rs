@@ -23,6 +23,15 @@ pub struct MirrorTable {
     /// Columns rows are looked up by (a child's column holding its header's key is indexed without being named).
     #[serde(default)]
     pub index: Vec<String>,
+    /// Whether the first start copies the rows the table already holds (default true). A table of years of
+    /// closed orders may be left out (`copy = false`): only its rows written from then on are mirrored, so a
+    /// draft older than the bridge is not posted when it is paid.
+    #[serde(default = "yes")]
+    pub copy: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl MirrorTable {
@@ -162,6 +171,24 @@ pub fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// A table or column name as the generated SQL writes it: as it is when PostgreSQL would read it unquoted,
+/// double-quoted otherwise (`"OrderLine"`, `"order line"`); the mapping's own SQL quotes such names itself.
+pub fn sql_name(s: &str) -> String {
+    if is_simple_name(s) {
+        s.to_string()
+    } else {
+        ident(s)
+    }
+}
+
+/// A POS table named `schema.table` in the mapping, as SQL: each part quoted when it has to be.
+pub fn qualified_sql(table: &str) -> String {
+    match table.split_once('.') {
+        Some((schema, name)) => format!("{}.{}", sql_name(schema), sql_name(name)),
+        None => sql_name(table),
+    }
+}
+
 fn is_simple_name(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
@@ -183,17 +210,17 @@ pub fn validate(mirrors: &[MirrorTable], documents: &[Document]) -> Result<(), D
                 format!("name the table {} as schema.table", m.table),
             ));
         }
-        if !is_simple_name(m.name()) {
-            return Err(err("(mirror)", format!("table name {} must be lower case letters, digits and underscores, as the documents' SQL names it unquoted", m.table)));
+        if m.name().is_empty() || m.name().contains('\0') {
+            return Err(err("(mirror)", format!("table name {} is empty", m.table)));
         }
         if !names.insert(m.name().to_string()) {
             return Err(err("(mirror)", format!("two mirrored tables are called {}: the documents' SQL names tables without their schema", m.name())));
         }
         for c in &m.index {
-            if !is_simple_name(c) {
+            if c.is_empty() || c.contains('\0') {
                 return Err(err(
                     "(mirror)",
-                    format!("index column {c} of {} is not a plain column name", m.table),
+                    format!("an index column of {} is empty", m.table),
                 ));
             }
         }
@@ -238,7 +265,7 @@ pub fn validate(mirrors: &[MirrorTable], documents: &[Document]) -> Result<(), D
             if !mirrored(&c.table) {
                 return Err(not_mirrored(&c.table));
             }
-            if !is_simple_name(&c.parent) {
+            if c.parent.is_empty() || c.parent.contains('\0') {
                 return Err(err(
                     &d.name,
                     format!("parent = \"{}\" must be a column of {}", c.parent, c.table),
@@ -260,7 +287,7 @@ pub fn validate(mirrors: &[MirrorTable], documents: &[Document]) -> Result<(), D
                 return Err(not_mirrored(&t.table));
             }
         }
-        if !is_simple_name(&d.key) {
+        if d.key.is_empty() || d.key.contains('\0') {
             return Err(err(
                 &d.name,
                 format!("key = \"{}\" must be a column", d.key),
@@ -318,7 +345,9 @@ fn lookups_sql(lookups: &[Lookup]) -> String {
     lookups
         .iter()
         .map(|l| match (&l.table, &l.on, &l.sql) {
-            (Some(t), Some(on), _) => format!(" LEFT JOIN {t} AS {} ON ({on})", l.alias),
+            (Some(t), Some(on), _) => {
+                format!(" LEFT JOIN {} AS {} ON ({on})", sql_name(t), l.alias)
+            }
             (_, _, Some(sql)) => format!(" LEFT JOIN LATERAL ({sql}) AS {} ON true", l.alias),
             // refused by validate()
             _ => String::new(),
@@ -360,12 +389,12 @@ fn child_sql(d: &Document, c: &DocumentChild) -> String {
     format!(
         "(SELECT coalesce(jsonb_agg({obj}{order}), '[]'::jsonb) FROM {table} AS {alias}{joins} WHERE {alias}.{parent} = {h}.{key}{filter})",
         obj = build_object(&fields),
-        table = c.table,
+        table = sql_name(&c.table),
         alias = c.alias,
         joins = lookups_sql(&c.lookups),
-        parent = c.parent,
+        parent = sql_name(&c.parent),
         h = d.alias,
-        key = d.key,
+        key = sql_name(&d.key),
     )
 }
 
@@ -421,11 +450,11 @@ pub fn compile(d: &Document, target: Target<'_>) -> String {
     );
     let from = format!(
         "{table} AS {h}{joins}",
-        table = d.table,
+        table = sql_name(&d.table),
         h = d.alias,
         joins = lookups_sql(&d.lookups)
     );
-    let key = format!("({}.{})::text", d.alias, d.key);
+    let key = format!("({}.{})::text", d.alias, sql_name(&d.key));
     let select = format!(
         "SELECT {key}, s.state, (CASE s.state WHEN {FINAL_L} THEN {event} WHEN {VOID_L} THEN {void_event} END)::text \
          FROM {from} CROSS JOIN LATERAL (SELECT {state} AS state) AS s",
@@ -438,19 +467,19 @@ pub fn compile(d: &Document, target: Target<'_>) -> String {
         Target::Erp { key_type } => format!(
             "{select} WHERE {h}.{k} = ANY($1::text[]::{key_type}[])",
             h = d.alias,
-            k = d.key
+            k = sql_name(&d.key)
         ),
         Target::ErpAll => format!(
             "{select} WHERE s.state <> {PENDING_L} ORDER BY {h}.{k}",
             PENDING_L = literal(PENDING),
             h = d.alias,
-            k = d.key
+            k = sql_name(&d.key)
         ),
         Target::PosDryRun { limit } => format!(
             "{select} WHERE s.state <> {PENDING_L} ORDER BY {h}.{k} DESC LIMIT {limit}",
             PENDING_L = literal(PENDING),
             h = d.alias,
-            k = d.key
+            k = sql_name(&d.key)
         ),
     }
 }
@@ -462,12 +491,12 @@ pub fn compile_state(d: &Document, key_type: &str) -> String {
         "SELECT ({h}.{k})::text, CASE WHEN ({f}) THEN {FINAL_L} WHEN ({void}) THEN {VOID_L} ELSE {PENDING_L} END \
          FROM {table} AS {h}{joins} WHERE {h}.{k} = ANY($1::text[]::{key_type}[])",
         h = d.alias,
-        k = d.key,
+        k = sql_name(&d.key),
         f = d.final_when,
         FINAL_L = literal(FINAL),
         VOID_L = literal(VOID),
         PENDING_L = literal(PENDING),
-        table = d.table,
+        table = sql_name(&d.table),
         joins = lookups_sql(&d.lookups),
     )
 }
@@ -511,7 +540,7 @@ pub fn touched_by_sql(t: &TouchedBy, schema: &str) -> String {
         expr = t.header,
         s = ident(schema),
         tbl = ident(&t.table),
-        alias = t.table,
+        alias = sql_name(&t.table),
     )
 }
 

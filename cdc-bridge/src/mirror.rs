@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
+use futures::StreamExt;
 use serde_json::{Map, Value};
 use tokio_postgres::{Client, Statement};
 
@@ -39,6 +40,8 @@ pub struct TableShape {
     pub replica_identity: char,
     /// Columns to index besides the key.
     pub index: Vec<String>,
+    /// Whether the first start copies the table's rows (see [`MirrorTable::copy`]).
+    pub copy: bool,
 }
 
 /// Why the mirror could not be set up or written.
@@ -136,6 +139,7 @@ pub async fn describe(pos: &Client, mapping: &Mapping) -> Result<Vec<TableShape>
             key,
             replica_identity: ident_kind.chars().next().unwrap_or('d'),
             index: m.index.clone(),
+            copy: m.copy,
         });
     }
     // a child is found by its parent column: index it
@@ -844,31 +848,47 @@ pub async fn initial_copy(
         .map_err(erp_err("starting the initial copy"))?;
     let mut copied = 0u64;
     let result: Result<(), MirrorError> = async {
-        for shape in poster.shapes() {
+        for shape in poster.shapes().iter().filter(|s| s.copy) {
             let target = format!("{}.{}", ident(poster.schema()), ident(&shape.name));
             let (schema, name) = shape.pos_table.split_once('.').unwrap_or(("public", &shape.pos_table));
             let select = format!("SELECT to_jsonb(t)::text FROM {}.{} AS t", ident(schema), ident(name));
             let insert = format!(
                 "INSERT INTO {target} SELECT * FROM json_populate_recordset(NULL::{target}, $1::text::json) ON CONFLICT DO NOTHING"
             );
+            // rows stream from the POS and go to the ERP 5,000 at a time: memory stays bounded by the chunk
             let rows = pos
-                .query(&select, &[])
+                .query_raw(&select, std::iter::empty::<&str>())
                 .await
                 .map_err(pos_err(format!("copying {}", shape.pos_table)))?;
-            for chunk in rows.chunks(5000) {
-                let mut json = String::from("[");
-                for (i, r) in chunk.iter().enumerate() {
-                    if i > 0 {
-                        json.push(',');
-                    }
-                    json.push_str(r.get::<_, &str>(0));
-                }
-                json.push(']');
-                client
-                    .execute(&insert, &[&json])
+            futures::pin_mut!(rows);
+            let mut chunk = String::from("[");
+            let mut in_chunk = 0usize;
+            loop {
+                let next = rows
+                    .next()
                     .await
-                    .map_err(erp_err(format!("copying {} into the mirror", shape.pos_table)))?;
-                copied += chunk.len() as u64;
+                    .transpose()
+                    .map_err(pos_err(format!("copying {}", shape.pos_table)))?;
+                if let Some(r) = &next {
+                    if in_chunk > 0 {
+                        chunk.push(',');
+                    }
+                    chunk.push_str(r.get::<_, &str>(0));
+                    in_chunk += 1;
+                }
+                if in_chunk > 0 && (next.is_none() || in_chunk == 5000) {
+                    chunk.push(']');
+                    client.execute(&insert, &[&chunk]).await.map_err(erp_err(format!(
+                        "copying {} into the mirror",
+                        shape.pos_table
+                    )))?;
+                    copied += in_chunk as u64;
+                    chunk = String::from("[");
+                    in_chunk = 0;
+                }
+                if next.is_none() {
+                    break;
+                }
             }
         }
         client

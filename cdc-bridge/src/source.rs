@@ -218,7 +218,11 @@ pub async fn ensure_publication(pos_url: &str, mapping: &Mapping) -> Result<(), 
         .is_some();
     let tables: Vec<String> = mapping.tables();
     if !exists {
-        let list = tables.join(", ");
+        let list = tables
+            .iter()
+            .map(|t| crate::document::qualified_sql(t))
+            .collect::<Vec<_>>()
+            .join(", ");
         if let Err(e) = client
             .batch_execute(&format!(
                 "CREATE PUBLICATION {PUBLICATION} FOR TABLE {list}"
@@ -247,7 +251,10 @@ pub async fn ensure_publication(pos_url: &str, mapping: &Mapping) -> Result<(), 
                 .is_some();
             if !has {
                 client
-                    .batch_execute(&format!("ALTER PUBLICATION {PUBLICATION} ADD TABLE {t}"))
+                    .batch_execute(&format!(
+                        "ALTER PUBLICATION {PUBLICATION} ADD TABLE {}",
+                        crate::document::qualified_sql(t)
+                    ))
                     .await?;
                 tracing::info!(publication = PUBLICATION, table = %t, "added table to publication");
             }

@@ -135,3 +135,55 @@ fn a_document_over_a_table_that_is_not_mirrored_is_refused_naming_it() {
     ));
     assert!(e.contains("must be lines or tenders"), "{e}");
 }
+
+#[test]
+fn names_postgresql_would_fold_are_quoted_in_the_generated_sql() {
+    let m = Mapping::from_toml(
+        r#"
+[[mirror]]
+table = "Sales.Orders"
+[[mirror]]
+table = "Sales.Order Lines"
+[[document]]
+name = "orders"
+table = "Orders"
+key = "OrderId"
+final = "h.\"Status\" = 'PAID'"
+[document.fields]
+event_id = "h.\"OrderId\"::text"
+kind = "'sale'"
+[[document.children]]
+into = "lines"
+table = "Order Lines"
+parent = "OrderId"
+[document.children.fields]
+sku = "c.\"Sku\""
+"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let d = &m.documents()[0];
+    let sql = compile(
+        d,
+        Target::Erp {
+            key_type: "integer",
+        },
+    );
+    assert!(sql.contains("FROM \"Orders\" AS h"), "{sql}");
+    assert!(
+        sql.contains("FROM \"Order Lines\" AS c WHERE c.\"OrderId\" = h.\"OrderId\""),
+        "{sql}"
+    );
+    assert!(
+        sql.ends_with("WHERE h.\"OrderId\" = ANY($1::text[]::integer[])"),
+        "{sql}"
+    );
+    assert_eq!(
+        qualified_sql("Sales.Order Lines"),
+        "\"Sales\".\"Order Lines\""
+    );
+    assert_eq!(qualified_sql("shop.pos_order"), "shop.pos_order");
+    assert!(
+        m.mirrors().iter().all(|t| t.copy),
+        "tables are copied unless told not to"
+    );
+}

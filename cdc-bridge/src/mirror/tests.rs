@@ -14,6 +14,7 @@ fn shape() -> TableShape {
         key: vec!["id".into()],
         replica_identity: 'd',
         index: vec![],
+        copy: true,
     }
 }
 
