@@ -12,8 +12,8 @@
 //! - **failing**: retrying after an error (POS or ERP disconnected), stopped, or lagging by
 //!   [`LAGGING_BELOW`] or more.
 //!
-//! The lag is the POS commit to ERP commit time of the last applied transaction; it is measured when a batch is
-//! applied, so a bridge stuck inside one apply shows the lag of the batch before (the byte lag still grows).
+//! The lag is read on the POS (see [`crate::lag`]): it keeps growing while nothing is applied, whether the ERP is
+//! down, the stream is down or one apply takes long, and it is 0 once the ERP holds everything the POS had.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -113,11 +113,8 @@ fn unix_millis() -> u64 {
 
 /// A source's lag (as time, and in WAL bytes).
 fn lag_of(s: &SourceMetrics) -> (Duration, u64) {
-    let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    (
-        Duration::from_micros(r(&s.lag_micros)),
-        r(&s.wal_end).saturating_sub(r(&s.checkpoint)),
-    )
+    let f = s.lag_figures();
+    (Duration::from_micros(f.micros), f.bytes)
 }
 
 /// A duration in seconds, exactly (microsecond precision).

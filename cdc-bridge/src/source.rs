@@ -151,6 +151,13 @@ pub async fn run(
     metrics: Arc<SourceMetrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // the lag is read on the POS whatever the session does (D6)
+    let watcher = tokio::spawn(crate::lag::watch(
+        source.url.clone(),
+        source.slot(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let mut delay = settings.retry_min;
     loop {
         if *shutdown.borrow() {
@@ -193,6 +200,7 @@ pub async fn run(
             }
         }
     }
+    watcher.abort();
     metrics.set_state(SourceState::Stopped);
     tracing::info!(source = %source.name, "source stopped");
 }
@@ -280,6 +288,9 @@ async fn session(
     .await?;
     metrics.checkpoint.store(checkpoint.0, Ordering::Relaxed);
     repl.start(&slot, PUBLICATION, checkpoint).await?;
+    // what this session receives counts for the lag until it ends
+    metrics.wal_end.store(0, Ordering::Release);
+    let _streaming = metrics.lag.streaming();
     metrics.set_state(SourceState::Streaming);
     tracing::info!(source = %source.name, slot = %slot, from = %checkpoint, system = %identity.system_id, "streaming");
 
@@ -463,8 +474,14 @@ async fn read_stream(
             msg = repl.recv() => match msg? {
                 StreamMessage::XLogData { wal_end, data, .. } => {
                     received = received.max(wal_end);
-                    metrics.wal_end.store(received.0, Ordering::Relaxed);
-                    if let Some(txn) = assembler.push(decode(&data)?)? {
+                    let txn = assembler.push(decode(&data)?)?;
+                    // before the position it came with: the lag reads them in the other order
+                    metrics.lag.assembling(assembler.in_transaction());
+                    if let Some(t) = &txn {
+                        metrics.lag.handed(t.commit_lsn, t.commit_time);
+                    }
+                    metrics.wal_end.store(received.0, Ordering::Release);
+                    if let Some(txn) = txn {
                         handed = txn.commit_lsn;
                         match tx.try_send(txn) {
                             Ok(()) => {}
@@ -475,7 +492,7 @@ async fn read_stream(
                 }
                 StreamMessage::Keepalive { wal_end, reply_requested } => {
                     received = received.max(wal_end);
-                    metrics.wal_end.store(received.0, Ordering::Relaxed);
+                    metrics.wal_end.store(received.0, Ordering::Release);
                     if reply_requested {
                         let flush = flush_position(
                             Lsn(committed.load(Ordering::Acquire)),
