@@ -58,7 +58,10 @@ pub fn health(state: SourceState, lag: Duration) -> Health {
     match state {
         SourceState::Standby => Health::Healthy,
         SourceState::Starting => Health::Lagging,
-        SourceState::Retrying | SourceState::Stopped | SourceState::SlotLost => Health::Failing,
+        SourceState::Retrying
+        | SourceState::Stopped
+        | SourceState::SlotLost
+        | SourceState::PublicationBroken => Health::Failing,
         SourceState::Streaming if lag < HEALTHY_BELOW => Health::Healthy,
         SourceState::Streaming if lag < LAGGING_BELOW => Health::Lagging,
         SourceState::Streaming => Health::Failing,

@@ -11,6 +11,7 @@ pub mod lsn;
 pub mod mapping;
 pub mod metrics;
 pub mod pgerr;
+pub mod publication;
 pub mod replication;
 pub mod resync;
 pub mod source;

@@ -32,6 +32,9 @@ pub enum SourceState {
     /// The replication slot is gone or lost its WAL while the ERP holds a checkpoint: refusing to stream from a
     /// new slot until an operator accepts the loss.
     SlotLost = 5,
+    /// The publication on the POS is not whole (a mapped table dropped from it, no inserts, dropped) or changed
+    /// while streaming: refusing to apply what it streams (see [`crate::publication`]).
+    PublicationBroken = 6,
 }
 
 impl SourceState {
@@ -42,6 +45,7 @@ impl SourceState {
             3 => SourceState::Retrying,
             4 => SourceState::Stopped,
             5 => SourceState::SlotLost,
+            6 => SourceState::PublicationBroken,
             _ => SourceState::Starting,
         }
     }
@@ -54,6 +58,7 @@ impl SourceState {
             SourceState::Retrying => "retrying",
             SourceState::Stopped => "stopped",
             SourceState::SlotLost => "slot_lost",
+            SourceState::PublicationBroken => "publication_broken",
         }
     }
 }
@@ -289,6 +294,12 @@ impl Registry {
             "possync_bridge_slot_lost",
             "1 while the source's replication slot is gone or lost its WAL and the bridge refuses to stream",
             &|s| Decimal::from(u8::from(s.state() == SourceState::SlotLost)),
+        );
+        gauge(
+            &mut out,
+            "possync_bridge_publication_broken",
+            "1 while the POS publication is not whole or changed while streaming and the bridge refuses the source",
+            &|s| Decimal::from(u8::from(s.state() == SourceState::PublicationBroken)),
         );
         let name = "possync_bridge_apply_seconds";
         let _ = writeln!(

@@ -136,6 +136,11 @@ pub enum SessionError {
     ErpConnectionLost,
     #[error("{0}")]
     SlotLost(String),
+    /// The publication on the POS is not whole or changed while streaming (see [`crate::publication`]).
+    #[error("{0}")]
+    PublicationBroken(String),
+    #[error("cannot verify the publication: {0}")]
+    Unverified(String),
 }
 
 enum SessionEnd {
@@ -178,6 +183,14 @@ pub async fn run(
             // said at ERROR by the session; looked at again until an operator acts
             Err(SessionError::SlotLost(_)) => {
                 metrics.set_state(SourceState::SlotLost);
+                tokio::select! {
+                    _ = tokio::time::sleep(settings.slot_lost_recheck) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
+            // said at ERROR by the session; looked at again until the publication is whole
+            Err(SessionError::PublicationBroken(_)) => {
+                metrics.set_state(SourceState::PublicationBroken);
                 tokio::select! {
                     _ = tokio::time::sleep(settings.slot_lost_recheck) => {}
                     _ = shutdown.changed() => break,
@@ -272,7 +285,10 @@ async fn session(
     let checkpoint = erp.checkpoint(&source.name).await?;
     metrics.checkpoint.store(checkpoint.0, Ordering::Relaxed);
 
-    ensure_publication(&source.url, mapping).await?;
+    // the publication is made or completed only for a source that never streamed; once it has, a publication
+    // that is not whole refuses the source (D5)
+    let mut publication =
+        crate::publication::Guard::start(source, mapping, &erp, checkpoint, metrics).await?;
     let mut repl = ReplicationConnection::connect(&source.url).await?;
     let identity = repl.identify_system().await?;
     let slot = source.slot();
@@ -307,7 +323,15 @@ async fn session(
         metrics.clone(),
     );
     let applier = apply_loop(
-        &erp, source, rx, checkpoint, committed, settings, metrics, shutdown,
+        &erp,
+        source,
+        rx,
+        checkpoint,
+        committed,
+        settings,
+        metrics,
+        &mut publication,
+        shutdown,
     );
     tokio::select! {
         r = reader => match r {
@@ -319,7 +343,7 @@ async fn session(
 }
 
 /// Marks a checkpoint carries in its lowest three bits (see [`slot_guard`]).
-const MARK_BITS: u64 = 7;
+pub(crate) const MARK_BITS: u64 = 7;
 
 /// The commit LSN of the last real POS transaction behind a checkpoint (without the slot-loss marks).
 pub fn last_commit_of(checkpoint: Lsn) -> Lsn {
@@ -360,7 +384,9 @@ pub(crate) async fn slot_guard(
         Some(s) if s.wal_status == "lost" => {
             Some("has lost the WAL it needed (wal_status lost, see max_slot_wal_keep_size)")
         }
-        Some(_) if unaccepted => Some("was made again after a loss that was not accepted"),
+        Some(_) if unaccepted => Some(
+            "is not trusted after a loss the ERP recorded and no operator accepted (the slot was made again, or the publication changed while it streamed: see the ERP's exception for this source)",
+        ),
         Some(_) => None,
     };
     let Some(problem) = problem else {
@@ -372,28 +398,28 @@ pub(crate) async fn slot_guard(
     };
     let name = &source.name;
     if source.accept_slot_loss == Some(last_commit) {
-        let start = match &state {
+        let next = Lsn(checkpoint.0 + if unaccepted { 1 } else { 2 });
+        let (start, at) = match &state {
             Some(s) if s.wal_status == "lost" => {
                 repl.drop_slot(slot).await?;
-                repl.create_slot(slot).await?
+                (repl.create_slot(slot).await?, next)
             }
-            Some(s) => s.confirmed_flush,
-            None => repl.create_slot(slot).await?,
+            // the slot is whole but what it holds after the checkpoint is not trusted (it was made again after
+            // the loss, or the publication changed while it streamed): streamed from the POS's position now on,
+            // which the new checkpoint names
+            Some(_) => (pos_now, rebased(pos_now, next)),
+            None => (repl.create_slot(slot).await?, next),
         };
-        let at = Lsn(checkpoint.0 + if unaccepted { 1 } else { 2 });
         let reason = format!(
             "an operator accepted (--accept-slot-loss) that the POS transactions of source {name} committed after {last_commit} and before {start} were not streamed: replication slot {slot} {problem}; the new slot streams from {start}"
         );
         let record = loss_record(name, "slot_loss_accepted", last_commit, at, &reason, start);
-        if marks + 2 <= MARK_BITS {
+        let fits = last_commit_of(at) > last_commit || marks + 2 <= MARK_BITS;
+        if fits {
             erp.apply_batch(name, at, &[record]).await?;
         }
         tracing::warn!(source = %name, slot, checkpoint = %last_commit, new_slot_start = %start, "slot loss accepted by the operator; streaming from the new slot");
-        return Ok(if marks + 2 <= MARK_BITS {
-            at
-        } else {
-            checkpoint
-        });
+        return Ok(if fits { at } else { checkpoint });
     }
     if !unaccepted && marks < MARK_BITS {
         let at = Lsn(checkpoint.0 + 1);
@@ -417,8 +443,14 @@ pub(crate) async fn slot_guard(
     Err(SessionError::SlotLost(message))
 }
 
+/// The checkpoint that moves a stream past everything the POS wrote up to `pos_now`, marked as a loss dealt with
+/// (even marks), or `next` when that is further.
+pub(crate) fn rebased(pos_now: Lsn, next: Lsn) -> Lsn {
+    Lsn((pos_now.0 & !MARK_BITS) | 2).max(next)
+}
+
 /// A record of a slot loss in the ERP: an `unmapped` event it keeps as a malformed exception.
-fn loss_record(
+pub(crate) fn loss_record(
     source: &str,
     what: &str,
     last_commit: Lsn,
@@ -529,6 +561,7 @@ async fn apply_loop(
     committed: Arc<AtomicU64>,
     settings: &ApplySettings,
     metrics: &SourceMetrics,
+    publication: &mut crate::publication::Guard,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<SessionEnd, SessionError> {
     let mut applied_to = checkpoint;
@@ -549,8 +582,13 @@ async fn apply_loop(
                     return Ok(SessionEnd::Shutdown);
                 }
                 // a lost ERP connection also lost the ownership lock: stop streaming so another bridge can take over
-                _ = liveness.tick() => if erp.is_closed() {
-                    return Err(SessionError::ErpConnectionLost);
+                _ = liveness.tick() => {
+                    if erp.is_closed() {
+                        return Err(SessionError::ErpConnectionLost);
+                    }
+                    if let Some(broken) = publication.idle_tick().await? {
+                        return Err(crate::publication::refuse_now(erp, source, metrics, broken).await);
+                    }
                 },
                 // idle with batches not yet known to be on the ERP's disk: ask how far it has flushed
                 _ = flush_check.tick(), if !unflushed.is_empty() => {
@@ -584,7 +622,16 @@ async fn apply_loop(
         }
         // after a restart the stream may repeat the transaction at the checkpoint
         batch.retain(|t| t.commit_lsn > applied_to);
-        let Some(last) = batch.last() else { continue };
+        // D5: only what was streamed while the publication was verified whole is applied
+        let broken = publication.admit(&mut batch).await?;
+        let Some(last) = batch.last() else {
+            match broken {
+                Some(b) => {
+                    return Err(crate::publication::refuse_now(erp, source, metrics, b).await)
+                }
+                None => continue,
+            }
+        };
         let last_lsn = last.commit_lsn;
         let last_commit_time = last.commit_time;
         let events: usize = batch.iter().map(|t| t.events.len()).sum();
@@ -602,6 +649,9 @@ async fn apply_loop(
         let lag = pg_now_micros().saturating_sub(last_commit_time).max(0) as u64;
         metrics.lag_micros.store(lag, Ordering::Relaxed);
         tracing::debug!(source = %source.name, commit_lsn = %last_lsn, txns = batch.len(), events, "applied batch");
+        if let Some(b) = broken {
+            return Err(crate::publication::refuse_now(erp, source, metrics, b).await);
+        }
         if *shutdown.borrow() {
             confirm_before_stop(erp, &mut unflushed, &committed).await;
             return Ok(SessionEnd::Shutdown);

@@ -13,6 +13,7 @@ mod model;
 mod network;
 mod outage;
 mod privileges;
+mod publication;
 mod refused;
 mod slot_loss;
 mod takeover;
