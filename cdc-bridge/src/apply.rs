@@ -98,6 +98,31 @@ impl Erp {
         Ok(Erp { client, apply, wal })
     }
 
+    /// Makes the server end this session, and with it the ownership lock, after `timeout` without a word from
+    /// the bridge (see [`crate::ownership`]). A server without `idle_session_timeout` (before PostgreSQL 14) is
+    /// said at WARN: there, a frozen owner keeps its sources.
+    pub async fn expire_when_idle(&self, timeout: std::time::Duration) -> Result<(), ErpError> {
+        match self
+            .client
+            .batch_execute(&crate::ownership::session_settings(timeout))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) => {
+                tracing::warn!(error = %crate::pgerr::describe(&e),
+                    "the ERP server cannot end a quiet session (idle_session_timeout needs PostgreSQL 14): a frozen bridge keeps the sources it owns");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One round trip, so that an owner with nothing to apply is not taken for a frozen one.
+    pub async fn ping(&self) -> Result<(), ErpError> {
+        self.client.batch_execute("SELECT 1").await?;
+        Ok(())
+    }
+
     /// True once the connection is gone (and with it the ownership lock).
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()

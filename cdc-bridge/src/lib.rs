@@ -10,6 +10,7 @@ pub mod lag;
 pub mod lsn;
 pub mod mapping;
 pub mod metrics;
+pub mod ownership;
 pub mod pgerr;
 pub mod publication;
 pub mod replication;

@@ -240,6 +240,11 @@ impl Guard {
         })
     }
 
+    /// The session's ordinary POS connection.
+    pub fn pos(&self) -> &Client {
+        &self.client
+    }
+
     /// The POS's position, then the shape, in two snapshots and one round trip.
     async fn read(&mut self) -> Result<(Lsn, Shape), SessionError> {
         let (position, rows) = futures::future::join(

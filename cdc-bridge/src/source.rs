@@ -36,6 +36,9 @@ pub struct ApplySettings {
     pub retry_max: Duration,
     /// How often a source whose slot was lost is looked at again.
     pub slot_lost_recheck: Duration,
+    /// How long the owner of a source may go without a word to the ERP before the source is taken from it
+    /// (see [`crate::ownership`]).
+    pub owner_timeout: Duration,
 }
 
 impl Default for ApplySettings {
@@ -50,6 +53,7 @@ impl Default for ApplySettings {
             retry_min: Duration::from_millis(200),
             retry_max: Duration::from_secs(5),
             slot_lost_recheck: Duration::from_secs(10),
+            owner_timeout: crate::ownership::DEFAULT_OWNER_TIMEOUT,
         }
     }
 }
@@ -141,6 +145,8 @@ pub enum SessionError {
     PublicationBroken(String),
     #[error("cannot verify the publication: {0}")]
     Unverified(String),
+    #[error(transparent)]
+    Takeover(#[from] crate::ownership::TakeoverError),
 }
 
 enum SessionEnd {
@@ -270,6 +276,8 @@ async fn session(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<SessionEnd, SessionError> {
     let erp = Erp::connect(erp_url, settings.erp_synchronous_commit).await?;
+    // a frozen owner loses its ERP session, its lock and so the source (D7)
+    erp.expire_when_idle(settings.owner_timeout).await?;
     let mut announced = false;
     while !erp.try_own(&source.name).await? {
         if !announced {
@@ -303,7 +311,15 @@ async fn session(
     )
     .await?;
     metrics.checkpoint.store(checkpoint.0, Ordering::Relaxed);
-    repl.start(&slot, PUBLICATION, checkpoint).await?;
+    if let Err(e) = repl.start(&slot, PUBLICATION, checkpoint).await {
+        if !crate::ownership::slot_in_use(&e) {
+            return Err(e.into());
+        }
+        // this bridge owns the source: whoever still streams its slot is a previous owner that went quiet (D7)
+        crate::ownership::end_stale_walsender(publication.pos(), &source.name, &slot).await?;
+        repl = ReplicationConnection::connect(&source.url).await?;
+        repl.start(&slot, PUBLICATION, checkpoint).await?;
+    }
     // what this session receives counts for the lag until it ends
     metrics.wal_end.store(0, Ordering::Release);
     let _streaming = metrics.lag.streaming();
@@ -586,6 +602,8 @@ async fn apply_loop(
                     if erp.is_closed() {
                         return Err(SessionError::ErpConnectionLost);
                     }
+                    // an owner with nothing to apply still speaks, or it is taken for a frozen one (D7)
+                    erp.ping().await?;
                     if let Some(broken) = publication.idle_tick().await? {
                         return Err(crate::publication::refuse_now(erp, source, metrics, broken).await);
                     }

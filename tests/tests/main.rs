@@ -8,6 +8,7 @@ mod dashboard;
 mod demo;
 mod exactly_once;
 mod hostile;
+mod hung_owner;
 mod lag;
 mod model;
 mod network;
