@@ -1,7 +1,7 @@
 //! The ERP side: the per-source advisory lock, the checkpoint, and `possync.apply_batch`.
 
 use serde_json::Value;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 use crate::lsn::Lsn;
 use crate::pgerr::{classify, ErrorClass, ServerError};
@@ -14,6 +14,8 @@ const LOCK_CLASS: i32 = 0x5053;
 pub enum ErpError {
     #[error("ERP database error: {}", crate::pgerr::describe(.0))]
     Db(#[from] tokio_postgres::Error),
+    #[error("cannot connect to the ERP: {0}")]
+    Connect(#[from] crate::tls::ConnectError),
     #[error("apply_batch returned something other than JSON: {0}")]
     Response(#[from] serde_json::Error),
     #[error("bad checkpoint from the ERP: {0}")]
@@ -31,6 +33,7 @@ impl ErpError {
     pub fn class(&self) -> ErrorClass {
         match self {
             ErpError::Db(e) => classify(e),
+            ErpError::Connect(e) => e.db().map_or(ErrorClass::Transient, classify),
             ErpError::Response(_)
             | ErpError::Checkpoint(_)
             | ErpError::Refused
@@ -84,12 +87,7 @@ impl Erp {
     /// Connects; the connection's driver runs as its own task. Unless `synchronous_commit`, the session's
     /// commits do not wait for the WAL flush; callers confirm positions with [`Erp::wal`].
     pub async fn connect(url: &str, synchronous_commit: bool) -> Result<Erp, ErpError> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %crate::pgerr::describe(&e), "ERP connection ended");
-            }
-        });
+        let client = crate::tls::connect(url).await?;
         if !synchronous_commit {
             client.batch_execute("SET synchronous_commit = off").await?;
         }

@@ -1,7 +1,5 @@
 //! `possync-bridge check` and `status`: what is wrong, said plainly.
 
-use tokio_postgres::NoTls;
-
 use crate::lsn::Lsn;
 use crate::mapping::Mapping;
 use crate::pgerr::describe;
@@ -28,10 +26,8 @@ fn problem(what: impl Into<String>) -> Finding {
     }
 }
 
-async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
+async fn connect(url: &str) -> Result<tokio_postgres::Client, crate::tls::ConnectError> {
+    crate::tls::connect(url).await
 }
 
 /// Checks the ERP (extension and privileges) and each source (wal_level, privileges, mapped tables, slot).
@@ -39,7 +35,7 @@ pub async fn check(erp_url: &str, sources: &[Source], mapping: &Mapping) -> Vec<
     let mut out = Vec::new();
     let mut checkpoints = Vec::new();
     match connect(erp_url).await {
-        Err(e) => out.push(problem(format!("ERP: cannot connect: {}", describe(&e)))),
+        Err(e) => out.push(problem(format!("ERP: cannot connect: {e}"))),
         Ok(erp) => {
             for s in sources {
                 if let Ok(row) = erp
@@ -89,10 +85,7 @@ async fn check_source(source: &Source, mapping: &Mapping, checkpoint: Option<Lsn
     let pos = match connect(&source.url).await {
         Ok(c) => c,
         Err(e) => {
-            out.push(problem(format!(
-                "{name}: cannot connect to the POS: {}",
-                describe(&e)
-            )));
+            out.push(problem(format!("{name}: cannot connect to the POS: {e}")));
             return out;
         }
     };
@@ -227,7 +220,7 @@ async fn check_source(source: &Source, mapping: &Mapping, checkpoint: Option<Lsn
 pub async fn status(erp_url: &str, sources: &[Source]) -> Result<Vec<String>, String> {
     let erp = connect(erp_url)
         .await
-        .map_err(|e| format!("cannot connect to the ERP: {}", describe(&e)))?;
+        .map_err(|e| format!("cannot connect to the ERP: {e}"))?;
     let rows = erp
         .query(
             "SELECT s.source_id, s.checkpoint::text, coalesce(s.applied_at::text, '-'), s.events_applied, \
@@ -259,7 +252,7 @@ pub async fn status(erp_url: &str, sources: &[Source]) -> Result<Vec<String>, St
                         "?".into()
                     }),
                 Err(e) => {
-                    tracing::warn!(source = %name, error = %describe(&e), "cannot connect to the POS");
+                    tracing::warn!(source = %name, error = %e, "cannot connect to the POS");
                     "unreachable".into()
                 }
             },

@@ -24,7 +24,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::watch;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::lsn::Lsn;
 use crate::metrics::{Registry, SourceMetrics, SourceState};
@@ -333,19 +333,15 @@ const BOOKS: &str = "SELECT json_build_object(
        'reconcile_discrepancies', (SELECT count(*) FROM possync.reconcile()),
        'broken_invariants', (SELECT count(*) FROM possync.check_invariants()))::text";
 
-async fn connect_erp(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %crate::pgerr::describe(&e), "dashboard ERP connection ended");
-        }
-    });
+async fn connect_erp(url: &str) -> Result<Client, String> {
+    let client = crate::tls::connect(url).await.map_err(|e| e.to_string())?;
     // a slow view must not hold the ERP; the page keeps the last figures meanwhile
     client
         .batch_execute(
             "SET application_name = 'possync-bridge dashboard'; SET statement_timeout = '4s'",
         )
-        .await?;
+        .await
+        .map_err(|e| db_error(&e))?;
     Ok(client)
 }
 
@@ -383,7 +379,7 @@ pub async fn refresh(
         }
         let read = async {
             if client.as_ref().is_none_or(Client::is_closed) {
-                client = Some(connect_erp(&erp_url).await.map_err(|e| db_error(&e))?);
+                client = Some(connect_erp(&erp_url).await?);
             }
             let Some(c) = client.as_ref() else {
                 return Err("no ERP connection".to_string());

@@ -258,7 +258,7 @@ pub async fn watch(
                     client = Some(c);
                     r
                 }
-                Err(e) => Err(crate::pgerr::describe(&e)),
+                Err(e) => Err(e.to_string()),
             },
         };
         match result {

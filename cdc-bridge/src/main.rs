@@ -147,6 +147,12 @@ enum CliError {
         setting: String,
         problem: &'static str,
     },
+    /// Names the setting, never the URL (it may hold a password).
+    #[error("{setting}: {source}")]
+    Tls {
+        setting: String,
+        source: possync_bridge::tls::TlsError,
+    },
     #[error("mapping {path}: {source}")]
     Mapping {
         path: PathBuf,
@@ -280,6 +286,14 @@ fn resolve(s: &Settings, need_sources: bool) -> Result<Resolved, CliError> {
             ))
         })?;
         source.accept_slot_loss = Some(lsn);
+    }
+    // TLS settings (sslmode, sslrootcert) are checked before anything connects
+    let tls = |setting: String, url: &str| {
+        possync_bridge::tls::validate(url).map_err(|source| CliError::Tls { setting, source })
+    };
+    tls("the ERP URL".into(), &erp)?;
+    for s in &sources {
+        tls(format!("the URL of source {}", s.name), &s.url)?;
     }
     if need_sources && sources.is_empty() {
         return Err(CliError::Usage(

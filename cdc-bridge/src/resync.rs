@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio_postgres::{NoTls, SimpleQueryMessage};
+use tokio_postgres::SimpleQueryMessage;
 
 use crate::apply::{BatchOutcome, Erp, ErpError};
 use crate::lsn::Lsn;
@@ -28,6 +28,8 @@ pub enum ResyncError {
     Replication(#[from] ReplicationError),
     #[error("POS query failed: {}", describe(.0))]
     Pos(#[from] tokio_postgres::Error),
+    #[error("cannot connect to the POS: {0}")]
+    PosConnect(#[from] crate::tls::ConnectError),
     #[error("{0}")]
     Refused(String),
 }
@@ -150,8 +152,7 @@ pub async fn resync(
     drop(repl);
 
     // then the tables: everything committed before that start is in this read
-    let (pos, connection) = tokio_postgres::connect(&source.url, NoTls).await?;
-    tokio::spawn(connection);
+    let pos = crate::tls::connect(&source.url).await?;
     pos.batch_execute(
         "SET DateStyle = ISO; SET TimeZone = 'UTC'; SET extra_float_digits = 1; \
          SET default_transaction_isolation = 'repeatable read'; BEGIN",

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::NoTls;
 
 use crate::apply::{Erp, ErpError};
 use crate::assembler::{Assembler, PosTransaction};
@@ -147,6 +146,8 @@ pub enum SessionError {
     Unverified(String),
     #[error(transparent)]
     Takeover(#[from] crate::ownership::TakeoverError),
+    #[error("cannot connect to the POS: {0}")]
+    PosConnect(#[from] crate::tls::ConnectError),
 }
 
 enum SessionEnd {
@@ -226,8 +227,7 @@ pub async fn run(
 
 /// Creates the publication for the mapped tables, or adds tables it lacks.
 pub async fn ensure_publication(pos_url: &str, mapping: &Mapping) -> Result<(), SessionError> {
-    let (client, connection) = tokio_postgres::connect(pos_url, NoTls).await?;
-    let driver = tokio::spawn(connection);
+    let client = crate::tls::connect(pos_url).await?;
     let exists = client
         .query_opt(
             "SELECT 1 FROM pg_publication WHERE pubname = $1",
@@ -263,7 +263,6 @@ pub async fn ensure_publication(pos_url: &str, mapping: &Mapping) -> Result<(), 
         }
     }
     drop(client);
-    let _ = driver.await;
     Ok(())
 }
 

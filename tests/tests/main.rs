@@ -18,4 +18,5 @@ mod publication;
 mod refused;
 mod slot_loss;
 mod takeover;
+mod tls;
 mod upgrade;
