@@ -205,11 +205,32 @@ async fn check_source(source: &Source, mapping: &Mapping, checkpoint: Option<Lsn
         .await
     {
         Ok(Some(_)) => out.push(ok(format!("{name}: publication {PUBLICATION} exists"))),
-        Ok(None) => out.push(ok(format!(
+        Ok(None) if checkpoint.is_none_or(|c| c == Lsn::ZERO) => out.push(ok(format!(
             "{name}: publication {PUBLICATION} will be created on first run"
         ))),
+        // the bridge makes it only for a source that never streamed (D5): reported below
+        Ok(None) => {}
         Err(e) => out.push(problem(format!(
             "{name}: cannot read publications: {}",
+            describe(&e)
+        ))),
+    }
+    // the publication must carry every inserted row of the mapped tables (D5)
+    match crate::publication::problems_on(&pos, mapping).await {
+        Ok(problems) => {
+            for (what, fix) in problems {
+                let never_streamed = checkpoint.is_none_or(|c| c == Lsn::ZERO);
+                if never_streamed {
+                    // made or completed by the bridge on its first run
+                    continue;
+                }
+                out.push(problem(format!(
+                    "{name}: {what}; the bridge refuses the source until it is whole (on the POS: {fix}) and the POS transactions committed meanwhile are re-posted (resync) or their loss accepted"
+                )));
+            }
+        }
+        Err(e) => out.push(problem(format!(
+            "{name}: cannot read the publication: {}",
             describe(&e)
         ))),
     }

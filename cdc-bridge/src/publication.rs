@@ -352,6 +352,25 @@ impl Guard {
     }
 }
 
+/// For `possync-bridge check`: what keeps the publication from carrying every inserted row of the mapped tables,
+/// each with its fix (empty when it is whole).
+pub async fn problems_on(
+    pos: &Client,
+    mapping: &Mapping,
+) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    let version: i32 = pos
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await?
+        .try_get(0)?;
+    let sql = if version >= 150_000 {
+        SHAPE_15
+    } else {
+        SHAPE_OLD
+    };
+    let rows = pos.query(sql, &[&PUBLICATION, &mapping.tables()]).await?;
+    Ok(shape_of(&rows)?.problems())
+}
+
 fn broken(problems: &[(String, String)], pos_now: Lsn) -> Broken {
     Broken {
         what: problems

@@ -114,6 +114,18 @@ async fn a_table_dropped_from_the_publication_stops_the_source_before_a_half_sal
             && log.contains("possync-bridge resync --from DATE --to DATE"),
         "{log}"
     );
+    // check says it too
+    let out = std::process::Command::new(bridge_path())
+        .args(["check", "--erp", &erp_url, "--source"])
+        .arg(format!("store42={}", pos.url("pos")))
+        .output()
+        .expect("possync-bridge check");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("ERROR store42: mapped table pos.tender is not in publication possync"),
+        "{said}"
+    );
     tokio::time::sleep(Duration::from_millis(3000).saturating_sub(broke.elapsed())).await;
     pos_db
         .batch_execute("ALTER PUBLICATION possync ADD TABLE pos.tender")
