@@ -210,7 +210,8 @@ fn shape_of(rows: &[tokio_postgres::Row]) -> Result<Shape, tokio_postgres::Error
 /// The publication check of one session (see the module documentation).
 pub struct Guard {
     client: Client,
-    shape_sql: &'static str,
+    position: tokio_postgres::Statement,
+    shape: tokio_postgres::Statement,
     tables: Vec<String>,
     /// The shape when the session started.
     baseline: Shape,
@@ -226,13 +227,19 @@ impl Guard {
             .query_one("SELECT current_setting('server_version_num')::int", &[])
             .await?
             .try_get(0)?;
-        Ok(Guard {
-            client,
-            shape_sql: if version >= 150_000 {
+        // prepared once: a check is then one round trip
+        let position = client.prepare(POSITION).await?;
+        let shape = client
+            .prepare(if version >= 150_000 {
                 SHAPE_15
             } else {
                 SHAPE_OLD
-            },
+            })
+            .await?;
+        Ok(Guard {
+            client,
+            position,
+            shape,
             tables: mapping.tables(),
             baseline: Shape::default(),
             verified: Lsn::ZERO,
@@ -248,9 +255,9 @@ impl Guard {
     /// The POS's position, then the shape, in two snapshots and one round trip.
     async fn read(&mut self) -> Result<(Lsn, Shape), SessionError> {
         let (position, rows) = futures::future::join(
-            self.client.query_one(POSITION, &[]),
+            self.client.query_one(&self.position, &[]),
             self.client
-                .query(self.shape_sql, &[&PUBLICATION, &self.tables]),
+                .query(&self.shape, &[&PUBLICATION, &self.tables]),
         )
         .await;
         self.checked_at = Instant::now();
