@@ -285,7 +285,10 @@ impl Guard {
         let problems = shape.problems();
         if !problems.is_empty() {
             let broken = broken(&problems, position);
-            return Err(refuse(erp, source, metrics, checkpoint, broken).await);
+            // a source that never streamed has nothing streamed incomplete: refused until the publication is
+            // whole, nothing to record
+            let record = checkpoint != Lsn::ZERO;
+            return Err(refuse(erp, source, metrics, checkpoint, broken, record).await);
         }
         guard.baseline = shape;
         guard.verified = position;
@@ -391,7 +394,7 @@ fn broken(problems: &[(String, String)], pos_now: Lsn) -> Broken {
 }
 
 /// The message an operator reads: what is wrong, what was kept from the ERP, and what to do.
-pub fn message(name: &str, last_commit: Lsn, broken: &Broken) -> String {
+pub fn message(name: &str, last_commit: Lsn, broken: &Broken, streamed: bool) -> String {
     let fix = if broken.fix.is_empty() {
         String::new()
     } else {
@@ -405,6 +408,13 @@ pub fn message(name: &str, last_commit: Lsn, broken: &Broken) -> String {
                 .join(" ")
         )
     };
+    if !streamed {
+        return format!(
+            "refusing to stream source {name}: {what} (the POS is at {pos}); nothing was streamed from it yet. Make the publication whole{fix}; the bridge looks again every few seconds and streams once it is",
+            what = broken.what,
+            pos = broken.pos_now,
+        );
+    }
     format!(
         "refusing to stream source {name}: {what} (the POS is at {pos}). POS transactions committed after {last_commit}, the last the ERP holds, may have been streamed without those rows or not at all, and none of them is applied. Make the publication whole again{fix}; the bridge looks again every few seconds. The source then stays refused until the POS transactions committed after {last_commit} are re-posted from the POS tables with possync-bridge resync --from DATE --to DATE (the business dates they may have), or their loss is accepted with possync-bridge run --accept-slot-loss {name}={last_commit}; either streams on from the POS's position at that moment (a POS transaction committed while the publication did not exist can never be decoded again by PostgreSQL 15's pgoutput, so that is the only way past it)",
         what = broken.what,
@@ -412,22 +422,24 @@ pub fn message(name: &str, last_commit: Lsn, broken: &Broken) -> String {
     )
 }
 
-/// Refuses the source for a publication that is not whole: records it in the ERP once (so that a restarted
-/// bridge refuses it too, even after the publication is fixed), says so at ERROR, and returns the session's end.
+/// Refuses the source for a publication that is not whole: with `record`, records it in the ERP once (so that a
+/// restarted bridge refuses it too, even after the publication is fixed), says so at ERROR, and returns the
+/// session's end.
 pub async fn refuse(
     erp: &Erp,
     source: &Source,
     metrics: &SourceMetrics,
     checkpoint: Lsn,
     broken: Broken,
+    record: bool,
 ) -> SessionError {
     let name = &source.name;
     let last_commit = last_commit_of(checkpoint);
-    let message = message(name, last_commit, &broken);
+    let message = message(name, last_commit, &broken, record);
     tracing::error!(source = %name, checkpoint = %last_commit, pos_wal = %broken.pos_now, "{message}");
     metrics.set_state(crate::metrics::SourceState::PublicationBroken);
     let marks = checkpoint.0 - last_commit.0;
-    if marks.is_multiple_of(2) && marks < crate::source::MARK_BITS {
+    if record && marks.is_multiple_of(2) && marks < crate::source::MARK_BITS {
         let at = Lsn(checkpoint.0 + 1);
         let reason = format!(
             "source {name}: {}; POS transactions committed after {last_commit}, up to at least {} (the POS's WAL position when this was found), may have been streamed without some rows and were not applied; the bridge refuses the source until an operator re-posts them (possync-bridge resync --from DATE --to DATE) or accepts the loss (possync-bridge run --accept-slot-loss {name}={last_commit})",
@@ -460,7 +472,7 @@ pub async fn refuse_now(
     broken: Broken,
 ) -> SessionError {
     match erp.checkpoint(&source.name).await {
-        Ok(checkpoint) => refuse(erp, source, metrics, checkpoint, broken).await,
+        Ok(checkpoint) => refuse(erp, source, metrics, checkpoint, broken, true).await,
         Err(e) => SessionError::Erp(e),
     }
 }
@@ -549,7 +561,7 @@ mod tests {
             fix: vec!["ALTER PUBLICATION possync ADD TABLE pos.tender".into()],
             pos_now: Lsn(0x2000),
         };
-        let m = message("store42", Lsn(0x1000), &b);
+        let m = message("store42", Lsn(0x1000), &b, true);
         assert!(
             m.contains("ALTER PUBLICATION possync ADD TABLE pos.tender;"),
             "{m}"
