@@ -1,7 +1,7 @@
 //! The ERP side: the per-source advisory lock, the checkpoint, and `possync.apply_batch`.
 
 use serde_json::Value;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 use crate::lsn::Lsn;
 use crate::pgerr::{classify, ErrorClass, ServerError};
@@ -14,6 +14,8 @@ const LOCK_CLASS: i32 = 0x5053;
 pub enum ErpError {
     #[error("ERP database error: {}", crate::pgerr::describe(.0))]
     Db(#[from] tokio_postgres::Error),
+    #[error("cannot connect to the ERP: {0}")]
+    Connect(#[from] crate::tls::ConnectError),
     #[error("apply_batch returned something other than JSON: {0}")]
     Response(#[from] serde_json::Error),
     #[error("bad checkpoint from the ERP: {0}")]
@@ -31,6 +33,7 @@ impl ErpError {
     pub fn class(&self) -> ErrorClass {
         match self {
             ErpError::Db(e) => classify(e),
+            ErpError::Connect(e) => e.db().map_or(ErrorClass::Transient, classify),
             ErpError::Response(_)
             | ErpError::Checkpoint(_)
             | ErpError::Refused
@@ -84,12 +87,7 @@ impl Erp {
     /// Connects; the connection's driver runs as its own task. Unless `synchronous_commit`, the session's
     /// commits do not wait for the WAL flush; callers confirm positions with [`Erp::wal`].
     pub async fn connect(url: &str, synchronous_commit: bool) -> Result<Erp, ErpError> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %crate::pgerr::describe(&e), "ERP connection ended");
-            }
-        });
+        let client = crate::tls::connect(url).await?;
         if !synchronous_commit {
             client.batch_execute("SET synchronous_commit = off").await?;
         }
@@ -101,6 +99,31 @@ impl Erp {
     /// The connection, for the statements of a document group (see [`crate::mirror`]).
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Makes the server end this session, and with it the ownership lock, after `timeout` without a word from
+    /// the bridge (see [`crate::ownership`]). A server without `idle_session_timeout` (before PostgreSQL 14) is
+    /// said at WARN: there, a frozen owner keeps its sources.
+    pub async fn expire_when_idle(&self, timeout: std::time::Duration) -> Result<(), ErpError> {
+        match self
+            .client
+            .batch_execute(&crate::ownership::session_settings(timeout))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) => {
+                tracing::warn!(error = %crate::pgerr::describe(&e),
+                    "the ERP server cannot end a quiet session (idle_session_timeout needs PostgreSQL 14): a frozen bridge keeps the sources it owns");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One round trip, so that an owner with nothing to apply is not taken for a frozen one.
+    pub async fn ping(&self) -> Result<(), ErpError> {
+        self.client.batch_execute("SELECT 1").await?;
+        Ok(())
     }
 
     /// True once the connection is gone (and with it the ownership lock).

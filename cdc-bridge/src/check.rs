@@ -1,7 +1,5 @@
 //! `possync-bridge check` and `status`: what is wrong, said plainly.
 
-use tokio_postgres::NoTls;
-
 use crate::lsn::Lsn;
 use crate::mapping::Mapping;
 use crate::pgerr::describe;
@@ -28,10 +26,8 @@ fn problem(what: impl Into<String>) -> Finding {
     }
 }
 
-async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
+async fn connect(url: &str) -> Result<tokio_postgres::Client, crate::tls::ConnectError> {
+    crate::tls::connect(url).await
 }
 
 /// Checks the ERP (extension and privileges) and each source (wal_level, privileges, mapped tables, slot).
@@ -44,7 +40,7 @@ pub async fn check(
     let mut out = Vec::new();
     let mut checkpoints = Vec::new();
     match connect(erp_url).await {
-        Err(e) => out.push(problem(format!("ERP: cannot connect: {}", describe(&e)))),
+        Err(e) => out.push(problem(format!("ERP: cannot connect: {e}"))),
         Ok(erp) => {
             for s in sources {
                 if let Ok(row) = erp
@@ -236,10 +232,7 @@ async fn check_source(source: &Source, mapping: &Mapping, checkpoint: Option<Lsn
     let pos = match connect(&source.url).await {
         Ok(c) => c,
         Err(e) => {
-            out.push(problem(format!(
-                "{name}: cannot connect to the POS: {}",
-                describe(&e)
-            )));
+            out.push(problem(format!("{name}: cannot connect to the POS: {e}")));
             return out;
         }
     };
@@ -359,7 +352,7 @@ async fn check_source(source: &Source, mapping: &Mapping, checkpoint: Option<Lsn
         .await
     {
         Ok(Some(_)) => out.push(ok(format!("{name}: publication {PUBLICATION} exists"))),
-        Ok(None) => {
+        Ok(None) if checkpoint.is_none_or(|c| c == Lsn::ZERO) => {
             // CREATE PUBLICATION ... FOR TABLE needs CREATE on the database and ownership of every table
             let may = pos
                 .query_one(
@@ -388,8 +381,29 @@ async fn check_source(source: &Source, mapping: &Mapping, checkpoint: Option<Lsn
                 ))),
             }
         }
+        // the bridge makes it only for a source that never streamed (D5): reported below
+        Ok(None) => {}
         Err(e) => out.push(problem(format!(
             "{name}: cannot read publications: {}",
+            describe(&e)
+        ))),
+    }
+    // the publication must carry every inserted row of the mapped tables (D5)
+    match crate::publication::problems_on(&pos, mapping).await {
+        Ok(problems) => {
+            for (what, fix) in problems {
+                let never_streamed = checkpoint.is_none_or(|c| c == Lsn::ZERO);
+                if never_streamed {
+                    // made or completed by the bridge on its first run
+                    continue;
+                }
+                out.push(problem(format!(
+                    "{name}: {what}; the bridge refuses the source until it is whole (on the POS: {fix}) and the POS transactions committed meanwhile are re-posted (resync) or their loss accepted"
+                )));
+            }
+        }
+        Err(e) => out.push(problem(format!(
+            "{name}: cannot read the publication: {}",
             describe(&e)
         ))),
     }
@@ -400,7 +414,7 @@ async fn check_source(source: &Source, mapping: &Mapping, checkpoint: Option<Lsn
 pub async fn status(erp_url: &str, sources: &[Source]) -> Result<Vec<String>, String> {
     let erp = connect(erp_url)
         .await
-        .map_err(|e| format!("cannot connect to the ERP: {}", describe(&e)))?;
+        .map_err(|e| format!("cannot connect to the ERP: {e}"))?;
     // the view is what possync.grant_bridge lets the bridge's role read; rejected counts the source's rejected
     // events still open (kept as exceptions, never in possync.event)
     let rows = erp
@@ -432,7 +446,7 @@ pub async fn status(erp_url: &str, sources: &[Source]) -> Result<Vec<String>, St
                         "?".into()
                     }),
                 Err(e) => {
-                    tracing::warn!(source = %name, error = %describe(&e), "cannot connect to the POS");
+                    tracing::warn!(source = %name, error = %e, "cannot connect to the POS");
                     "unreachable".into()
                 }
             },

@@ -12,8 +12,8 @@
 //! - **failing**: retrying after an error (POS or ERP disconnected), stopped, or lagging by
 //!   [`LAGGING_BELOW`] or more.
 //!
-//! The lag is the POS commit to ERP commit time of the last applied transaction; it is measured when a batch is
-//! applied, so a bridge stuck inside one apply shows the lag of the batch before (the byte lag still grows).
+//! The lag is read on the POS (see [`crate::lag`]): it keeps growing while nothing is applied, whether the ERP is
+//! down, the stream is down or one apply takes long, and it is 0 once the ERP holds everything the POS had.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -24,7 +24,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::watch;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::lsn::Lsn;
 use crate::metrics::{Registry, SourceMetrics, SourceState};
@@ -58,7 +58,10 @@ pub fn health(state: SourceState, lag: Duration) -> Health {
     match state {
         SourceState::Standby => Health::Healthy,
         SourceState::Starting => Health::Lagging,
-        SourceState::Retrying | SourceState::Stopped | SourceState::SlotLost => Health::Failing,
+        SourceState::Retrying
+        | SourceState::Stopped
+        | SourceState::SlotLost
+        | SourceState::PublicationBroken => Health::Failing,
         SourceState::Streaming if lag < HEALTHY_BELOW => Health::Healthy,
         SourceState::Streaming if lag < LAGGING_BELOW => Health::Lagging,
         SourceState::Streaming => Health::Failing,
@@ -113,11 +116,8 @@ fn unix_millis() -> u64 {
 
 /// A source's lag (as time, and in WAL bytes).
 fn lag_of(s: &SourceMetrics) -> (Duration, u64) {
-    let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    (
-        Duration::from_micros(r(&s.lag_micros)),
-        r(&s.wal_end).saturating_sub(r(&s.checkpoint)),
-    )
+    let f = s.lag_figures();
+    (Duration::from_micros(f.micros), f.bytes)
 }
 
 /// A duration in seconds, exactly (microsecond precision).
@@ -333,19 +333,15 @@ const BOOKS: &str = "SELECT json_build_object(
        'reconcile_discrepancies', (SELECT count(*) FROM possync.reconcile()),
        'broken_invariants', (SELECT count(*) FROM possync.check_invariants()))::text";
 
-async fn connect_erp(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %crate::pgerr::describe(&e), "dashboard ERP connection ended");
-        }
-    });
+async fn connect_erp(url: &str) -> Result<Client, String> {
+    let client = crate::tls::connect(url).await.map_err(|e| e.to_string())?;
     // a slow view must not hold the ERP; the page keeps the last figures meanwhile
     client
         .batch_execute(
             "SET application_name = 'possync-bridge dashboard'; SET statement_timeout = '4s'",
         )
-        .await?;
+        .await
+        .map_err(|e| db_error(&e))?;
     Ok(client)
 }
 
@@ -383,7 +379,7 @@ pub async fn refresh(
         }
         let read = async {
             if client.as_ref().is_none_or(Client::is_closed) {
-                client = Some(connect_erp(&erp_url).await.map_err(|e| db_error(&e))?);
+                client = Some(connect_erp(&erp_url).await?);
             }
             let Some(c) = client.as_ref() else {
                 return Err("no ERP connection".to_string());

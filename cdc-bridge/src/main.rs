@@ -85,6 +85,11 @@ struct Settings {
     /// an ERP crash loses nothing: what it lost is streamed again.
     #[arg(long)]
     erp_synchronous_commit: bool,
+    /// Seconds the owner of a source may go without a word to the ERP (frozen, hung, cut off) before its ERP
+    /// session ends and a standby bridge takes the source over (idle_session_timeout; a healthy owner speaks every
+    /// second).
+    #[arg(long, default_value_t = 10)]
+    owner_timeout_s: u64,
     /// Accept that a source's replication slot was lost: NAME=LSN, where LSN is the ERP checkpoint the bridge
     /// named when it refused the source. The bridge makes a new slot, records the accepted loss in the ERP and
     /// streams. A different checkpoint (a later loss) is still refused. Repeat for several sources.
@@ -105,6 +110,7 @@ struct ConfigFile {
     batch_max_txns: Option<usize>,
     batch_max_wait_ms: Option<u64>,
     erp_synchronous_commit: Option<bool>,
+    owner_timeout_s: Option<u64>,
     #[serde(default)]
     source: BTreeMap<String, String>,
 }
@@ -148,6 +154,12 @@ enum CliError {
         path: PathBuf,
         setting: String,
         problem: &'static str,
+    },
+    /// Names the setting, never the URL (it may hold a password).
+    #[error("{setting}: {source}")]
+    Tls {
+        setting: String,
+        source: possync_bridge::tls::TlsError,
     },
     #[error("mapping {path}: {source}")]
     Mapping {
@@ -283,6 +295,14 @@ fn resolve(s: &Settings, need_sources: bool) -> Result<Resolved, CliError> {
         })?;
         source.accept_slot_loss = Some(lsn);
     }
+    // TLS settings (sslmode, sslrootcert) are checked before anything connects
+    let tls = |setting: String, url: &str| {
+        possync_bridge::tls::validate(url).map_err(|source| CliError::Tls { setting, source })
+    };
+    tls("the ERP URL".into(), &erp)?;
+    for s in &sources {
+        tls(format!("the URL of source {}", s.name), &s.url)?;
+    }
     if need_sources && sources.is_empty() {
         return Err(CliError::Usage(
             "give at least one --source NAME=URL".into(),
@@ -300,6 +320,10 @@ fn resolve(s: &Settings, need_sources: bool) -> Result<Resolved, CliError> {
         ),
         erp_synchronous_commit: s.erp_synchronous_commit
             || file.erp_synchronous_commit.unwrap_or(false),
+        // at least 3 s: a healthy owner speaks every second
+        owner_timeout: Duration::from_secs(
+            file.owner_timeout_s.unwrap_or(s.owner_timeout_s).max(3),
+        ),
         ..ApplySettings::default()
     };
     Ok(Resolved {

@@ -32,6 +32,9 @@ pub enum SourceState {
     /// The replication slot is gone or lost its WAL while the ERP holds a checkpoint: refusing to stream from a
     /// new slot until an operator accepts the loss.
     SlotLost = 5,
+    /// The publication on the POS is not whole (a mapped table dropped from it, no inserts, dropped) or changed
+    /// while streaming: refusing to apply what it streams (see [`crate::publication`]).
+    PublicationBroken = 6,
 }
 
 impl SourceState {
@@ -42,6 +45,7 @@ impl SourceState {
             3 => SourceState::Retrying,
             4 => SourceState::Stopped,
             5 => SourceState::SlotLost,
+            6 => SourceState::PublicationBroken,
             _ => SourceState::Starting,
         }
     }
@@ -54,6 +58,7 @@ impl SourceState {
             SourceState::Retrying => "retrying",
             SourceState::Stopped => "stopped",
             SourceState::SlotLost => "slot_lost",
+            SourceState::PublicationBroken => "publication_broken",
         }
     }
 }
@@ -80,6 +85,8 @@ pub struct SourceMetrics {
     pub wal_end: AtomicU64,
     /// Microseconds: ERP commit time minus POS commit time of the last applied transaction.
     pub lag_micros: AtomicU64,
+    /// The lag as the POS sees it (see [`crate::lag`]).
+    pub lag: crate::lag::LagState,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
@@ -103,6 +110,7 @@ impl SourceMetrics {
             checkpoint: AtomicU64::new(0),
             wal_end: AtomicU64::new(0),
             lag_micros: AtomicU64::new(0),
+            lag: crate::lag::LagState::default(),
             latency_buckets: Default::default(),
             latency_count: AtomicU64::new(0),
             latency_sum_micros: AtomicU64::new(0),
@@ -115,6 +123,15 @@ impl SourceMetrics {
 
     pub fn state(&self) -> SourceState {
         SourceState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// The lag now: WAL bytes and microseconds the ERP is behind the POS (see [`crate::lag`]).
+    pub fn lag_figures(&self) -> crate::lag::Figures {
+        self.lag.figures(
+            crate::lag::unix_micros(),
+            crate::lsn::Lsn(self.checkpoint.load(Ordering::Acquire)),
+            crate::lsn::Lsn(self.wal_end.load(Ordering::Acquire)),
+        )
     }
 
     /// Records one apply_batch round trip.
@@ -239,14 +256,26 @@ impl Registry {
         gauge(
             &mut out,
             "possync_bridge_lag_bytes",
-            "POS WAL end minus the ERP checkpoint",
-            &|s| Decimal::from(r(&s.wal_end).saturating_sub(r(&s.checkpoint))),
+            "POS WAL position (read on the POS) minus what the ERP is known to hold",
+            &|s| Decimal::from(s.lag_figures().bytes),
         );
         gauge(
             &mut out,
             "possync_bridge_lag_seconds",
-            "POS commit to ERP commit of the last applied transaction",
-            &|s| seconds(r(&s.lag_micros)),
+            "Age of the oldest POS WAL position or transaction the ERP does not hold yet; grows while nothing is applied",
+            &|s| seconds(s.lag_figures().micros),
+        );
+        gauge(
+            &mut out,
+            "possync_bridge_pos_wal_lsn",
+            "The POS's WAL position at the last reading",
+            &|s| Decimal::from(s.lag.pos_wal().0),
+        );
+        gauge(
+            &mut out,
+            "possync_bridge_pos_reachable",
+            "1 when the last reading of the POS's WAL position succeeded",
+            &|s| Decimal::from(u8::from(s.lag.reachable())),
         );
         gauge(
             &mut out,
@@ -265,6 +294,12 @@ impl Registry {
             "possync_bridge_slot_lost",
             "1 while the source's replication slot is gone or lost its WAL and the bridge refuses to stream",
             &|s| Decimal::from(u8::from(s.state() == SourceState::SlotLost)),
+        );
+        gauge(
+            &mut out,
+            "possync_bridge_publication_broken",
+            "1 while the POS publication is not whole or changed while streaming and the bridge refuses the source",
+            &|s| Decimal::from(u8::from(s.state() == SourceState::PublicationBroken)),
         );
         let name = "possync_bridge_apply_seconds";
         let _ = writeln!(

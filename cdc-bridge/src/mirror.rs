@@ -831,10 +831,9 @@ pub async fn initial_copy(
     snapshot: &str,
     consistent_point: Lsn,
 ) -> Result<u64, MirrorError> {
-    let (pos, connection) = tokio_postgres::connect(pos_url, tokio_postgres::NoTls)
+    let pos = crate::tls::connect(pos_url)
         .await
-        .map_err(pos_err("connecting for the initial copy"))?;
-    let driver = tokio::spawn(connection);
+        .map_err(|e| MirrorError::Invalid(format!("POS: connecting for the initial copy: {e}")))?;
     pos.batch_execute(&format!(
         "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
         literal(snapshot)
@@ -915,7 +914,6 @@ pub async fn initial_copy(
     }
     let _ = pos.batch_execute("COMMIT").await;
     drop(pos);
-    let _ = driver.await;
     Ok(copied)
 }
 

@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
-use tokio_postgres::NoTls;
 
 use crate::document::{compile, ident, Target};
 use crate::mapping::Mapping;
@@ -31,10 +30,9 @@ pub struct RemapReport {
 
 /// Re-evaluates the documents of `source` and resubmits what the ERP rejected.
 pub async fn remap(erp_url: &str, source: &str, mapping: &Mapping) -> Result<RemapReport, String> {
-    let (erp, connection) = tokio_postgres::connect(erp_url, NoTls)
+    let erp = crate::tls::connect(erp_url)
         .await
-        .map_err(|e| format!("cannot connect to the ERP: {}", describe(&e)))?;
-    tokio::spawn(connection);
+        .map_err(|e| format!("cannot connect to the ERP: {e}"))?;
     let schema = crate::mirror::schema_of(source);
     // the open rejections of this source: by event id, and mapping failures by (document, key)
     let rows = erp

@@ -27,6 +27,8 @@ pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 pub enum ReplicationError {
     #[error("invalid POS connection URL: {}", describe_client_error(.0))]
     Url(PgWireClientError),
+    #[error("POS connection TLS settings: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot connect to the POS for replication: {}", describe_client_error(.0))]
     Connect(PgWireClientError),
     #[error("POS replication protocol error: {0}")]
@@ -232,11 +234,12 @@ pub fn pg_now_micros() -> i64 {
 impl ReplicationConnection {
     /// Connects and authenticates with `replication=database`. The URL's password is never logged.
     pub async fn connect(url: &str) -> Result<ReplicationConnection, ReplicationError> {
-        let config = Config::from_str(url).map_err(ReplicationError::Url)?;
+        let (url, tls) = crate::tls::for_replication(url)?;
+        let config = Config::from_str(&url).map_err(ReplicationError::Url)?;
         let handler = ReplicationStartup {
             inner: DefaultStartupHandler::new(),
         };
-        let client = PgWireClient::connect(Arc::new(config), handler, None)
+        let client = PgWireClient::connect(Arc::new(config), handler, tls)
             .await
             .map_err(ReplicationError::Connect)?;
         Ok(ReplicationConnection { client })

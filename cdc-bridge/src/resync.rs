@@ -1,5 +1,6 @@
-//! `possync-bridge resync`: after a slot loss, re-read the POS tables for a range of business dates and post what
-//! the ERP lacks, by event id, exactly once, then let the bridge stream from a new slot.
+//! `possync-bridge resync`: after a slot loss (or a publication changed while streaming, see
+//! [`crate::publication`]), re-read the POS tables for a range of business dates and post what the ERP lacks, by
+//! event id, exactly once, then let the bridge stream from a new slot (or from the POS's position now).
 //!
 //! The order makes it exact: the new slot is made first, so every POS transaction committed after its start is
 //! streamed; the tables are read afterwards, so every row committed before that start (and after) is in the read.
@@ -10,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio_postgres::{NoTls, SimpleQueryMessage};
+use tokio_postgres::SimpleQueryMessage;
 
 use crate::apply::{BatchOutcome, Erp, ErpError};
 use crate::lsn::Lsn;
@@ -27,6 +28,8 @@ pub enum ResyncError {
     Replication(#[from] ReplicationError),
     #[error("POS query failed: {}", describe(.0))]
     Pos(#[from] tokio_postgres::Error),
+    #[error("cannot connect to the POS: {0}")]
+    PosConnect(#[from] crate::tls::ConnectError),
     #[error("{0}")]
     Refused(String),
 }
@@ -87,7 +90,7 @@ fn text_key(v: Option<&Value>) -> String {
 }
 
 /// Re-posts the events of the POS rows whose business date is within `from..=to` (outbox payloads by their
-/// `business_date`), for a source the bridge refused for a slot loss.
+/// `business_date`), for a source the bridge refused for a recorded loss.
 pub async fn resync(
     erp_url: &str,
     source: &Source,
@@ -104,7 +107,7 @@ pub async fn resync(
     let erp = Erp::connect(erp_url, true).await?;
     let refused = |checkpoint: Lsn| {
         ResyncError::Refused(format!(
-            "source {name} is not refused for a slot loss (ERP checkpoint {checkpoint}); resync re-posts what a lost slot could not stream, after the bridge has recorded the loss"
+            "source {name} is not refused for a slot loss or a broken publication (ERP checkpoint {checkpoint}); resync re-posts what a lost slot or a broken publication could not stream, after the bridge has recorded the loss"
         ))
     };
     let seen = erp.checkpoint(name).await?;
@@ -116,7 +119,7 @@ pub async fn resync(
     while !erp.try_own(name).await? {
         if Instant::now() > deadline {
             return Err(ResyncError::Refused(format!(
-                "another bridge has owned source {name} for a minute; is it streaming? resync is for a source refused for a slot loss"
+                "another bridge has owned source {name} for a minute; is it streaming? resync is for a source refused for a recorded loss"
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -131,25 +134,30 @@ pub async fn resync(
     // the new slot first: everything committed after its start is streamed
     let slot = source.slot();
     let mut repl = ReplicationConnection::connect(&source.url).await?;
-    let start = match repl.slot_state(&slot).await? {
+    let next = Lsn(checkpoint.0 + 1);
+    let (start, at) = match repl.slot_state(&slot).await? {
         Some(s) if s.wal_status == "lost" => {
             repl.drop_slot(&slot).await?;
-            repl.create_slot(&slot).await?
+            (repl.create_slot(&slot).await?, next)
         }
-        Some(s) => s.confirmed_flush,
-        None => repl.create_slot(&slot).await?,
+        // a whole slot whose stream is not trusted after the checkpoint (made again after the loss, or its
+        // publication changed while it streamed): the stream goes on from the POS's position now, past what the
+        // tables read below hold
+        Some(_) => {
+            let now = repl.identify_system().await?.wal_position;
+            (now, crate::source::rebased(now, next))
+        }
+        None => (repl.create_slot(&slot).await?, next),
     };
     drop(repl);
 
     // then the tables: everything committed before that start is in this read
-    let (pos, connection) = tokio_postgres::connect(&source.url, NoTls).await?;
-    tokio::spawn(connection);
+    let pos = crate::tls::connect(&source.url).await?;
     pos.batch_execute(
         "SET DateStyle = ISO; SET TimeZone = 'UTC'; SET extra_float_digits = 1; \
          SET default_transaction_isolation = 'repeatable read'; BEGIN",
     )
     .await?;
-    let at = Lsn(checkpoint.0 + 1);
     let mut events: Vec<Value> = Vec::new();
     for em in mapping.event_mappings() {
         let Some(date_column) = em.fields.get("business_date").map(|f| f.column()) else {
@@ -225,8 +233,7 @@ pub async fn resync(
     let _ = pos.batch_execute("COMMIT").await;
     let events_read = events.len();
     let reason = format!(
-        "resync: replication slot {} of source {name} was lost; the POS rows of business dates {from} to {to} were re-read and posted ({events_read} events, those the ERP had are duplicates); POS transactions committed after {last_commit} and before the new slot's start {start} with other business dates were not re-read",
-        slot
+        "resync: the stream of source {name} after {last_commit} was lost (replication slot {slot} lost, or its publication changed while streaming); the POS rows of business dates {from} to {to} were re-read and posted ({events_read} events, those the ERP had are duplicates); POS transactions committed after {last_commit} and before the stream's new start {start} with other business dates were not re-read"
     );
     events.push(serde_json::json!({
         "event_id": format!("{name}:slot_loss_resynced:{last_commit}:{at}"),

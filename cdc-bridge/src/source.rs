@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::NoTls;
 
 use crate::apply::{Erp, ErpError};
 use crate::assembler::{Assembler, PosTransaction};
@@ -36,6 +35,9 @@ pub struct ApplySettings {
     pub retry_max: Duration,
     /// How often a source whose slot was lost is looked at again.
     pub slot_lost_recheck: Duration,
+    /// How long the owner of a source may go without a word to the ERP before the source is taken from it
+    /// (see [`crate::ownership`]).
+    pub owner_timeout: Duration,
 }
 
 impl Default for ApplySettings {
@@ -50,6 +52,7 @@ impl Default for ApplySettings {
             retry_min: Duration::from_millis(200),
             retry_max: Duration::from_secs(5),
             slot_lost_recheck: Duration::from_secs(10),
+            owner_timeout: crate::ownership::DEFAULT_OWNER_TIMEOUT,
         }
     }
 }
@@ -140,6 +143,15 @@ pub enum SessionError {
     Publication(String),
     #[error("mirror of the POS tables: {0}")]
     Mirror(#[from] crate::mirror::MirrorError),
+    /// The publication on the POS is not whole or changed while streaming (see [`crate::publication`]).
+    #[error("{0}")]
+    PublicationBroken(String),
+    #[error("cannot verify the publication: {0}")]
+    Unverified(String),
+    #[error(transparent)]
+    Takeover(#[from] crate::ownership::TakeoverError),
+    #[error("cannot connect to the POS: {0}")]
+    PosConnect(#[from] crate::tls::ConnectError),
 }
 
 enum SessionEnd {
@@ -155,6 +167,13 @@ pub async fn run(
     metrics: Arc<SourceMetrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // the lag is read on the POS whatever the session does (D6)
+    let watcher = tokio::spawn(crate::lag::watch(
+        source.url.clone(),
+        source.slot(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let mut delay = settings.retry_min;
     loop {
         if *shutdown.borrow() {
@@ -175,6 +194,14 @@ pub async fn run(
             // said at ERROR by the session; looked at again until an operator acts
             Err(SessionError::SlotLost(_)) => {
                 metrics.set_state(SourceState::SlotLost);
+                tokio::select! {
+                    _ = tokio::time::sleep(settings.slot_lost_recheck) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
+            // said at ERROR by the session; looked at again until the publication is whole
+            Err(SessionError::PublicationBroken(_)) => {
+                metrics.set_state(SourceState::PublicationBroken);
                 tokio::select! {
                     _ = tokio::time::sleep(settings.slot_lost_recheck) => {}
                     _ = shutdown.changed() => break,
@@ -201,14 +228,14 @@ pub async fn run(
             }
         }
     }
+    watcher.abort();
     metrics.set_state(SourceState::Stopped);
     tracing::info!(source = %source.name, "source stopped");
 }
 
 /// Creates the publication for the mapped tables, or adds tables it lacks.
 pub async fn ensure_publication(pos_url: &str, mapping: &Mapping) -> Result<(), SessionError> {
-    let (client, connection) = tokio_postgres::connect(pos_url, NoTls).await?;
-    let driver = tokio::spawn(connection);
+    let client = crate::tls::connect(pos_url).await?;
     let exists = client
         .query_opt(
             "SELECT 1 FROM pg_publication WHERE pubname = $1",
@@ -261,7 +288,6 @@ pub async fn ensure_publication(pos_url: &str, mapping: &Mapping) -> Result<(), 
         }
     }
     drop(client);
-    let _ = driver.await;
     Ok(())
 }
 
@@ -274,6 +300,8 @@ async fn session(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<SessionEnd, SessionError> {
     let erp = Erp::connect(erp_url, settings.erp_synchronous_commit).await?;
+    // a frozen owner loses its ERP session, its lock and so the source (D7)
+    erp.expire_when_idle(settings.owner_timeout).await?;
     let mut announced = false;
     while !erp.try_own(&source.name).await? {
         if !announced {
@@ -289,18 +317,14 @@ async fn session(
     let checkpoint = erp.checkpoint(&source.name).await?;
     metrics.checkpoint.store(checkpoint.0, Ordering::Relaxed);
 
-    ensure_publication(&source.url, mapping).await?;
+    // the publication is made or completed only for a source that never streamed; once it has, a publication
+    // that is not whole refuses the source (D5)
+    let mut publication =
+        crate::publication::Guard::start(source, mapping, &erp, checkpoint, metrics).await?;
     let poster = if mapping.mirrors().is_empty() {
         None
     } else {
-        let shapes = {
-            let (pos, connection) = tokio_postgres::connect(&source.url, NoTls).await?;
-            let driver = tokio::spawn(connection);
-            let shapes = crate::mirror::describe(&pos, mapping).await;
-            drop(pos);
-            let _ = driver.await;
-            shapes?
-        };
+        let shapes = crate::mirror::describe(publication.pos(), mapping).await?;
         Some(crate::mirror::DocumentPoster::prepare(&erp, &source.name, mapping, shapes).await?)
     };
     let mut repl = ReplicationConnection::connect(&source.url).await?;
@@ -327,7 +351,18 @@ async fn session(
         checkpoint = at;
     }
     metrics.checkpoint.store(checkpoint.0, Ordering::Relaxed);
-    repl.start(&slot, PUBLICATION, checkpoint).await?;
+    if let Err(e) = repl.start(&slot, PUBLICATION, checkpoint).await {
+        if !crate::ownership::slot_in_use(&e) {
+            return Err(e.into());
+        }
+        // this bridge owns the source: whoever still streams its slot is a previous owner that went quiet (D7)
+        crate::ownership::end_stale_walsender(publication.pos(), &source.name, &slot).await?;
+        repl = ReplicationConnection::connect(&source.url).await?;
+        repl.start(&slot, PUBLICATION, checkpoint).await?;
+    }
+    // what this session receives counts for the lag until it ends
+    metrics.wal_end.store(0, Ordering::Release);
+    let _streaming = metrics.lag.streaming();
     metrics.set_state(SourceState::Streaming);
     tracing::info!(source = %source.name, slot = %slot, from = %checkpoint, system = %identity.system_id, "streaming");
 
@@ -352,6 +387,7 @@ async fn session(
         committed,
         settings,
         metrics,
+        &mut publication,
         shutdown,
     );
     tokio::select! {
@@ -364,7 +400,7 @@ async fn session(
 }
 
 /// Marks a checkpoint carries in its lowest three bits (see [`slot_guard`]).
-const MARK_BITS: u64 = 7;
+pub(crate) const MARK_BITS: u64 = 7;
 
 /// The commit LSN of the last real POS transaction behind a checkpoint (without the slot-loss marks).
 pub fn last_commit_of(checkpoint: Lsn) -> Lsn {
@@ -407,7 +443,9 @@ pub(crate) async fn slot_guard(
         Some(s) if s.wal_status == "lost" => {
             Some("has lost the WAL it needed (wal_status lost, see max_slot_wal_keep_size)")
         }
-        Some(_) if unaccepted => Some("was made again after a loss that was not accepted"),
+        Some(_) if unaccepted => Some(
+            "is not trusted after a loss the ERP recorded and no operator accepted (the slot was made again, or the publication changed while it streamed: see the ERP's exception for this source)",
+        ),
         Some(_) => None,
     };
     let Some(problem) = problem else {
@@ -430,31 +468,28 @@ pub(crate) async fn slot_guard(
     };
     let name = &source.name;
     if source.accept_slot_loss == Some(last_commit) {
-        let start = match &state {
+        let next = Lsn(checkpoint.0 + if unaccepted { 1 } else { 2 });
+        let (start, at) = match &state {
             Some(s) if s.wal_status == "lost" => {
                 repl.drop_slot(slot).await?;
-                repl.create_slot(slot).await?
+                (repl.create_slot(slot).await?, next)
             }
-            Some(s) => s.confirmed_flush,
-            None => repl.create_slot(slot).await?,
+            // the slot is whole but what it holds after the checkpoint is not trusted (it was made again after
+            // the loss, or the publication changed while it streamed): streamed from the POS's position now on,
+            // which the new checkpoint names
+            Some(_) => (pos_now, rebased(pos_now, next)),
+            None => (repl.create_slot(slot).await?, next),
         };
-        let at = Lsn(checkpoint.0 + if unaccepted { 1 } else { 2 });
         let reason = format!(
             "an operator accepted (--accept-slot-loss) that the POS transactions of source {name} committed after {last_commit} and before {start} were not streamed: replication slot {slot} {problem}; the new slot streams from {start}"
         );
         let record = loss_record(name, "slot_loss_accepted", last_commit, at, &reason, start);
-        if marks + 2 <= MARK_BITS {
+        let fits = last_commit_of(at) > last_commit || marks + 2 <= MARK_BITS;
+        if fits {
             erp.apply_batch(name, at, &[record]).await?;
         }
         tracing::warn!(source = %name, slot, checkpoint = %last_commit, new_slot_start = %start, "slot loss accepted by the operator; streaming from the new slot");
-        return Ok((
-            if marks + 2 <= MARK_BITS {
-                at
-            } else {
-                checkpoint
-            },
-            None,
-        ));
+        return Ok((if fits { at } else { checkpoint }, None));
     }
     if !unaccepted && marks < MARK_BITS {
         let at = Lsn(checkpoint.0 + 1);
@@ -478,8 +513,14 @@ pub(crate) async fn slot_guard(
     Err(SessionError::SlotLost(message))
 }
 
+/// The checkpoint that moves a stream past everything the POS wrote up to `pos_now`, marked as a loss dealt with
+/// (even marks), or `next` when that is further.
+pub(crate) fn rebased(pos_now: Lsn, next: Lsn) -> Lsn {
+    Lsn((pos_now.0 & !MARK_BITS) | 2).max(next)
+}
+
 /// A record of a slot loss in the ERP: an `unmapped` event it keeps as a malformed exception.
-fn loss_record(
+pub(crate) fn loss_record(
     source: &str,
     what: &str,
     last_commit: Lsn,
@@ -535,8 +576,14 @@ async fn read_stream(
             msg = repl.recv() => match msg? {
                 StreamMessage::XLogData { wal_end, data, .. } => {
                     received = received.max(wal_end);
-                    metrics.wal_end.store(received.0, Ordering::Relaxed);
-                    if let Some(txn) = assembler.push(decode(&data)?)? {
+                    let txn = assembler.push(decode(&data)?)?;
+                    // before the position it came with: the lag reads them in the other order
+                    metrics.lag.assembling(assembler.in_transaction());
+                    if let Some(t) = &txn {
+                        metrics.lag.handed(t.commit_lsn, t.commit_time);
+                    }
+                    metrics.wal_end.store(received.0, Ordering::Release);
+                    if let Some(txn) = txn {
                         handed = txn.commit_lsn;
                         match tx.try_send(txn) {
                             Ok(()) => {}
@@ -547,7 +594,7 @@ async fn read_stream(
                 }
                 StreamMessage::Keepalive { wal_end, reply_requested } => {
                     received = received.max(wal_end);
-                    metrics.wal_end.store(received.0, Ordering::Relaxed);
+                    metrics.wal_end.store(received.0, Ordering::Release);
                     if reply_requested {
                         let flush = flush_position(
                             Lsn(committed.load(Ordering::Acquire)),
@@ -585,6 +632,7 @@ async fn apply_loop(
     committed: Arc<AtomicU64>,
     settings: &ApplySettings,
     metrics: &SourceMetrics,
+    publication: &mut crate::publication::Guard,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<SessionEnd, SessionError> {
     let mut applied_to = checkpoint;
@@ -605,8 +653,15 @@ async fn apply_loop(
                     return Ok(SessionEnd::Shutdown);
                 }
                 // a lost ERP connection also lost the ownership lock: stop streaming so another bridge can take over
-                _ = liveness.tick() => if erp.is_closed() {
-                    return Err(SessionError::ErpConnectionLost);
+                _ = liveness.tick() => {
+                    if erp.is_closed() {
+                        return Err(SessionError::ErpConnectionLost);
+                    }
+                    // an owner with nothing to apply still speaks, or it is taken for a frozen one (D7)
+                    erp.ping().await?;
+                    if let Some(broken) = publication.idle_tick().await? {
+                        return Err(crate::publication::refuse_now(erp, source, metrics, broken).await);
+                    }
                 },
                 // idle with batches not yet known to be on the ERP's disk: ask how far it has flushed
                 _ = flush_check.tick(), if !unflushed.is_empty() => {
@@ -640,7 +695,16 @@ async fn apply_loop(
         }
         // after a restart the stream may repeat the transaction at the checkpoint
         batch.retain(|t| t.commit_lsn > applied_to);
-        let Some(last) = batch.last() else { continue };
+        // D5: only what was streamed while the publication was verified whole is applied
+        let broken = publication.admit(&mut batch).await?;
+        let Some(last) = batch.last() else {
+            match broken {
+                Some(b) => {
+                    return Err(crate::publication::refuse_now(erp, source, metrics, b).await)
+                }
+                None => continue,
+            }
+        };
         let last_lsn = last.commit_lsn;
         let last_commit_time = last.commit_time;
         let events: usize = batch.iter().map(|t| t.events.len()).sum();
@@ -659,6 +723,9 @@ async fn apply_loop(
         let lag = pg_now_micros().saturating_sub(last_commit_time).max(0) as u64;
         metrics.lag_micros.store(lag, Ordering::Relaxed);
         tracing::debug!(source = %source.name, commit_lsn = %last_lsn, txns = batch.len(), events, "applied batch");
+        if let Some(b) = broken {
+            return Err(crate::publication::refuse_now(erp, source, metrics, b).await);
+        }
         if *shutdown.borrow() {
             confirm_before_stop(erp, &mut unflushed, &committed).await;
             return Ok(SessionEnd::Shutdown);

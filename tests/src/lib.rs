@@ -275,6 +275,31 @@ impl Cluster {
         std::thread::sleep(Duration::from_millis(300));
     }
 
+    /// From now on TCP connections must use TLS (`hostssl`), authenticating with `method` (trust, md5 or
+    /// scram-sha-256; with a password, it is set first). The cluster must run with `ssl = on`.
+    pub async fn require_tls(&self, method: &str, password: Option<&str>) {
+        if let Some(password) = password {
+            self.connect("postgres")
+                .await
+                .batch_execute(&format!(
+                    "SET password_encryption = 'scram-sha-256'; ALTER USER postgres PASSWORD '{password}'"
+                ))
+                .await
+                .unwrap_or_else(|e| panic!("{}: set password: {e}", self.name));
+        }
+        let mut hba = String::from("local all all trust\n");
+        for net in ["127.0.0.1/32", "::1/128"] {
+            hba.push_str(&format!(
+                "hostssl all all {net} {method}\nhostssl replication all {net} {method}\n"
+            ));
+        }
+        let path = self.dir.join("data").join("pg_hba.conf");
+        std::fs::write(&path, hba).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        let out = pg("pg_ctl", &["-D", &self.data(), "reload"]);
+        assert!(out.status.success(), "{}: reload failed", self.name);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
     /// A URL carrying a password.
     pub fn url_with_password(&self, db: &str, password: &str) -> String {
         format!(
