@@ -72,14 +72,15 @@ fn erp_err(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> 
 }
 
 /// Columns of a POS table with their types as the ERP can hold them: built-in types as they are, a domain over
-/// a built-in type as that type, anything else (enums, the POS's own types) as text.
+/// a built-in type as that type, anything else (enums, the POS's own types) as text. Generated columns are left
+/// out: logical replication does not send them (PostgreSQL 15), so a row would never look complete.
 const COLUMNS: &str = "SELECT a.attname::text, \
     CASE WHEN tn.nspname = 'pg_catalog' THEN format_type(a.atttypid, a.atttypmod) \
          WHEN t.typtype = 'd' AND bn.nspname = 'pg_catalog' THEN format_type(t.typbasetype, t.typtypmod) \
          ELSE 'text' END \
     FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace \
     LEFT JOIN pg_type bt ON bt.oid = t.typbasetype LEFT JOIN pg_namespace bn ON bn.oid = bt.typnamespace \
-    WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
+    WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum";
 
 /// The key columns: the replica identity index when there is one, else the primary key.
 const KEY: &str = "SELECT c.relreplident::text, coalesce((SELECT array_agg(a.attname::text ORDER BY k.n) \

@@ -6,6 +6,7 @@ mod check;
 mod concurrency;
 mod dashboard;
 mod demo;
+mod documents;
 mod exactly_once;
 mod hostile;
 mod hung_owner;
