@@ -150,6 +150,35 @@ async fn check_documents(
                 describe(&e)
             ))),
         }
+        // a source that already streams copies nothing more: a table mirrored only since then lacks its old rows
+        let streams = erp
+            .query_one(
+                "SELECT possync.source_checkpoint($1) > '0/0'::pg_lsn",
+                &[&name.as_str()],
+            )
+            .await
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false);
+        if streams {
+            for t in &shapes {
+                let qualified = format!(
+                    "{}.{}",
+                    crate::document::ident(&schema),
+                    crate::document::ident(&t.name)
+                );
+                let present: bool = erp
+                    .query_one("SELECT to_regclass($1) IS NOT NULL", &[&qualified])
+                    .await
+                    .map(|r| r.get(0))
+                    .unwrap_or(false);
+                if !present && t.copy {
+                    out.push(problem(format!(
+                        "{name}: table {} is mapped for the mirror but the source already streams: its existing rows will not be copied (only the first start copies), so lookups of rows older than now find nothing; start the source afresh or set copy = false to accept it",
+                        t.pos_table
+                    )));
+                }
+            }
+        }
     }
     let mut schemas: Vec<String> = mapping
         .mirrors()

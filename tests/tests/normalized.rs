@@ -741,6 +741,22 @@ async fn check_validates_a_document_mapping_against_the_pos_and_dry_runs_it() {
     .await;
     assert_eq!(mirror, 0);
 
+    // a source that already streams (its checkpoint is past 0/0) gets no initial copy: check says so per table
+    exec(&erp, "SELECT possync.apply_batch('shop', '0/10', '[]')").await;
+    let (code, text) = bridge_check(&[
+        "--erp",
+        &erp_url,
+        "--source",
+        &source,
+        "--mapping",
+        &mapping,
+    ]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("table shop.product is mapped for the mirror but the source already streams"),
+        "{text}"
+    );
+
     // a misspelled column is an error that names it, never a silently empty field
     let dir = workspace_root().join("target").join("e2e");
     let _ = std::fs::create_dir_all(&dir);
