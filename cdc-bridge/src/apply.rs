@@ -22,6 +22,9 @@ pub enum ErpError {
     Checkpoint(#[from] crate::lsn::BadLsn),
     #[error("the ERP refused a POS transaction and its rejected form")]
     Refused,
+    /// Reading a spilled transaction's file failed (see [`crate::spill`]); the stream resends the transaction.
+    #[error("a spilled POS transaction: {0}")]
+    Spill(String),
     /// The batch may have committed; asking where the ERP's WAL stands failed.
     #[error("reading the ERP's WAL position after a batch: {0}")]
     AfterApply(Box<ErpError>),
@@ -37,6 +40,7 @@ impl ErpError {
             ErpError::Response(_)
             | ErpError::Checkpoint(_)
             | ErpError::Refused
+            | ErpError::Spill(_)
             | ErpError::AfterApply(_) => ErrorClass::Transient,
         }
     }

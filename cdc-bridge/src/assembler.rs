@@ -19,6 +19,8 @@ pub struct PosTransaction {
     pub events: Vec<Value>,
     /// The transaction's changes to mirrored tables, in order (see [`crate::mirror`]).
     pub changes: Vec<Change>,
+    /// A transaction too large to hold: its changes are in this file, and `events` and `changes` are empty.
+    pub spilled: Option<std::sync::Arc<crate::spill::SpilledTxn>>,
 }
 
 /// Turns the pgoutput message stream into mapped transactions.
@@ -28,6 +30,10 @@ pub struct Assembler {
     mapping: Arc<Mapping>,
     relations: RelationCache,
     open: Option<(Lsn, Vec<Change>)>,
+    /// The open transaction's file once it passed `spill_after` changes.
+    spill: Option<crate::spill::Spill>,
+    spill_after: usize,
+    spill_dir: std::path::PathBuf,
 }
 
 impl Assembler {
@@ -37,7 +43,17 @@ impl Assembler {
             mapping,
             relations: RelationCache::default(),
             open: None,
+            spill: None,
+            spill_after: usize::MAX,
+            spill_dir: std::env::temp_dir(),
         }
+    }
+
+    /// Past `after` changes, a transaction's changes go to a file in `dir` (see [`crate::spill`]).
+    pub fn spilling(mut self, after: usize, dir: std::path::PathBuf) -> Assembler {
+        self.spill_after = after.max(1);
+        self.spill_dir = dir;
+        self
     }
 
     /// True between a Begin and its Commit.
@@ -50,6 +66,7 @@ impl Assembler {
         match message {
             Message::Begin { final_lsn, .. } => {
                 self.open = Some((final_lsn, Vec::new()));
+                self.spill = None;
             }
             Message::Relation(r) => self.relations.update(r),
             Message::Type { .. } | Message::Origin { .. } => {}
@@ -61,7 +78,7 @@ impl Assembler {
                     row: row_of(rel, &new),
                     old: None,
                 };
-                self.record(change);
+                self.record(change)?;
             }
             Message::Update { relation, old, new } => {
                 let rel = self.relations.get(relation)?;
@@ -71,7 +88,7 @@ impl Assembler {
                     row: row_of(rel, &new),
                     old: old.map(|(_, t)| row_of(rel, &t)),
                 };
-                self.record(change);
+                self.record(change)?;
             }
             Message::Delete { relation, old } => {
                 let rel = self.relations.get(relation)?;
@@ -81,7 +98,7 @@ impl Assembler {
                     row: row_of(rel, &old.1),
                     old: None,
                 };
-                self.record(change);
+                self.record(change)?;
             }
             Message::Truncate { relations, .. } => {
                 for oid in relations {
@@ -92,7 +109,7 @@ impl Assembler {
                         row: Map::new(),
                         old: None,
                     };
-                    self.record(change);
+                    self.record(change)?;
                 }
             }
             Message::Commit {
@@ -102,6 +119,21 @@ impl Assembler {
                 ..
             } => {
                 let changes = self.open.take().map(|(_, c)| c).unwrap_or_default();
+                if let Some(spill) = self.spill.take() {
+                    let spilled = spill
+                        .finish()
+                        .map_err(|e| DecodeError::Spill(e.to_string()))?;
+                    tracing::info!(source = %self.source, commit_lsn = %commit_lsn, changes = spilled.changes,
+                        "a large POS transaction was spilled to disk; it is posted from there");
+                    return Ok(Some(PosTransaction {
+                        commit_lsn,
+                        end_lsn,
+                        commit_time,
+                        events: Vec::new(),
+                        changes: Vec::new(),
+                        spilled: Some(std::sync::Arc::new(spilled)),
+                    }));
+                }
                 let events = self.mapping.events_of(&self.source, commit_lsn, &changes);
                 let changes = if self.mapping.mirrors().is_empty() {
                     Vec::new()
@@ -117,18 +149,33 @@ impl Assembler {
                     commit_time,
                     events,
                     changes,
+                    spilled: None,
                 }));
             }
         }
         Ok(None)
     }
 
-    fn record(&mut self, change: Change) {
+    fn record(&mut self, change: Change) -> Result<(), DecodeError> {
+        let spill_err = |e: std::io::Error| DecodeError::Spill(e.to_string());
+        if let Some(spill) = &mut self.spill {
+            return spill.push(&change).map_err(spill_err);
+        }
         match &mut self.open {
-            Some((_, changes)) => changes.push(change),
+            Some((_, changes)) => {
+                changes.push(change);
+                if changes.len() > self.spill_after {
+                    let held = std::mem::take(changes);
+                    self.spill = Some(
+                        crate::spill::Spill::start(&self.spill_dir, &self.source, held)
+                            .map_err(spill_err)?,
+                    );
+                }
+            }
             // pgoutput always wraps changes in Begin/Commit; a change outside one is kept as its own transaction
             None => self.open = Some((Lsn::ZERO, vec![change])),
         }
+        Ok(())
     }
 }
 

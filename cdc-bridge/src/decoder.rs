@@ -25,6 +25,9 @@ pub enum DecodeError {
     NotUtf8(&'static str),
     #[error("a change refers to relation {0}, which no Relation message described")]
     UnknownRelation(u32),
+    /// Writing a large transaction's changes to its spill file failed (see [`crate::spill`]).
+    #[error("spilling a large POS transaction to disk: {0}")]
+    Spill(String),
 }
 
 /// One column value of a tuple.

@@ -19,4 +19,5 @@ pub mod remap;
 pub mod replication;
 pub mod resync;
 pub mod source;
+pub mod spill;
 pub mod tls;

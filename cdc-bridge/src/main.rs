@@ -90,6 +90,13 @@ struct Settings {
     /// second).
     #[arg(long, default_value_t = 10)]
     owner_timeout_s: u64,
+    /// Past this many row changes, a POS transaction is written to a file and posted from there, so that the
+    /// bridge's memory does not grow with what a till commits in one transaction (about 1 KB per change held).
+    #[arg(long, default_value_t = 20_000)]
+    spill_after_changes: usize,
+    /// Directory for those files (default: the system's temporary directory).
+    #[arg(long)]
+    spill_dir: Option<PathBuf>,
     /// Accept that a source's replication slot was lost: NAME=LSN, where LSN is the ERP checkpoint the bridge
     /// named when it refused the source. The bridge makes a new slot, records the accepted loss in the ERP and
     /// streams. A different checkpoint (a later loss) is still refused. Repeat for several sources.
@@ -111,6 +118,8 @@ struct ConfigFile {
     batch_max_wait_ms: Option<u64>,
     erp_synchronous_commit: Option<bool>,
     owner_timeout_s: Option<u64>,
+    spill_after_changes: Option<usize>,
+    spill_dir: Option<PathBuf>,
     #[serde(default)]
     source: BTreeMap<String, String>,
 }
@@ -324,6 +333,15 @@ fn resolve(s: &Settings, need_sources: bool) -> Result<Resolved, CliError> {
         owner_timeout: Duration::from_secs(
             file.owner_timeout_s.unwrap_or(s.owner_timeout_s).max(3),
         ),
+        spill_after_changes: file
+            .spill_after_changes
+            .unwrap_or(s.spill_after_changes)
+            .max(1),
+        spill_dir: s
+            .spill_dir
+            .clone()
+            .or(file.spill_dir.clone())
+            .unwrap_or_else(std::env::temp_dir),
         ..ApplySettings::default()
     };
     Ok(Resolved {

@@ -351,16 +351,7 @@ impl Mapping {
     ) -> Value {
         let header = &changes[index];
         let row = &header.row;
-        let kind = match (&em.kind.constant, &em.kind.column) {
-            (Some(k), _) => k.clone(),
-            (None, Some(c)) => row.get(c).map(text_of).unwrap_or_default(),
-            (None, None) => String::new(),
-        };
-        let mut ev = Map::new();
-        ev.insert("event_id".into(), Value::from(render_id(&em.event_id, row)));
-        ev.insert("kind".into(), Value::from(kind.clone()));
-        ev.insert("source".into(), Value::from(source));
-        put_fields(&mut ev, &em.fields, &kind, row);
+        let (mut ev, kind) = header_base(source, em, row);
 
         let mut raw_children = Map::new();
         for child in &em.children {
@@ -383,9 +374,7 @@ impl Mapping {
             }
             let mut items = Vec::with_capacity(rows.len());
             for (_, r) in &rows {
-                let mut item = Map::new();
-                put_fields(&mut item, &child.fields, &kind, r);
-                items.push(Value::Object(item));
+                items.push(Value::Object(child_item(child, &kind, r)));
             }
             let existing = ev
                 .entry(child.into.clone())
@@ -425,6 +414,41 @@ impl Mapping {
     }
 }
 
+/// A header row's event without its child arrays, and its kind.
+pub fn header_base(
+    source: &str,
+    em: &EventMapping,
+    row: &Map<String, Value>,
+) -> (Map<String, Value>, String) {
+    let kind = match (&em.kind.constant, &em.kind.column) {
+        (Some(k), _) => k.clone(),
+        (None, Some(c)) => row.get(c).map(text_of).unwrap_or_default(),
+        (None, None) => String::new(),
+    };
+    let mut ev = Map::new();
+    ev.insert("event_id".into(), Value::from(render_id(&em.event_id, row)));
+    ev.insert("kind".into(), Value::from(kind.clone()));
+    ev.insert("source".into(), Value::from(source));
+    put_fields(&mut ev, &em.fields, &kind, row);
+    (ev, kind)
+}
+
+/// One element of a child array (a line or a tender) from a child row.
+pub fn child_item(
+    child: &ChildMapping,
+    kind: &str,
+    row: &Map<String, Value>,
+) -> Map<String, Value> {
+    let mut item = Map::new();
+    put_fields(&mut item, &child.fields, kind, row);
+    item
+}
+
+/// Sort key of a child row by its `order_by` column: numbers numerically, everything else as text after them.
+pub fn child_order(child: &ChildMapping, row: &Map<String, Value>) -> (u8, i64, String) {
+    order_key(child.order_by.as_ref().and_then(|ob| row.get(ob)))
+}
+
 fn unmapped_base(source: &str, table: &str, commit_lsn: Lsn, index: usize) -> Map<String, Value> {
     let mut u = Map::new();
     u.insert(
@@ -437,7 +461,13 @@ fn unmapped_base(source: &str, table: &str, commit_lsn: Lsn, index: usize) -> Ma
 }
 
 /// A payload the extension keeps as rejected, with the raw row and why it is not an event.
-fn unmapped(source: &str, commit_lsn: Lsn, index: usize, change: &Change, reason: String) -> Value {
+pub fn unmapped(
+    source: &str,
+    commit_lsn: Lsn,
+    index: usize,
+    change: &Change,
+    reason: String,
+) -> Value {
     let mut u = unmapped_base(source, &change.table, commit_lsn, index);
     u.insert("op".into(), Value::from(change.op.as_str()));
     u.insert("raw".into(), Value::Object(change.row.clone()));

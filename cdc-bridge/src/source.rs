@@ -38,6 +38,9 @@ pub struct ApplySettings {
     /// How long the owner of a source may go without a word to the ERP before the source is taken from it
     /// (see [`crate::ownership`]).
     pub owner_timeout: Duration,
+    /// Past this many changes a POS transaction goes to a file in `spill_dir` (see [`crate::spill`]).
+    pub spill_after_changes: usize,
+    pub spill_dir: std::path::PathBuf,
 }
 
 impl Default for ApplySettings {
@@ -53,6 +56,9 @@ impl Default for ApplySettings {
             retry_max: Duration::from_secs(5),
             slot_lost_recheck: Duration::from_secs(10),
             owner_timeout: crate::ownership::DEFAULT_OWNER_TIMEOUT,
+            // about 1 KB each held in memory: 20,000 changes keep a transaction's part well under 64 MB
+            spill_after_changes: 20_000,
+            spill_dir: std::env::temp_dir(),
         }
     }
 }
@@ -372,7 +378,8 @@ async fn session(
     let (tx, rx) = mpsc::channel::<PosTransaction>((settings.batch_max_txns * 2).clamp(64, 8192));
     let reader = read_stream(
         repl,
-        Assembler::new(&source.name, mapping.clone()),
+        Assembler::new(&source.name, mapping.clone())
+            .spilling(settings.spill_after_changes, settings.spill_dir.clone()),
         tx,
         committed.clone(),
         settings.status_interval,
@@ -380,6 +387,7 @@ async fn session(
     );
     let applier = apply_loop(
         &erp,
+        mapping,
         poster.as_ref(),
         source,
         rx,
@@ -625,6 +633,7 @@ pub fn flush_position(committed: Lsn, received: Lsn, handed: Lsn, nothing_in_han
 #[allow(clippy::too_many_arguments)]
 async fn apply_loop(
     erp: &Erp,
+    mapping: &Arc<Mapping>,
     poster: Option<&crate::mirror::DocumentPoster>,
     source: &Source,
     mut rx: mpsc::Receiver<PosTransaction>,
@@ -711,6 +720,7 @@ async fn apply_loop(
         // a shutdown request waits for the batch in flight: the call is not cancelled
         apply_isolating(
             erp,
+            mapping,
             poster,
             &source.name,
             &batch,
@@ -740,8 +750,10 @@ async fn apply_loop(
 /// its own ERP transaction with its own commit LSN as checkpoint, down to the one POS transaction the ERP
 /// refuses, which is then kept as rejected events (see [`reject_transaction`]). A half that was applied before a
 /// later failure is not applied again: apply_batch skips an LSN at or below the checkpoint.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn apply_isolating(
     erp: &Erp,
+    mapping: &Arc<Mapping>,
     poster: Option<&crate::mirror::DocumentPoster>,
     source: &str,
     batch: &[PosTransaction],
@@ -749,6 +761,39 @@ pub(crate) async fn apply_isolating(
     unflushed: &mut Unflushed,
     committed: &AtomicU64,
 ) -> Result<(), SessionError> {
+    // a spilled transaction is posted alone, from its file; the transactions around it as usual
+    if let Some(at) = batch.iter().position(|t| t.spilled.is_some()) {
+        let (before, rest) = batch.split_at(at);
+        if !before.is_empty() {
+            Box::pin(apply_isolating(
+                erp, mapping, poster, source, before, metrics, unflushed, committed,
+            ))
+            .await?;
+        }
+        let (big, after) = rest.split_at(1);
+        let txn = &big[0];
+        if let Some(spilled) = &txn.spilled {
+            let started = Instant::now();
+            match crate::spill::apply_spilled(erp, mapping, source, txn.commit_lsn, spilled).await {
+                Ok((outcome, wal)) => {
+                    metrics.observe_apply(started.elapsed());
+                    settle(metrics, unflushed, committed, txn, wal);
+                    count(metrics, &outcome, 1);
+                }
+                Err(e) if e.class() == ErrorClass::Data => {
+                    reject_transaction(erp, source, txn, &e, metrics, unflushed, committed).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !after.is_empty() {
+            Box::pin(apply_isolating(
+                erp, mapping, poster, source, after, metrics, unflushed, committed,
+            ))
+            .await?;
+        }
+        return Ok(());
+    }
     let mut pending = std::collections::VecDeque::from([(0, batch.len())]);
     while let Some((from, to)) = pending.pop_front() {
         let Some(part) = batch.get(from..to) else {
@@ -1093,6 +1138,7 @@ mod tests {
                 serde_json::json!({"event_id": "B-2", "kind": "sale"}),
             ],
             changes: vec![],
+            spilled: None,
         };
         let error = crate::pgerr::ServerError {
             sqlstate: "22003".into(),

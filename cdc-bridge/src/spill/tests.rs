@@ -1,0 +1,124 @@
+use serde_json::json;
+
+use super::*;
+
+fn insert(table: &str, v: Value) -> Change {
+    Change {
+        table: table.into(),
+        op: ChangeOp::Insert,
+        row: match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        },
+        old: None,
+    }
+}
+
+fn sale(txn: &str) -> Change {
+    insert(
+        "pos.sale",
+        json!({"txn_id": txn, "store_id": "S042", "register_id": "3", "seq": 7, "kind": "sale",
+               "business_date": "2026-11-26", "occurred_at": "2026-11-26T14:03:07.12+00:00",
+               "currency": "USD", "original_txn_id": null}),
+    )
+}
+
+fn line(txn: &str, no: i64) -> Change {
+    insert(
+        "pos.sale_line",
+        json!({"txn_id": txn, "line_no": no, "sku": "CAP", "qty": "1", "unit_price": "10.00",
+               "discount": "0.00", "tax": "0.89", "tax_code": "NY", "returned": false}),
+    )
+}
+
+fn normal(v: &Value) -> Value {
+    match possync_events::Event::from_json(v) {
+        Ok(e) => e.to_json(),
+        Err(m) => panic!("{m}: {v}"),
+    }
+}
+
+#[test]
+fn a_spilled_transaction_makes_the_events_the_held_one_makes() {
+    let mapping = Mapping::reference();
+    let mut changes = vec![sale("A")];
+    // lines out of order, interleaved with another sale's
+    for no in [3, 1, 2] {
+        changes.push(line("A", no));
+    }
+    changes.push(sale("B"));
+    changes.push(line("B", 1));
+    changes.push(insert(
+        "pos.tender",
+        json!({"txn_id": "A", "tender_no": 1, "tender_type": "card", "amount": "32.67"}),
+    ));
+    changes.push(insert(
+        "pos.tender",
+        json!({"txn_id": "B", "tender_no": 1, "tender_type": "cash", "amount": "10.89"}),
+    ));
+    changes.push(insert(
+        "pos.outbox",
+        json!({"id": 1, "payload": {"event_id": "F-1", "kind": "fulfillment"}}),
+    ));
+    changes.push(line("ORPHAN", 1));
+    changes.push(Change {
+        op: ChangeOp::Update,
+        ..sale("A")
+    });
+    let lsn = Lsn(0x1975EF8);
+    let held = mapping.events_of("east", lsn, &changes);
+
+    let dir = std::env::temp_dir();
+    let mut spill =
+        Spill::start(&dir, "east", changes[..2].to_vec()).unwrap_or_else(|e| panic!("{e}"));
+    for c in &changes[2..] {
+        spill.push(c).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let txn = spill.finish().unwrap_or_else(|e| panic!("{e}"));
+    let path = txn.file.path.clone();
+    let mut text = String::new();
+    let mut pieces = 0;
+    let written = write_events(&mapping, "east", lsn, &txn, &mut |p| {
+        pieces += 1;
+        text.push_str(&p);
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let spilled: Vec<Value> = match serde_json::from_str(&text) {
+        Ok(Value::Array(a)) => a,
+        other => panic!("{other:?}: {text}"),
+    };
+    assert_eq!(written as usize, spilled.len());
+    assert_eq!(spilled.len(), held.len());
+    assert!(
+        pieces > spilled.len(),
+        "written piece by piece, not as one string"
+    );
+    // the events, in the same order, equal as the contract reads them (lines sorted by line_no)
+    let kinds = |v: &[Value]| -> Vec<String> {
+        v.iter()
+            .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(kinds(&spilled), kinds(&held));
+    for (s, h) in spilled.iter().zip(&held) {
+        if h["kind"] == "unmapped" {
+            assert_eq!(s["reason"], h["reason"]);
+            assert_eq!(s["raw"], h["raw"]);
+        } else if h["kind"] == "fulfillment" {
+            assert_eq!(s, h);
+        } else {
+            assert_eq!(normal(s), *h);
+        }
+    }
+    assert_eq!(spilled[0]["lines"][0]["line"], 1);
+    drop(txn);
+    assert!(!path.exists(), "the file goes with the transaction");
+}
+
+#[test]
+fn copy_fields_escape_what_copy_text_format_reads_specially() {
+    let mut out = String::new();
+    copy_field(&mut out, "a\\b\tc\nd\re\"f");
+    assert_eq!(out, "a\\\\b\\tc\\nd\\re\"f");
+}
