@@ -302,6 +302,20 @@ impl MirrorWrites {
     }
 }
 
+/// Per document, the keys of the headers touched and the last transaction (by index) that touched each.
+struct Touched(Vec<BTreeMap<String, usize>>);
+
+impl Touched {
+    fn new(documents: usize) -> Touched {
+        Touched(vec![BTreeMap::new(); documents])
+    }
+
+    fn mark(&mut self, document: usize, key: String, at: usize) {
+        let slot = self.0[document].entry(key).or_insert(at);
+        *slot = (*slot).max(at);
+    }
+}
+
 /// Posts groups of POS transactions that carry mirrored rows.
 pub struct DocumentPoster {
     schema: String,
@@ -530,82 +544,20 @@ impl DocumentPoster {
         self.write_mirror(client, &writes).await?;
         let t_mirror = t0.elapsed();
 
-        // the headers touched, and the last transaction that touched each (its events go with that one): header
-        // and child rows say so themselves; rows of `touched_by` tables are asked, one query per table and group
-        let mut touched: Vec<BTreeMap<String, usize>> = vec![BTreeMap::new(); self.documents.len()];
-        let mut indirect: BTreeMap<(usize, usize), Vec<Value>> = BTreeMap::new();
+        let mut changes: Vec<(usize, &Change)> = Vec::new();
         for (i, t) in txns.iter().enumerate() {
-            for c in &t.changes {
-                let Some(shape) = self.shapes.iter().find(|s| s.pos_table == c.table) else {
-                    continue;
-                };
-                let images = std::iter::once(&c.row).chain(c.old.as_ref());
-                for image in images {
-                    for (d_i, d) in self.documents.iter().enumerate() {
-                        for key in direct_touches(d, &shape.name, image) {
-                            touched[d_i].insert(key, i);
-                        }
-                        for (t_i, tb) in d.touched_by.iter().enumerate() {
-                            if tb.table == shape.name {
-                                let mut row = image.clone();
-                                row.insert("_possync_txn".into(), Value::from(i));
-                                indirect
-                                    .entry((d_i, t_i))
-                                    .or_default()
-                                    .push(Value::Object(row));
-                            }
-                        }
-                    }
-                }
-            }
+            changes.extend(t.changes.iter().map(|c| (i, c)));
         }
-        for ((d_i, t_i), rows) in indirect {
-            let sql = touched_by_sql(&self.documents[d_i].touched_by[t_i], &self.schema);
-            let st = self.statement(client, &sql).await?;
-            let rows = Value::Array(rows).to_string();
-            for r in client.query(&st, &[&rows]).await? {
-                let key: String = r.get(0);
-                let at: i32 = r.get(1);
-                let at = usize::try_from(at).unwrap_or(0);
-                let slot = touched[d_i].entry(key).or_insert(at);
-                *slot = (*slot).max(at);
-            }
-        }
+        let mut touched = Touched::new(self.documents.len());
+        self.touches(client, &changes, &mut touched).await?;
         let t_touch = t0.elapsed();
         // per transaction: its own events, then the documents it settled
         let mut by_txn: Vec<Vec<Value>> = txns.iter().map(|t| t.events.clone()).collect();
-        for (d_i, d) in self.documents.iter().enumerate() {
-            if touched[d_i].is_empty() {
-                continue;
-            }
-            let keys: Vec<String> = touched[d_i].keys().cloned().collect();
-            let evaluated = self
-                .evaluate(client, d_i, source, &keys, commit_lsn)
-                .await?;
-            let mut pending = Vec::new();
-            let mut settled = Vec::new();
-            for (key, state, event) in evaluated {
-                let at = touched[d_i].get(&key).copied().unwrap_or(txns.len() - 1);
-                match (state.as_str(), event) {
-                    (crate::document::PENDING, _) => pending.push(key),
-                    (_, Some(ev)) => {
-                        by_txn[at].push(ev);
-                        settled.push(key);
-                    }
-                    (_, None) => settled.push(key),
-                }
-            }
-            if self.note_documents {
-                let st = self
-                    .statement(
-                        client,
-                        "SELECT possync.note_documents($1, $2, $3::text[], $4::text[])",
-                    )
-                    .await?;
-                client
-                    .execute(&st, &[&source, &d.name, &pending, &settled])
-                    .await?;
-            }
+        for (at, ev) in self
+            .settle(client, source, &touched, commit_lsn, txns.len() - 1)
+            .await?
+        {
+            by_txn[at].push(ev);
         }
         let t_eval = t0.elapsed();
         let events: Vec<Value> = by_txn.into_iter().flatten().collect();
@@ -628,6 +580,147 @@ impl DocumentPoster {
             "document group"
         );
         Ok(Some(serde_json::from_str(&text)?))
+    }
+
+    /// Finds the headers that changes touch, with the last transaction (by index) that touched each: header and
+    /// child rows say so themselves; rows of `touched_by` tables are asked, one query per table.
+    async fn touches(
+        &self,
+        client: &Client,
+        changes: &[(usize, &Change)],
+        touched: &mut Touched,
+    ) -> Result<(), ErpError> {
+        let mut indirect: BTreeMap<(usize, usize), Vec<Value>> = BTreeMap::new();
+        for &(i, c) in changes {
+            let Some(shape) = self.shapes.iter().find(|s| s.pos_table == c.table) else {
+                continue;
+            };
+            let images = std::iter::once(&c.row).chain(c.old.as_ref());
+            for image in images {
+                for (d_i, d) in self.documents.iter().enumerate() {
+                    for key in direct_touches(d, &shape.name, image) {
+                        touched.mark(d_i, key, i);
+                    }
+                    for (t_i, tb) in d.touched_by.iter().enumerate() {
+                        if tb.table == shape.name {
+                            let mut row = image.clone();
+                            row.insert("_possync_txn".into(), Value::from(i));
+                            indirect
+                                .entry((d_i, t_i))
+                                .or_default()
+                                .push(Value::Object(row));
+                        }
+                    }
+                }
+            }
+        }
+        for ((d_i, t_i), rows) in indirect {
+            let sql = touched_by_sql(&self.documents[d_i].touched_by[t_i], &self.schema);
+            let st = self.statement(client, &sql).await?;
+            let rows = Value::Array(rows).to_string();
+            for r in client.query(&st, &[&rows]).await? {
+                let key: String = r.get(0);
+                let at: i32 = r.get(1);
+                touched.mark(d_i, key, usize::try_from(at).unwrap_or(0));
+            }
+        }
+        Ok(())
+    }
+
+    /// Evaluates the touched headers and notes which wait: the events of the settled ones, each with the index
+    /// of the transaction it goes with (`last` for a header no transaction is named for).
+    async fn settle(
+        &self,
+        client: &Client,
+        source: &str,
+        touched: &Touched,
+        commit_lsn: Lsn,
+        last: usize,
+    ) -> Result<Vec<(usize, Value)>, ErpError> {
+        let mut out = Vec::new();
+        for (d_i, d) in self.documents.iter().enumerate() {
+            let keys_at = &touched.0[d_i];
+            if keys_at.is_empty() {
+                continue;
+            }
+            let keys: Vec<String> = keys_at.keys().cloned().collect();
+            let evaluated = self
+                .evaluate(client, d_i, source, &keys, commit_lsn)
+                .await?;
+            let mut pending = Vec::new();
+            let mut settled = Vec::new();
+            for (key, state, event) in evaluated {
+                let at = keys_at.get(&key).copied().unwrap_or(last);
+                match (state.as_str(), event) {
+                    (crate::document::PENDING, _) => pending.push(key),
+                    (_, Some(ev)) => {
+                        out.push((at, ev));
+                        settled.push(key);
+                    }
+                    (_, None) => settled.push(key),
+                }
+            }
+            if self.note_documents {
+                let st = self
+                    .statement(
+                        client,
+                        "SELECT possync.note_documents($1, $2, $3::text[], $4::text[])",
+                    )
+                    .await?;
+                client
+                    .execute(&st, &[&source, &d.name, &pending, &settled])
+                    .await?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// For a spilled POS transaction (see [`crate::spill`]), inside the caller's ERP transaction: the mirrored
+    /// changes from the file, written 5,000 at a time, then the events of the documents they settle.
+    pub async fn spilled(
+        &self,
+        client: &Client,
+        source: &str,
+        file: &std::path::Path,
+        commit_lsn: Lsn,
+    ) -> Result<Vec<Value>, ErpError> {
+        use std::io::BufRead;
+        client
+            .batch_execute(&format!("SET LOCAL search_path TO {}", ident(&self.schema)))
+            .await?;
+        let reader = std::io::BufReader::new(
+            std::fs::File::open(file).map_err(|e| ErpError::Spill(e.to_string()))?,
+        );
+        let mut touched = Touched::new(self.documents.len());
+        let mut chunk: Vec<Change> = Vec::new();
+        let mut lines = reader.lines();
+        loop {
+            let line = lines
+                .next()
+                .transpose()
+                .map_err(|e| ErpError::Spill(e.to_string()))?;
+            if let Some(c) = line.as_deref().and_then(crate::spill::change_of) {
+                if self.mirrors(&c.table) {
+                    chunk.push(c);
+                }
+            }
+            if chunk.len() >= 5000 || (line.is_none() && !chunk.is_empty()) {
+                let writes = MirrorWrites::collect(&self.shapes, chunk.iter());
+                self.write_mirror(client, &writes).await?;
+                let indexed: Vec<(usize, &Change)> = chunk.iter().map(|c| (0, c)).collect();
+                self.touches(client, &indexed, &mut touched).await?;
+                chunk.clear();
+            }
+            if line.is_none() {
+                break;
+            }
+        }
+        Ok(self
+            .settle(client, source, &touched, commit_lsn, 0)
+            .await?
+            .into_iter()
+            .map(|(_, ev)| ev)
+            .collect())
     }
 
     /// Evaluates headers; a header whose SQL fails with an error about the data becomes a rejected event.

@@ -774,7 +774,9 @@ pub(crate) async fn apply_isolating(
         let txn = &big[0];
         if let Some(spilled) = &txn.spilled {
             let started = Instant::now();
-            match crate::spill::apply_spilled(erp, mapping, source, txn.commit_lsn, spilled).await {
+            match crate::spill::apply_spilled(erp, mapping, poster, source, txn.commit_lsn, spilled)
+                .await
+            {
                 Ok((outcome, wal)) => {
                     metrics.observe_apply(started.elapsed());
                     settle(metrics, unflushed, committed, txn, wal);

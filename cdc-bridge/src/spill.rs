@@ -61,7 +61,8 @@ fn line_of(c: &Change) -> String {
     Value::Object(m).to_string()
 }
 
-fn change_of(line: &str) -> Option<Change> {
+/// A spilled line back as the change it was.
+pub fn change_of(line: &str) -> Option<Change> {
     let v: Value = serde_json::from_str(line).ok()?;
     let op = match v.get("o")?.as_str()? {
         "insert" => ChangeOp::Insert,
@@ -146,11 +147,15 @@ fn change_at(file: &File, at: At) -> std::io::Result<Change> {
 
 /// Writes the events of a spilled transaction, as the text of one JSON array, in pieces to `emit`, in the order
 /// [`Mapping::events_of`] gives them. Memory: a few bytes per row for the index, one row at a time otherwise.
+/// `documents`: the mirrored rows were posted as documents (see [`crate::mirror::DocumentPoster::spilled`]),
+/// whose events are `extra`, written last; otherwise mirrored rows are kept as rejected records.
 pub fn write_events(
     mapping: &Mapping,
     source: &str,
     commit_lsn: Lsn,
     txn: &SpilledTxn,
+    documents: bool,
+    extra: &[Value],
     emit: &mut dyn FnMut(String) -> std::io::Result<()>,
 ) -> std::io::Result<u64> {
     let file = File::open(&txn.file.path)?;
@@ -176,6 +181,9 @@ pub fn write_events(
             };
             let i = index;
             index += 1;
+            if documents && mapping.is_mirrored(&c.table) {
+                continue;
+            }
             if c.op != ChangeOp::Insert || mapping.is_mirrored(&c.table) {
                 others.push((at, i));
                 continue;
@@ -358,6 +366,10 @@ pub fn write_events(
         emit(format!("{}{ev}", sep(&mut first)))?;
         written += 1;
     }
+    for ev in extra {
+        emit(format!("{}{ev}", sep(&mut first)))?;
+        written += 1;
+    }
     emit("]".into())?;
     Ok(written)
 }
@@ -408,6 +420,7 @@ const CHUNK_BYTES: usize = 256 * 1024;
 pub async fn apply_spilled(
     erp: &crate::apply::Erp,
     mapping: &std::sync::Arc<Mapping>,
+    poster: Option<&crate::mirror::DocumentPoster>,
     source: &str,
     commit_lsn: Lsn,
     spilled: &std::sync::Arc<SpilledTxn>,
@@ -420,6 +433,12 @@ pub async fn apply_spilled(
         )
         .await?;
     let result = async {
+        // mirrored rows first, so that the documents they settle are evaluated over all of them
+        let doc_events = match poster {
+            Some(p) => p.spilled(client, source, &spilled.file.path, commit_lsn).await?,
+            None => Vec::new(),
+        };
+        let documents = poster.is_some();
         let sink = client
             .copy_in("COPY possync_payload (n, part) FROM STDIN")
             .await?;
@@ -454,7 +473,7 @@ pub async fn apply_spilled(
                 }
                 Ok(())
             };
-            let written = write_events(&m, &s, commit_lsn, &f, &mut emit)?;
+            let written = write_events(&m, &s, commit_lsn, &f, documents, &doc_events, &mut emit)?;
             if !part.is_empty() {
                 flush_part(&mut part, &mut chunk, &mut n);
             }

@@ -78,7 +78,7 @@ fn a_spilled_transaction_makes_the_events_the_held_one_makes() {
     let path = txn.file.path.clone();
     let mut text = String::new();
     let mut pieces = 0;
-    let written = write_events(&mapping, "east", lsn, &txn, &mut |p| {
+    let written = write_events(&mapping, "east", lsn, &txn, false, &[], &mut |p| {
         pieces += 1;
         text.push_str(&p);
         Ok(())
