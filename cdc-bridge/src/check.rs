@@ -91,12 +91,7 @@ pub async fn check(
 pub fn create_publication_sql(mapping: &Mapping) -> String {
     format!(
         "CREATE PUBLICATION {PUBLICATION} FOR TABLE {};",
-        mapping
-            .tables()
-            .iter()
-            .map(|t| crate::document::qualified_sql(t))
-            .collect::<Vec<_>>()
-            .join(", ")
+        mapping.tables_sql().join(", ")
     )
 }
 
@@ -300,14 +295,14 @@ async fn check_source(source: &Source, mapping: &Mapping, checkpoint: Option<Lsn
             describe(&e)
         ))),
     }
-    for table in mapping.tables() {
+    for (table, table_sql) in mapping.tables().into_iter().zip(mapping.tables_sql()) {
         let row = pos
             .query_opt(
                 "SELECT c.relreplident::text, \
                         EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
                         has_table_privilege(c.oid, 'SELECT') \
                  FROM pg_class c WHERE c.oid = to_regclass($1)",
-                &[&crate::document::qualified_sql(&table)],
+                &[&table_sql],
             )
             .await;
         match row {
@@ -388,11 +383,7 @@ async fn check_source(source: &Source, mapping: &Mapping, checkpoint: Option<Lsn
                     "SELECT has_database_privilege(current_database(), 'CREATE') \
                         AND coalesce(bool_and(pg_has_role(c.relowner, 'USAGE')), true) \
                      FROM pg_class c WHERE c.oid = ANY(SELECT to_regclass(t) FROM unnest($1::text[]) AS t)",
-                    &[&mapping
-                        .tables()
-                        .iter()
-                        .map(|t| crate::document::qualified_sql(t))
-                        .collect::<Vec<_>>()],
+                    &[&mapping.tables_sql()],
                 )
                 .await
                 .map(|r| r.get::<_, Option<bool>>(0).unwrap_or(false));

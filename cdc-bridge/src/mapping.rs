@@ -239,6 +239,15 @@ impl Mapping {
         t
     }
 
+    /// [`Mapping::tables`] as SQL names them, each part quoted when PostgreSQL would fold it (`"Till"."Ticket"`):
+    /// for the publication, `to_regclass` and the statements an operator is told to run.
+    pub fn tables_sql(&self) -> Vec<String> {
+        self.tables()
+            .iter()
+            .map(|t| crate::document::qualified_sql(t))
+            .collect()
+    }
+
     /// The tables kept in the ERP's mirror (see [`crate::mirror`]).
     pub fn mirrors(&self) -> &[MirrorTable] {
         &self.mirrors

@@ -825,6 +825,13 @@ impl DocumentPoster {
                     RowWrite::Delete(r) => deleted.push(Value::Object(r.clone())),
                 }
             }
+            // the columns an upsert or a partial update sets
+            let non_key: Vec<&String> = shape
+                .columns
+                .iter()
+                .map(|(c, _)| c)
+                .filter(|c| !shape.key.contains(c))
+                .collect();
             let key_match = |a: &str, b: &str| {
                 shape
                     .key
@@ -845,11 +852,9 @@ impl DocumentPoster {
             }
             if !full.is_empty() {
                 let key: Vec<String> = shape.key.iter().map(|k| ident(k)).collect();
-                let sets: Vec<String> = shape
-                    .columns
+                let sets: Vec<String> = non_key
                     .iter()
-                    .filter(|(c, _)| !shape.key.contains(c))
-                    .map(|(c, _)| format!("{c} = EXCLUDED.{c}", c = ident(c)))
+                    .map(|c| format!("{c} = EXCLUDED.{c}", c = ident(c)))
                     .collect();
                 let on_conflict = if sets.is_empty() {
                     "DO NOTHING".to_string()
@@ -866,11 +871,9 @@ impl DocumentPoster {
                     .await?;
             }
             if !partial.is_empty() {
-                let sets: Vec<String> = shape
-                    .columns
+                let sets: Vec<String> = non_key
                     .iter()
-                    .filter(|(c, _)| !shape.key.contains(c))
-                    .map(|(c, _)| format!("{c} = (json_populate_record(x, e.v)).{c}", c = ident(c)))
+                    .map(|c| format!("{c} = (json_populate_record(x, e.v)).{c}", c = ident(c)))
                     .collect();
                 if !sets.is_empty() {
                     let cond: Vec<String> = shape

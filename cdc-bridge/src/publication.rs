@@ -240,7 +240,7 @@ impl Guard {
             client,
             position,
             shape,
-            tables: quoted_tables(mapping),
+            tables: mapping.tables_sql(),
             baseline: Shape::default(),
             verified: Lsn::ZERO,
             checked_at: Instant::now(),
@@ -378,18 +378,9 @@ pub async fn problems_on(
         SHAPE_OLD
     };
     let rows = pos
-        .query(sql, &[&PUBLICATION, &quoted_tables(mapping)])
+        .query(sql, &[&PUBLICATION, &mapping.tables_sql()])
         .await?;
     Ok(shape_of(&rows)?.problems())
-}
-
-/// The mapped tables as SQL names them (`"Till"."Ticket"` for mixed case), for `to_regclass` and the fixes.
-fn quoted_tables(mapping: &Mapping) -> Vec<String> {
-    mapping
-        .tables()
-        .iter()
-        .map(|t| crate::document::qualified_sql(t))
-        .collect()
 }
 
 fn broken(problems: &[(String, String)], pos_now: Lsn) -> Broken {

@@ -249,13 +249,8 @@ pub async fn ensure_publication(pos_url: &str, mapping: &Mapping) -> Result<(), 
         )
         .await?
         .is_some();
-    let tables: Vec<String> = mapping.tables();
     if !exists {
-        let list = tables
-            .iter()
-            .map(|t| crate::document::qualified_sql(t))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let list = mapping.tables_sql().join(", ");
         if let Err(e) = client
             .batch_execute(&format!(
                 "CREATE PUBLICATION {PUBLICATION} FOR TABLE {list}"
@@ -273,7 +268,7 @@ pub async fn ensure_publication(pos_url: &str, mapping: &Mapping) -> Result<(), 
         }
         tracing::info!(publication = PUBLICATION, tables = %list, "created publication");
     } else {
-        for t in &tables {
+        for (t, t_sql) in mapping.tables().iter().zip(mapping.tables_sql()) {
             let (schema, name) = t.split_once('.').unwrap_or(("public", t));
             let has = client
                 .query_opt(
@@ -285,8 +280,7 @@ pub async fn ensure_publication(pos_url: &str, mapping: &Mapping) -> Result<(), 
             if !has {
                 client
                     .batch_execute(&format!(
-                        "ALTER PUBLICATION {PUBLICATION} ADD TABLE {}",
-                        crate::document::qualified_sql(t)
+                        "ALTER PUBLICATION {PUBLICATION} ADD TABLE {t_sql}"
                     ))
                     .await?;
                 tracing::info!(publication = PUBLICATION, table = %t, "added table to publication");

@@ -345,6 +345,72 @@ impl Drop for Cluster {
     }
 }
 
+/// A POS cluster (wal_level=logical) with an empty database `pos`, for a POS schema of the test's own.
+pub async fn empty_pos_cluster() -> Cluster {
+    let c = Cluster::start("pos", true, &[]);
+    c.create_database("pos").await;
+    c
+}
+
+/// The single bigint a query returns (a count, mostly); panics naming the query when it fails.
+pub async fn count(db: &Client, sql: &str) -> i64 {
+    db.query_one(sql, &[])
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// Waits until `sql` counts at least `want`; panics after `within` with `context()` (a bridge log, say).
+pub async fn wait_count(
+    db: &Client,
+    sql: &str,
+    want: i64,
+    within: Duration,
+    context: impl Fn() -> String,
+) -> i64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let n = count(db, sql).await;
+        if n >= want {
+            return n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} of {want} after {within:?}: {sql}\n{}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `possync-bridge check` with these arguments: its exit code and everything it printed.
+pub fn bridge_check(args: &[&str]) -> (i32, String) {
+    let out = Command::new(bridge_binary())
+        .arg("check")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run possync-bridge check: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// A process's peak resident memory (VmHWM) in MB, NaN when it cannot be read.
+pub fn peak_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
 /// A POS cluster with the reference schema in database `pos`.
 pub async fn pos_cluster(extra: &[&str]) -> Cluster {
     let c = Cluster::start("pos", true, extra);

@@ -1,20 +1,4 @@
-use std::process::Command;
-
 use possync_e2e::*;
-
-fn bridge_check(args: &[&str]) -> (i32, String) {
-    let out = Command::new(bridge_path())
-        .arg("check")
-        .args(args)
-        .output()
-        .expect("run possync-bridge check");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_names_what_is_wrong_and_exits_1() {

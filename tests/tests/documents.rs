@@ -3,7 +3,7 @@
 //! transaction (final from the start), and deliveries mapped as stock receipts. The mapping is written here,
 //! from the README's guide, as a user would.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use possync_e2e::*;
 use rust_decimal::Decimal;
@@ -102,8 +102,7 @@ unit_cost = "x.\"Cost\""
 #[tokio::test]
 async fn a_pos_with_quoted_names_uuid_keys_and_generated_columns_maps_by_configuration() {
     let _serial = serial().await;
-    let pos_c = Cluster::start("pos", true, &[]);
-    pos_c.create_database("pos").await;
+    let pos_c = empty_pos_cluster().await;
     let pos = pos_c.connect("pos").await;
     let erp_c = erp_cluster().await;
     let erp = erp_c.connect("erp").await;
@@ -177,26 +176,14 @@ async fn a_pos_with_quoted_names_uuid_keys_and_generated_columns_maps_by_configu
     ))
     .await
     .unwrap_or_else(|e| panic!("bulk load: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let n: i64 = erp
-            .query_one(
-                "SELECT count(*) FROM possync.event WHERE source = 'till'",
-                &[],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .get(0);
-        if n >= 42 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{n} of 42 posted\n{}",
-            bridge.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_count(
+        &erp,
+        "SELECT count(*) FROM possync.event WHERE source = 'till'",
+        42,
+        Duration::from_secs(60),
+        || bridge.log(),
+    )
+    .await;
     let log = bridge.log();
     drop(bridge);
     let dec = |s: Option<String>| -> Decimal { s.and_then(|s| s.parse().ok()).unwrap_or_default() };

@@ -47,49 +47,27 @@ async fn a_large_pos_transaction_is_applied_once_and_never_streamed_again() {
     ))
     .await
     .unwrap_or_else(|e| panic!("the small sale: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let n: i64 = erp
-            .query_one(
-                "SELECT count(*) FROM possync.event WHERE source = 'store42'",
-                &[],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .get(0);
-        if n == SALES + 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{n} of {} posted\n{}",
-            SALES + 1,
-            bridge.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_count(
+        &erp,
+        "SELECT count(*) FROM possync.event WHERE source = 'store42'",
+        SALES + 1,
+        Duration::from_secs(180),
+        || bridge.log(),
+    )
+    .await;
     let took = started.elapsed();
     eprintln!("large transaction: {SALES} sales in one POS transaction posted in {took:?}");
     // the POS was told it may forget the transaction: the slot's confirmed position is past its commit record
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let past: bool = pos
-            .query_one(
-                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = 'possync_store42'",
-                &[&after_commit],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .get(0);
-        if past {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the slot's confirmed position stays before the applied transaction"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_count(
+        &pos,
+        &format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'possync_store42' AND confirmed_flush_lsn >= '{after_commit}'"
+        ),
+        1,
+        Duration::from_secs(30),
+        || "the slot's confirmed position stays before the applied transaction".into(),
+    )
+    .await;
     // a restarted bridge is not sent the transaction again
     bridge.kill9();
     let bridge = Bridge::start(&erp_c.url("erp"), &source, &[]);
@@ -105,18 +83,6 @@ async fn a_large_pos_transaction_is_applied_once_and_never_streamed_again() {
         .unwrap_or_else(|e| panic!("{e}"))
         .get(0);
     assert_eq!(n, SALES + 1, "one journal per sale, none twice");
-}
-
-fn peak_rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
 }
 
 /// D3: one sale of `LINES` lines (set `LARGE_SALE_LINES` to try 10⁶) is spilled to disk past 20,000 changes and
@@ -153,22 +119,14 @@ async fn a_sale_of_a_hundred_thousand_lines_is_posted_in_bounded_memory() {
     ))
     .await
     .unwrap_or_else(|e| panic!("the huge sale: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let n: i64 = erp
-            .query_one(
-                "SELECT count(*) FROM possync.event WHERE event_id IN ('HUGE-1', 'AFTER-1')",
-                &[],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .get(0);
-        if n == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not posted\n{}", bridge.log());
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_count(
+        &erp,
+        "SELECT count(*) FROM possync.event WHERE event_id IN ('HUGE-1', 'AFTER-1')",
+        2,
+        Duration::from_secs(900),
+        || bridge.log(),
+    )
+    .await;
     let took = started.elapsed();
     let rss = peak_rss_mb(bridge.pid());
     eprintln!("large sale: {lines} lines posted in {took:?}; bridge peak RSS {rss:.1} MB");

@@ -4,7 +4,7 @@
 //! the ERP shows is compared with the same figure computed from the POS tables.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use possync_e2e::*;
 use rand::{Rng, SeedableRng};
@@ -411,8 +411,7 @@ async fn pairs(c: &Client, sql: &str) -> BTreeMap<String, String> {
 #[tokio::test]
 async fn a_normalized_pos_day_reaches_the_ledgers_through_its_mapping_exactly_once() {
     let _serial = serial().await;
-    let pos_c = Cluster::start("pos", true, &[]);
-    pos_c.create_database("pos").await;
+    let pos_c = empty_pos_cluster().await;
     let pos = pos_c.connect("pos").await;
     let erp_c = erp_cluster().await;
     let erp = erp_c.connect("erp").await;
@@ -465,28 +464,20 @@ async fn a_normalized_pos_day_reaches_the_ledgers_through_its_mapping_exactly_on
     let open: Vec<i64> = waiting.iter().map(|w| w.0).collect();
 
     // what the ERP must end up with, from the POS tables
-    let settled: i64 = one(
+    let settled = count(
         &pos,
         &format!("SELECT count(*) FROM shop.pos_order WHERE state <> 'draft' AND id <> {history}"),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let posted: i64 = one(
-            &erp,
-            "SELECT count(*) FROM possync.event WHERE source = 'shop'",
-        )
-        .await;
-        let rejected: i64 = one(
-            &erp,
-            "SELECT count(*) FROM possync.exception WHERE source = 'shop' AND kind = 'malformed'",
-        )
-        .await;
-        if posted + rejected >= settled || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_count(
+        &erp,
+        "SELECT (SELECT count(*) FROM possync.event WHERE source = 'shop')
+              + (SELECT count(*) FROM possync.exception WHERE source = 'shop' AND kind = 'malformed')",
+        settled,
+        Duration::from_secs(120),
+        || bridge.log(),
+    )
+    .await;
     let log = bridge.log();
     drop(bridge);
 
@@ -580,7 +571,7 @@ async fn a_normalized_pos_day_reaches_the_ledgers_through_its_mapping_exactly_on
         other,
         "card and other tenders account"
     );
-    let mismatches: i64 = one(
+    let mismatches = count(
         &erp,
         "SELECT count(*) FROM possync.exception WHERE source = 'shop' AND kind = 'tender_mismatch'",
     )
@@ -616,27 +607,27 @@ async fn a_normalized_pos_day_reaches_the_ledgers_through_its_mapping_exactly_on
             "gap at {id} is not an open draft: {reason} (open: {open_receipts:?})"
         );
     }
-    let voids: i64 = one(
+    let voids = count(
         &pos,
         "SELECT count(*) FROM shop.pos_order WHERE state = 'cancel'",
     )
     .await;
     assert!(voids > 0, "the workload cancels orders");
     // the open drafts wait, durably, in the ERP
-    let pending: i64 = one(
+    let pending = count(
         &erp,
         "SELECT count(*) FROM possync.pending_document WHERE source = 'shop'",
     )
     .await;
     assert_eq!(pending, open.len() as i64);
     // a second UPDATE of a posted order (paid -> done) changed nothing
-    let done: i64 = one(
+    let done = count(
         &pos,
         "SELECT count(*) FROM shop.pos_order WHERE state = 'done'",
     )
     .await;
     assert!(done > 0);
-    let conflicts: i64 = one(
+    let conflicts = count(
         &erp,
         "SELECT count(*) FROM possync.exception WHERE source = 'shop' AND kind = 'conflict'",
     )
@@ -650,25 +641,10 @@ async fn a_normalized_pos_day_reaches_the_ledgers_through_its_mapping_exactly_on
     assert!(broken.is_empty(), "{broken:#?}");
 }
 
-fn bridge_check(args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(bridge_path())
-        .arg("check")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run possync-bridge check: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
-
 #[tokio::test]
 async fn check_validates_a_document_mapping_against_the_pos_and_dry_runs_it() {
     let _serial = serial().await;
-    let pos_c = Cluster::start("pos", true, &[]);
-    pos_c.create_database("pos").await;
+    let pos_c = empty_pos_cluster().await;
     let pos = pos_c.connect("pos").await;
     let erp_c = erp_cluster().await;
     pos_master(&pos).await;
@@ -731,10 +707,10 @@ async fn check_validates_a_document_mapping_against_the_pos_and_dry_runs_it() {
     let good = text.matches("becomes {").count();
     assert_eq!(good, 3, "two sales and one void: {text}");
     // nothing was written: no slot, no publication, no mirror
-    let slots: i64 = one(&pos, "SELECT count(*) FROM pg_replication_slots").await;
+    let slots = count(&pos, "SELECT count(*) FROM pg_replication_slots").await;
     assert_eq!(slots, 0);
     let erp = erp_c.connect("erp").await;
-    let mirror: i64 = one(
+    let mirror = count(
         &erp,
         "SELECT count(*) FROM pg_namespace WHERE nspname = 'possync_pos_shop'",
     )
@@ -785,8 +761,7 @@ async fn check_validates_a_document_mapping_against_the_pos_and_dry_runs_it() {
 #[tokio::test]
 async fn a_corrected_mapping_posts_what_the_wrong_one_rejected_without_reading_the_pos_again() {
     let _serial = serial().await;
-    let pos_c = Cluster::start("pos", true, &[]);
-    pos_c.create_database("pos").await;
+    let pos_c = empty_pos_cluster().await;
     let pos = pos_c.connect("pos").await;
     let erp_c = erp_cluster().await;
     let erp = erp_c.connect("erp").await;
@@ -825,25 +800,22 @@ async fn a_corrected_mapping_posts_what_the_wrong_one_rejected_without_reading_t
         )
         .await;
     }
-    let settled: i64 = one(
+    let settled = count(
         &pos,
         "SELECT count(*) FROM shop.pos_order WHERE state <> 'draft'",
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let (mut posted, mut rejected) = (0i64, 0i64);
-    while Instant::now() < deadline {
-        posted = one(
-            &erp,
-            "SELECT count(*) FROM possync.event WHERE source = 'shop'",
-        )
-        .await;
-        rejected = one(&erp, "SELECT count(*) FROM possync.exception WHERE source = 'shop' AND kind = 'malformed' AND status = 'open'").await;
-        if posted + rejected >= settled {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    const POSTED: &str = "SELECT count(*) FROM possync.event WHERE source = 'shop'";
+    const REJECTED: &str = "SELECT count(*) FROM possync.exception WHERE source = 'shop' AND kind = 'malformed' AND status = 'open'";
+    wait_count(
+        &erp,
+        &format!("SELECT ({POSTED}) + ({REJECTED})"),
+        settled,
+        Duration::from_secs(90),
+        || bridge.log(),
+    )
+    .await;
+    let (posted, rejected) = (count(&erp, POSTED).await, count(&erp, REJECTED).await);
     drop(bridge);
     let detail = pairs(&erp, "SELECT exception_id::text || ' ' || coalesce(event_id, '-'), kind || ' ' || status || ' ' || reason FROM possync.exception WHERE source = 'shop' AND kind = 'malformed'").await;
     assert_eq!(posted + rejected, settled, "{detail:#?}");
@@ -881,9 +853,9 @@ async fn a_corrected_mapping_posts_what_the_wrong_one_rejected_without_reading_t
         text.contains(&format!("resubmitted {rejected} rejected events, {rejected} posted and resolved, 0 still failing")),
         "{text}"
     );
-    let open: i64 = one(&erp, "SELECT count(*) FROM possync.exception WHERE source = 'shop' AND kind = 'malformed' AND status = 'open'").await;
+    let open = count(&erp, REJECTED).await;
     assert_eq!(open, 0);
-    let events: i64 = one(
+    let events = count(
         &erp,
         "SELECT count(*) FROM possync.event WHERE source = 'shop' AND event_id LIKE 'shop-%'",
     )

@@ -8,13 +8,6 @@ use std::time::{Duration, Instant};
 use possync_e2e::*;
 use tokio_postgres::Client;
 
-async fn count(db: &Client, sql: &str) -> i64 {
-    db.query_one(sql, &[])
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
 /// Sale events posted without a tender, and tender mismatches raised: a half transaction shows as either.
 const HALF_SALES: &str =
     "SELECT count(*) FROM possync.event WHERE kind = 'sale' AND status = 'applied' \

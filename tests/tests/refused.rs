@@ -23,13 +23,6 @@ END $$;
 CREATE TRIGGER refuse_marked_event BEFORE INSERT ON possync.event
     FOR EACH ROW EXECUTE FUNCTION public.refuse_marked_event();";
 
-async fn count(erp: &Client, sql: &str) -> i64 {
-    erp.query_one(sql, &[])
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
 /// The POS totals of the sales other than `BAD`.
 async fn pos_totals_without_bad(pos: &Client) -> Totals {
     let mut all = pos_totals(pos).await;

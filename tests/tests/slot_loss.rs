@@ -5,13 +5,6 @@ use std::time::{Duration, Instant};
 use possync_e2e::*;
 use tokio_postgres::Client;
 
-async fn count(db: &Client, sql: &str) -> i64 {
-    db.query_one(sql, &[])
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
 const ERP_SALES: &str =
     "SELECT count(*) FROM possync.event WHERE source = 'store42' AND kind = 'sale'";
 const POS_SLOTS: &str =

@@ -8,7 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use possync_e2e::{erp_cluster_with, pos_cluster, Bridge, Cluster, POS_SCHEMA, SKUS, STORE};
+use possync_e2e::{
+    count, erp_cluster_with, peak_rss_mb, pos_cluster, Bridge, Cluster, POS_SCHEMA, SKUS, STORE,
+};
 use tokio_postgres::Client;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -120,14 +122,6 @@ async fn steady_load(pos: &Cluster, prefix: &str, rate: u32, total: u32) -> f64 
     f64::from(total) / started.elapsed().as_secs_f64()
 }
 
-async fn count(client: &Client, sql: &str) -> i64 {
-    client
-        .query_one(sql, &[])
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
 async fn wait_count(client: &Client, sql: &str, want: i64, within: Duration) -> Duration {
     let started = Instant::now();
     loop {
@@ -155,18 +149,6 @@ async fn lag_ms(client: &Client, sql: &str) -> (f64, f64, f64) {
         .unwrap_or_else(|e| panic!("{q}: {e}"));
     let f = |i: usize| r.get::<_, Option<f64>>(i).unwrap_or(f64::NAN);
     (f(0), f(1), f(2))
-}
-
-fn peak_rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
