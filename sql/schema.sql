@@ -117,6 +117,21 @@ CREATE TABLE source (
 -- updated by every batch: room on the page keeps those updates HOT and the row's chain short
 WITH (fillfactor = 50);
 
+-- A source applied in parallel sessions (apply lanes, see possync.start_lanes): the bridge sends each lane the
+-- events of its share of the locations, in commit order, and each lane keeps its own checkpoint. The source's
+-- stream resumes at the least of them; a lane skips what it has already applied.
+CREATE TABLE source_lane (
+    source_id      text NOT NULL,
+    lane           integer NOT NULL,
+    lanes          integer NOT NULL,
+    checkpoint     pg_lsn NOT NULL,
+    applied_at     timestamptz,
+    events_applied bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (source_id, lane),
+    CONSTRAINT source_lane_in_range CHECK (lane >= 0 AND lane < lanes)
+)
+WITH (fillfactor = 50);
+
 -- status: applied, held (waiting for master data or a transfer_out), reversed
 CREATE TABLE event (
     event_id      text PRIMARY KEY,
@@ -376,6 +391,7 @@ SELECT pg_catalog.pg_extension_config_dump('safety_stock', '');
 SELECT pg_catalog.pg_extension_config_dump('supply', '');
 SELECT pg_catalog.pg_extension_config_dump('supply_receipt', '');
 SELECT pg_catalog.pg_extension_config_dump('source', '');
+SELECT pg_catalog.pg_extension_config_dump('source_lane', '');
 SELECT pg_catalog.pg_extension_config_dump('event', '');
 SELECT pg_catalog.pg_extension_config_dump('stock_move', '');
 SELECT pg_catalog.pg_extension_config_dump('stock_balance', '');
