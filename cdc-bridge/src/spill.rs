@@ -149,6 +149,8 @@ fn change_at(file: &File, at: At) -> std::io::Result<Change> {
 /// [`Mapping::events_of`] gives them. Memory: a few bytes per row for the index, one row at a time otherwise.
 /// `documents`: the mirrored rows were posted as documents (see [`crate::mirror::DocumentPoster::spilled`]),
 /// whose events are `extra`, written last; otherwise mirrored rows are kept as rejected records.
+/// `lane`: (lane, lanes) writes only the events of that apply lane (see [`crate::lanes`]).
+#[allow(clippy::too_many_arguments)]
 pub fn write_events(
     mapping: &Mapping,
     source: &str,
@@ -156,8 +158,10 @@ pub fn write_events(
     txn: &SpilledTxn,
     documents: bool,
     extra: &[Value],
+    lane: Option<(usize, usize)>,
     emit: &mut dyn FnMut(String) -> std::io::Result<()>,
 ) -> std::io::Result<u64> {
+    let ours = |ev: &Value| lane.is_none_or(|(l, n)| crate::lanes::event_lane(ev, n) == l);
     let file = File::open(&txn.file.path)?;
     // pass 1: the index
     let mut entries: Vec<Entry> = Vec::new();
@@ -247,6 +251,9 @@ pub fn write_events(
                         "outbox column is missing or NULL".into(),
                     ),
                 };
+                if !ours(&ev) {
+                    continue;
+                }
                 emit(format!("{}{ev}", sep(&mut first)))?;
                 written += 1;
             }
@@ -254,7 +261,20 @@ pub fn write_events(
                 let em = &mapping.event_mappings()[*e];
                 let c = change_at(&file, *at)?;
                 let (base, kind) = header_base(source, em, &c.row);
-                let mut text = Value::Object(base).to_string();
+                let base = Value::Object(base);
+                if !ours(&base) {
+                    // another lane's: its child rows are still its own, not left over
+                    if let Some(key) = em.key.as_ref().and_then(|k| c.row.get(k)) {
+                        for ch in &em.children {
+                            let list_key = (ch.table.clone(), key.to_string());
+                            if children.contains_key(&list_key) {
+                                claimed.insert(list_key, ());
+                            }
+                        }
+                    }
+                    continue;
+                }
+                let mut text = base.to_string();
                 text.pop(); // the closing brace: the arrays follow
                 emit(format!("{}{text}", sep(&mut first)))?;
                 let key = em
@@ -345,6 +365,9 @@ pub fn write_events(
                 c.table
             ),
         );
+        if !ours(&ev) {
+            continue;
+        }
         emit(format!("{}{ev}", sep(&mut first)))?;
         written += 1;
     }
@@ -363,10 +386,13 @@ pub fn write_events(
             )
         };
         let ev = unmapped(source, commit_lsn, i, &c, reason);
+        if !ours(&ev) {
+            continue;
+        }
         emit(format!("{}{ev}", sep(&mut first)))?;
         written += 1;
     }
-    for ev in extra {
+    for ev in extra.iter().filter(|ev| ours(ev)) {
         emit(format!("{}{ev}", sep(&mut first)))?;
         written += 1;
     }
@@ -427,6 +453,8 @@ pub async fn apply_spilled(
 ) -> Result<(crate::apply::BatchOutcome, crate::apply::ErpWal), crate::apply::ErpError> {
     use futures::SinkExt;
     let client = erp.client();
+    let lane = erp.lane();
+    let lane_arg = lane.map(|(l, n)| (l as i32, n as i32));
     client
         .batch_execute(
             "BEGIN; CREATE TEMP TABLE IF NOT EXISTS possync_payload (n bigint, part text) ON COMMIT DELETE ROWS",
@@ -473,7 +501,16 @@ pub async fn apply_spilled(
                 }
                 Ok(())
             };
-            let written = write_events(&m, &s, commit_lsn, &f, documents, &doc_events, &mut emit)?;
+            let written = write_events(
+                &m,
+                &s,
+                commit_lsn,
+                &f,
+                documents,
+                &doc_events,
+                lane,
+                &mut emit,
+            )?;
             if !part.is_empty() {
                 flush_part(&mut part, &mut chunk, &mut n);
             }
@@ -500,9 +537,11 @@ pub async fn apply_spilled(
                         (SELECT coalesce(jsonb_object_agg(s, n), '{}') FROM \
                            (SELECT r->>'status' AS s, count(*) AS n FROM jsonb_array_elements(a->'results') r \
                              GROUP BY 1) c))::text \
-                   FROM (SELECT possync.apply_batch($1, $2::text::pg_lsn, \
-                           (SELECT string_agg(part, '' ORDER BY n) FROM possync_payload)::jsonb) AS a) x",
-                &[&source, &commit_lsn.to_string()],
+                   FROM (SELECT CASE WHEN $3::int4 IS NULL \
+                                THEN possync.apply_batch($1, $2::text::pg_lsn, p) \
+                                ELSE possync.apply_batch($1, $2::text::pg_lsn, p, $3::int4, $4::int4) END AS a \
+                           FROM (SELECT (SELECT string_agg(part, '' ORDER BY n) FROM possync_payload)::jsonb AS p) q) x",
+                &[&source, &commit_lsn.to_string(), &lane_arg.map(|l| l.0), &lane_arg.map(|l| l.1)],
             )
             .await?;
         tracing::info!(source, commit_lsn = %commit_lsn, events, changes = spilled.changes,

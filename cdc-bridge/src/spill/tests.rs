@@ -78,7 +78,7 @@ fn a_spilled_transaction_makes_the_events_the_held_one_makes() {
     let path = txn.file.path.clone();
     let mut text = String::new();
     let mut pieces = 0;
-    let written = write_events(&mapping, "east", lsn, &txn, false, &[], &mut |p| {
+    let written = write_events(&mapping, "east", lsn, &txn, false, &[], None, &mut |p| {
         pieces += 1;
         text.push_str(&p);
         Ok(())
@@ -114,6 +114,61 @@ fn a_spilled_transaction_makes_the_events_the_held_one_makes() {
     assert_eq!(spilled[0]["lines"][0]["line"], 1);
     drop(txn);
     assert!(!path.exists(), "the file goes with the transaction");
+}
+
+#[test]
+fn the_lanes_of_a_spilled_transaction_write_its_events_between_them_once() {
+    let mapping = Mapping::reference();
+    let mut changes = Vec::new();
+    for (i, store) in ["S1", "S2", "S3", "S4", "S5", "S6"].iter().enumerate() {
+        let id = format!("T{i}");
+        let mut s = sale(&id);
+        s.row.insert("store_id".into(), json!(store));
+        changes.push(s);
+        changes.push(line(&id, 1));
+        changes.push(line(&id, 2));
+    }
+    changes.push(line("ORPHAN", 1));
+    let lsn = Lsn(0x2000);
+    let mut spill =
+        Spill::start(&std::env::temp_dir(), "east", Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    for c in &changes {
+        spill.push(c).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let txn = spill.finish().unwrap_or_else(|e| panic!("{e}"));
+    let events = |lane: Option<(usize, usize)>| -> Vec<Value> {
+        let mut text = String::new();
+        write_events(&mapping, "east", lsn, &txn, false, &[], lane, &mut |p| {
+            text.push_str(&p);
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        match serde_json::from_str(&text) {
+            Ok(Value::Array(a)) => a,
+            other => panic!("{other:?}: {text}"),
+        }
+    };
+    let all = events(None);
+    let lanes = 3;
+    let mut together = Vec::new();
+    for lane in 0..lanes {
+        let part = events(Some((lane, lanes)));
+        for ev in &part {
+            assert_eq!(crate::lanes::event_lane(ev, lanes), lane, "{ev}");
+        }
+        together.extend(part);
+    }
+    let key = |v: &Value| v.to_string();
+    let mut a: Vec<String> = all.iter().map(key).collect();
+    let mut b: Vec<String> = together.iter().map(key).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "every event once, each in its own lane");
+    // the orphan line is kept once, in lane 0, and no lane takes another's lines for orphans
+    assert_eq!(
+        together.iter().filter(|e| e["kind"] == "unmapped").count(),
+        1
+    );
 }
 
 #[test]
