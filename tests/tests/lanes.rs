@@ -314,6 +314,21 @@ async fn lanes_post_what_one_session_posts_through_sigkills_and_lane_changes() {
     single.terminate();
     laned.terminate();
 
+    // possync-bridge status shows the least checkpoint and the lanes
+    let out = std::process::Command::new(bridge_path())
+        .args(["status", "--erp", &laned_erp.url("erp")])
+        .output()
+        .expect("possync-bridge status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("chain "))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    let least = count(&laned_db, "SELECT count(*) FROM possync.source_lane WHERE checkpoint::text = (SELECT possync.source_checkpoint('chain')::text)").await;
+    assert_eq!(least, 4, "{text}");
+    assert_eq!(line.get(6).copied(), Some("4"), "lanes column\n{text}");
+
     let (a, b) = (books(&single_db).await, books(&laned_db).await);
     for (what, rows) in &a {
         assert!(!rows.is_empty(), "{what}: nothing posted");
