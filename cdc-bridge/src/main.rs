@@ -624,16 +624,18 @@ mod tests {
         let path = dir.join("bridge.toml");
         std::fs::write(
             &path,
-            "erp = \"postgres://bridge:${POSSYNC_TEST_PW}@erp/erp\"\nbatch_max_txns = 50\n[source]\nstore42 = \"postgres://b:${POSSYNC_TEST_PW}@pos42/pos\"\n",
+            "erp = \"postgres://bridge:${POSSYNC_TEST_PW}@erp/erp\"\nbatch_max_txns = 50\napply_lanes = 3\n[source]\nstore42 = \"postgres://b:${POSSYNC_TEST_PW}@pos42/pos\"\n",
         )
         .expect("write config");
         let settings = Settings {
             config: Some(path),
             sources: vec!["store7=postgres://b@pos7/pos".into()],
             batch_max_txns: 1000,
+            apply_lanes: 1,
             ..Settings::default()
         };
         let r = resolve(&settings, true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.apply.apply_lanes, 3);
         assert_eq!(r.erp, "postgres://bridge:s3cret@erp/erp");
         let names: Vec<&str> = r.sources.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["store42", "store7"]);

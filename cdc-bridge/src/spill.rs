@@ -274,7 +274,14 @@ pub fn write_events(
                     }
                     continue;
                 }
-                let mut text = base.to_string();
+                // the contract form, piece by piece, equal to what the transaction held in memory makes
+                // (Mapping::events_of): a POS transaction posted once from memory and once from its file (apply
+                // lanes re-sending it after a restart, say) is then the same event, a duplicate
+                let header = possync_events::Event::header_from_json(&base).ok();
+                let shown = header
+                    .as_ref()
+                    .map_or_else(|| base.clone(), |h| Value::Object(h.header_json()));
+                let mut text = shown.to_string();
                 text.pop(); // the closing brace: the arrays follow
                 emit(format!("{}{text}", sep(&mut first)))?;
                 let key = em
@@ -289,8 +296,9 @@ pub fn write_events(
                     }
                 }
                 for into in intos {
-                    emit(format!(",{}:[", Value::from(into)))?;
+                    let opener = format!(",{}:[", Value::from(into));
                     let mut first_item = true;
+                    let mut index = 0usize;
                     for ch in em.children.iter().filter(|ch| ch.into == into) {
                         let Some(key) = &key else { continue };
                         let list_key = (ch.table.clone(), key.clone());
@@ -329,17 +337,30 @@ pub fn write_events(
                         for at in in_order {
                             let row = change_at(&file, *at)?.row;
                             let item = Value::Object(child_item(ch, &kind, &row));
-                            emit(format!(
-                                "{}{item}",
-                                if std::mem::take(&mut first_item) {
-                                    ""
-                                } else {
-                                    ","
+                            let item = match (&header, into) {
+                                (Some(h), "lines") => h.line_json(&item, index).unwrap_or(item),
+                                (Some(_), "tenders") => {
+                                    possync_events::Event::tender_json(&item, index).unwrap_or(item)
                                 }
-                            ))?;
+                                _ => item,
+                            };
+                            index += 1;
+                            let lead = if std::mem::take(&mut first_item) {
+                                opener.as_str()
+                            } else {
+                                ","
+                            };
+                            emit(format!("{lead}{item}"))?;
                         }
                     }
-                    emit("]".into())?;
+                    if !first_item {
+                        emit("]".into())?;
+                    } else if !header.as_ref().is_some_and(|h| {
+                        into == "lines" || (into == "tenders" && !h.kind.has_tenders())
+                    }) {
+                        // as the contract form writes an empty array
+                        emit(format!("{opener}]"))?;
+                    }
                 }
                 emit("}".into())?;
                 written += 1;

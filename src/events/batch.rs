@@ -417,6 +417,13 @@ pub fn apply(
         .filter(|e| e.kind == EventKind::TransferOut)
         .filter_map(|e| e.transfer_id.as_deref().map(transfer_hold_key))
         .collect();
+    let transfers: BTreeSet<String> = work
+        .iter()
+        .filter_map(|w| w.parsed.as_ref().ok())
+        .filter(|e| matches!(e.kind, EventKind::TransferOut | EventKind::TransferIn))
+        .filter_map(|e| e.transfer_id.as_deref().map(transfer_hold_key))
+        .collect();
+    store::lock_transfers(client, &transfers);
     let waiting = store::held_by_keys(client, &shipped);
     let mut follow: HashMap<String, Vec<Work>> = HashMap::new();
     for (_, raw) in waiting {

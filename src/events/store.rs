@@ -209,6 +209,23 @@ pub fn lock_event_ids(client: &mut SpiClient<'_>, ids: &BTreeSet<String>) {
     }
 }
 
+// transaction-level advisory locks on the transfers a call ships or receives, by bucket, in one order (first key:
+// "PSTr"); taken before the event ids
+const LOCK_TRANSFERS: &str = "SELECT pg_catalog.pg_advisory_xact_lock(1347638386, h) \
+     FROM (SELECT DISTINCT pg_catalog.hashtext(k) & 255 AS h FROM unnest($1::text[]) AS k) x ORDER BY h";
+
+/// Locks the transfers whose transfer_out or transfer_in a call posts, before it looks for held receipts or for
+/// shipments. Two sessions posting the two halves of one transfer at once (apply lanes of one source, or any
+/// two callers) then take turns, and the second finds what the first committed: a transfer_out finds the
+/// transfer_in held for it and posts it, a transfer_in finds its shipment. Without this, each could miss the
+/// other's uncommitted half and leave the receipt held. Taken before the event ids, by every call, in bucket
+/// order, so the two kinds of locks never deadlock among themselves.
+pub fn lock_transfers(client: &mut SpiClient<'_>, keys: &BTreeSet<String>) {
+    if !keys.is_empty() {
+        run(client, LOCK_TRANSFERS, &[texts(keys.iter().cloned())]);
+    }
+}
+
 /// Of these ids, those still held now (another session may have posted them meanwhile).
 pub fn still_held(client: &mut SpiClient<'_>, ids: &[String]) -> HashSet<String> {
     if ids.is_empty() {

@@ -322,3 +322,91 @@ async fn replays_duplicates_and_counts_with_repeated_skus_under_load_never_deadl
         .get(0);
     assert_eq!(broken, 0);
 }
+
+/// The two halves of a transfer posted at the same moment by two sessions (two apply lanes of a source, say):
+/// the transfer_in's session has it held but not yet committed when the transfer_out's session posts. The
+/// transfer_out must wait for it and release it, not miss it and leave the receipt held for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transfer_in_held_by_another_open_session_is_released_by_its_transfer_out() {
+    let _one = serial().await;
+    let erp = erp_cluster().await;
+    let setup = erp.connect("erp").await;
+    setup
+        .batch_execute(
+            "INSERT INTO possync.location (location_id, name) VALUES ('S043', 'Store 43')",
+        )
+        .await
+        .expect("second store");
+    receive(
+        &setup,
+        json!([{"sku": SKUS[0], "qty": 10, "unit_cost": "4.00"}]),
+    )
+    .await;
+    let half = |id: &str, kind: &str, at: &str, other: (&str, &str)| {
+        json!({"event_id": id, "kind": kind, "location": at, "transfer_id": "T-RACE",
+               other.0: other.1, "business_date": "2026-11-26",
+               "lines": [{"sku": SKUS[0], "qty": 3}]})
+        .to_string()
+    };
+    let receiving = erp.connect("erp").await;
+    receiving.batch_execute("BEGIN").await.expect("begin");
+    let held: String = receiving
+        .query_one(
+            "SELECT possync.apply_event($1::text::jsonb)->>'status'",
+            &[&half(
+                "t-in",
+                "transfer_in",
+                "S043",
+                ("from_location", STORE),
+            )],
+        )
+        .await
+        .expect("transfer_in")
+        .get(0);
+    assert_eq!(held, "held", "nothing shipped yet");
+    let shipping = erp.connect("erp").await;
+    let out = half("t-out", "transfer_out", STORE, ("to_location", "S043"));
+    let ship = tokio::spawn(async move {
+        shipping
+            .query_one(
+                "SELECT possync.apply_event($1::text::jsonb)->>'status'",
+                &[&out],
+            )
+            .await
+            .map(|r| r.get::<_, String>(0))
+    });
+    // the transfer_out waits for the open session's lock on the transfer
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !ship.is_finished(),
+        "the transfer_out did not wait for the session holding its transfer_in"
+    );
+    receiving.batch_execute("COMMIT").await.expect("commit");
+    let shipped = ship.await.expect("task").expect("transfer_out");
+    assert_eq!(shipped, "applied");
+    let status: String = setup
+        .query_one(
+            "SELECT status FROM possync.event WHERE event_id = 't-in'",
+            &[],
+        )
+        .await
+        .expect("t-in")
+        .get(0);
+    assert_eq!(
+        status, "applied",
+        "the receipt was released by its transfer_out"
+    );
+    assert_eq!(
+        numeric(&setup, &format!("SELECT on_hand FROM possync.stock_balance WHERE sku = '{}' AND location_id = 'S043'", SKUS[0])).await,
+        Decimal::from(3)
+    );
+    assert_eq!(
+        numeric(
+            &setup,
+            "SELECT sum(debit - credit) FROM possync.journal_line WHERE account_code = '1210'"
+        )
+        .await,
+        Decimal::ZERO,
+        "nothing left in transit"
+    );
+}

@@ -5,9 +5,10 @@
 //! stores (valued at the original sale's cost), receipts, and transfers whose transfer_in comes in the same POS
 //! transaction as its transfer_out, in the next one, or before it. Two ERPs stream the same POS: one through a
 //! bridge with one session that runs undisturbed, one through a bridge with lanes that is killed and restarted
-//! with 3, 2 and 4 lanes. Both ERPs must then hold the same events with the same statuses, the same stock and
-//! value per item and store, the same general ledger per account and store, and the same exceptions; and the
-//! revenue, returns and units must equal what the POS tables say.
+//! with 3, 2 and 4 lanes, every other time spilling most POS transactions to files. Both ERPs must then hold
+//! the same events with the same statuses, the same stock and value per item and store, the same general
+//! ledger per account and store, and the same exceptions; and the revenue, returns and units must equal what
+//! the POS tables say.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -260,9 +261,24 @@ async fn lanes_post_what_one_session_posts_through_sigkills_and_lane_changes() {
         &[("single", pos.url("pos"))],
         &small,
     );
-    let laned_args = |k: &'static str| ["--batch-max-txns", "25", "--apply-lanes", k];
+    // every other run spills each POS transaction of 5 changes or more to a file (two stores' sales, a receipt):
+    // each lane then writes its own events of it from the file
+    let laned_args = |k: &'static str, spill: bool| {
+        [
+            "--batch-max-txns",
+            "25",
+            "--apply-lanes",
+            k,
+            "--spill-after-changes",
+            if spill { "5" } else { "20000" },
+        ]
+    };
     let laned_source = [("chain", pos.url("pos"))];
-    let mut laned = Bridge::start(&laned_erp.url("erp"), &laned_source, &laned_args("3"));
+    let mut laned = Bridge::start(
+        &laned_erp.url("erp"),
+        &laned_source,
+        &laned_args("3", false),
+    );
     single.wait_streaming("single", Duration::from_secs(30));
     laned.wait_streaming("chain", Duration::from_secs(30));
 
@@ -278,13 +294,13 @@ async fn lanes_post_what_one_session_posts_through_sigkills_and_lane_changes() {
         }
     });
     // killed while it applies, restarted with as many lanes, then with fewer, then with more
-    for k in ["3", "2", "4"] {
+    for (k, spill) in [("3", true), ("2", false), ("4", true)] {
         tokio::time::sleep(Duration::from_millis(
             rand::thread_rng().gen_range(500..1500),
         ))
         .await;
         laned.kill9();
-        laned = Bridge::start(&laned_erp.url("erp"), &laned_source, &laned_args(k));
+        laned = Bridge::start(&laned_erp.url("erp"), &laned_source, &laned_args(k, spill));
     }
     writer.await.expect("POS writer");
 
