@@ -12,6 +12,8 @@
 //! and its transfer_out, a return and the sale it names) would race it: the group is cut before such an event
 //! into segments applied one after the other, so it finds the other committed, as it would in a single session.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 
 use crate::assembler::PosTransaction;
@@ -80,6 +82,44 @@ fn needs(event: &Value) -> Vec<String> {
     keys
 }
 
+/// Within one POS transaction, which lanes' parts need another lane's part of it posted first: fed the
+/// transaction's events in order, it marks a lane when one of its events needs what an earlier event of another
+/// lane gives. Those lanes' parts are applied in a segment after the others'.
+pub struct Within {
+    given: HashMap<String, usize>,
+    later: Vec<bool>,
+}
+
+impl Within {
+    pub fn new(lanes: usize) -> Within {
+        Within {
+            given: HashMap::new(),
+            later: vec![false; lanes.max(1)],
+        }
+    }
+
+    /// The next event of the transaction; returns its lane.
+    pub fn add(&mut self, event: &Value) -> usize {
+        let lanes = self.later.len();
+        let lane = event_lane(event, lanes);
+        if needs(event)
+            .iter()
+            .any(|k| self.given.get(k).is_some_and(|l| *l != lane))
+        {
+            self.later[lane] = true;
+        }
+        for k in provides(event) {
+            self.given.entry(k).or_insert(lane);
+        }
+        lane
+    }
+
+    /// Per lane, whether its part goes in a later segment.
+    pub fn later(self) -> Vec<bool> {
+        self.later
+    }
+}
+
 /// One segment of a group: for each lane, the parts of consecutive POS transactions it applies, in commit order.
 pub type Segment = Vec<Vec<PosTransaction>>;
 
@@ -97,13 +137,14 @@ fn part_of(txn: &PosTransaction, events: Vec<Value>) -> PosTransaction {
 
 /// Splits a group of consecutive POS transactions into segments of per-lane parts (see the module's words).
 /// A spilled transaction (its events are in a file, read by each lane for its own) is a segment of its own, sent
-/// to every lane. In the last segment every lane ends with the group's last transaction, with no events when it
+/// to every lane; which of its lanes must follow others is read from its file when it is applied
+/// ([`crate::spill::later_lanes`]). In the last segment every lane ends with the group's last transaction, with no events when it
 /// has none there, so that every lane's checkpoint reaches the end of the group.
 pub fn segments(group: &[PosTransaction], lanes: usize) -> Vec<Segment> {
     let lanes = lanes.max(1);
     let mut out: Vec<Segment> = Vec::new();
     let mut current: Segment = vec![Vec::new(); lanes];
-    let mut provided: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut provided: HashMap<String, usize> = HashMap::new();
     let mut filled = false;
     let close = |current: &mut Segment, out: &mut Vec<Segment>, filled: &mut bool| {
         if std::mem::take(filled) {
@@ -119,25 +160,18 @@ pub fn segments(group: &[PosTransaction], lanes: usize) -> Vec<Segment> {
         }
         let mut parts: Vec<Vec<Value>> = vec![Vec::new(); lanes];
         let mut cut = false;
-        // what this transaction's earlier events give, by lane; a lane whose part needs one of another lane's is
-        // applied in a segment after it
-        let mut within: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-        let mut later = vec![false; lanes];
+        let mut within = Within::new(lanes);
         for ev in &txn.events {
-            let lane = event_lane(ev, lanes);
-            for k in needs(ev) {
-                if provided.get(&k).is_some_and(|l| *l != lane) {
-                    cut = true;
-                }
-                if within.get(&k).is_some_and(|l| *l != lane) {
-                    later[lane] = true;
-                }
-            }
-            for k in provides(ev) {
-                within.entry(k).or_insert(lane);
+            let lane = within.add(ev);
+            if needs(ev)
+                .iter()
+                .any(|k| provided.get(k).is_some_and(|l| *l != lane))
+            {
+                cut = true;
             }
             parts[lane].push(ev.clone());
         }
+        let later = within.later();
         if cut {
             close(&mut current, &mut out, &mut filled);
             provided.clear();

@@ -698,7 +698,39 @@ impl Lanes {
         };
         // each lane counts the parts it applied; a POS transaction counts once
         let transactions_before = metrics.transactions_applied.load(Ordering::Relaxed);
-        for segment in crate::lanes::segments(group, self.erps.len()) {
+        let lanes = self.erps.len();
+        let mut waves: Vec<crate::lanes::Segment> = Vec::new();
+        for segment in crate::lanes::segments(group, lanes) {
+            let spilled = segment.iter().flatten().find_map(|p| p.spilled.clone());
+            let Some(spilled) = spilled else {
+                waves.push(segment);
+                continue;
+            };
+            // a spilled transaction's lanes that need another's part committed first go after it
+            let (m, s) = (mapping.clone(), source.to_string());
+            let later = tokio::task::spawn_blocking(move || {
+                crate::spill::later_lanes(&m, &s, &spilled, lanes)
+            })
+            .await
+            .map_err(|e| crate::apply::ErpError::Spill(e.to_string()))?
+            .map_err(|e| crate::apply::ErpError::Spill(e.to_string()))?;
+            if later.iter().any(|l| *l) {
+                let mut first = segment.clone();
+                let mut then = segment;
+                for (lane, is_later) in later.iter().enumerate() {
+                    if *is_later {
+                        first[lane].clear();
+                    } else {
+                        then[lane].clear();
+                    }
+                }
+                waves.push(first);
+                waves.push(then);
+            } else {
+                waves.push(segment);
+            }
+        }
+        for segment in waves {
             let work: Vec<Vec<PosTransaction>> = segment
                 .into_iter()
                 .zip(&self.applied_to)

@@ -145,6 +145,45 @@ fn change_at(file: &File, at: At) -> std::io::Result<Change> {
     })
 }
 
+/// Which apply lanes' parts of a spilled transaction must wait for another lane's part (see
+/// [`crate::lanes::Within`]), read from its file: the headers' events in order, without their lines (a
+/// line-level `original_event_id` is not seen here; a transfer's halves and a header's original sale are).
+pub fn later_lanes(
+    mapping: &Mapping,
+    source: &str,
+    txn: &SpilledTxn,
+    lanes: usize,
+) -> std::io::Result<Vec<bool>> {
+    let file = File::open(&txn.file.path)?;
+    let mut reader = BufReader::new(&file);
+    let mut line = String::new();
+    let mut within = crate::lanes::Within::new(lanes);
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
+        let Some(c) = change_of(line.trim_end()) else {
+            continue;
+        };
+        if c.op != ChangeOp::Insert {
+            continue;
+        }
+        if let Some(o) = mapping
+            .outbox_mappings()
+            .iter()
+            .find(|o| o.table == c.table)
+        {
+            if let Some(ev) = c.row.get(&o.column) {
+                within.add(ev);
+            }
+        } else if let Some(em) = mapping.event_mappings().iter().find(|e| e.table == c.table) {
+            within.add(&Value::Object(header_base(source, em, &c.row).0));
+        }
+    }
+    Ok(within.later())
+}
+
 /// Writes the events of a spilled transaction, as the text of one JSON array, in pieces to `emit`, in the order
 /// [`Mapping::events_of`] gives them. Memory: a few bytes per row for the index, one row at a time otherwise.
 /// `documents`: the mirrored rows were posted as documents (see [`crate::mirror::DocumentPoster::spilled`]),

@@ -188,3 +188,40 @@ fn copy_fields_escape_what_copy_text_format_reads_specially() {
     copy_field(&mut out, "a\\b\tc\nd\re\"f");
     assert_eq!(out, "a\\\\b\\tc\\nd\\re\"f");
 }
+
+#[test]
+fn the_lane_of_a_transfer_in_after_its_transfer_out_in_one_spilled_transaction_goes_second() {
+    let mapping = Mapping::reference();
+    let lanes = 2;
+    let a = "S1";
+    let b = (2..100)
+        .map(|i| format!("S{i}"))
+        .find(|l| crate::lanes::lane_of(Some(l), lanes) != crate::lanes::lane_of(Some(a), lanes))
+        .expect("a store in the other lane");
+    let half = |id: &str, kind: &str, at: &str, other: &str| {
+        insert(
+            "pos.stock_event",
+            json!({"event_id": id, "store_id": at, "kind": kind, "ref": "T1", "other_store_id": other,
+                   "reason": null, "business_date": "2026-11-26", "occurred_at": "2026-11-26T08:00:00+00:00"}),
+        )
+    };
+    let spilled = |changes: Vec<Change>| {
+        let mut spill = Spill::start(&std::env::temp_dir(), "east", Vec::new())
+            .unwrap_or_else(|e| panic!("{e}"));
+        for c in &changes {
+            spill.push(c).unwrap_or_else(|e| panic!("{e}"));
+        }
+        spill.finish().unwrap_or_else(|e| panic!("{e}"))
+    };
+    let txn = spilled(vec![
+        half("o", "transfer_out", a, &b),
+        half("i", "transfer_in", &b, a),
+    ]);
+    let later = later_lanes(&mapping, "east", &txn, lanes).unwrap_or_else(|e| panic!("{e}"));
+    let lane_b = crate::lanes::lane_of(Some(&b), lanes);
+    assert!(later[lane_b] && !later[1 - lane_b], "{later:?}");
+    // with a sale only, no lane waits
+    let txn = spilled(vec![sale("X")]);
+    let later = later_lanes(&mapping, "east", &txn, lanes).unwrap_or_else(|e| panic!("{e}"));
+    assert!(later.iter().all(|l| !l));
+}
