@@ -18,13 +18,22 @@ use crate::stock::{Balances, StockMove};
 const EVENT: &str =
     "SELECT status, journal_id, location_id, business_date::text, kind FROM possync.event \
      WHERE event_id = $1 FOR UPDATE";
+// (every month's index is probed: a reversal's own moves are dated as its journal, not as its event)
 const MOVES: &str =
     "SELECT sku, location_id, qty::text, unit_cost::text, value::text FROM possync.stock_move \
      WHERE event_id = $1 ORDER BY move_id";
 const LINES: &str = "SELECT line_no::bigint, account_code, location_id, debit::text, credit::text FROM possync.journal_line \
      WHERE journal_id = $1 ORDER BY line_no";
-const INSERT_REVERSAL: &str = "INSERT INTO possync.event (event_id, kind, location_id, business_date, status, journal_id, payload) \
+// the reversal is an event of the day it is posted; its id is kept in event_key as every event's
+const INSERT_REVERSAL: &str = "WITH k AS (INSERT INTO possync.event_key (event_id, business_date) \
+        VALUES ($1, current_date)) \
+     INSERT INTO possync.event (event_id, kind, location_id, business_date, status, journal_id, payload) \
      VALUES ($1, 'reversal', $2, current_date, 'applied', $3::bigint, $4::jsonb)";
+// where an event id is kept, and whether its month is archived
+const STORED_IN: &str = "SELECT k.business_date::text, \
+        EXISTS (SELECT 1 FROM possync.archived_period a \
+                 WHERE a.month = date_trunc('month', k.business_date)::date) \
+     FROM possync.event_key k WHERE k.event_id = $1";
 const MARK_REVERSED: &str = "UPDATE possync.event SET status = 'reversed' WHERE event_id = $1";
 // a fulfillment that consumed holds: reversed, the goods are back and held for the order again
 // (read first for the balance keys, which are locked before reservations, as release() does)
@@ -36,6 +45,8 @@ const HOLD_AGAIN: &str =
 // a receipt against supply: reversed, the supply is open again by exactly what the receipt took
 const REOPEN_SUPPLY: &str = "UPDATE possync.supply s SET qty_open = s.qty_open + r.qty \
      FROM possync.supply_receipt r WHERE r.event_id = $1 AND s.supply_id = r.supply_id";
+
+const TODAY: &str = "SELECT current_date::text";
 
 const REVERSES: &str = "SELECT payload ->> 'reverses' FROM possync.event WHERE event_id = $1";
 
@@ -66,7 +77,7 @@ fn write_offs(
     balances: &mut Balances,
     keys: &BTreeSet<(String, String)>,
     writes: &mut Writes,
-    reversal_id: &str,
+    (reversal_id, business_date): (&str, &str),
 ) -> Vec<JournalLine> {
     let stranded: Vec<((String, String), Decimal)> = keys
         .iter()
@@ -78,13 +89,19 @@ fn write_offs(
     }
     let skus = stranded.iter().map(|((s, _), _)| s.clone()).collect();
     let locs = stranded.iter().map(|((_, l), _)| l.clone()).collect();
-    let md = super::store::master_data(client, &skus, &locs, &BTreeSet::new(), &BTreeSet::new());
+    let none = BTreeSet::new();
+    let md = super::store::master_data(client, &skus, &locs, &none, &none, &none);
     let mut journal = JournalDraft::default();
     for (k, amount) in stranded {
         let mut b = balances.get(&k).clone();
         let m = b.write_off(amount);
         balances.set(k.clone(), b);
-        writes.moves.push((reversal_id.to_string(), k.clone(), m));
+        writes.moves.push((
+            reversal_id.to_string(),
+            k.clone(),
+            m,
+            business_date.to_string(),
+        ));
         let class = md.items.get(&k.0).and_then(|i| i.item_class.as_deref());
         journal.debit(Role::Cogs, &k.1, class, amount);
         journal.credit(Role::Inventory, &k.1, class, amount);
@@ -117,6 +134,35 @@ fn reverse_event(event_id: Option<&str>, reason: Option<&str>) -> JsonB {
         )
     };
     let result = Spi::connect_mut(|client| {
+        // the reversal is dated today; its journal and moves are dated as the event it reverses
+        super::periods::lock_against_archive();
+        let stored = run(client, STORED_IN, &[text(event_id)]).next().map(|r| {
+            (
+                get_text(&r, 1).unwrap_or_default(),
+                crate::statements::get_bool(&r, 2).unwrap_or(false),
+            )
+        });
+        if let Some((date, true)) = &stored {
+            misuse(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "{f}: argument event_id {event_id:?} is dated {date}, in an archived period: its postings are \
+                     no longer in the ledger"
+                ),
+                "correct it with a new event (an adjustment, a return) dated in an open month",
+            );
+        }
+        let today = run(client, TODAY, &[])
+            .next()
+            .and_then(|r| get_text(&r, 1))
+            .unwrap_or_default();
+        super::periods::prepare(
+            client,
+            stored
+                .iter()
+                .map(|(d, _)| d.as_str())
+                .chain(std::iter::once(today.as_str())),
+        );
         let reversal_id = reversal_id_for(client, event_id);
         let row = run(client, EVENT, &[text(event_id)]).next().map(|r| {
             (
@@ -152,7 +198,10 @@ fn reverse_event(event_id: Option<&str>, reason: Option<&str>) -> JsonB {
                 "a held event has posted nothing; it needs no reversal",
             ),
         }
-        let moves: Vec<((String, String), StockMove)> = run(client, MOVES, &[text(event_id)])
+        // the reversal's journal and moves are dated as the event it reverses
+        let dated = business_date.clone().unwrap_or_default();
+        let moves: Vec<((String, String), StockMove)> =
+            run(client, MOVES, &[text(event_id)])
             .map(|r| {
                 let key = (
                     get_text(&r, 1).unwrap_or_default(),
@@ -216,12 +265,20 @@ fn reverse_event(event_id: Option<&str>, reason: Option<&str>) -> JsonB {
             let mut b = balances.get(k).clone();
             let back = b.reverse(m);
             balances.set(k.clone(), b);
-            writes.moves.push((reversal_id.clone(), k.clone(), back));
+            writes
+                .moves
+                .push((reversal_id.clone(), k.clone(), back, dated.clone()));
         }
         // what has moved since can leave the reversal on exactly 0 on-hand with value, or with a value of the
         // other sign: written off against cogs, as any incoming move's
         let mut lines = lines;
-        let write_off = write_offs(client, &mut balances, &keys, &mut writes, &reversal_id);
+        let write_off = write_offs(
+            client,
+            &mut balances,
+            &keys,
+            &mut writes,
+            (&reversal_id, &dated),
+        );
         if !write_off.is_empty() {
             let next = lines.iter().map(|l| l.line_no).max().unwrap_or(0);
             lines.extend(write_off.into_iter().enumerate().map(|(i, mut l)| {
