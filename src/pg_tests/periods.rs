@@ -90,19 +90,31 @@ fn posting_into_several_months_makes_their_partitions() {
         ));
         assert_eq!(status(&s), "applied", "{s}");
     }
-    // each month the events are dated in, and the month after the latest, in every ledger table
+    // each month the events are dated in, and the month after the latest of each call, in every ledger table
     for table in ["event", "stock_move", "journal", "journal_line"] {
-        let expected: Vec<String> = ["2026_09", "2026_10", "2027_02", "2027_03"]
+        let expected: Vec<String> = ["2026_09", "2026_10", "2026_11", "2027_02", "2027_03"]
             .iter()
             .map(|m| format!("{table}_{m}"))
             .collect();
         assert_eq!(partitions_of(table), expected, "{table}");
     }
-    // every row is in its month's partition, with its business date
-    for (table, per_month) in [("event", 2), ("stock_move", 2), ("journal", 2), ("journal_line", 4)] {
-        for m in ["2026_09", "2026_10", "2027_02"] {
-            assert_eq!(count(&format!("SELECT 1 FROM possync.{table}_{m}")), per_month, "{table}_{m}");
+    // every row is in its month's partition: a receipt and a sale a month, one line each, each with a journal
+    for (table, per_month) in [("event", 2), ("stock_move", 2), ("journal", 2), ("journal_line", -1)] {
+        for (m, first) in [("2026_09", "2026-09-01"), ("2026_10", "2026-10-01"), ("2027_02", "2027-02-01")] {
+            let dated = count(&format!(
+                "SELECT 1 FROM possync.{table} WHERE business_date >= '{first}' AND business_date < '{first}'::date + interval '1 month'"
+            ));
+            assert_eq!(count(&format!("SELECT 1 FROM possync.{table}_{m}")), dated, "{table}_{m}");
+            if per_month >= 0 {
+                assert_eq!(dated, per_month, "{table}_{m}");
+            }
         }
+        assert_eq!(
+            count(&format!("SELECT 1 FROM ONLY possync.{table}")),
+            0,
+            "a partitioned table holds nothing itself"
+        );
+        assert_eq!(count(&format!("SELECT 1 FROM possync.{table}_2026_11")), 0);
         assert_eq!(count(&format!("SELECT 1 FROM possync.{table}_2027_03")), 0);
     }
     assert_eq!(
@@ -134,7 +146,7 @@ fn posting_into_several_months_makes_their_partitions() {
                 "SELECT 1 FROM pg_inherits i JOIN pg_trigger t ON t.tgrelid = i.inhrelid AND t.tgname = '{trigger}'
                   WHERE i.inhparent = 'possync.{table}'::regclass"
             )),
-            4,
+            5,
             "{trigger} on every partition of {table}"
         );
     }
@@ -142,7 +154,7 @@ fn posting_into_several_months_makes_their_partitions() {
         count("SELECT 1 FROM pg_inherits i JOIN pg_index x ON x.indrelid = i.inhrelid AND x.indisprimary
                 WHERE i.inhparent IN ('possync.event'::regclass, 'possync.stock_move'::regclass,
                                       'possync.journal'::regclass, 'possync.journal_line'::regclass)"),
-        16
+        20
     );
     // making them again makes nothing; make_partitions makes months ahead from the current one
     assert_eq!(
@@ -152,7 +164,7 @@ fn posting_into_several_months_makes_their_partitions() {
     let ahead = Spi::get_one::<i64>(
         "SELECT count(*) FROM generate_series(date_trunc('month', current_date), date_trunc('month', current_date + 62),
                                               interval '1 month') g
-          WHERE to_char(g, 'YYYY-MM') NOT IN ('2026-09', '2026-10', '2027-02', '2027-03')",
+          WHERE to_char(g, 'YYYY-MM') NOT IN ('2026-09', '2026-10', '2026-11', '2027-02', '2027-03')",
     )
     .expect("months")
     .unwrap_or_default();
