@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 
 use super::context::Batch;
 use super::facts::{Effect, Raised, TransferState};
-use super::posting::Draft;
 use super::periods;
+use super::posting::Draft;
 use super::store::{self, Known, Writes};
 use crate::audit::config::{check_lines, Rules};
 use crate::audit::sequence::{self, Seen};

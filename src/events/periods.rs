@@ -25,7 +25,8 @@ const LEDGERS: [&str; 4] = ["event", "stock_move", "journal", "journal_line"];
 const ENSURE: &str =
     "SELECT m::text FROM unnest(possync.ensure_ledger_months($1::text[]::date[])) AS m";
 
-const ARCHIVED: &str = "SELECT month::text FROM possync.archived_period WHERE month = ANY($1::text[]::date[])";
+const ARCHIVED: &str =
+    "SELECT month::text FROM possync.archived_period WHERE month = ANY($1::text[]::date[])";
 
 thread_local! {
     /// First days ("2026-11-01") of the months every ledger table has a partition for.
@@ -72,7 +73,9 @@ unsafe extern "C-unwind" fn forget_months(_arg: pg_sys::Datum, relid: pg_sys::Oi
 fn watch() {
     if !WATCHING.with(Cell::get) {
         // SAFETY: registers a callback that only touches this thread's Cells; once per backend
-        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget_months), pg_sys::Datum::from(0)) };
+        unsafe {
+            pg_sys::CacheRegisterRelcacheCallback(Some(forget_months), pg_sys::Datum::from(0))
+        };
         WATCHING.with(|w| w.set(true));
     }
 }

@@ -200,8 +200,7 @@ fn reverse_event(event_id: Option<&str>, reason: Option<&str>) -> JsonB {
         }
         // the reversal's journal and moves are dated as the event it reverses
         let dated = business_date.clone().unwrap_or_default();
-        let moves: Vec<((String, String), StockMove)> =
-            run(client, MOVES, &[text(event_id)])
+        let moves: Vec<((String, String), StockMove)> = run(client, MOVES, &[text(event_id)])
             .map(|r| {
                 let key = (
                     get_text(&r, 1).unwrap_or_default(),
