@@ -92,6 +92,20 @@ fn parents() -> [pg_sys::Oid; 4] {
     })
 }
 
+/// Whether the database's possync schema has the ledgers by month (0.4.0 on). This library also serves a database
+/// still on an earlier version until `ALTER EXTENSION possync UPDATE` runs there, writing the tables that version
+/// has (installing the library does not stop posting): a catalog lookup per call tells which.
+pub fn by_month() -> bool {
+    let schema = CString::new("possync").expect("no NUL");
+    let table = CString::new("event_key").expect("no NUL");
+    // SAFETY: catalog lookups by name in a transaction
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(schema.as_ptr(), true);
+        namespace != pg_sys::InvalidOid
+            && pg_sys::get_relname_relid(table.as_ptr(), namespace) != pg_sys::InvalidOid
+    }
+}
+
 /// Takes the archive lock shared for the rest of the transaction (as pg_advisory_xact_lock_shared does), then
 /// reads the invalidations that committed meanwhile (a month archived while this session waited).
 pub fn lock_against_archive() {
@@ -114,6 +128,9 @@ pub fn lock_against_archive() {
 /// every ledger table, unless archived. Call before anything of the call is locked or written: making a month
 /// takes the partition lock, which a session that makes one holds until it commits.
 pub fn prepare<'a>(client: &mut SpiClient<'_>, dates: impl IntoIterator<Item = &'a str>) {
+    if !by_month() {
+        return;
+    }
     lock_against_archive();
     let mut months: BTreeSet<Month> = dates.into_iter().filter_map(month_of).collect();
     if let Some(next) = months.last().copied().and_then(month_after) {

@@ -29,6 +29,8 @@ const INSERT_REVERSAL: &str = "WITH k AS (INSERT INTO possync.event_key (event_i
         VALUES ($1, current_date)) \
      INSERT INTO possync.event (event_id, kind, location_id, business_date, status, journal_id, payload) \
      VALUES ($1, 'reversal', $2, current_date, 'applied', $3::bigint, $4::jsonb)";
+const INSERT_REVERSAL_BEFORE_0_4: &str = "INSERT INTO possync.event (event_id, kind, location_id, business_date, \
+        status, journal_id, payload) VALUES ($1, 'reversal', $2, current_date, 'applied', $3::bigint, $4::jsonb)";
 // where an event id is kept, and whether its month is archived
 const STORED_IN: &str = "SELECT k.business_date::text, \
         EXISTS (SELECT 1 FROM possync.archived_period a \
@@ -135,13 +137,20 @@ fn reverse_event(event_id: Option<&str>, reason: Option<&str>) -> JsonB {
     };
     let result = Spi::connect_mut(|client| {
         // the reversal is dated today; its journal and moves are dated as the event it reverses
-        super::periods::lock_against_archive();
-        let stored = run(client, STORED_IN, &[text(event_id)]).next().map(|r| {
-            (
-                get_text(&r, 1).unwrap_or_default(),
-                crate::statements::get_bool(&r, 2).unwrap_or(false),
-            )
-        });
+        let by_month = super::periods::by_month();
+        if by_month {
+            super::periods::lock_against_archive();
+        }
+        let stored = if by_month {
+            run(client, STORED_IN, &[text(event_id)]).next().map(|r| {
+                (
+                    get_text(&r, 1).unwrap_or_default(),
+                    crate::statements::get_bool(&r, 2).unwrap_or(false),
+                )
+            })
+        } else {
+            None
+        };
         if let Some((date, true)) = &stored {
             misuse(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -302,7 +311,11 @@ fn reverse_event(event_id: Option<&str>, reason: Option<&str>) -> JsonB {
         let payload = json!({"reverses": event_id, "reason": reason}).to_string();
         run(
             client,
-            INSERT_REVERSAL,
+            if by_month {
+                INSERT_REVERSAL
+            } else {
+                INSERT_REVERSAL_BEFORE_0_4
+            },
             &[
                 text(&reversal_id),
                 DatumWithOid::from(location.clone()),

@@ -8,6 +8,7 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 
 use super::facts::{Effect, Item, Raised, Reservation, TransferLine, TransferState};
+use super::periods;
 use crate::audit::config::Promotion;
 use crate::ledger::journal::Mapping;
 use crate::ledger::{AccountMap, JournalLine};
@@ -35,10 +36,21 @@ pub enum Known {
     Unavailable,
 }
 
+// before 0.4.0: one unpartitioned table
+const KNOWN_EVENTS_BEFORE_0_4: &str =
+    "SELECT event_id, payload::text FROM possync.event WHERE event_id = ANY($1::text[])";
+
 /// What the inbox holds for ids already received (usually none: only duplicates and conflicts).
 pub fn known_events(client: &mut SpiClient<'_>, ids: &[String]) -> HashMap<String, Known> {
     if ids.is_empty() {
         return HashMap::new();
+    }
+    if !periods::by_month() {
+        let rows = run(client, KNOWN_EVENTS_BEFORE_0_4, &[texts(ids.iter().cloned())]);
+        return payload_rows(rows)
+            .into_iter()
+            .map(|(id, p)| (id, Known::Payload(p)))
+            .collect();
     }
     let mut known = HashMap::new();
     let mut live: Vec<(String, String)> = Vec::new();
@@ -97,15 +109,23 @@ pub struct MasterData {
     pub archived: HashSet<String>,
 }
 
-const MASTER_DATA: &str = "\
-    SELECT 'i', sku, item_class, standard_cost::text, NULL FROM possync.item WHERE sku = ANY($1::text[]) \
-    UNION ALL SELECT 'l', location_id, NULL, NULL, NULL FROM possync.location WHERE location_id = ANY($2::text[]) \
-    UNION ALL SELECT 'a', role, account_code, location_id, item_class FROM possync.account_map \
-    UNION ALL SELECT 't', tax_code, rate::text, NULL, NULL FROM possync.tax_code WHERE tax_code = ANY($3::text[]) \
-    UNION ALL SELECT 'p', promotion_code, starts_on::text, ends_on::text, max_discount_pct::text \
-      FROM possync.promotion WHERE promotion_code = ANY($4::text[]) \
-    UNION ALL SELECT 'z', month::text, NULL, NULL, NULL FROM possync.archived_period \
-      WHERE month = ANY($5::text[]::date[])";
+macro_rules! master_data_sql {
+    () => {
+        "SELECT 'i', sku, item_class, standard_cost::text, NULL FROM possync.item WHERE sku = ANY($1::text[]) \
+         UNION ALL SELECT 'l', location_id, NULL, NULL, NULL FROM possync.location WHERE location_id = ANY($2::text[]) \
+         UNION ALL SELECT 'a', role, account_code, location_id, item_class FROM possync.account_map \
+         UNION ALL SELECT 't', tax_code, rate::text, NULL, NULL FROM possync.tax_code WHERE tax_code = ANY($3::text[]) \
+         UNION ALL SELECT 'p', promotion_code, starts_on::text, ends_on::text, max_discount_pct::text \
+           FROM possync.promotion WHERE promotion_code = ANY($4::text[])"
+    };
+}
+const MASTER_DATA: &str = concat!(
+    master_data_sql!(),
+    " UNION ALL SELECT 'z', month::text, NULL, NULL, NULL FROM possync.archived_period \
+      WHERE month = ANY($5::text[]::date[])"
+);
+// before 0.4.0: no archived months
+const MASTER_DATA_BEFORE_0_4: &str = master_data_sql!();
 
 /// Items and locations the call names, the whole account map (small), tax codes and promotions named, and which
 /// of the call's months (first days) are archived.
@@ -126,14 +146,19 @@ pub fn master_data(
         archived: HashSet::new(),
     };
     let mut mappings = Vec::new();
-    let args = [
+    let mut args = vec![
         texts(skus.iter().cloned()),
         texts(locations.iter().cloned()),
         texts(tax_codes.iter().cloned()),
         texts(promotions.iter().cloned()),
-        texts(months.iter().cloned()),
     ];
-    for row in run(client, MASTER_DATA, &args) {
+    let sql = if periods::by_month() {
+        args.push(texts(months.iter().cloned()));
+        MASTER_DATA
+    } else {
+        MASTER_DATA_BEFORE_0_4
+    };
+    for row in run(client, sql, &args) {
         let key = get_text(&row, 2).unwrap_or_default();
         match get_text(&row, 1).as_deref() {
             Some("i") => {
@@ -206,12 +231,20 @@ const ISSUED: &str = "SELECT sku, (-sum(qty))::text, (-sum(value))::text FROM po
      WHERE event_id = $1 AND qty < 0 \
        AND business_date = (SELECT k.business_date FROM possync.event_key k WHERE k.event_id = $1) GROUP BY sku";
 
+const ISSUED_BEFORE_0_4: &str = "SELECT sku, (-sum(qty))::text, (-sum(value))::text FROM possync.stock_move \
+     WHERE event_id = $1 AND qty < 0 GROUP BY sku";
+
 /// Per sku, the quantity and value an event issued.
 pub fn issued_by_event(
     client: &mut SpiClient<'_>,
     event_id: &str,
 ) -> HashMap<String, (Decimal, Decimal)> {
-    run(client, ISSUED, &[text(event_id)])
+    let sql = if periods::by_month() {
+        ISSUED
+    } else {
+        ISSUED_BEFORE_0_4
+    };
+    run(client, sql, &[text(event_id)])
         .map(|row| {
             let sku = get_text(&row, 1).unwrap_or_default();
             (
@@ -503,10 +536,7 @@ impl Writes {
         if !nothing_to_post {
             let (j, l, e, m) = (&self.journals, &self.lines, &self.events, &self.moves);
             let changed = balances.changed();
-            run(
-                client,
-                POST,
-                &[
+            let mut args = vec![
                     // journals
                     texts((1..=j.len() as i64).map(|p| real(Some(p)).map(|r| r.to_string()))),
                     texts(j.iter().map(|r| r.event_id.clone())),
@@ -559,8 +589,15 @@ impl Writes {
                             .map(|(_, b)| b.avg_cost.map(|c| c.to_string())),
                     ),
                     decimals(changed.iter().map(|(_, b)| b.reserved)),
-                ],
-            );
+            ];
+            if periods::by_month() {
+                run(client, POST, &args);
+            } else {
+                // before 0.4.0: no business date on lines and moves (arguments 13 and 34), no event_key
+                args.remove(33);
+                args.remove(12);
+                run(client, POST_BEFORE_0_4, &args);
+            }
         }
         if !self.exceptions.is_empty() {
             let x = &self.exceptions;
@@ -648,6 +685,33 @@ const POST: &str = "WITH journals AS ( \
         SET on_hand = x.on_hand::numeric, value = x.value::numeric, avg_cost = x.avg_cost::numeric, \
             reserved = x.reserved::numeric, updated_at = now() \
        FROM unnest($35::text[], $36::text[], $37::text[], $38::text[], $39::text[], $40::text[]) \
+            AS x(sku, location_id, on_hand, value, avg_cost, reserved) \
+      WHERE b.sku = x.sku AND b.location_id = x.location_id";
+
+const POST_BEFORE_0_4: &str = "WITH journals AS ( \
+        INSERT INTO possync.journal (journal_id, event_id, location_id, business_date, memo, reverses) \
+        SELECT j::bigint, e, l, d::date, m, r::bigint \
+          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS x(j, e, l, d, m, r)), \
+     lines AS ( \
+        INSERT INTO possync.journal_line (journal_id, line_no, account_code, location_id, debit, credit) \
+        SELECT j::bigint, n::integer, a, l, dr::numeric, cr::numeric \
+          FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[]) AS x(j, n, a, l, dr, cr)), \
+     events AS ( \
+        INSERT INTO possync.event (event_id, source, kind, location_id, register, sequence, \
+            business_date, occurred_at, status, journal_id, payload, hold_key) \
+        SELECT id, src, k, l, reg, seq::bigint, d::date, coalesce(o::timestamptz, now()), st, j::bigint, p::jsonb, h \
+          FROM unnest($13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], \
+                      $20::text[], $21::text[], $22::text[], $23::text[], $24::text[]) \
+               AS x(id, src, k, l, reg, seq, d, o, st, j, p, h)), \
+     moves AS ( \
+        INSERT INTO possync.stock_move (event_id, sku, location_id, qty, unit_cost, value, on_hand_after, value_after) \
+        SELECT e, s, l, q::numeric, c::numeric, v::numeric, oh::numeric, va::numeric \
+          FROM unnest($25::text[], $26::text[], $27::text[], $28::text[], $29::text[], $30::text[], $31::text[], \
+                      $32::text[]) AS x(e, s, l, q, c, v, oh, va)) \
+     UPDATE possync.stock_balance b \
+        SET on_hand = x.on_hand::numeric, value = x.value::numeric, avg_cost = x.avg_cost::numeric, \
+            reserved = x.reserved::numeric, updated_at = now() \
+       FROM unnest($33::text[], $34::text[], $35::text[], $36::text[], $37::text[], $38::text[]) \
             AS x(sku, location_id, on_hand, value, avg_cost, reserved) \
       WHERE b.sku = x.sku AND b.location_id = x.location_id";
 
