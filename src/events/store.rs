@@ -46,7 +46,11 @@ pub fn known_events(client: &mut SpiClient<'_>, ids: &[String]) -> HashMap<Strin
         return HashMap::new();
     }
     if !periods::by_month() {
-        let rows = run(client, KNOWN_EVENTS_BEFORE_0_4, &[texts(ids.iter().cloned())]);
+        let rows = run(
+            client,
+            KNOWN_EVENTS_BEFORE_0_4,
+            &[texts(ids.iter().cloned())],
+        );
         return payload_rows(rows)
             .into_iter()
             .map(|(id, p)| (id, Known::Payload(p)))
@@ -72,7 +76,7 @@ pub fn known_events(client: &mut SpiClient<'_>, ids: &[String]) -> HashMap<Strin
         KNOWN_PAYLOADS,
         &[
             texts(live.iter().map(|(id, _)| id.clone())),
-            texts(months.into_iter()),
+            texts(months),
         ],
     );
     for (id, payload) in payload_rows(rows) {
@@ -231,7 +235,8 @@ const ISSUED: &str = "SELECT sku, (-sum(qty))::text, (-sum(value))::text FROM po
      WHERE event_id = $1 AND qty < 0 \
        AND business_date = (SELECT k.business_date FROM possync.event_key k WHERE k.event_id = $1) GROUP BY sku";
 
-const ISSUED_BEFORE_0_4: &str = "SELECT sku, (-sum(qty))::text, (-sum(value))::text FROM possync.stock_move \
+const ISSUED_BEFORE_0_4: &str =
+    "SELECT sku, (-sum(qty))::text, (-sum(value))::text FROM possync.stock_move \
      WHERE event_id = $1 AND qty < 0 GROUP BY sku";
 
 /// Per sku, the quantity and value an event issued.
@@ -537,58 +542,59 @@ impl Writes {
             let (j, l, e, m) = (&self.journals, &self.lines, &self.events, &self.moves);
             let changed = balances.changed();
             let mut args = vec![
-                    // journals
-                    texts((1..=j.len() as i64).map(|p| real(Some(p)).map(|r| r.to_string()))),
-                    texts(j.iter().map(|r| r.event_id.clone())),
-                    texts(j.iter().map(|r| r.location.clone())),
-                    texts(j.iter().map(|r| r.business_date.clone())),
-                    texts(j.iter().map(|r| r.memo.clone())),
-                    texts(j.iter().map(|r| r.reverses.map(|x| x.to_string()))),
-                    // journal lines
-                    texts(l.iter().map(|(p, _)| real(Some(*p)).map(|r| r.to_string()))),
-                    texts(l.iter().map(|(_, x)| x.line_no.to_string())),
-                    texts(l.iter().map(|(_, x)| x.account_code.clone())),
-                    texts(l.iter().map(|(_, x)| x.location_id.clone())),
-                    decimals(l.iter().map(|(_, x)| x.debit)),
-                    decimals(l.iter().map(|(_, x)| x.credit)),
-                    // a line carries its journal's business date
-                    texts(l.iter().map(|(p, _)| {
-                        j.get(*p as usize - 1).and_then(|r| r.business_date.clone())
-                    })),
-                    // events
-                    texts(e.iter().map(|r| r.event_id.clone())),
-                    texts(e.iter().map(|r| r.source.clone())),
-                    texts(e.iter().map(|r| r.kind.to_string())),
-                    texts(e.iter().map(|r| r.location.clone())),
-                    texts(e.iter().map(|r| r.register.clone())),
-                    texts(e.iter().map(|r| r.sequence.map(|s| s.to_string()))),
-                    texts(e.iter().map(|r| r.business_date.clone())),
-                    texts(e.iter().map(|r| r.occurred_at.clone())),
-                    texts(e.iter().map(|r| r.status.to_string())),
-                    texts(e.iter().map(|r| real(r.journal).map(|x| x.to_string()))),
-                    texts(e.iter().map(|r| r.payload.clone())),
-                    texts(e.iter().map(|r| r.hold_key.clone())),
-                    // stock moves
-                    texts(m.iter().map(|x| x.0.clone())),
-                    texts(m.iter().map(|x| x.1 .0.clone())),
-                    texts(m.iter().map(|x| x.1 .1.clone())),
-                    decimals(m.iter().map(|x| x.2.qty)),
-                    decimals(m.iter().map(|x| x.2.unit_cost)),
-                    decimals(m.iter().map(|x| x.2.value)),
-                    decimals(m.iter().map(|x| x.2.on_hand_after)),
-                    decimals(m.iter().map(|x| x.2.value_after)),
-                    texts(m.iter().map(|x| x.3.clone())),
-                    // balances
-                    texts(changed.iter().map(|(k, _)| k.0.clone())),
-                    texts(changed.iter().map(|(k, _)| k.1.clone())),
-                    decimals(changed.iter().map(|(_, b)| b.on_hand)),
-                    decimals(changed.iter().map(|(_, b)| b.value)),
-                    texts(
-                        changed
-                            .iter()
-                            .map(|(_, b)| b.avg_cost.map(|c| c.to_string())),
-                    ),
-                    decimals(changed.iter().map(|(_, b)| b.reserved)),
+                // journals
+                texts((1..=j.len() as i64).map(|p| real(Some(p)).map(|r| r.to_string()))),
+                texts(j.iter().map(|r| r.event_id.clone())),
+                texts(j.iter().map(|r| r.location.clone())),
+                texts(j.iter().map(|r| r.business_date.clone())),
+                texts(j.iter().map(|r| r.memo.clone())),
+                texts(j.iter().map(|r| r.reverses.map(|x| x.to_string()))),
+                // journal lines
+                texts(l.iter().map(|(p, _)| real(Some(*p)).map(|r| r.to_string()))),
+                texts(l.iter().map(|(_, x)| x.line_no.to_string())),
+                texts(l.iter().map(|(_, x)| x.account_code.clone())),
+                texts(l.iter().map(|(_, x)| x.location_id.clone())),
+                decimals(l.iter().map(|(_, x)| x.debit)),
+                decimals(l.iter().map(|(_, x)| x.credit)),
+                // a line carries its journal's business date
+                texts(
+                    l.iter()
+                        .map(|(p, _)| j.get(*p as usize - 1).and_then(|r| r.business_date.clone())),
+                ),
+                // events
+                texts(e.iter().map(|r| r.event_id.clone())),
+                texts(e.iter().map(|r| r.source.clone())),
+                texts(e.iter().map(|r| r.kind.to_string())),
+                texts(e.iter().map(|r| r.location.clone())),
+                texts(e.iter().map(|r| r.register.clone())),
+                texts(e.iter().map(|r| r.sequence.map(|s| s.to_string()))),
+                texts(e.iter().map(|r| r.business_date.clone())),
+                texts(e.iter().map(|r| r.occurred_at.clone())),
+                texts(e.iter().map(|r| r.status.to_string())),
+                texts(e.iter().map(|r| real(r.journal).map(|x| x.to_string()))),
+                texts(e.iter().map(|r| r.payload.clone())),
+                texts(e.iter().map(|r| r.hold_key.clone())),
+                // stock moves
+                texts(m.iter().map(|x| x.0.clone())),
+                texts(m.iter().map(|x| x.1 .0.clone())),
+                texts(m.iter().map(|x| x.1 .1.clone())),
+                decimals(m.iter().map(|x| x.2.qty)),
+                decimals(m.iter().map(|x| x.2.unit_cost)),
+                decimals(m.iter().map(|x| x.2.value)),
+                decimals(m.iter().map(|x| x.2.on_hand_after)),
+                decimals(m.iter().map(|x| x.2.value_after)),
+                texts(m.iter().map(|x| x.3.clone())),
+                // balances
+                texts(changed.iter().map(|(k, _)| k.0.clone())),
+                texts(changed.iter().map(|(k, _)| k.1.clone())),
+                decimals(changed.iter().map(|(_, b)| b.on_hand)),
+                decimals(changed.iter().map(|(_, b)| b.value)),
+                texts(
+                    changed
+                        .iter()
+                        .map(|(_, b)| b.avg_cost.map(|c| c.to_string())),
+                ),
+                decimals(changed.iter().map(|(_, b)| b.reserved)),
             ];
             if periods::by_month() {
                 run(client, POST, &args);

@@ -336,7 +336,9 @@ async fn sessions_posting_into_a_month_not_made_yet_all_post_and_make_it_once() 
     // six sessions, each in its own transaction, post at once into months no partition exists for: three into
     // May 2031, three into one each of June, July and August 2031; each keeps its transaction open a moment
     // after posting, so the others wait for it while it holds what it made
-    let months = ["2031-05", "2031-05", "2031-05", "2031-06", "2031-07", "2031-08"];
+    let months = [
+        "2031-05", "2031-05", "2031-05", "2031-06", "2031-07", "2031-08",
+    ];
     let start = std::sync::Arc::new(tokio::sync::Barrier::new(months.len()));
     let mut tasks = Vec::new();
     for (n, month) in months.iter().enumerate() {
@@ -396,11 +398,7 @@ async fn sessions_posting_into_a_month_not_made_yet_all_post_and_make_it_once() 
         Decimal::from(100 - months.len() as i64)
     );
     assert_eq!(
-        numeric(
-            &setup,
-            "SELECT count(*) FROM possync.check_invariants()"
-        )
-        .await,
+        numeric(&setup, "SELECT count(*) FROM possync.check_invariants()").await,
         Decimal::ZERO
     );
 }
