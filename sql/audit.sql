@@ -16,7 +16,10 @@ DECLARE
     want       numeric;
     got        numeric;
 BEGIN
-    SELECT * INTO dc FROM possync.event e WHERE e.event_id = close_event_id AND e.kind = 'day_close';
+    -- in its month's partition (event_key says which)
+    SELECT * INTO dc FROM possync.event e
+     WHERE e.event_id = close_event_id AND e.kind = 'day_close'
+       AND e.business_date = (SELECT k.business_date FROM possync.event_key k WHERE k.event_id = close_event_id);
     IF NOT FOUND THEN
         RAISE EXCEPTION 'possync.check_day_close: argument close_event_id % is not a day_close event',
             quote_literal(close_event_id) USING ERRCODE = 'no_data_found';
@@ -174,7 +177,8 @@ BEGIN
                                                  'reason', x.reason, 'amount', x.amount) ORDER BY x.exception_id), '[]')
       INTO open_x
       FROM possync.exception x
-      LEFT JOIN possync.event e ON e.event_id = x.event_id
+      -- an event's business date, whatever its month
+      LEFT JOIN possync.event_key e ON e.event_id = x.event_id
      WHERE x.status = 'open' AND x.location_id = audit_day.location
        AND (e.business_date = audit_day.business_date
             OR x.detail ->> 'business_date' = audit_day.business_date::text);

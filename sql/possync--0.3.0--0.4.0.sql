@@ -588,7 +588,136 @@ SELECT 'manual_adjustments', 'value', NULL,
 UNION ALL
 SELECT 'days_audited', 'count', NULL, count(*)::numeric FROM possync.audited_day;
 
--- The audit functions add what archived months carry; trace() warns when its range reaches into one
+-- The audit functions add what archived months carry; trace() warns when its range reaches into one; a day close
+-- and an exception's event are found by their month (event_key)
+CREATE OR REPLACE FUNCTION check_day_close(close_event_id text) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    dc         possync.event;
+    totals     jsonb;
+    posted     record;
+    posted_tenders jsonb;
+    diffs      jsonb := '[]';
+    tender     text;
+    want       numeric;
+    got        numeric;
+BEGIN
+    -- in its month's partition (event_key says which)
+    SELECT * INTO dc FROM possync.event e
+     WHERE e.event_id = close_event_id AND e.kind = 'day_close'
+       AND e.business_date = (SELECT k.business_date FROM possync.event_key k WHERE k.event_id = close_event_id);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'possync.check_day_close: argument close_event_id % is not a day_close event',
+            quote_literal(close_event_id) USING ERRCODE = 'no_data_found';
+    END IF;
+    totals := dc.payload -> 'totals';
+    WITH ev AS (
+        SELECT e.event_id, e.kind, e.sequence, e.payload FROM possync.event e
+         WHERE e.location_id = dc.location_id AND e.register IS NOT DISTINCT FROM dc.register
+           AND e.business_date = dc.business_date AND e.kind IN ('sale', 'return', 'exchange', 'void')
+           AND e.status IN ('applied', 'held')),
+    -- what a void carries of the cancelled transaction was never sold or paid
+    sold AS (SELECT ev.* FROM ev WHERE ev.kind <> 'void'),
+    lines AS (
+        SELECT CASE WHEN ev.kind = 'return' OR coalesce((l ->> 'returned')::boolean, false) THEN -1 ELSE 1 END AS sign, l
+          FROM sold ev, jsonb_array_elements(ev.payload -> 'lines') l)
+    SELECT coalesce((SELECT sum(sign * round((l ->> 'qty')::numeric * (l ->> 'unit_price')::numeric
+                                             - coalesce((l ->> 'discount')::numeric, 0), 2)) FROM lines), 0) AS net_sales,
+           coalesce((SELECT sum(sign * coalesce((l ->> 'tax')::numeric, 0)) FROM lines), 0) AS tax,
+           (SELECT count(*) FROM ev) AS transaction_count,
+           coalesce((SELECT max(ev.sequence) FROM ev), 0) AS last_sequence,
+           coalesce((SELECT jsonb_object_agg(t.type, t.amount) FROM (
+               SELECT x ->> 'type' AS type, sum((x ->> 'amount')::numeric) AS amount
+                 FROM sold ev, jsonb_array_elements(ev.payload -> 'tenders') x GROUP BY 1) t), '{}') AS tenders
+      INTO posted;
+    posted_tenders := posted.tenders;
+
+    FOR tender, want, got IN
+        SELECT f, (totals ->> f)::numeric, v FROM (VALUES
+            ('net_sales', posted.net_sales), ('tax', posted.tax),
+            ('transaction_count', posted.transaction_count::numeric),
+            ('last_sequence', posted.last_sequence::numeric)) AS c(f, v)
+    LOOP
+        IF coalesce(want, 0) <> got THEN
+            diffs := diffs || jsonb_build_object('field', tender, 'expected', coalesce(want, 0), 'posted', got,
+                                                 'difference', coalesce(want, 0) - got);
+        END IF;
+    END LOOP;
+    FOR tender IN SELECT jsonb_object_keys(coalesce(totals -> 'tenders', '{}'))
+                  UNION SELECT jsonb_object_keys(posted_tenders) LOOP
+        want := coalesce((totals -> 'tenders' ->> tender)::numeric, 0);
+        got := coalesce((posted_tenders ->> tender)::numeric, 0);
+        IF want <> got THEN
+            diffs := diffs || jsonb_build_object('field', 'tender:' || tender, 'expected', want, 'posted', got,
+                                                 'difference', want - got);
+        END IF;
+    END LOOP;
+
+    -- an earlier comparison of the same register and day is superseded by this one
+    UPDATE possync.exception x SET status = 'resolved', resolved_at = now(),
+           resolution = CASE WHEN jsonb_array_length(diffs) = 0 THEN 'day close now matches what was posted'
+                             ELSE 'superseded by a newer comparison' END
+     WHERE x.kind = 'day_close_mismatch' AND x.status = 'open' AND x.location_id = dc.location_id
+       AND x.detail ->> 'register' IS NOT DISTINCT FROM dc.register
+       AND x.detail ->> 'business_date' = dc.business_date::text;
+    IF jsonb_array_length(diffs) > 0 THEN
+        INSERT INTO possync.exception (event_id, kind, reason, location_id, amount, detail, source)
+        SELECT dc.event_id, 'day_close_mismatch',
+               format('register %s on %s: %s', dc.register, dc.business_date,
+                      string_agg(format('%s expected %s, posted %s', d ->> 'field', d ->> 'expected', d ->> 'posted'), '; ')),
+               dc.location_id,
+               coalesce((SELECT (d2 ->> 'difference')::numeric FROM jsonb_array_elements(diffs) d2
+                          WHERE d2 ->> 'field' = 'net_sales'), 0),
+               jsonb_build_object('register', dc.register, 'business_date', dc.business_date::text, 'differences', diffs),
+               dc.source
+          FROM jsonb_array_elements(diffs) d;
+    END IF;
+    RETURN jsonb_array_length(diffs);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION audit_day(location text, business_date date) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    dc      text;
+    open_x  jsonb;
+    done_at timestamptz;
+BEGIN
+    IF location IS NULL THEN
+        RAISE EXCEPTION 'possync.audit_day: argument location must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF business_date IS NULL THEN
+        RAISE EXCEPTION 'possync.audit_day: argument business_date must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM possync.location l WHERE l.location_id = audit_day.location) THEN
+        RAISE EXCEPTION 'possync.audit_day: argument location % is not in possync.location', quote_literal(location)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR dc IN SELECT e.event_id FROM possync.event e
+               WHERE e.kind = 'day_close' AND e.location_id = audit_day.location
+                 AND e.business_date = audit_day.business_date LOOP
+        PERFORM possync.check_day_close(dc);
+    END LOOP;
+    SELECT coalesce(jsonb_agg(jsonb_build_object('exception_id', x.exception_id, 'kind', x.kind,
+                                                 'reason', x.reason, 'amount', x.amount) ORDER BY x.exception_id), '[]')
+      INTO open_x
+      FROM possync.exception x
+      -- an event's business date, whatever its month
+      LEFT JOIN possync.event_key e ON e.event_id = x.event_id
+     WHERE x.status = 'open' AND x.location_id = audit_day.location
+       AND (e.business_date = audit_day.business_date
+            OR x.detail ->> 'business_date' = audit_day.business_date::text);
+    IF jsonb_array_length(open_x) = 0 THEN
+        INSERT INTO possync.audited_day AS a (location_id, business_date)
+        VALUES (audit_day.location, audit_day.business_date)
+        ON CONFLICT ON CONSTRAINT audited_day_pkey DO UPDATE SET audited_at = now()
+        RETURNING a.audited_at INTO done_at;
+        RETURN jsonb_build_object('location', location, 'business_date', business_date, 'status', 'clean',
+                                  'audited_at', done_at, 'exceptions', open_x);
+    END IF;
+    RETURN jsonb_build_object('location', location, 'business_date', business_date, 'status', 'exceptions',
+                              'exceptions', open_x);
+END
+$$;
+
 CREATE OR REPLACE FUNCTION reconcile(location text DEFAULT NULL)
 RETURNS TABLE (check_name text, location_id text, sku text, expected numeric, actual numeric, difference numeric)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
