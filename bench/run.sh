@@ -394,8 +394,9 @@ stage_growth() {
     # table sizes, before the measurements add to them
     local sizes=$OUT/growth-sizes.txt t ne ng be bg
     for t in event stock_move stock_balance journal journal_line exception; do
-        # a partitioned table's size is its partitions' (pg_partition_tree: the table itself when it has none)
-        local size_of="(SELECT coalesce(sum(pg_total_relation_size(relid)), 0) FROM pg_partition_tree('possync.$t'))"
+        # a partitioned table's size is its partitions' (pg_partition_tree lists none for an ordinary table)
+        local size_of="(SELECT coalesce(sum(pg_total_relation_size(relid)), pg_total_relation_size('possync.$t'))
+                          FROM pg_partition_tree('possync.$t'))"
         read -r ne be <<<"$(psql_bench "$db_empty" "SELECT count(*), $size_of FROM possync.$t" | tr '|' ' ')"
         read -r ng bg <<<"$(psql_bench "$db_grown" "SELECT count(*), $size_of FROM possync.$t" | tr '|' ' ')"
         awk -v t="$t" -v ne="$ne" -v ng="$ng" -v be="$be" -v bg="$bg" 'BEGIN {

@@ -51,11 +51,20 @@ const REOPEN_SUPPLY: &str = "UPDATE possync.supply s SET qty_open = s.qty_open +
 const TODAY: &str = "SELECT current_date::text";
 
 const REVERSES: &str = "SELECT payload ->> 'reverses' FROM possync.event WHERE event_id = $1";
+// an id kept by an archived month is taken too (its payload is not here: it is not this event's reversal)
+const REVERSES_BY_MONTH: &str = "SELECT e.payload ->> 'reverses' FROM possync.event_key k \
+     LEFT JOIN possync.event e ON e.event_id = k.event_id AND e.business_date = k.business_date \
+     WHERE k.event_id = $1";
 
 /// The id of the reversal of `event_id`: `<id>:reversal`, or `<id>:reversal-2`, ... when an event already has
 /// that id (the POS may use any id). Walks the candidates by primary key: the first that is free, or the one
 /// whose payload says it reverses `event_id` (an event already reversed keeps the id its reversal got).
 fn reversal_id_for(client: &mut pgrx::spi::SpiClient<'_>, event_id: &str) -> String {
+    let reverses = if super::periods::by_month() {
+        REVERSES_BY_MONTH
+    } else {
+        REVERSES
+    };
     let base = format!("{event_id}:reversal");
     for n in 1.. {
         let id = if n == 1 {
@@ -63,7 +72,7 @@ fn reversal_id_for(client: &mut pgrx::spi::SpiClient<'_>, event_id: &str) -> Str
         } else {
             format!("{base}-{n}")
         };
-        let Some(row) = run(client, REVERSES, &[text(&id)]).next() else {
+        let Some(row) = run(client, reverses, &[text(&id)]).next() else {
             return id;
         };
         if get_text(&row, 1).as_deref() == Some(event_id) {
