@@ -447,7 +447,9 @@ BEGIN
                        'SELECT $1, account_code, location_id, sum(debit), sum(credit), count(*) FROM %s GROUP BY 2, 3',
                        parts ->> 'journal_line') USING first;
     END IF;
-    CREATE SCHEMA IF NOT EXISTS possync_archive;
+    IF to_regnamespace('possync_archive') IS NULL THEN
+        CREATE SCHEMA possync_archive;
+    END IF;
     FOREACH parent IN ARRAY ARRAY['event', 'stock_move', 'journal', 'journal_line'] LOOP
         CONTINUE WHEN NOT parts ? parent;
         part := (parts ->> parent)::regclass;
