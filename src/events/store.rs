@@ -74,10 +74,7 @@ pub fn known_events(client: &mut SpiClient<'_>, ids: &[String]) -> HashMap<Strin
     let rows = run(
         client,
         KNOWN_PAYLOADS,
-        &[
-            texts(live.iter().map(|(id, _)| id.clone())),
-            texts(months),
-        ],
+        &[texts(live.iter().map(|(id, _)| id.clone())), texts(months)],
     );
     for (id, payload) in payload_rows(rows) {
         known.insert(id, Known::Payload(payload));
