@@ -103,11 +103,14 @@ BEGIN
 END
 $$;
 
--- Debits and credits per account (and location): the ledger's own trial balance.
+-- Debits and credits per account (and location): the ledger's own trial balance, from the beginning (archived
+-- months by what they carry).
 CREATE VIEW trial_balance AS
 SELECT l.account_code, a.name, a.kind, l.location_id,
        sum(l.debit) AS debit, sum(l.credit) AS credit, sum(l.debit) - sum(l.credit) AS balance
-  FROM possync.journal_line l
+  FROM (SELECT j.account_code, j.location_id, j.debit, j.credit FROM possync.journal_line j
+        UNION ALL
+        SELECT c.account_code, c.location_id, c.debit, c.credit FROM possync.carried_gl c) l
   JOIN possync.account a USING (account_code)
  GROUP BY l.account_code, a.name, a.kind, l.location_id;
 

@@ -37,6 +37,7 @@ mod tests {
     include!("pg_tests/defects.rs");
     include!("pg_tests/voids_and_documents.rs");
     include!("pg_tests/lanes.rs");
+    include!("pg_tests/periods.rs");
 }
 
 /// Required by `cargo pgrx test`.

@@ -168,7 +168,10 @@ fn door(
         let checkpoint = match lane {
             None => {
                 run(client, LOCK_SOURCE, &[text(source)]);
-                run(client, FOLD_LANES, &[text(source)]);
+                // a database still on 0.3.0 or earlier (until it is updated) has no lanes
+                if super::periods::has_table("source_lane") {
+                    run(client, FOLD_LANES, &[text(source)]);
+                }
                 run(client, SOURCE_CHECKPOINT, &[text(source)])
                     .next()
                     .and_then(|row| get_text(&row, 1))

@@ -323,6 +323,86 @@ async fn replays_duplicates_and_counts_with_repeated_skus_under_load_never_deadl
     assert_eq!(broken, 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn sessions_posting_into_a_month_not_made_yet_all_post_and_make_it_once() {
+    let _one = serial().await;
+    let erp = erp_cluster().await;
+    let setup = erp.connect("erp").await;
+    receive(
+        &setup,
+        json!([{"sku": SKUS[3], "qty": 100, "unit_cost": "1.00"}]),
+    )
+    .await;
+    // six sessions, each in its own transaction, post at once into months no partition exists for: three into
+    // May 2031, three into one each of June, July and August 2031; each keeps its transaction open a moment
+    // after posting, so the others wait for it while it holds what it made
+    let months = [
+        "2031-05", "2031-05", "2031-05", "2031-06", "2031-07", "2031-08",
+    ];
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(months.len()));
+    let mut tasks = Vec::new();
+    for (n, month) in months.iter().enumerate() {
+        let client = erp.connect("erp").await;
+        let start = start.clone();
+        let mut ev = sale(&format!("month-{n}"), SKUS[3]);
+        ev["business_date"] = json!(format!("{month}-1{n}"));
+        tasks.push(tokio::spawn(async move {
+            client.batch_execute("BEGIN").await.expect("begin");
+            start.wait().await;
+            let status = apply_status(&client, &ev).await;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            client.batch_execute("COMMIT").await.expect("commit");
+            status
+        }));
+    }
+    for (n, t) in tasks.into_iter().enumerate() {
+        let status = t.await.expect("posting task");
+        assert_eq!(status.as_deref(), Ok("applied"), "session {n}");
+    }
+    // every month once in every ledger table (and September 2031, the month after the latest)
+    for table in ["event", "stock_move", "journal", "journal_line"] {
+        let made: Vec<String> = setup
+            .query(
+                "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                  WHERE i.inhparent = $1::text::regclass AND c.relname LIKE '%2031%' ORDER BY 1",
+                &[&format!("possync.{table}")],
+            )
+            .await
+            .expect("partitions")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let expected: Vec<String> = ["05", "06", "07", "08", "09"]
+            .iter()
+            .map(|m| format!("{table}_2031_{m}"))
+            .collect();
+        assert_eq!(made, expected);
+    }
+    assert_eq!(
+        numeric(
+            &setup,
+            "SELECT count(*) FROM possync.event WHERE event_id LIKE 'month-%'"
+        )
+        .await,
+        Decimal::from(months.len())
+    );
+    assert_eq!(
+        numeric(
+            &setup,
+            &format!(
+                "SELECT on_hand FROM possync.stock_balance WHERE sku = '{}' AND location_id = '{STORE}'",
+                SKUS[3]
+            )
+        )
+        .await,
+        Decimal::from(100 - months.len() as i64)
+    );
+    assert_eq!(
+        numeric(&setup, "SELECT count(*) FROM possync.check_invariants()").await,
+        Decimal::ZERO
+    );
+}
+
 /// The two halves of a transfer posted at the same moment by two sessions (two apply lanes of a source, say):
 /// the transfer_in's session has it held but not yet committed when the transfer_out's session posts. The
 /// transfer_out must wait for it and release it, not miss it and leave the receipt held for good.
