@@ -11,6 +11,8 @@
 //! committed. Inside a group, an event that needs another one posted first in a different lane (a transfer_in
 //! and its transfer_out, a return and the sale it names) would race it: the group is cut before such an event
 //! into segments applied one after the other, so it finds the other committed, as it would in a single session.
+//! A transfer_out to a store of another lane goes in a segment of its own: posting it may post the transfer_in
+//! held for it, into the receiving store's stock, which must come between that store's events before and after.
 
 use std::collections::HashMap;
 
@@ -120,6 +122,15 @@ impl Within {
     }
 }
 
+/// Whether an event is a transfer_out to a store of another lane: posting it also posts a transfer_in held for
+/// it there, in that store's stock.
+fn releases_elsewhere(lanes: usize) -> impl Fn(&Value) -> bool {
+    move |ev: &Value| {
+        text(ev, "kind") == Some("transfer_out")
+            && lane_of(text(ev, "to_location"), lanes) != event_lane(ev, lanes)
+    }
+}
+
 /// One segment of a group: for each lane, the parts of consecutive POS transactions it applies, in commit order.
 pub type Segment = Vec<Vec<PosTransaction>>;
 
@@ -172,7 +183,10 @@ pub fn segments(group: &[PosTransaction], lanes: usize) -> Vec<Segment> {
             parts[lane].push(ev.clone());
         }
         let later = within.later();
-        if cut {
+        // a transfer_out may post, with itself, the transfer_in held for it at the receiving store, which
+        // another lane applies: it goes alone, between that store's events before it and after it
+        let releases = txn.events.iter().any(releases_elsewhere(lanes));
+        if cut || releases {
             close(&mut current, &mut out, &mut filled);
             provided.clear();
         }
@@ -201,6 +215,10 @@ pub fn segments(group: &[PosTransaction], lanes: usize) -> Vec<Segment> {
         if txn.events.is_empty() {
             current[0].push(part_of(txn, Vec::new()));
             filled = true;
+        }
+        if releases {
+            close(&mut current, &mut out, &mut filled);
+            provided.clear();
         }
     }
     close(&mut current, &mut out, &mut filled);
@@ -315,7 +333,8 @@ mod tests {
     fn an_event_needing_one_from_another_lane_starts_a_new_segment() {
         let (a, b) = two_apart();
         let (la, lb) = (lane_of(Some(&a), 2), lane_of(Some(&b), 2));
-        let out = json!({"event_id": "t-out", "kind": "transfer_out", "location": a, "transfer_id": "T9"});
+        let out = json!({"event_id": "t-out", "kind": "transfer_out", "location": a, "transfer_id": "T9",
+                         "to_location": b});
         let inn =
             json!({"event_id": "t-in", "kind": "transfer_in", "location": b, "transfer_id": "T9"});
         let ret = json!({"event_id": "r1", "kind": "return", "location": a,
@@ -328,19 +347,21 @@ mod tests {
             txn(50, vec![sale("s5", &a)]),
         ];
         let segs = segments(&group, 2);
-        // the transfer_in waits for the transfer_out's segment; the return, in the next segment too, then finds
-        // the sale committed
-        assert_eq!(segs.len(), 2, "{segs:?}");
+        // the transfer_out goes alone (it may post a transfer_in held at b); the transfer_in then finds it
+        // committed; the return is cut from the segment of the sale it names
+        assert_eq!(segs.len(), 3, "{segs:?}");
         assert_eq!(ids(&segs[0][la]), vec![(10, vec!["t-out".into()])]);
-        assert_eq!(ids(&segs[0][lb]), vec![(20, vec!["s1".into()])]);
+        assert!(segs[0][lb].is_empty());
         assert_eq!(
             ids(&segs[1][lb]),
-            vec![(30, vec!["t-in".into()]), (50, vec![])]
+            vec![(20, vec!["s1".into()]), (30, vec!["t-in".into()])]
         );
+        assert!(segs[1][la].is_empty());
         assert_eq!(
-            ids(&segs[1][la]),
+            ids(&segs[2][la]),
             vec![(40, vec!["r1".into()]), (50, vec!["s5".into()])]
         );
+        assert_eq!(ids(&segs[2][lb]), vec![(50, vec![])]);
         // a return whose sale is in the same segment, in another lane, is cut from it
         let group = vec![
             txn(10, vec![sale("s1", &b)]),
