@@ -4,7 +4,9 @@
 //!
 //! Environment: BENCH_RATE (1000 POS transactions/s), BENCH_LIVE_SECONDS (10), BENCH_BACKLOG (100000),
 //! BENCH_BATCH_TXNS (the bridge's --batch-max-txns, 300),
-//! BENCH_BATCH_WAIT_MS (its --batch-max-wait-ms, 0).
+//! BENCH_BATCH_WAIT_MS (its --batch-max-wait-ms, 0), BENCH_DRAIN_ONLY=1 (only the two backlog drains, reference and
+//! normalized mapping: no live lag, no native subscription), BENCH_DRAIN_ROUNDS (1: with more, the reference and
+//! normalized drains alternate that many times and the medians are reported, with each round's figures).
 
 use std::time::{Duration, Instant};
 
@@ -22,12 +24,12 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 /// A server-side procedure committing `n` sales of 3 lines and 1 tender, one transaction each.
 const SALES_PROCEDURE: &str = r#"
-CREATE PROCEDURE public.bench_sales(prefix text, n int) LANGUAGE plpgsql AS $$
+CREATE PROCEDURE public.bench_sales(prefix text, n int, start_at int DEFAULT 1) LANGUAGE plpgsql AS $$
 DECLARE
     skus text[] := ARRAY[SKUS_LIST];
     i int; l int; q numeric; p numeric; t numeric; total numeric;
 BEGIN
-    FOR i IN 1..n LOOP
+    FOR i IN start_at..start_at + n - 1 LOOP
         INSERT INTO pos.sale (txn_id, store_id, register_id, seq, business_date, occurred_at)
         VALUES (prefix || i, 'STORE', prefix, i, '2026-11-26', clock_timestamp());
         total := 0;
@@ -48,12 +50,12 @@ END $$;
 /// The same sales on the normalized POS schema (`shop`): an order with 3 lines, their tax rows and 1 payment,
 /// drafted and paid in one transaction each, so that a drain of it compares with the reference schema's.
 const ORDERS_PROCEDURE: &str = r#"
-CREATE PROCEDURE public.bench_orders(n int) LANGUAGE plpgsql AS $$
+CREATE PROCEDURE public.bench_orders(n int, start_at int DEFAULT 1) LANGUAGE plpgsql AS $$
 DECLARE
     i int; l int; q numeric; p numeric; t numeric; total numeric; o bigint; line bigint;
     products int := (SELECT count(*) FROM shop.product);
 BEGIN
-    FOR i IN 1..n LOOP
+    FOR i IN start_at..start_at + n - 1 LOOP
         INSERT INTO shop.pos_order (till_id, receipt_no, state, date_order) VALUES (1, i, 'draft', clock_timestamp())
         RETURNING id INTO o;
         total := 0;
@@ -159,6 +161,8 @@ async fn main() {
     let live_total = rate * live_seconds;
     let batch_txns: String = env_or("BENCH_BATCH_TXNS", "300".to_string());
     let batch_wait: String = env_or("BENCH_BATCH_WAIT_MS", "0".to_string());
+    let drain_only = env_or("BENCH_DRAIN_ONLY", 0u32) == 1;
+    let rounds: u32 = env_or("BENCH_DRAIN_ROUNDS", 1u32).max(1);
     let bridge_args = [
         "--batch-max-txns",
         batch_txns.as_str(),
@@ -232,23 +236,286 @@ async fn main() {
     let source = [("bench", pos.url("pos"))];
     let erp_url = erp.url("erp");
 
+    let mut live = None;
+    if !drain_only {
+        live = Some(live_phases(&pos, &erp_db, &native, &erp_url, &source, &bridge_args, rate, live_total).await);
+    }
+
+    // 3. backlogs: committed while the bridge is stopped (and the subscription disabled), then drained by each.
+    // Each round drains the same number of sales through the reference mapping, then as many orders through
+    // the normalized mapping; with several rounds the two alternate, so that both see the same machine.
+    let mut shop_ready = false;
+    let mapping = possync_e2e::workspace_root()
+        .join("cdc-bridge/mappings/normalized.toml")
+        .display()
+        .to_string();
+    let mut doc_args: Vec<&str> = bridge_args.to_vec();
+    doc_args.extend(["--mapping", mapping.as_str()]);
+    let doc_source = [("benchshop", pos.url("shop"))];
+    let shop = {
+        pos.create_database("shop").await;
+        pos.connect("shop").await
+    };
+    let (mut ref_rates, mut doc_rates) = (Vec::new(), Vec::new());
+    let mut native_rate = f64::NAN;
+    let mut in_apply = f64::NAN;
+    let mut bridge_secs = f64::NAN;
+    let mut rss_drain: f64 = 0.0;
+    let mut rss_doc: f64 = 0.0;
+    let (mut ref_wal, mut doc_wal, mut ref_erp_wal, mut doc_erp_wal) = (0.0, 0.0, 0.0, 0.0);
+    for round in 0..rounds {
+        let start_at = round * backlog + 1;
+        if !drain_only && round == 0 {
+            native
+                .batch_execute("ALTER SUBSCRIPTION native DISABLE")
+                .await
+                .unwrap_or_else(|e| panic!("disable subscription: {e}"));
+        }
+        let made = Instant::now();
+        let wal0 = wal_lsn(&pos_db).await;
+        pos_db
+            .batch_execute(&format!("CALL public.bench_sales('D', {backlog}, {start_at})"))
+            .await
+            .unwrap_or_else(|e| panic!("backlog: {e}"));
+        ref_wal = (wal_lsn(&pos_db).await - wal0) / f64::from(backlog);
+        eprintln!(
+            "bench: round {round}: {backlog} backlog transactions committed in {:.1} s ({ref_wal:.0} bytes of POS WAL each)",
+            made.elapsed().as_secs_f64()
+        );
+        let erp0 = wal_lsn(&erp_db).await;
+        let d = drain(&erp_url, &source, &bridge_args, "bench", backlog).await;
+        ref_erp_wal = (wal_lsn(&erp_db).await - erp0) / f64::from(backlog);
+        bridge_secs = d.secs;
+        in_apply = d.in_apply;
+        rss_drain = rss_drain.max(d.rss);
+        let posted = count(
+            &erp_db,
+            "SELECT count(*) FROM possync.event WHERE event_id LIKE 'D%' AND status = 'applied'",
+        )
+        .await;
+        let exceptions: String = erp_db
+            .query_one(
+                "SELECT coalesce(string_agg(kind || ' ' || n, ', '), 'none') FROM (SELECT kind, count(*) AS n FROM possync.exception GROUP BY kind ORDER BY kind) k",
+                &[],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or_else(|e| panic!("exception kinds: {e}"));
+        ref_rates.push(f64::from(backlog) / d.secs);
+        eprintln!("bench: round {round}: bridge drained {backlog} in {:.1} s, {:.0} tx/s ({posted} posted as applied in all; exceptions: {exceptions}; {ref_erp_wal:.0} bytes of ERP WAL per transaction)", d.secs, f64::from(backlog) / d.secs);
+
+        if !drain_only && round == 0 {
+            let started = Instant::now();
+            native
+                .batch_execute("ALTER SUBSCRIPTION native ENABLE")
+                .await
+                .unwrap_or_else(|e| panic!("enable subscription: {e}"));
+            wait_count(
+                &native,
+                "SELECT count(*) FROM pos.sale WHERE txn_id LIKE 'D%'",
+                i64::from(backlog),
+                Duration::from_secs(1800),
+            )
+            .await;
+            native_rate = f64::from(backlog) / started.elapsed().as_secs_f64();
+            let _ = native.batch_execute("DROP SUBSCRIPTION native").await;
+        }
+
+        // 4. the same backlog on the normalized POS schema, drained through its document mapping
+        if !shop_ready {
+            let mut master = String::from(include_str!(
+                "../../../cdc-bridge/sql/normalized_pos_schema.sql"
+            ));
+            master.push_str(&format!(
+                "INSERT INTO shop.store (code, name) VALUES ('{STORE}', 'Store');
+                 INSERT INTO shop.till (store_id, register_code) VALUES (1, 'O');
+                 INSERT INTO shop.tax (code, rate_pct) VALUES ('NY', 8.875);
+                 INSERT INTO shop.payment_method (name, journal_type) VALUES ('Card', 'card');"
+            ));
+            for s in SKUS {
+                master.push_str(&format!(
+                    "INSERT INTO shop.product (default_code, name, list_price, tax_id) VALUES ('{s}', '{s}', 10, 1);"
+                ));
+            }
+            master.push_str(ORDERS_PROCEDURE);
+            shop.batch_execute(&master)
+                .await
+                .unwrap_or_else(|e| panic!("normalized POS: {e}"));
+            // first start: the slot, the mirror and its initial copy of the master rows
+            let bridge = Bridge::start(&erp_url, &doc_source, &doc_args);
+            bridge.wait_streaming("benchshop", Duration::from_secs(120));
+            let _ = bridge.terminate();
+            shop_ready = true;
+        }
+        let wal0 = wal_lsn(&shop).await;
+        shop.batch_execute(&format!("CALL public.bench_orders({backlog}, {start_at})"))
+            .await
+            .unwrap_or_else(|e| panic!("normalized backlog: {e}"));
+        doc_wal = (wal_lsn(&shop).await - wal0) / f64::from(backlog);
+        let erp0 = wal_lsn(&erp_db).await;
+        let d = drain(&erp_url, &doc_source, &doc_args, "benchshop", backlog).await;
+        doc_erp_wal = (wal_lsn(&erp_db).await - erp0) / f64::from(backlog);
+        rss_doc = rss_doc.max(d.rss);
+        let doc_posted = count(
+            &erp_db,
+            "SELECT count(*) FROM possync.event WHERE source = 'benchshop' AND status = 'applied'",
+        )
+        .await;
+        doc_rates.push(f64::from(backlog) / d.secs);
+        eprintln!("bench: round {round}: normalized mapping drained {backlog} orders in {:.1} s, {:.0} tx/s ({doc_posted} posted as applied in all; peak RSS {:.1} MB; {doc_wal:.0} bytes of POS WAL and {doc_erp_wal:.0} of ERP WAL per order)", d.secs, f64::from(backlog) / d.secs, d.rss);
+        eprintln!(
+            "bench: round {round}: normalized / reference = {:.2}",
+            doc_rates[doc_rates.len() - 1] / ref_rates[ref_rates.len() - 1]
+        );
+    }
+
+    let bridge_rate = median(&ref_rates);
+    let doc_rate = median(&doc_rates);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    if let Some(l) = &live {
+        println!(
+            "bridge bench on {cores} cores: POS committed {:.0} tx/s (bridge phase) and {:.0} tx/s (native phase); lag = event written in the ERP minus POS commit, 3-line sales with 1 tender",
+            l.achieved, l.native_achieved
+        );
+        let (b50, b99, bmax) = l.bridge_lag;
+        let (n50, n99, nmax) = l.native_lag;
+        println!("row|live lag p50 at {rate} tx/s (ms)|{b50:.1}|{n50:.1}|{:.2}||native subscription as baseline", b50 / n50);
+        println!(
+            "row|live lag p99 at {rate} tx/s (ms)|{b99:.1}|{n99:.1}|{:.2}|≤ 10 ms|",
+            b99 / n99
+        );
+        println!(
+            "row|live lag max at {rate} tx/s (ms)|{bmax:.1}|{nmax:.1}|{:.2}||",
+            bmax / nmax
+        );
+        println!(
+            "row|backlog drain of {backlog} txns (txns/s)|{bridge_rate:.0}|{native_rate:.0}|{:.2}|≥ 5,000/s|events posted with ledgers (native copies rows only); {in_apply:.1} of {bridge_secs:.1} s inside apply_batch",
+            bridge_rate / native_rate
+        );
+    } else {
+        println!("bridge bench on {cores} cores, drains only (BENCH_DRAIN_ONLY=1): {rounds} round(s) of {backlog} transactions");
+    }
+    let per_round: Vec<String> = ref_rates
+        .iter()
+        .zip(&doc_rates)
+        .map(|(r, d)| format!("{d:.0}/{r:.0}"))
+        .collect();
+    println!(
+        "row|backlog drain of {backlog} orders, normalized mapping (txns/s)|{doc_rate:.0}|{bridge_rate:.0}|{:.2}|≥ 0.70|baseline: the reference mapping's drain (same sales: 3 lines, 1 tender; same group size); POS WAL per transaction {doc_wal:.0} bytes (9 row changes) vs {ref_wal:.0} (5); ERP WAL per transaction {doc_erp_wal:.0} vs {ref_erp_wal:.0}; {} of {rounds} alternating round(s), per round {}",
+        doc_rate / bridge_rate,
+        if rounds > 1 { "median" } else { "one" },
+        per_round.join(", ")
+    );
+    let rss_live = live.as_ref().map_or(0.0, |l| l.rss);
+    println!(
+        "row|bridge peak RSS (MB)|{:.1}|—|—|< 64 MB|live phase {rss_live:.1} MB; normalized drain {rss_doc:.1} MB",
+        rss_drain.max(rss_live)
+    );
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// The server's WAL position, in bytes.
+async fn wal_lsn(db: &Client) -> f64 {
+    db.query_one(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8",
+        &[],
+    )
+    .await
+    .map(|r| r.get(0))
+    .unwrap_or_else(|e| panic!("WAL position: {e}"))
+}
+
+struct Drained {
+    secs: f64,
+    rss: f64,
+    in_apply: f64,
+}
+
+/// Starts the bridge on a backlog and times it until it has applied `backlog` POS transactions.
+async fn drain(
+    erp_url: &str,
+    source: &[(&str, String)],
+    args: &[&str],
+    name: &str,
+    backlog: u32,
+) -> Drained {
+    let bridge = Bridge::start(erp_url, source, args);
+    let started = Instant::now();
+    loop {
+        let applied = bridge
+            .metric("possync_bridge_transactions_applied_total", name)
+            .unwrap_or(0.0);
+        if applied >= f64::from(backlog) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "{name}: the bridge drained {applied} of {backlog}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let rss = peak_rss_mb(bridge.pid());
+    let in_apply = bridge
+        .metric("possync_bridge_apply_seconds_sum", name)
+        .unwrap_or(f64::NAN);
+    let _ = bridge.terminate();
+    Drained {
+        secs,
+        rss,
+        in_apply,
+    }
+}
+
+struct Live {
+    achieved: f64,
+    native_achieved: f64,
+    bridge_lag: (f64, f64, f64),
+    native_lag: (f64, f64, f64),
+    rss: f64,
+}
+
+/// Live lag at a steady rate, the bridge's and then the native subscription's; then the bridge catches up on the
+/// native phase's sales, so that its backlog afterwards is the same as the subscription's.
+#[allow(clippy::too_many_arguments)]
+async fn live_phases(
+    pos: &Cluster,
+    erp_db: &Client,
+    native: &Client,
+    erp_url: &str,
+    source: &[(&str, String)],
+    bridge_args: &[&str],
+    rate: u32,
+    live_total: u32,
+) -> Live {
     // 1. live lag, bridge
-    let bridge = Bridge::start(&erp_url, &source, &bridge_args);
+    let bridge = Bridge::start(erp_url, source, bridge_args);
     bridge.wait_streaming("bench", Duration::from_secs(60));
-    let achieved = steady_load(&pos, "L", rate, live_total).await;
+    let achieved = steady_load(pos, "L", rate, live_total).await;
     wait_count(
-        &erp_db,
+        erp_db,
         "SELECT count(*) FROM possync.event WHERE event_id LIKE 'L%'",
         i64::from(live_total),
         Duration::from_secs(300),
     )
     .await;
     let bridge_lag = lag_ms(
-        &erp_db,
+        erp_db,
         "SELECT a.at - e.occurred_at AS lag FROM possync.event e JOIN bench.arrival a USING (event_id) WHERE e.event_id LIKE 'L%'",
     )
     .await;
-    let rss_live = peak_rss_mb(bridge.pid());
+    let rss = peak_rss_mb(bridge.pid());
     let live_batches = bridge
         .metric("possync_bridge_batches_total", "bench")
         .unwrap_or(f64::NAN);
@@ -277,194 +544,41 @@ async fn main() {
         .await
         .unwrap_or_else(|e| panic!("native subscription: {e}"));
     wait_count(
-        &native,
+        native,
         "SELECT count(*) FROM pg_stat_subscription WHERE subname = 'native' AND received_lsn IS NOT NULL",
         1,
         Duration::from_secs(60),
     )
     .await;
-    let native_achieved = steady_load(&pos, "N", rate, live_total).await;
+    let native_achieved = steady_load(pos, "N", rate, live_total).await;
     wait_count(
-        &native,
+        native,
         "SELECT count(*) FROM pos.sale WHERE txn_id LIKE 'N%'",
         i64::from(live_total),
         Duration::from_secs(300),
     )
     .await;
     let native_lag = lag_ms(
-        &native,
+        native,
         "SELECT arrived - occurred_at AS lag FROM pos.sale WHERE txn_id LIKE 'N%'",
     )
     .await;
     eprintln!("bench: native live: {native_achieved:.0} tx/s committed, lag p50/p99/max {native_lag:?} ms");
 
-    // the bridge catches up on the native phase's sales, so that its backlog below is the same as the subscription's
-    let bridge = Bridge::start(&erp_url, &source, &bridge_args);
+    let bridge = Bridge::start(erp_url, source, bridge_args);
     wait_count(
-        &erp_db,
+        erp_db,
         "SELECT count(*) FROM possync.event WHERE event_id LIKE 'N%'",
         i64::from(live_total),
         Duration::from_secs(300),
     )
     .await;
     let _ = bridge.terminate();
-
-    // 3. backlog: committed while the bridge is stopped and the subscription disabled, then drained by each
-    native
-        .batch_execute("ALTER SUBSCRIPTION native DISABLE")
-        .await
-        .unwrap_or_else(|e| panic!("disable subscription: {e}"));
-    let made = Instant::now();
-    pos_db
-        .batch_execute(&format!("CALL public.bench_sales('D', {backlog})"))
-        .await
-        .unwrap_or_else(|e| panic!("backlog: {e}"));
-    eprintln!(
-        "bench: {backlog} backlog transactions committed in {:.1} s",
-        made.elapsed().as_secs_f64()
-    );
-    let bridge = Bridge::start(&erp_url, &source, &bridge_args);
-    let started = Instant::now();
-    let mut applied;
-    loop {
-        applied = bridge
-            .metric("possync_bridge_transactions_applied_total", "bench")
-            .unwrap_or(0.0);
-        if applied >= f64::from(backlog) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(1800),
-            "bridge drained {applied} of {backlog}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    Live {
+        achieved,
+        native_achieved,
+        bridge_lag,
+        native_lag,
+        rss,
     }
-    let bridge_secs = started.elapsed().as_secs_f64();
-    let rss_drain = peak_rss_mb(bridge.pid());
-    let in_apply = bridge
-        .metric("possync_bridge_apply_seconds_sum", "bench")
-        .unwrap_or(f64::NAN);
-    let _ = bridge.terminate();
-    let posted = count(
-        &erp_db,
-        "SELECT count(*) FROM possync.event WHERE event_id LIKE 'D%' AND status = 'applied'",
-    )
-    .await;
-    let exceptions: String = erp_db
-        .query_one(
-            "SELECT coalesce(string_agg(kind || ' ' || n, ', '), 'none') FROM (SELECT kind, count(*) AS n FROM possync.exception GROUP BY kind ORDER BY kind) k",
-            &[],
-        )
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or_else(|e| panic!("exception kinds: {e}"));
-    eprintln!("bench: bridge drained {backlog} in {bridge_secs:.1} s ({posted} posted as applied; exceptions: {exceptions})");
-
-    let started = Instant::now();
-    native
-        .batch_execute("ALTER SUBSCRIPTION native ENABLE")
-        .await
-        .unwrap_or_else(|e| panic!("enable subscription: {e}"));
-    wait_count(
-        &native,
-        "SELECT count(*) FROM pos.sale WHERE txn_id LIKE 'D%'",
-        i64::from(backlog),
-        Duration::from_secs(1800),
-    )
-    .await;
-    let native_secs = started.elapsed().as_secs_f64();
-    let _ = native.batch_execute("DROP SUBSCRIPTION native").await;
-
-    // 4. the same backlog on the normalized POS schema, drained through its document mapping
-    pos.create_database("shop").await;
-    let shop = pos.connect("shop").await;
-    let mut master = String::from(include_str!(
-        "../../../cdc-bridge/sql/normalized_pos_schema.sql"
-    ));
-    master.push_str(&format!(
-        "INSERT INTO shop.store (code, name) VALUES ('{STORE}', 'Store');
-         INSERT INTO shop.till (store_id, register_code) VALUES (1, 'O');
-         INSERT INTO shop.tax (code, rate_pct) VALUES ('NY', 8.875);
-         INSERT INTO shop.payment_method (name, journal_type) VALUES ('Card', 'card');"
-    ));
-    for s in SKUS {
-        master.push_str(&format!(
-            "INSERT INTO shop.product (default_code, name, list_price, tax_id) VALUES ('{s}', '{s}', 10, 1);"
-        ));
-    }
-    master.push_str(ORDERS_PROCEDURE);
-    shop.batch_execute(&master)
-        .await
-        .unwrap_or_else(|e| panic!("normalized POS: {e}"));
-    let mapping = possync_e2e::workspace_root()
-        .join("cdc-bridge/mappings/normalized.toml")
-        .display()
-        .to_string();
-    let mut doc_args: Vec<&str> = bridge_args.to_vec();
-    doc_args.extend(["--mapping", mapping.as_str()]);
-    let doc_source = [("benchshop", pos.url("shop"))];
-    // first start: the slot, the mirror and its initial copy of the master rows
-    let bridge = Bridge::start(&erp_url, &doc_source, &doc_args);
-    bridge.wait_streaming("benchshop", Duration::from_secs(120));
-    let _ = bridge.terminate();
-    shop.batch_execute(&format!("CALL public.bench_orders({backlog})"))
-        .await
-        .unwrap_or_else(|e| panic!("normalized backlog: {e}"));
-    let bridge = Bridge::start(&erp_url, &doc_source, &doc_args);
-    let started = Instant::now();
-    loop {
-        let applied = bridge
-            .metric("possync_bridge_transactions_applied_total", "benchshop")
-            .unwrap_or(0.0);
-        if applied >= f64::from(backlog) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(1800),
-            "the normalized mapping drained {applied} of {backlog}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let doc_secs = started.elapsed().as_secs_f64();
-    let rss_doc = peak_rss_mb(bridge.pid());
-    let _ = bridge.terminate();
-    let doc_posted = count(
-        &erp_db,
-        "SELECT count(*) FROM possync.event WHERE source = 'benchshop' AND status = 'applied'",
-    )
-    .await;
-    eprintln!("bench: normalized mapping drained {backlog} orders in {doc_secs:.1} s ({doc_posted} posted as applied; peak RSS {rss_doc:.1} MB)");
-
-    let bridge_rate = f64::from(backlog) / bridge_secs;
-    let native_rate = f64::from(backlog) / native_secs;
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    println!(
-        "bridge bench on {cores} cores: POS committed {achieved:.0} tx/s (bridge phase) and {native_achieved:.0} tx/s (native phase); lag = event written in the ERP minus POS commit, 3-line sales with 1 tender"
-    );
-    let (b50, b99, bmax) = bridge_lag;
-    let (n50, n99, nmax) = native_lag;
-    println!("row|live lag p50 at {rate} tx/s (ms)|{b50:.1}|{n50:.1}|{:.2}||native subscription as baseline", b50 / n50);
-    println!(
-        "row|live lag p99 at {rate} tx/s (ms)|{b99:.1}|{n99:.1}|{:.2}|≤ 10 ms|",
-        b99 / n99
-    );
-    println!(
-        "row|live lag max at {rate} tx/s (ms)|{bmax:.1}|{nmax:.1}|{:.2}||",
-        bmax / nmax
-    );
-    println!(
-        "row|backlog drain of {backlog} txns (txns/s)|{bridge_rate:.0}|{native_rate:.0}|{:.2}|≥ 5,000/s|events posted with ledgers (native copies rows only); {in_apply:.1} of {bridge_secs:.1} s inside apply_batch",
-        bridge_rate / native_rate
-    );
-    let doc_rate = f64::from(backlog) / doc_secs;
-    println!(
-        "row|backlog drain of {backlog} orders, normalized mapping (txns/s)|{doc_rate:.0}|{bridge_rate:.0}|{:.2}|≥ 0.70|baseline: the reference mapping's drain above (same sales: 3 lines, 1 tender)",
-        doc_rate / bridge_rate
-    );
-    println!(
-        "row|bridge peak RSS (MB)|{:.1}|—|—|< 64 MB|live phase {rss_live:.1} MB",
-        rss_drain.max(rss_live)
-    );
 }
