@@ -11,11 +11,14 @@ use std::sync::Mutex;
 
 use futures::StreamExt;
 use serde_json::{Map, Value};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use crate::apply::{outcome_of, BatchOutcome, Erp, ErpError, ErpWal};
 use crate::assembler::PosTransaction;
-use crate::document::{compile, direct_touches, ident, literal, touched_by_sql, Document, Target};
+use crate::document::{
+    compile, direct_touches, ident, literal, rows_from_arrays, text_of, touched_by_sql, Document, Target,
+};
 use crate::lsn::Lsn;
 use crate::mapping::{Change, ChangeOp, Mapping};
 use crate::pgerr::{classify, ErrorClass};
@@ -224,8 +227,12 @@ struct TableWrites {
 
 #[derive(Debug, Clone)]
 enum RowWrite {
-    /// Every column.
-    Full(Map<String, Value>),
+    /// Every column. `fresh`: the group's first change of this key was an insert (or came after a truncate), so
+    /// the mirror, which holds what the POS held at the checkpoint, cannot have the row yet.
+    Full {
+        row: Map<String, Value>,
+        fresh: bool,
+    },
     /// An update that left some columns out (unchanged TOAST values): those keep what the mirror holds.
     Partial(Map<String, Value>),
     /// The key columns of a deleted row.
@@ -236,6 +243,20 @@ enum RowWrite {
 #[derive(Debug, Default)]
 pub struct MirrorWrites {
     tables: BTreeMap<String, TableWrites>,
+}
+
+impl TableWrites {
+    /// A row deleted: one the group inserted never reaches the mirror, any other is deleted from it.
+    fn delete(&mut self, key: String, image: &Map<String, Value>) {
+        match self.rows.get(&key) {
+            Some(RowWrite::Full { fresh: true, .. }) => {
+                self.rows.remove(&key);
+            }
+            _ => {
+                self.rows.insert(key, RowWrite::Delete(image.clone()));
+            }
+        }
+    }
 }
 
 impl MirrorWrites {
@@ -257,7 +278,7 @@ impl MirrorWrites {
                 }
                 ChangeOp::Delete => {
                     if let Some(k) = key_text(shape, &change.row) {
-                        t.rows.insert(k, RowWrite::Delete(change.row.clone()));
+                        t.delete(k, &change.row);
                     }
                 }
                 ChangeOp::Insert | ChangeOp::Update => {
@@ -267,7 +288,7 @@ impl MirrorWrites {
                             (key_text(shape, old), key_text(shape, &change.row))
                         {
                             if ko != kn {
-                                t.rows.insert(ko, RowWrite::Delete(old.clone()));
+                                t.delete(ko, old);
                             }
                         }
                     }
@@ -278,11 +299,20 @@ impl MirrorWrites {
                         .columns
                         .iter()
                         .all(|(c, _)| change.row.contains_key(c));
-                    let next = match (t.rows.remove(&k), complete) {
-                        (_, true) => RowWrite::Full(change.row.clone()),
-                        (Some(RowWrite::Full(mut before)), false) => {
-                            before.extend(change.row.clone());
-                            RowWrite::Full(before)
+                    let before = t.rows.remove(&k);
+                    let fresh = match &before {
+                        None => change.op == ChangeOp::Insert,
+                        Some(RowWrite::Full { fresh, .. }) => *fresh,
+                        Some(RowWrite::Partial(_) | RowWrite::Delete(_)) => false,
+                    };
+                    let next = match (before, complete) {
+                        (_, true) => RowWrite::Full {
+                            row: change.row.clone(),
+                            fresh,
+                        },
+                        (Some(RowWrite::Full { mut row, fresh }), false) => {
+                            row.extend(change.row.clone());
+                            RowWrite::Full { row, fresh }
                         }
                         (Some(RowWrite::Partial(mut before)), false) => {
                             before.extend(change.row.clone());
@@ -328,6 +358,57 @@ pub struct DocumentPoster {
     statements: Mutex<HashMap<String, Statement>>,
     /// Whether the ERP has `possync.note_documents` (pending documents shown in open_exceptions).
     note_documents: bool,
+    /// The statement that evaluates a group's headers, notes the waiting ones and posts the rest with
+    /// `apply_batch` (see [`group_sql`]).
+    group: String,
+}
+
+/// The planner settings of a document group's ERP transaction (`SET LOCAL`, so they end with it), like those
+/// of possync's own statements (`src/statements.rs` in the extension). The mirror's tables grow from nothing
+/// while the bridge runs, so their statistics often describe a far smaller table: with `enable_seqscan` on, a
+/// group's evaluation was once planned as a sequential scan that took 600 ms instead of 20. Every statement
+/// here finds rows by a key or a parent column, which are indexed; generic plans keep a prepared statement
+/// from being planned again for every group; and a table without an index (a mapping's lookup on a column not
+/// indexed) keeps its sequential scan without the cost that `enable_seqscan = off` adds starting JIT.
+const GROUP_SETTINGS: &str =
+    "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off; SET LOCAL jit = off";
+
+/// The checkpoint as the group's transaction sees it.
+const CHECKPOINT: &str = "SELECT possync.source_checkpoint($1)::text";
+
+/// A statement of a group, with its arguments.
+struct Planned {
+    sql: String,
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl Planned {
+    fn args(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
+}
+
+/// Why the pipelined way of applying a group gave up (see [`DocumentPoster::apply`]).
+enum Pipelined {
+    /// Not done, the transaction rolled back: the ERP refused something for its data (a header's evaluation
+    /// failed, say), which the one-by-one way isolates.
+    OneByOne(ErpError),
+    Failed(ErpError),
+}
+
+impl From<ErpError> for Pipelined {
+    fn from(e: ErpError) -> Pipelined {
+        Pipelined::Failed(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for Pipelined {
+    fn from(e: tokio_postgres::Error) -> Pipelined {
+        Pipelined::Failed(e.into())
+    }
 }
 
 /// What the ERP raised for one header's mapping: kept as a rejected event, the group goes on. Its id names the
@@ -350,6 +431,89 @@ fn mapping_failure(
             &crate::pgerr::single_line(&format!("the mapping of {document} {key} failed in the ERP: {why}; the POS rows are kept in the mirror, fix the mapping and run possync-bridge remap")),
             crate::pgerr::REASON_MAX_CHARS),
     })
+}
+
+/// The statement that settles a group's headers inside the ERP, so that their events never travel to the
+/// bridge and back: each document's evaluation (as [`compile`] makes it for the ERP, the event left as jsonb)
+/// over the keys the group touched, `possync.note_documents` for its waiting and settled headers (when the ERP
+/// has it), then one `possync.apply_batch` of the group's own events and the settled headers' events, each
+/// after the events of the transaction it goes with, as the one-by-one way orders them.
+///
+/// Parameters: `$1` source, `$2` the group's last commit LSN (text), `$3` the transactions' own events as a
+/// JSON array of `[transaction index, event]`, `$4` the index of the last transaction (where a header no
+/// transaction is named for goes); per document `d` (from 0), `$(5+2d)` the touched keys (text array) and
+/// `$(6+2d)` the index of the last transaction that touched each. One row: apply_batch's answer as text.
+pub fn group_sql(documents: &[Document], key_types: &[String], note_documents: bool) -> String {
+    let mut ctes = Vec::new();
+    let mut parts = vec![
+        "SELECT (o.p->>0)::int, 0, o.ord, NULL::text, o.p->1 FROM jsonb_array_elements($3::text::jsonb) WITH ORDINALITY AS o(p, ord)"
+            .to_string(),
+    ];
+    let mut noted = Vec::new();
+    for (i, (d, key_type)) in documents.iter().zip(key_types).enumerate() {
+        let (keys, ats) = (5 + 2 * i, 6 + 2 * i);
+        ctes.push(format!(
+            "d{i} AS MATERIALIZED (SELECT e.key, e.state, e.event, coalesce(k.at, $4) AS at, k.ord \
+               FROM ({eval}) AS e(key, state, event) \
+               LEFT JOIN unnest(${keys}::text[], ${ats}::int[]) WITH ORDINALITY AS k(key, at, ord) ON k.key = e.key)",
+            eval = crate::document::compile_keys(d, key_type, keys, 1),
+        ));
+        if note_documents {
+            ctes.push(format!(
+                "n{i} AS MATERIALIZED (SELECT possync.note_documents($1, {name}, \
+                   ARRAY(SELECT key FROM d{i} WHERE state = {pending} ORDER BY key), \
+                   ARRAY(SELECT key FROM d{i} WHERE state <> {pending} ORDER BY key)) \
+                 WHERE cardinality(${keys}::text[]) > 0)",
+                name = literal(&d.name),
+                pending = literal(crate::document::PENDING),
+            ));
+            noted.push(format!("(SELECT count(*) FROM n{i})"));
+        }
+        parts.push(format!(
+            "SELECT at, {grp}, ord, key, event FROM d{i} WHERE state <> {pending} AND event IS NOT NULL",
+            grp = i + 1,
+            pending = literal(crate::document::PENDING),
+        ));
+    }
+    let with = if ctes.is_empty() {
+        String::new()
+    } else {
+        format!("WITH {} ", ctes.join(", "))
+    };
+    // the notes are taken before apply_batch runs: the FROM item is read before the target list
+    let from = if noted.is_empty() {
+        String::new()
+    } else {
+        format!(" FROM (SELECT {}) AS noted", noted.join(" + "))
+    };
+    format!(
+        "{with}SELECT possync.apply_batch($1, $2::text::pg_lsn, \
+           (SELECT coalesce(jsonb_agg(x.ev ORDER BY x.at, x.grp, x.ord, x.key), '[]'::jsonb) \
+              FROM ({parts}) AS x(at, grp, ord, key, ev)))::text{from}",
+        parts = parts.join(" UNION ALL ")
+    )
+}
+
+/// Is a mirror column's type one whose input reads JSON?
+fn json_typed(ty: &str) -> bool {
+    ty == "json" || ty == "jsonb"
+}
+
+/// One text array per column, for [`crate::document::rows_from_arrays`]: each row's value as its column's
+/// input reads it.
+fn column_arrays(
+    columns: &[(String, String)],
+    rows: &[&Map<String, Value>],
+) -> Vec<Box<dyn ToSql + Sync + Send>> {
+    columns
+        .iter()
+        .map(|(c, ty)| {
+            let json = json_typed(ty);
+            let values: Vec<Option<String>> =
+                rows.iter().map(|r| text_of(r.get(c), json)).collect();
+            Box::new(values) as Box<dyn ToSql + Sync + Send>
+        })
+        .collect()
 }
 
 impl DocumentPoster {
@@ -395,13 +559,22 @@ impl DocumentPoster {
             .zip(&key_types)
             .map(|(d, key_type)| compile(d, Target::Erp { key_type }))
             .collect();
+        let note_documents: bool = client
+            .query_one(
+                "SELECT to_regprocedure('possync.note_documents(text,text,text[],text[])') IS NOT NULL",
+                &[],
+            )
+            .await
+            .map_err(erp_err("looking for possync.note_documents"))?
+            .get(0);
+        let group = group_sql(&documents, &key_types, note_documents);
         let set_path = format!("SET search_path TO {}", ident(&schema));
         client
             .batch_execute(&format!("BEGIN; {set_path}"))
             .await
             .map_err(erp_err("setting the search path"))?;
         let mut problem = None;
-        for (d, q) in documents.iter().zip(&queries) {
+        'check: for (d, q) in documents.iter().zip(&queries) {
             if let Err(e) = client.prepare(q).await {
                 problem = Some(MirrorError::Invalid(format!(
                     "document {} does not compile against the mirror of its tables: {}",
@@ -411,15 +584,30 @@ impl DocumentPoster {
                 break;
             }
             for t in &d.touched_by {
-                if let Err(e) = client.prepare(&touched_by_sql(t, &schema)).await {
+                let Some(shape) = shapes.iter().find(|s| s.name == t.table) else {
+                    problem = Some(MirrorError::Invalid(format!(
+                        "document {}: touched_by table {} is not mirrored",
+                        d.name, t.table
+                    )));
+                    break 'check;
+                };
+                if let Err(e) = client.prepare(&touched_by_sql(t, &shape.columns)).await {
                     problem = Some(MirrorError::Invalid(format!(
                         "document {}: touched_by of table {} does not compile: {}",
                         d.name,
                         t.table,
                         crate::pgerr::describe(&e)
                     )));
-                    break;
+                    break 'check;
                 }
+            }
+        }
+        if problem.is_none() {
+            if let Err(e) = client.prepare(&group).await {
+                problem = Some(MirrorError::Invalid(format!(
+                    "the documents' group statement does not compile against the mirror: {}",
+                    crate::pgerr::describe(&e)
+                )));
             }
         }
         client
@@ -429,14 +617,6 @@ impl DocumentPoster {
         if let Some(p) = problem {
             return Err(p);
         }
-        let note_documents: bool = client
-            .query_one(
-                "SELECT to_regprocedure('possync.note_documents(text,text,text[],text[])') IS NOT NULL",
-                &[],
-            )
-            .await
-            .map_err(erp_err("looking for possync.note_documents"))?
-            .get(0);
         Ok(DocumentPoster {
             schema,
             shapes,
@@ -445,6 +625,7 @@ impl DocumentPoster {
             key_types,
             statements: Mutex::new(HashMap::new()),
             note_documents,
+            group,
         })
     }
 
@@ -481,8 +662,24 @@ impl DocumentPoster {
         Ok(s)
     }
 
+    /// `BEGIN` with the group's search path and planner settings.
+    fn begin(&self) -> String {
+        format!(
+            "BEGIN; SET LOCAL search_path TO {}; {GROUP_SETTINGS}",
+            ident(&self.schema)
+        )
+    }
+
     /// Applies consecutive POS transactions, some with mirrored rows, in one ERP transaction that advances the
     /// checkpoint to the last one's commit LSN.
+    ///
+    /// Pipelined (four round trips): `BEGIN`; then the checkpoint, the mirror's writes and the `touched_by`
+    /// queries, sent together; then one statement that evaluates the touched headers and posts their events
+    /// with `apply_batch` ([`group_sql`]); then `COMMIT` and the WAL positions. Rows the group inserted are
+    /// written with plain INSERTs. When the ERP refuses anything of this for its data (a header whose SQL
+    /// fails, a row the mirror holds already although the group inserted it), the transaction rolls back and
+    /// the group is applied one statement at a time, with upserts, each header's failure isolated and kept as
+    /// a rejected event, as before.
     pub async fn apply(
         &self,
         erp: &Erp,
@@ -493,36 +690,175 @@ impl DocumentPoster {
         let Some(last) = txns.last() else {
             return Ok((BatchOutcome::default(), erp.wal().await?));
         };
-        client
-            .batch_execute(&format!(
-                "BEGIN; SET LOCAL search_path TO {}",
-                ident(&self.schema)
-            ))
-            .await?;
-        match self
-            .apply_in_transaction(client, source, txns, last.commit_lsn)
-            .await
-        {
-            Ok(Some(answer)) => {
-                client.batch_execute("COMMIT").await?;
-                let wal = erp
-                    .wal()
+        let answer = match self.apply_pipelined(client, source, txns).await {
+            Ok(answer) => answer,
+            Err(Pipelined::OneByOne(e)) => {
+                tracing::debug!(source, commit_lsn = %last.commit_lsn, txns = txns.len(), error = %e,
+                    "the ERP refused part of a document group for its data; applying it one statement at a time");
+                client.batch_execute(&self.begin()).await?;
+                match self
+                    .apply_in_transaction(client, source, txns, last.commit_lsn)
                     .await
-                    .map_err(|e| ErpError::AfterApply(Box::new(e)))?;
-                Ok((outcome_of(&answer), wal))
+                {
+                    Ok(answer) => answer,
+                    Err(e) => {
+                        // the connection may be gone; a failed ROLLBACK changes nothing about the error to report
+                        let _ = client.batch_execute("ROLLBACK").await;
+                        return Err(e);
+                    }
+                }
             }
-            Ok(None) => {
-                client.batch_execute("ROLLBACK").await?;
-                Ok((BatchOutcome::default(), erp.wal().await?))
-            }
-            Err(e) => {
-                // the connection may be gone; a failed ROLLBACK changes nothing about the error to report
+            Err(Pipelined::Failed(e)) => {
                 let _ = client.batch_execute("ROLLBACK").await;
-                Err(e)
+                return Err(e);
             }
-        }
+        };
+        let Some(answer) = answer else {
+            client.batch_execute("ROLLBACK").await?;
+            return Ok((BatchOutcome::default(), erp.wal().await?));
+        };
+        // pipelined: the WAL positions are read once the commit is done
+        let (committed, wal) = futures::future::join(client.batch_execute("COMMIT"), erp.wal()).await;
+        committed?;
+        let wal = wal.map_err(|e| ErpError::AfterApply(Box::new(e)))?;
+        Ok((outcome_of(&answer), wal))
     }
 
+    /// The pipelined way (see [`DocumentPoster::apply`]); leaves the transaction open when it succeeds, rolled
+    /// back when it says to go one by one. `None`: the checkpoint is at or past the group (rolled back by the
+    /// caller).
+    async fn apply_pipelined(
+        &self,
+        client: &Client,
+        source: &str,
+        txns: &[PosTransaction],
+    ) -> Result<Option<Value>, Pipelined> {
+        let Some(last) = txns.last() else {
+            return Ok(None);
+        };
+        let commit_lsn = last.commit_lsn;
+        let t0 = std::time::Instant::now();
+        let writes =
+            MirrorWrites::collect(&self.shapes, txns.iter().flat_map(|t| t.changes.iter()));
+        let mut changes: Vec<(usize, &Change)> = Vec::new();
+        for (i, t) in txns.iter().enumerate() {
+            changes.extend(t.changes.iter().map(|c| (i, c)));
+        }
+        let mut touched = Touched::new(self.documents.len());
+        let indirect = self.direct_touches(&changes, &mut touched);
+        let mut planned = vec![Planned {
+            sql: CHECKPOINT.to_string(),
+            params: vec![Box::new(source.to_string())],
+        }];
+        planned.extend(self.mirror_statements(&writes, true));
+        let first_touch = planned.len();
+        let mut touch_docs = Vec::new();
+        for (d_i, p) in self.touched_by_statements(indirect) {
+            touch_docs.push(d_i);
+            planned.push(p);
+        }
+        // every statement is prepared before the pipeline, which must send them in order
+        let mut statements = Vec::with_capacity(planned.len());
+        for p in &planned {
+            statements.push(self.statement(client, &p.sql).await?);
+        }
+        // the transaction must be open before anything is sent into it: a statement sent after a BEGIN that
+        // failed would run, and commit, on its own
+        client.batch_execute(&self.begin()).await?;
+        let args: Vec<Vec<&(dyn ToSql + Sync)>> = planned.iter().map(Planned::args).collect();
+        let results = futures::future::join_all(
+            statements
+                .iter()
+                .zip(&args)
+                .map(|(st, a)| client.query(st, a)),
+        )
+        .await;
+        let t_mirror = t0.elapsed();
+        let mut rows = Vec::with_capacity(results.len());
+        let mut failed = None;
+        for r in results {
+            match r {
+                Ok(r) => rows.push(r),
+                Err(e) => {
+                    // the first error; those after it only say the transaction is aborted
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        // the mirror must not take rows the checkpoint says are applied
+        if let Some(row) = rows.first().and_then(|r| r.first()) {
+            let checkpoint: Lsn = row.get::<_, String>(0).parse().map_err(ErpError::from)?;
+            if commit_lsn <= checkpoint {
+                return Ok(None);
+            }
+        }
+        if let Some(e) = failed {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(if classify(&e) == ErrorClass::Data {
+                Pipelined::OneByOne(e.into())
+            } else {
+                Pipelined::Failed(e.into())
+            });
+        }
+        for (d_i, found) in touch_docs.iter().zip(&rows[first_touch..]) {
+            for r in found {
+                let key: String = r.get(0);
+                let at: i32 = r.get(1);
+                touched.mark(*d_i, key, usize::try_from(at).unwrap_or(0));
+            }
+        }
+        let t_touch = t0.elapsed();
+        // the group's own events (header/child mappings beside the documents), each with its transaction
+        let own: Vec<Value> = txns
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| t.events.iter().map(move |e| serde_json::json!([i, e])))
+            .collect();
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+            Box::new(source.to_string()),
+            Box::new(commit_lsn.to_string()),
+            Box::new(serde_json::to_string(&own).map_err(ErpError::from)?),
+            Box::new(i32::try_from(txns.len() - 1).unwrap_or(i32::MAX)),
+        ];
+        for keys_at in &touched.0 {
+            let keys: Vec<String> = keys_at.keys().cloned().collect();
+            let ats: Vec<i32> = keys_at
+                .values()
+                .map(|&at| i32::try_from(at).unwrap_or(i32::MAX))
+                .collect();
+            params.push(Box::new(keys));
+            params.push(Box::new(ats));
+        }
+        let group = Planned {
+            sql: self.group.clone(),
+            params,
+        };
+        let st = self.statement(client, &group.sql).await?;
+        let answer = match client.query_one(&st, &group.args()).await {
+            Ok(row) => row.get::<_, String>(0),
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(if classify(&e) == ErrorClass::Data {
+                    Pipelined::OneByOne(e.into())
+                } else {
+                    Pipelined::Failed(e.into())
+                });
+            }
+        };
+        tracing::debug!(
+            source,
+            txns = txns.len(),
+            headers = touched.0.iter().map(BTreeMap::len).sum::<usize>(),
+            mirror_ms = t_mirror.as_secs_f64() * 1e3,
+            touches_ms = (t_touch - t_mirror).as_secs_f64() * 1e3,
+            evaluate_apply_batch_ms = (t0.elapsed() - t_touch).as_secs_f64() * 1e3,
+            "document group"
+        );
+        Ok(Some(serde_json::from_str(&answer).map_err(ErpError::from)?))
+    }
+
+    /// The one-by-one way, inside the caller's transaction: `None` when the checkpoint is at or past the group.
     async fn apply_in_transaction(
         &self,
         client: &Client,
@@ -530,10 +866,9 @@ impl DocumentPoster {
         txns: &[PosTransaction],
         commit_lsn: Lsn,
     ) -> Result<Option<Value>, ErpError> {
-        // the mirror must not take rows the checkpoint says are applied: lock the source and look
-        let row = client
-            .query_one("SELECT possync.source_checkpoint($1)::text", &[&source])
-            .await?;
+        // the mirror must not take rows the checkpoint says are applied
+        let st = self.statement(client, CHECKPOINT).await?;
+        let row = client.query_one(&st, &[&source]).await?;
         let checkpoint: Lsn = row.get::<_, String>(0).parse()?;
         if commit_lsn <= checkpoint {
             return Ok(None);
@@ -562,11 +897,14 @@ impl DocumentPoster {
         let t_eval = t0.elapsed();
         let events: Vec<Value> = by_txn.into_iter().flatten().collect();
         let payload = serde_json::to_string(&events)?;
-        let row = client
-            .query_one(
+        let st = self
+            .statement(
+                client,
                 "SELECT possync.apply_batch($1, $2::text::pg_lsn, $3::text::jsonb)::text",
-                &[&source, &commit_lsn.to_string(), &payload],
             )
+            .await?;
+        let row = client
+            .query_one(&st, &[&source, &commit_lsn.to_string(), &payload])
             .await?;
         let text: String = row.get(0);
         tracing::debug!(
@@ -577,20 +915,21 @@ impl DocumentPoster {
             touches_ms = (t_touch - t_mirror).as_secs_f64() * 1e3,
             evaluate_ms = (t_eval - t_touch).as_secs_f64() * 1e3,
             apply_batch_ms = (t0.elapsed() - t_eval).as_secs_f64() * 1e3,
-            "document group"
+            "document group, one statement at a time"
         );
         Ok(Some(serde_json::from_str(&text)?))
     }
 
-    /// Finds the headers that changes touch, with the last transaction (by index) that touched each: header and
-    /// child rows say so themselves; rows of `touched_by` tables are asked, one query per table.
-    async fn touches(
+    /// Marks the headers that changes touch by themselves (a header's own row, a child's parent column) with
+    /// the last transaction (by index) that touched each; returns, per (document, touched_by entry), the row
+    /// images whose headers a query must find, each with its transaction.
+    fn direct_touches<'c>(
         &self,
-        client: &Client,
-        changes: &[(usize, &Change)],
+        changes: &[(usize, &'c Change)],
         touched: &mut Touched,
-    ) -> Result<(), ErpError> {
-        let mut indirect: BTreeMap<(usize, usize), Vec<Value>> = BTreeMap::new();
+    ) -> BTreeMap<(usize, usize), Vec<(usize, &'c Map<String, Value>)>> {
+        let mut indirect: BTreeMap<(usize, usize), Vec<(usize, &Map<String, Value>)>> =
+            BTreeMap::new();
         for &(i, c) in changes {
             let Some(shape) = self.shapes.iter().find(|s| s.pos_table == c.table) else {
                 continue;
@@ -603,22 +942,57 @@ impl DocumentPoster {
                     }
                     for (t_i, tb) in d.touched_by.iter().enumerate() {
                         if tb.table == shape.name {
-                            let mut row = image.clone();
-                            row.insert("_possync_txn".into(), Value::from(i));
-                            indirect
-                                .entry((d_i, t_i))
-                                .or_default()
-                                .push(Value::Object(row));
+                            indirect.entry((d_i, t_i)).or_default().push((i, image));
                         }
                     }
                 }
             }
         }
-        for ((d_i, t_i), rows) in indirect {
-            let sql = touched_by_sql(&self.documents[d_i].touched_by[t_i], &self.schema);
-            let st = self.statement(client, &sql).await?;
-            let rows = Value::Array(rows).to_string();
-            for r in client.query(&st, &[&rows]).await? {
+        indirect
+    }
+
+    /// The `touched_by` queries for those images, one per (document, table), each with its document.
+    fn touched_by_statements(
+        &self,
+        indirect: BTreeMap<(usize, usize), Vec<(usize, &Map<String, Value>)>>,
+    ) -> Vec<(usize, Planned)> {
+        let mut out = Vec::new();
+        for ((d_i, t_i), images) in indirect {
+            let tb = &self.documents[d_i].touched_by[t_i];
+            // checked when the poster was prepared
+            let Some(shape) = self.shapes.iter().find(|s| s.name == tb.table) else {
+                continue;
+            };
+            let rows: Vec<&Map<String, Value>> = images.iter().map(|(_, r)| *r).collect();
+            let mut params = column_arrays(&shape.columns, &rows);
+            let txn: Vec<i32> = images
+                .iter()
+                .map(|(i, _)| i32::try_from(*i).unwrap_or(i32::MAX))
+                .collect();
+            params.push(Box::new(txn));
+            out.push((
+                d_i,
+                Planned {
+                    sql: touched_by_sql(tb, &shape.columns),
+                    params,
+                },
+            ));
+        }
+        out
+    }
+
+    /// Finds the headers that changes touch, with the last transaction (by index) that touched each: header and
+    /// child rows say so themselves; rows of `touched_by` tables are asked, one query per table.
+    async fn touches(
+        &self,
+        client: &Client,
+        changes: &[(usize, &Change)],
+        touched: &mut Touched,
+    ) -> Result<(), ErpError> {
+        let indirect = self.direct_touches(changes, touched);
+        for (d_i, p) in self.touched_by_statements(indirect) {
+            let st = self.statement(client, &p.sql).await?;
+            for r in client.query(&st, &p.args()).await? {
                 let key: String = r.get(0);
                 let at: i32 = r.get(1);
                 touched.mark(d_i, key, usize::try_from(at).unwrap_or(0));
@@ -686,7 +1060,10 @@ impl DocumentPoster {
     ) -> Result<Vec<Value>, ErpError> {
         use std::io::BufRead;
         client
-            .batch_execute(&format!("SET LOCAL search_path TO {}", ident(&self.schema)))
+            .batch_execute(&format!(
+                "SET LOCAL search_path TO {}; {GROUP_SETTINGS}",
+                ident(&self.schema)
+            ))
             .await?;
         let reader = std::io::BufReader::new(
             std::fs::File::open(file).map_err(|e| ErpError::Spill(e.to_string()))?,
@@ -808,47 +1185,70 @@ impl DocumentPoster {
         rows_of(&rows)
     }
 
-    async fn write_mirror(&self, client: &Client, writes: &MirrorWrites) -> Result<(), ErpError> {
+
+    /// The statements that bring the mirror to a group's last images, table by table: a truncate's DELETE,
+    /// the deleted rows, the rows the group inserted (plain INSERTs when `fresh`, else with the rest), the
+    /// other complete rows (upserts), the partial ones (UPDATEs of the columns they carry). Rows go as one text
+    /// array per column.
+    fn mirror_statements(&self, writes: &MirrorWrites, fresh: bool) -> Vec<Planned> {
+        let mut out = Vec::new();
         for (name, t) in &writes.tables {
             let Some(shape) = self.shapes.iter().find(|s| &s.name == name) else {
                 continue;
             };
             let table = format!("{}.{}", ident(&self.schema), ident(name));
             if t.emptied {
-                client.execute(&format!("DELETE FROM {table}"), &[]).await?;
+                out.push(Planned {
+                    sql: format!("DELETE FROM {table}"),
+                    params: Vec::new(),
+                });
             }
-            let (mut full, mut partial, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut inserted, mut full, mut partial, mut deleted) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for w in t.rows.values() {
                 match w {
-                    RowWrite::Full(r) => full.push(Value::Object(r.clone())),
-                    RowWrite::Partial(r) => partial.push(Value::Object(r.clone())),
-                    RowWrite::Delete(r) => deleted.push(Value::Object(r.clone())),
+                    RowWrite::Full { row, fresh: true } if fresh => inserted.push(row),
+                    RowWrite::Full { row, .. } => full.push(row),
+                    RowWrite::Partial(r) => partial.push(r),
+                    RowWrite::Delete(r) => deleted.push(r),
                 }
             }
-            // the columns an upsert or a partial update sets
+            let key_columns: Vec<(String, String)> = shape
+                .key
+                .iter()
+                .filter_map(|k| shape.columns.iter().find(|(c, _)| c == k).cloned())
+                .collect();
             let non_key: Vec<&String> = shape
                 .columns
                 .iter()
                 .map(|(c, _)| c)
                 .filter(|c| !shape.key.contains(c))
                 .collect();
-            let key_match = |a: &str, b: &str| {
-                shape
+            let names: Vec<String> = shape.columns.iter().map(|(c, _)| ident(c)).collect();
+            let names = names.join(", ");
+            if !deleted.is_empty() && key_columns.len() == shape.key.len() {
+                let matching: Vec<String> = shape
                     .key
                     .iter()
-                    .map(|k| format!("{a}.{k} = {b}.{k}", k = ident(k)))
-                    .collect::<Vec<_>>()
-                    .join(" AND ")
-            };
-            if !deleted.is_empty() {
-                let sql = format!(
-                    "DELETE FROM {table} AS x USING json_populate_recordset(NULL::{table}, $1::text::json) AS d WHERE {}",
-                    key_match("x", "d")
-                );
-                let st = self.statement(client, &sql).await?;
-                client
-                    .execute(&st, &[&Value::Array(deleted).to_string()])
-                    .await?;
+                    .map(|k| format!("x.{k} = d.{k}", k = ident(k)))
+                    .collect();
+                out.push(Planned {
+                    sql: format!(
+                        "DELETE FROM {table} AS x USING {rows} AS d WHERE {}",
+                        matching.join(" AND "),
+                        rows = rows_from_arrays(&key_columns, 1, false),
+                    ),
+                    params: column_arrays(&key_columns, &deleted),
+                });
+            }
+            if !inserted.is_empty() {
+                out.push(Planned {
+                    sql: format!(
+                        "INSERT INTO {table} ({names}) SELECT {names} FROM {rows} AS r",
+                        rows = rows_from_arrays(&shape.columns, 1, false),
+                    ),
+                    params: column_arrays(&shape.columns, &inserted),
+                });
             }
             if !full.is_empty() {
                 let key: Vec<String> = shape.key.iter().map(|k| ident(k)).collect();
@@ -861,16 +1261,18 @@ impl DocumentPoster {
                 } else {
                     format!("DO UPDATE SET {}", sets.join(", "))
                 };
-                let sql = format!(
-                    "INSERT INTO {table} SELECT * FROM json_populate_recordset(NULL::{table}, $1::text::json) ON CONFLICT ({}) {on_conflict}",
-                    key.join(", ")
-                );
-                let st = self.statement(client, &sql).await?;
-                client
-                    .execute(&st, &[&Value::Array(full).to_string()])
-                    .await?;
+                out.push(Planned {
+                    sql: format!(
+                        "INSERT INTO {table} ({names}) SELECT {names} FROM {rows} AS r ON CONFLICT ({}) {on_conflict}",
+                        key.join(", "),
+                        rows = rows_from_arrays(&shape.columns, 1, false),
+                    ),
+                    params: column_arrays(&shape.columns, &full),
+                });
             }
             if !partial.is_empty() {
+                // rare (an update that left unchanged TOAST values out): the images go as JSON, each setting
+                // only the columns it has
                 let sets: Vec<String> = non_key
                     .iter()
                     .map(|c| format!("{c} = (json_populate_record(x, e.v)).{c}", c = ident(c)))
@@ -886,17 +1288,28 @@ impl DocumentPoster {
                             )
                         })
                         .collect();
-                    let sql = format!(
-                        "UPDATE {table} AS x SET {} FROM json_array_elements($1::text::json) AS e(v) WHERE {}",
-                        sets.join(", "),
-                        cond.join(" AND ")
-                    );
-                    let st = self.statement(client, &sql).await?;
-                    client
-                        .execute(&st, &[&Value::Array(partial).to_string()])
-                        .await?;
+                    let images: Vec<Value> =
+                        partial.iter().map(|r| Value::Object((*r).clone())).collect();
+                    out.push(Planned {
+                        sql: format!(
+                            "UPDATE {table} AS x SET {} FROM json_array_elements($1::text::json) AS e(v) WHERE {}",
+                            sets.join(", "),
+                            cond.join(" AND ")
+                        ),
+                        params: vec![Box::new(Value::Array(images).to_string())],
+                    });
                 }
             }
+        }
+        out
+    }
+
+    /// Brings the mirror to a group's last images one statement at a time, complete rows as upserts (the way
+    /// that works whatever the mirror already holds).
+    async fn write_mirror(&self, client: &Client, writes: &MirrorWrites) -> Result<(), ErpError> {
+        for p in self.mirror_statements(writes, false) {
+            let st = self.statement(client, &p.sql).await?;
+            client.execute(&st, &p.args()).await?;
         }
         Ok(())
     }

@@ -237,7 +237,12 @@ async fn main() {
     let erp_url = erp.url("erp");
 
     let mut live = None;
-    if !drain_only {
+    if drain_only {
+        // the slot must exist before the backlog is committed: a first start makes it
+        let bridge = Bridge::start(&erp_url, &source, &bridge_args);
+        bridge.wait_streaming("bench", Duration::from_secs(60));
+        let _ = bridge.terminate();
+    } else {
         live = Some(live_phases(&pos, &erp_db, &native, &erp_url, &source, &bridge_args, rate, live_total).await);
     }
 
