@@ -442,7 +442,8 @@ fn mapping_failure(
 /// Parameters: `$1` source, `$2` the group's last commit LSN (text), `$3` the transactions' own events as a
 /// JSON array of `[transaction index, event]`, `$4` the index of the last transaction (where a header no
 /// transaction is named for goes); per document `d` (from 0), `$(5+2d)` the touched keys (text array) and
-/// `$(6+2d)` the index of the last transaction that touched each. One row: apply_batch's answer as text.
+/// `$(6+2d)` the index of the last transaction that touched each. One row: apply_batch's answer as text (and
+/// how many notes were taken).
 pub fn group_sql(documents: &[Document], key_types: &[String], note_documents: bool) -> String {
     let mut ctes = Vec::new();
     let mut parts = vec![
@@ -480,16 +481,20 @@ pub fn group_sql(documents: &[Document], key_types: &[String], note_documents: b
     } else {
         format!("WITH {} ", ctes.join(", "))
     };
-    // the notes are taken before apply_batch runs: the FROM item is read before the target list
-    let from = if noted.is_empty() {
-        String::new()
+    // the notes are taken before apply_batch runs: the FROM item is read before the target list; their count
+    // is selected too, or the planner would drop the unused column and the notes with it
+    let (from, count) = if noted.is_empty() {
+        (String::new(), String::new())
     } else {
-        format!(" FROM (SELECT {}) AS noted", noted.join(" + "))
+        (
+            format!(" FROM (SELECT {} AS n) AS noted", noted.join(" + ")),
+            ", noted.n".to_string(),
+        )
     };
     format!(
         "{with}SELECT possync.apply_batch($1, $2::text::pg_lsn, \
            (SELECT coalesce(jsonb_agg(x.ev ORDER BY x.at, x.grp, x.ord, x.key), '[]'::jsonb) \
-              FROM ({parts}) AS x(at, grp, ord, key, ev)))::text{from}",
+              FROM ({parts}) AS x(at, grp, ord, key, ev)))::text{count}{from}",
         parts = parts.join(" UNION ALL ")
     )
 }
@@ -757,14 +762,15 @@ impl DocumentPoster {
             touch_docs.push(d_i);
             planned.push(p);
         }
-        // every statement is prepared before the pipeline, which must send them in order
+        // the transaction must be open before anything is sent into it: a statement sent after a BEGIN that
+        // failed would run, and commit, on its own
+        client.batch_execute(&self.begin()).await?;
+        // every statement is prepared (once per connection, under the mirror's search path) before the pipeline,
+        // which must send them in order
         let mut statements = Vec::with_capacity(planned.len());
         for p in &planned {
             statements.push(self.statement(client, &p.sql).await?);
         }
-        // the transaction must be open before anything is sent into it: a statement sent after a BEGIN that
-        // failed would run, and commit, on its own
-        client.batch_execute(&self.begin()).await?;
         let args: Vec<Vec<&(dyn ToSql + Sync)>> = planned.iter().map(Planned::args).collect();
         let results = futures::future::join_all(
             statements

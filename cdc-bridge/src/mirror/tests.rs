@@ -192,7 +192,11 @@ fn a_group_statement_evaluates_notes_and_posts_in_one_call() {
         sql.contains("SELECT possync.apply_batch($1, $2::text::pg_lsn,"),
         "{sql}"
     );
-    assert!(sql.ends_with("FROM (SELECT (SELECT count(*) FROM n0)) AS noted"), "{sql}");
+    // the notes are read in the FROM item, before apply_batch, and selected so that they are not planned away
+    assert!(
+        sql.ends_with("::text, noted.n FROM (SELECT (SELECT count(*) FROM n0) AS n) AS noted"),
+        "{sql}"
+    );
     // without note_documents (an older ERP) the notes are left out
     let older = group_sql(m.documents(), &["bigint".to_string()], false);
     assert!(!older.contains("note_documents"), "{older}");
