@@ -268,6 +268,7 @@ async fn main() {
     let mut rss_drain: f64 = 0.0;
     let mut rss_doc: f64 = 0.0;
     let (mut ref_wal, mut doc_wal, mut ref_erp_wal, mut doc_erp_wal) = (0.0, 0.0, 0.0, 0.0);
+    let (mut ref_cpu, mut doc_cpu) = (Cpu::default(), Cpu::default());
     for round in 0..rounds {
         let start_at = round * backlog + 1;
         if !drain_only && round == 0 {
@@ -288,10 +289,11 @@ async fn main() {
             made.elapsed().as_secs_f64()
         );
         let erp0 = wal_lsn(&erp_db).await;
-        let d = drain(&erp_url, &source, &bridge_args, "bench", backlog).await;
+        let d = drain(&erp_url, &source, &bridge_args, "bench", backlog, &erp_db, &pos_db).await;
         ref_erp_wal = (wal_lsn(&erp_db).await - erp0) / f64::from(backlog);
         bridge_secs = d.secs;
         in_apply = d.in_apply;
+        ref_cpu = d.cpu;
         rss_drain = rss_drain.max(d.rss);
         let posted = count(
             &erp_db,
@@ -307,7 +309,7 @@ async fn main() {
             .map(|r| r.get(0))
             .unwrap_or_else(|e| panic!("exception kinds: {e}"));
         ref_rates.push(f64::from(backlog) / d.secs);
-        eprintln!("bench: round {round}: bridge drained {backlog} in {:.1} s, {:.0} tx/s ({posted} posted as applied in all; exceptions: {exceptions}; {ref_erp_wal:.0} bytes of ERP WAL per transaction)", d.secs, f64::from(backlog) / d.secs);
+        eprintln!("bench: round {round}: bridge drained {backlog} in {:.1} s, {:.0} tx/s ({posted} posted as applied in all; exceptions: {exceptions}; {ref_erp_wal:.0} bytes of ERP WAL per transaction; {})", d.secs, f64::from(backlog) / d.secs, d.cpu.per_txn(backlog));
 
         if !drain_only && round == 0 {
             let started = Instant::now();
@@ -358,16 +360,17 @@ async fn main() {
             .unwrap_or_else(|e| panic!("normalized backlog: {e}"));
         doc_wal = (wal_lsn(&shop).await - wal0) / f64::from(backlog);
         let erp0 = wal_lsn(&erp_db).await;
-        let d = drain(&erp_url, &doc_source, &doc_args, "benchshop", backlog).await;
+        let d = drain(&erp_url, &doc_source, &doc_args, "benchshop", backlog, &erp_db, &shop).await;
         doc_erp_wal = (wal_lsn(&erp_db).await - erp0) / f64::from(backlog);
         rss_doc = rss_doc.max(d.rss);
+        doc_cpu = d.cpu;
         let doc_posted = count(
             &erp_db,
             "SELECT count(*) FROM possync.event WHERE source = 'benchshop' AND status = 'applied'",
         )
         .await;
         doc_rates.push(f64::from(backlog) / d.secs);
-        eprintln!("bench: round {round}: normalized mapping drained {backlog} orders in {:.1} s, {:.0} tx/s ({doc_posted} posted as applied in all; peak RSS {:.1} MB; {doc_wal:.0} bytes of POS WAL and {doc_erp_wal:.0} of ERP WAL per order)", d.secs, f64::from(backlog) / d.secs, d.rss);
+        eprintln!("bench: round {round}: normalized mapping drained {backlog} orders in {:.1} s, {:.0} tx/s ({doc_posted} posted as applied in all; peak RSS {:.1} MB; {doc_wal:.0} bytes of POS WAL and {doc_erp_wal:.0} of ERP WAL per order; {})", d.secs, f64::from(backlog) / d.secs, d.rss, d.cpu.per_txn(backlog));
         eprintln!(
             "bench: round {round}: normalized / reference = {:.2}",
             doc_rates[doc_rates.len() - 1] / ref_rates[ref_rates.len() - 1]
@@ -408,10 +411,16 @@ async fn main() {
         .map(|(r, d)| format!("{d:.0}/{r:.0}"))
         .collect();
     println!(
-        "row|backlog drain of {backlog} orders, normalized mapping (txns/s)|{doc_rate:.0}|{bridge_rate:.0}|{:.2}|≥ 0.70|baseline: the reference mapping's drain (same sales: 3 lines, 1 tender; same group size); POS WAL per transaction {doc_wal:.0} bytes (9 row changes) vs {ref_wal:.0} (5); ERP WAL per transaction {doc_erp_wal:.0} vs {ref_erp_wal:.0}; {} of {rounds} alternating round(s), per round {}",
+        "row|backlog drain of {backlog} orders, normalized mapping (txns/s)|{doc_rate:.0}|{bridge_rate:.0}|{:.2}|≥ 0.70|baseline: the reference mapping's drain (same sales: 3 lines, 1 tender; same group size); POS WAL per transaction {doc_wal:.0} bytes (9 row changes) vs {ref_wal:.0} (5); ERP WAL per transaction {doc_erp_wal:.0} vs {ref_erp_wal:.0}; {} of {rounds} alternating round(s), per round {}; last round's CPU per transaction (ERP backend / POS walsender / bridge, µs): {:.0} / {:.0} / {:.0} vs {:.0} / {:.0} / {:.0}",
         doc_rate / bridge_rate,
         if rounds > 1 { "median" } else { "one" },
-        per_round.join(", ")
+        per_round.join(", "),
+        doc_cpu.erp * 1e6 / f64::from(backlog),
+        doc_cpu.walsender * 1e6 / f64::from(backlog),
+        doc_cpu.bridge * 1e6 / f64::from(backlog),
+        ref_cpu.erp * 1e6 / f64::from(backlog),
+        ref_cpu.walsender * 1e6 / f64::from(backlog),
+        ref_cpu.bridge * 1e6 / f64::from(backlog),
     );
     let rss_live = live.as_ref().map_or(0.0, |l| l.rss);
     println!(
@@ -445,6 +454,56 @@ struct Drained {
     secs: f64,
     rss: f64,
     in_apply: f64,
+    /// CPU seconds of the ERP backends, the POS walsenders and the bridge that served the drain.
+    cpu: Cpu,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Cpu {
+    erp: f64,
+    walsender: f64,
+    bridge: f64,
+}
+
+impl Cpu {
+    /// Microseconds of each per transaction, for the log.
+    fn per_txn(&self, txns: u32) -> String {
+        let us = |s: f64| s * 1e6 / f64::from(txns);
+        format!(
+            "CPU per transaction: ERP backend {:.0} µs, POS walsender {:.0} µs, bridge {:.0} µs",
+            us(self.erp),
+            us(self.walsender),
+            us(self.bridge)
+        )
+    }
+}
+
+/// User and system CPU seconds a process has used so far (0 when it is gone).
+fn cpu_seconds(pid: i32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // the fields after the command name, which is in parentheses and may hold spaces
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // clock ticks per second: 100 on Linux everywhere this runs
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The CPU seconds used so far by the server processes of `kind` that started after `since`.
+async fn server_cpu(db: &Client, kind: &str, since: &str) -> f64 {
+    let rows = db
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = $1 AND backend_start >= $2::text::timestamptz AND pid <> pg_backend_pid()",
+            &[&kind, &since],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("pg_stat_activity: {e}"));
+    rows.iter().map(|r| cpu_seconds(r.get(0))).sum()
 }
 
 /// Starts the bridge on a backlog and times it until it has applied `backlog` POS transactions.
@@ -454,7 +513,14 @@ async fn drain(
     args: &[&str],
     name: &str,
     backlog: u32,
+    erp_db: &Client,
+    pos_db: &Client,
 ) -> Drained {
+    let since: String = erp_db
+        .query_one("SELECT clock_timestamp()::text", &[])
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or_else(|e| panic!("clock: {e}"));
     let bridge = Bridge::start(erp_url, source, args);
     let started = Instant::now();
     loop {
@@ -471,6 +537,11 @@ async fn drain(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = Cpu {
+        erp: server_cpu(erp_db, "client backend", &since).await,
+        walsender: server_cpu(pos_db, "walsender", &since).await,
+        bridge: i32::try_from(bridge.pid()).map_or(0.0, cpu_seconds),
+    };
     let rss = peak_rss_mb(bridge.pid());
     let in_apply = bridge
         .metric("possync_bridge_apply_seconds_sum", name)
@@ -480,6 +551,7 @@ async fn drain(
         secs,
         rss,
         in_apply,
+        cpu,
     }
 }
 
