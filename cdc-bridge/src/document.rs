@@ -599,14 +599,18 @@ pub fn rows_from_arrays(columns: &[(String, String)], first: usize, txn: bool) -
 /// A column's value in a row image as the text its type's input reads, as `json_populate_record` would pass it:
 /// NULL for a missing or null value, a string as it is (JSON text for a json or jsonb column), a number or a
 /// boolean as written, an object or array as JSON text.
-pub fn text_of(value: Option<&serde_json::Value>, json_column: bool) -> Option<String> {
+pub fn text_of(
+    value: Option<&serde_json::Value>,
+    json_column: bool,
+) -> Option<std::borrow::Cow<'_, str>> {
     use serde_json::Value;
+    use std::borrow::Cow;
     match value? {
         Value::Null => None,
-        Value::String(s) if !json_column => Some(s.clone()),
-        Value::Bool(b) => Some(if *b { "true" } else { "false" }.to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        other => Some(other.to_string()),
+        Value::String(s) if !json_column => Some(Cow::Borrowed(s.as_str())),
+        Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        other => Some(Cow::Owned(other.to_string())),
     }
 }
 

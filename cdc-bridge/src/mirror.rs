@@ -6,6 +6,7 @@
 //! `void` events, and `possync.apply_batch` posts them and advances the checkpoint. So a row waiting for its
 //! header to become final is as durable as the checkpoint, and a crash anywhere redoes the whole group or none.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
@@ -218,53 +219,54 @@ fn key_text(shape: &TableShape, row: &Map<String, Value>) -> Option<String> {
 
 /// What a group of POS transactions leaves in one mirrored table.
 #[derive(Debug, Default)]
-struct TableWrites {
+struct TableWrites<'a> {
     /// Everything before was emptied (TRUNCATE).
     emptied: bool,
     /// Per row key: the last image, or None for a deleted row.
-    rows: BTreeMap<String, RowWrite>,
+    rows: BTreeMap<String, RowWrite<'a>>,
 }
 
 #[derive(Debug, Clone)]
-enum RowWrite {
+enum RowWrite<'a> {
     /// Every column. `fresh`: the group's first change of this key was an insert (or came after a truncate), so
     /// the mirror, which holds what the POS held at the checkpoint, cannot have the row yet.
     Full {
-        row: Map<String, Value>,
+        row: Cow<'a, Map<String, Value>>,
         fresh: bool,
     },
     /// An update that left some columns out (unchanged TOAST values): those keep what the mirror holds.
-    Partial(Map<String, Value>),
+    Partial(Cow<'a, Map<String, Value>>),
     /// The key columns of a deleted row.
-    Delete(Map<String, Value>),
+    Delete(&'a Map<String, Value>),
 }
 
-/// The last image of every row a group of POS transactions wrote, per mirrored table.
+/// The last image of every row a group of POS transactions wrote, per mirrored table (borrowed from the
+/// changes).
 #[derive(Debug, Default)]
-pub struct MirrorWrites {
-    tables: BTreeMap<String, TableWrites>,
+pub struct MirrorWrites<'a> {
+    tables: BTreeMap<String, TableWrites<'a>>,
 }
 
-impl TableWrites {
+impl<'a> TableWrites<'a> {
     /// A row deleted: one the group inserted never reaches the mirror, any other is deleted from it.
-    fn delete(&mut self, key: String, image: &Map<String, Value>) {
+    fn delete(&mut self, key: String, image: &'a Map<String, Value>) {
         match self.rows.get(&key) {
             Some(RowWrite::Full { fresh: true, .. }) => {
                 self.rows.remove(&key);
             }
             _ => {
-                self.rows.insert(key, RowWrite::Delete(image.clone()));
+                self.rows.insert(key, RowWrite::Delete(image));
             }
         }
     }
 }
 
-impl MirrorWrites {
+impl<'a> MirrorWrites<'a> {
     /// Collapses the changes, oldest first.
-    pub fn collect<'a>(
+    pub fn collect(
         shapes: &[TableShape],
         changes: impl Iterator<Item = &'a Change>,
-    ) -> MirrorWrites {
+    ) -> MirrorWrites<'a> {
         let mut w = MirrorWrites::default();
         for change in changes {
             let Some(shape) = shapes.iter().find(|s| s.pos_table == change.table) else {
@@ -307,18 +309,18 @@ impl MirrorWrites {
                     };
                     let next = match (before, complete) {
                         (_, true) => RowWrite::Full {
-                            row: change.row.clone(),
+                            row: Cow::Borrowed(&change.row),
                             fresh,
                         },
                         (Some(RowWrite::Full { mut row, fresh }), false) => {
-                            row.extend(change.row.clone());
+                            row.to_mut().extend(change.row.clone());
                             RowWrite::Full { row, fresh }
                         }
                         (Some(RowWrite::Partial(mut before)), false) => {
-                            before.extend(change.row.clone());
+                            before.to_mut().extend(change.row.clone());
                             RowWrite::Partial(before)
                         }
-                        (_, false) => RowWrite::Partial(change.row.clone()),
+                        (_, false) => RowWrite::Partial(Cow::Borrowed(&change.row)),
                     };
                     t.rows.insert(k, next);
                 }
@@ -377,12 +379,12 @@ const GROUP_SETTINGS: &str =
 const CHECKPOINT: &str = "SELECT possync.source_checkpoint($1)::text";
 
 /// A statement of a group, with its arguments.
-struct Planned {
+struct Planned<'a> {
     sql: String,
-    params: Vec<Box<dyn ToSql + Sync + Send>>,
+    params: Vec<Box<dyn ToSql + Sync + Send + 'a>>,
 }
 
-impl Planned {
+impl Planned<'_> {
     fn args(&self) -> Vec<&(dyn ToSql + Sync)> {
         self.params
             .iter()
@@ -506,17 +508,17 @@ fn json_typed(ty: &str) -> bool {
 
 /// One text array per column, for [`crate::document::rows_from_arrays`]: each row's value as its column's
 /// input reads it.
-fn column_arrays(
+fn column_arrays<'a>(
     columns: &[(String, String)],
-    rows: &[&Map<String, Value>],
-) -> Vec<Box<dyn ToSql + Sync + Send>> {
+    rows: &[&'a Map<String, Value>],
+) -> Vec<Box<dyn ToSql + Sync + Send + 'a>> {
     columns
         .iter()
         .map(|(c, ty)| {
             let json = json_typed(ty);
-            let values: Vec<Option<String>> =
+            let values: Vec<Option<Cow<'a, str>>> =
                 rows.iter().map(|r| text_of(r.get(c), json)).collect();
-            Box::new(values) as Box<dyn ToSql + Sync + Send>
+            Box::new(values) as Box<dyn ToSql + Sync + Send + 'a>
         })
         .collect()
 }
@@ -762,9 +764,11 @@ impl DocumentPoster {
             touch_docs.push(d_i);
             planned.push(p);
         }
+        let t_plan = t0.elapsed();
         // the transaction must be open before anything is sent into it: a statement sent after a BEGIN that
         // failed would run, and commit, on its own
         client.batch_execute(&self.begin()).await?;
+        let t_begin = t0.elapsed();
         // every statement is prepared (once per connection, under the mirror's search path) before the pipeline,
         // which must send them in order
         let mut statements = Vec::with_capacity(planned.len());
@@ -814,7 +818,6 @@ impl DocumentPoster {
                 touched.mark(*d_i, key, usize::try_from(at).unwrap_or(0));
             }
         }
-        let t_touch = t0.elapsed();
         // the group's own events (header/child mappings beside the documents), each with its transaction
         let own: Vec<Value> = txns
             .iter()
@@ -841,6 +844,7 @@ impl DocumentPoster {
             params,
         };
         let st = self.statement(client, &group.sql).await?;
+        let t_group = t0.elapsed();
         let answer = match client.query_one(&st, &group.args()).await {
             Ok(row) => row.get::<_, String>(0),
             Err(e) => {
@@ -856,9 +860,11 @@ impl DocumentPoster {
             source,
             txns = txns.len(),
             headers = touched.0.iter().map(BTreeMap::len).sum::<usize>(),
-            mirror_ms = t_mirror.as_secs_f64() * 1e3,
-            touches_ms = (t_touch - t_mirror).as_secs_f64() * 1e3,
-            evaluate_apply_batch_ms = (t0.elapsed() - t_touch).as_secs_f64() * 1e3,
+            plan_ms = t_plan.as_secs_f64() * 1e3,
+            begin_ms = (t_begin - t_plan).as_secs_f64() * 1e3,
+            mirror_touches_ms = (t_mirror - t_begin).as_secs_f64() * 1e3,
+            group_params_ms = (t_group - t_mirror).as_secs_f64() * 1e3,
+            evaluate_apply_batch_ms = (t0.elapsed() - t_group).as_secs_f64() * 1e3,
             "document group"
         );
         Ok(Some(serde_json::from_str(&answer).map_err(ErpError::from)?))
@@ -958,10 +964,10 @@ impl DocumentPoster {
     }
 
     /// The `touched_by` queries for those images, one per (document, table), each with its document.
-    fn touched_by_statements(
+    fn touched_by_statements<'c>(
         &self,
-        indirect: BTreeMap<(usize, usize), Vec<(usize, &Map<String, Value>)>>,
-    ) -> Vec<(usize, Planned)> {
+        indirect: BTreeMap<(usize, usize), Vec<(usize, &'c Map<String, Value>)>>,
+    ) -> Vec<(usize, Planned<'c>)> {
         let mut out = Vec::new();
         for ((d_i, t_i), images) in indirect {
             let tb = &self.documents[d_i].touched_by[t_i];
@@ -1196,7 +1202,7 @@ impl DocumentPoster {
     /// the deleted rows, the rows the group inserted (plain INSERTs when `fresh`, else with the rest), the
     /// other complete rows (upserts), the partial ones (UPDATEs of the columns they carry). Rows go as one text
     /// array per column.
-    fn mirror_statements(&self, writes: &MirrorWrites, fresh: bool) -> Vec<Planned> {
+    fn mirror_statements<'w>(&self, writes: &'w MirrorWrites<'_>, fresh: bool) -> Vec<Planned<'w>> {
         let mut out = Vec::new();
         for (name, t) in &writes.tables {
             let Some(shape) = self.shapes.iter().find(|s| &s.name == name) else {
@@ -1209,8 +1215,12 @@ impl DocumentPoster {
                     params: Vec::new(),
                 });
             }
-            let (mut inserted, mut full, mut partial, mut deleted) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut inserted, mut full, mut partial, mut deleted): (
+                Vec<&Map<String, Value>>,
+                Vec<&Map<String, Value>>,
+                Vec<&Map<String, Value>>,
+                Vec<&Map<String, Value>>,
+            ) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for w in t.rows.values() {
                 match w {
                     RowWrite::Full { row, fresh: true } if fresh => inserted.push(row),
@@ -1312,7 +1322,11 @@ impl DocumentPoster {
 
     /// Brings the mirror to a group's last images one statement at a time, complete rows as upserts (the way
     /// that works whatever the mirror already holds).
-    async fn write_mirror(&self, client: &Client, writes: &MirrorWrites) -> Result<(), ErpError> {
+    async fn write_mirror(
+        &self,
+        client: &Client,
+        writes: &MirrorWrites<'_>,
+    ) -> Result<(), ErpError> {
         for p in self.mirror_statements(writes, false) {
             let st = self.statement(client, &p.sql).await?;
             client.execute(&st, &p.args()).await?;

@@ -6,7 +6,8 @@
 //! BENCH_BATCH_TXNS (the bridge's --batch-max-txns, 300),
 //! BENCH_BATCH_WAIT_MS (its --batch-max-wait-ms, 0), BENCH_DRAIN_ONLY=1 (only the two backlog drains, reference and
 //! normalized mapping: no live lag, no native subscription), BENCH_DRAIN_ROUNDS (1: with more, the reference and
-//! normalized drains alternate that many times and the medians are reported, with each round's figures).
+//! normalized drains alternate that many times and the medians are reported, with each round's figures),
+//! BENCH_PROFILE=1 (the ERP's statements by total time after each drain, from pg_stat_statements).
 
 use std::time::{Duration, Instant};
 
@@ -163,6 +164,7 @@ async fn main() {
     let batch_wait: String = env_or("BENCH_BATCH_WAIT_MS", "0".to_string());
     let drain_only = env_or("BENCH_DRAIN_ONLY", 0u32) == 1;
     let rounds: u32 = env_or("BENCH_DRAIN_ROUNDS", 1u32).max(1);
+    let profile = env_or("BENCH_PROFILE", 0u32) == 1;
     let bridge_args = [
         "--batch-max-txns",
         batch_txns.as_str(),
@@ -180,9 +182,23 @@ async fn main() {
         "checkpoint_timeout = 30min",
     ];
     let pos = pos_cluster(&durable).await;
-    let erp = erp_cluster_with(&durable).await;
+    let mut erp_conf = durable.to_vec();
+    if profile {
+        erp_conf.extend([
+            "shared_preload_libraries = 'pg_stat_statements'",
+            "pg_stat_statements.track = all",
+            "pg_stat_statements.track_utility = off",
+        ]);
+    }
+    let erp = erp_cluster_with(&erp_conf).await;
     let pos_db = pos.connect("pos").await;
     let erp_db = erp.connect("erp").await;
+    if profile {
+        erp_db
+            .batch_execute("CREATE EXTENSION pg_stat_statements")
+            .await
+            .unwrap_or_else(|e| panic!("pg_stat_statements: {e}"));
+    }
     let skus: Vec<String> = SKUS.iter().map(|s| format!("'{s}'")).collect();
     pos_db
         .batch_execute(
@@ -289,7 +305,9 @@ async fn main() {
             made.elapsed().as_secs_f64()
         );
         let erp0 = wal_lsn(&erp_db).await;
+        statements_reset(&erp_db, profile).await;
         let d = drain(&erp_url, &source, &bridge_args, "bench", backlog, &erp_db, &pos_db).await;
+        statements_top(&erp_db, profile, "reference drain", backlog).await;
         ref_erp_wal = (wal_lsn(&erp_db).await - erp0) / f64::from(backlog);
         bridge_secs = d.secs;
         in_apply = d.in_apply;
@@ -360,7 +378,9 @@ async fn main() {
             .unwrap_or_else(|e| panic!("normalized backlog: {e}"));
         doc_wal = (wal_lsn(&shop).await - wal0) / f64::from(backlog);
         let erp0 = wal_lsn(&erp_db).await;
+        statements_reset(&erp_db, profile).await;
         let d = drain(&erp_url, &doc_source, &doc_args, "benchshop", backlog, &erp_db, &shop).await;
+        statements_top(&erp_db, profile, "normalized drain", backlog).await;
         doc_erp_wal = (wal_lsn(&erp_db).await - erp0) / f64::from(backlog);
         rss_doc = rss_doc.max(d.rss);
         doc_cpu = d.cpu;
@@ -427,6 +447,44 @@ async fn main() {
         "row|bridge peak RSS (MB)|{:.1}|—|—|< 64 MB|live phase {rss_live:.1} MB; normalized drain {rss_doc:.1} MB",
         rss_drain.max(rss_live)
     );
+}
+
+async fn statements_reset(erp: &Client, profile: bool) {
+    if profile {
+        erp.batch_execute("SELECT pg_stat_statements_reset()")
+            .await
+            .unwrap_or_else(|e| panic!("pg_stat_statements_reset: {e}"));
+    }
+}
+
+/// With BENCH_PROFILE=1: the ERP's statements by total time during a drain (nested ones included, so that
+/// apply_batch's own statements show beside the bridge's), per POS transaction.
+async fn statements_top(erp: &Client, profile: bool, what: &str, txns: u32) {
+    if !profile {
+        return;
+    }
+    let rows = erp
+        .query(
+            "SELECT calls, total_exec_time, rows, toplevel, regexp_replace(left(query, 150), '\\s+', ' ', 'g') \
+               FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+              ORDER BY total_exec_time DESC LIMIT 25",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("pg_stat_statements: {e}"));
+    eprintln!("bench: {what}: ERP statements by total time (µs per POS transaction, calls, rows, top level)");
+    for r in rows {
+        let calls: i64 = r.get(0);
+        let total: f64 = r.get(1);
+        let n: i64 = r.get(2);
+        let top: bool = r.get(3);
+        let q: String = r.get(4);
+        eprintln!(
+            "bench:   {:8.1} µs {calls:7} calls {n:8} rows {} {q}",
+            total * 1000.0 / f64::from(txns),
+            if top { "top" } else { "   " }
+        );
+    }
 }
 
 fn median(v: &[f64]) -> f64 {
