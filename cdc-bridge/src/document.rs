@@ -458,13 +458,13 @@ pub fn compile(d: &Document, target: Target<'_>) -> String {
     }
 }
 
-/// The evaluation of the headers whose keys parameter `keys` (a text array) names, for a statement that posts
-/// what it finds without sending it to the bridge: rows of (key text, state text, event jsonb or NULL while
-/// pending), the source name being parameter `source`. The same SQL as [`compile`] for the ERP, but the event
-/// stays jsonb.
-pub fn compile_keys(d: &Document, key_type: &str, keys: usize, source: usize) -> String {
+/// The evaluation of the headers whose keys the SQL expression `keys` (a text array) gives, for a statement that
+/// posts what it finds without sending it to the bridge: rows of (key text, state text, event jsonb or NULL
+/// while pending), the source name being parameter `source`. The same SQL as [`compile`] for the ERP, but the
+/// event stays jsonb.
+pub fn compile_keys(d: &Document, key_type: &str, keys: &str, source: usize) -> String {
     let select = select_sql(d, &format!("${source}::text"), false);
-    format!("{select} WHERE {}", key_filter(d, &format!("${keys}"), key_type))
+    format!("{select} WHERE {}", key_filter(d, keys, key_type))
 }
 
 /// The keys are cast to the key column's type, so that the header's key index finds them (a filter on the key
@@ -556,12 +556,17 @@ pub fn direct_touches(
 /// `$n+1`, the index of each image's transaction in the group; rows of (key, the last transaction that touched
 /// it).
 pub fn touched_by_sql(t: &TouchedBy, columns: &[(String, String)]) -> String {
+    touched_by_sql_from(t, columns, 1)
+}
+
+/// [`touched_by_sql`] with its parameters numbered from `first`.
+pub fn touched_by_sql_from(t: &TouchedBy, columns: &[(String, String)], first: usize) -> String {
     format!(
         "SELECT k, max(i) FROM (SELECT ({expr})::text AS k, {alias}._possync_txn AS i \
            FROM {rows} AS {alias}) AS touched \
          WHERE k IS NOT NULL GROUP BY k",
         expr = t.header,
-        rows = rows_from_arrays(columns, 1, true),
+        rows = rows_from_arrays(columns, first, true),
         alias = sql_name(&t.table),
     )
 }

@@ -363,6 +363,8 @@ pub struct DocumentPoster {
     /// The statement that evaluates a group's headers, notes the waiting ones and posts the rest with
     /// `apply_batch` (see [`group_sql`]).
     group: String,
+    /// Per document, per `touched_by` entry, the index of its table in `shapes`.
+    touched_shapes: Vec<Vec<usize>>,
 }
 
 /// The planner settings of a document group's ERP transaction (`SET LOCAL`, so they end with it), like those
@@ -436,37 +438,67 @@ fn mapping_failure(
 }
 
 /// The statement that settles a group's headers inside the ERP, so that their events never travel to the
-/// bridge and back: each document's evaluation (as [`compile`] makes it for the ERP, the event left as jsonb)
-/// over the keys the group touched, `possync.note_documents` for its waiting and settled headers (when the ERP
-/// has it), then one `possync.apply_batch` of the group's own events and the settled headers' events, each
-/// after the events of the transaction it goes with, as the one-by-one way orders them.
+/// bridge and back: per document, the touched keys (those the bridge found itself, and those its `touched_by`
+/// queries find from the row images), its evaluation (as [`compile`] makes it for the ERP, the event left as
+/// jsonb) over them, `possync.note_documents` for its waiting and settled headers (when the ERP has it); then one
+/// `possync.apply_batch` of the group's own events and the settled headers' events, each after the events of
+/// the transaction it goes with, as the one-by-one way orders them.
 ///
 /// Parameters: `$1` source, `$2` the group's last commit LSN (text), `$3` the transactions' own events as a
 /// JSON array of `[transaction index, event]`, `$4` the index of the last transaction (where a header no
-/// transaction is named for goes); per document `d` (from 0), `$(5+2d)` the touched keys (text array) and
-/// `$(6+2d)` the index of the last transaction that touched each. One row: apply_batch's answer as text (and
-/// how many notes were taken).
-pub fn group_sql(documents: &[Document], key_types: &[String], note_documents: bool) -> String {
+/// transaction is named for goes); then per document, the keys the bridge found (text array) and the index of
+/// the last transaction that touched each (int array), followed, per `touched_by` entry of the document, by
+/// the row images of its table (one text array per column of `touched[d][j]`, see
+/// [`crate::document::rows_from_arrays`]) and each image's transaction index. One row: apply_batch's answer as
+/// text (and how many notes were taken).
+pub fn group_sql(
+    documents: &[Document],
+    key_types: &[String],
+    touched: &[Vec<Vec<(String, String)>>],
+    note_documents: bool,
+) -> String {
     let mut ctes = Vec::new();
     let mut parts = vec![
         "SELECT (o.p->>0)::int, 0, o.ord, NULL::text, o.p->1 FROM jsonb_array_elements($3::text::jsonb) WITH ORDINALITY AS o(p, ord)"
             .to_string(),
     ];
     let mut noted = Vec::new();
+    let mut next = 5;
     for (i, (d, key_type)) in documents.iter().zip(key_types).enumerate() {
-        let (keys, ats) = (5 + 2 * i, 6 + 2 * i);
+        let (keys, ats) = (next, next + 1);
+        next += 2;
+        let mut sources = vec![format!(
+            "SELECT u.key, u.at FROM unnest(${keys}::text[], ${ats}::int[]) AS u(key, at)"
+        )];
+        for (t, columns) in d.touched_by.iter().zip(touched.get(i).into_iter().flatten()) {
+            sources.push(format!(
+                "SELECT t.k, t.i FROM ({}) AS t(k, i)",
+                crate::document::touched_by_sql_from(t, columns, next)
+            ));
+            next += columns.len() + 1;
+        }
+        // ordered as the bridge orders keys (byte order), which is the order of the events of one transaction
+        ctes.push(format!(
+            "k{i} AS MATERIALIZED (SELECT key, max(at) AS at, row_number() OVER (ORDER BY key COLLATE \"C\") AS ord \
+               FROM ({}) AS touched(key, at) WHERE key IS NOT NULL GROUP BY key)",
+            sources.join(" UNION ALL ")
+        ));
         ctes.push(format!(
             "d{i} AS MATERIALIZED (SELECT e.key, e.state, e.event, coalesce(k.at, $4) AS at, k.ord \
-               FROM ({eval}) AS e(key, state, event) \
-               LEFT JOIN unnest(${keys}::text[], ${ats}::int[]) WITH ORDINALITY AS k(key, at, ord) ON k.key = e.key)",
-            eval = crate::document::compile_keys(d, key_type, keys, 1),
+               FROM ({eval}) AS e(key, state, event) LEFT JOIN k{i} AS k ON k.key = e.key)",
+            eval = crate::document::compile_keys(
+                d,
+                key_type,
+                &format!("ARRAY(SELECT key FROM k{i})"),
+                1
+            ),
         ));
         if note_documents {
             ctes.push(format!(
                 "n{i} AS MATERIALIZED (SELECT possync.note_documents($1, {name}, \
                    ARRAY(SELECT key FROM d{i} WHERE state = {pending} ORDER BY key), \
                    ARRAY(SELECT key FROM d{i} WHERE state <> {pending} ORDER BY key)) \
-                 WHERE cardinality(${keys}::text[]) > 0)",
+                 WHERE EXISTS (SELECT FROM k{i}))",
                 name = literal(&d.name),
                 pending = literal(crate::document::PENDING),
             ));
@@ -574,14 +606,35 @@ impl DocumentPoster {
             .await
             .map_err(erp_err("looking for possync.note_documents"))?
             .get(0);
-        let group = group_sql(&documents, &key_types, note_documents);
+        // per document, per touched_by entry, the mirrored table it names
+        let touched_shapes: Vec<Vec<usize>> = documents
+            .iter()
+            .map(|d| {
+                d.touched_by
+                    .iter()
+                    .map(|t| {
+                        shapes.iter().position(|s| s.name == t.table).ok_or_else(|| {
+                            MirrorError::Invalid(format!(
+                                "document {}: touched_by table {} is not mirrored",
+                                d.name, t.table
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<_, _>>()?;
+        let touched_columns: Vec<Vec<Vec<(String, String)>>> = touched_shapes
+            .iter()
+            .map(|ts| ts.iter().map(|&i| shapes[i].columns.clone()).collect())
+            .collect();
+        let group = group_sql(&documents, &key_types, &touched_columns, note_documents);
         let set_path = format!("SET search_path TO {}", ident(&schema));
         client
             .batch_execute(&format!("BEGIN; {set_path}"))
             .await
             .map_err(erp_err("setting the search path"))?;
         let mut problem = None;
-        'check: for (d, q) in documents.iter().zip(&queries) {
+        'check: for ((d, q), columns_of) in documents.iter().zip(&queries).zip(&touched_columns) {
             if let Err(e) = client.prepare(q).await {
                 problem = Some(MirrorError::Invalid(format!(
                     "document {} does not compile against the mirror of its tables: {}",
@@ -590,15 +643,8 @@ impl DocumentPoster {
                 )));
                 break;
             }
-            for t in &d.touched_by {
-                let Some(shape) = shapes.iter().find(|s| s.name == t.table) else {
-                    problem = Some(MirrorError::Invalid(format!(
-                        "document {}: touched_by table {} is not mirrored",
-                        d.name, t.table
-                    )));
-                    break 'check;
-                };
-                if let Err(e) = client.prepare(&touched_by_sql(t, &shape.columns)).await {
+            for (t, columns) in d.touched_by.iter().zip(columns_of) {
+                if let Err(e) = client.prepare(&touched_by_sql(t, columns)).await {
                     problem = Some(MirrorError::Invalid(format!(
                         "document {}: touched_by of table {} does not compile: {}",
                         d.name,
@@ -633,6 +679,7 @@ impl DocumentPoster {
             statements: Mutex::new(HashMap::new()),
             note_documents,
             group,
+            touched_shapes,
         })
     }
 
@@ -752,18 +799,48 @@ impl DocumentPoster {
             changes.extend(t.changes.iter().map(|c| (i, c)));
         }
         let mut touched = Touched::new(self.documents.len());
-        let indirect = self.direct_touches(&changes, &mut touched);
+        let mut indirect = self.direct_touches(&changes, &mut touched);
         let mut planned = vec![Planned {
             sql: CHECKPOINT.to_string(),
-            params: vec![Box::new(source.to_string())],
+            params: vec![Box::new(source)],
         }];
         planned.extend(self.mirror_statements(&writes, true));
-        let first_touch = planned.len();
-        let mut touch_docs = Vec::new();
-        for (d_i, p) in self.touched_by_statements(indirect) {
-            touch_docs.push(d_i);
-            planned.push(p);
+        // the group's own events (header/child mappings beside the documents), each with its transaction
+        let own: Vec<Value> = txns
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| t.events.iter().map(move |e| serde_json::json!([i, e])))
+            .collect();
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+            Box::new(source),
+            Box::new(commit_lsn.to_string()),
+            Box::new(serde_json::to_string(&own).map_err(ErpError::from)?),
+            Box::new(i32::try_from(txns.len() - 1).unwrap_or(i32::MAX)),
+        ];
+        for (d_i, keys_at) in touched.0.iter().enumerate() {
+            let keys: Vec<&str> = keys_at.keys().map(String::as_str).collect();
+            let ats: Vec<i32> = keys_at
+                .values()
+                .map(|&at| i32::try_from(at).unwrap_or(i32::MAX))
+                .collect();
+            params.push(Box::new(keys));
+            params.push(Box::new(ats));
+            // the images whose headers the touched_by SQL finds, inside the group statement
+            for (t_i, &shape_i) in self.touched_shapes[d_i].iter().enumerate() {
+                let images = indirect.remove(&(d_i, t_i)).unwrap_or_default();
+                let rows: Vec<&Map<String, Value>> = images.iter().map(|(_, r)| *r).collect();
+                params.extend(column_arrays(&self.shapes[shape_i].columns, &rows));
+                let txn: Vec<i32> = images
+                    .iter()
+                    .map(|(i, _)| i32::try_from(*i).unwrap_or(i32::MAX))
+                    .collect();
+                params.push(Box::new(txn));
+            }
         }
+        planned.push(Planned {
+            sql: self.group.clone(),
+            params,
+        });
         let t_plan = t0.elapsed();
         // the transaction must be open before anything is sent into it: a statement sent after a BEGIN that
         // failed would run, and commit, on its own
@@ -783,7 +860,6 @@ impl DocumentPoster {
                 .map(|(st, a)| client.query(st, a)),
         )
         .await;
-        let t_mirror = t0.elapsed();
         let mut rows = Vec::with_capacity(results.len());
         let mut failed = None;
         for r in results {
@@ -811,60 +887,16 @@ impl DocumentPoster {
                 Pipelined::Failed(e.into())
             });
         }
-        for (d_i, found) in touch_docs.iter().zip(&rows[first_touch..]) {
-            for r in found {
-                let key: String = r.get(0);
-                let at: i32 = r.get(1);
-                touched.mark(*d_i, key, usize::try_from(at).unwrap_or(0));
-            }
-        }
-        // the group's own events (header/child mappings beside the documents), each with its transaction
-        let own: Vec<Value> = txns
-            .iter()
-            .enumerate()
-            .flat_map(|(i, t)| t.events.iter().map(move |e| serde_json::json!([i, e])))
-            .collect();
-        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
-            Box::new(source.to_string()),
-            Box::new(commit_lsn.to_string()),
-            Box::new(serde_json::to_string(&own).map_err(ErpError::from)?),
-            Box::new(i32::try_from(txns.len() - 1).unwrap_or(i32::MAX)),
-        ];
-        for keys_at in &touched.0 {
-            let keys: Vec<String> = keys_at.keys().cloned().collect();
-            let ats: Vec<i32> = keys_at
-                .values()
-                .map(|&at| i32::try_from(at).unwrap_or(i32::MAX))
-                .collect();
-            params.push(Box::new(keys));
-            params.push(Box::new(ats));
-        }
-        let group = Planned {
-            sql: self.group.clone(),
-            params,
-        };
-        let st = self.statement(client, &group.sql).await?;
-        let t_group = t0.elapsed();
-        let answer = match client.query_one(&st, &group.args()).await {
-            Ok(row) => row.get::<_, String>(0),
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(if classify(&e) == ErrorClass::Data {
-                    Pipelined::OneByOne(e.into())
-                } else {
-                    Pipelined::Failed(e.into())
-                });
-            }
+        let answer: String = match rows.last().and_then(|r| r.first()) {
+            Some(row) => row.get(0),
+            None => return Err(Pipelined::Failed(ErpError::NoAnswer("a document group"))),
         };
         tracing::debug!(
             source,
             txns = txns.len(),
-            headers = touched.0.iter().map(BTreeMap::len).sum::<usize>(),
             plan_ms = t_plan.as_secs_f64() * 1e3,
             begin_ms = (t_begin - t_plan).as_secs_f64() * 1e3,
-            mirror_touches_ms = (t_mirror - t_begin).as_secs_f64() * 1e3,
-            group_params_ms = (t_group - t_mirror).as_secs_f64() * 1e3,
-            evaluate_apply_batch_ms = (t0.elapsed() - t_group).as_secs_f64() * 1e3,
+            pipeline_ms = (t0.elapsed() - t_begin).as_secs_f64() * 1e3,
             "document group"
         );
         Ok(Some(serde_json::from_str(&answer).map_err(ErpError::from)?))

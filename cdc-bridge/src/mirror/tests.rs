@@ -168,22 +168,39 @@ fn only_rows_the_group_inserted_first_are_known_to_be_new() {
 }
 
 #[test]
-fn a_group_statement_evaluates_notes_and_posts_in_one_call() {
+fn a_group_statement_finds_evaluates_notes_and_posts_in_one_call() {
     let m = match crate::mapping::Mapping::from_toml(include_str!(
         "../../mappings/normalized.toml"
     )) {
         Ok(m) => m,
         Err(e) => panic!("normalized.toml: {e}"),
     };
-    let sql = group_sql(m.documents(), &["bigint".to_string()], true);
-    assert!(sql.starts_with("WITH d0 AS MATERIALIZED (SELECT e.key,"), "{sql}");
-    // the evaluation's keys are the 5th parameter, cast to the key's type; the source is $1
-    assert!(sql.contains("WHERE o.id = ANY($5::text[]::bigint[])"), "{sql}");
-    assert!(sql.contains("'source', ($1::text)"), "{sql}");
+    let tax = vec![
+        ("line_id".to_string(), "bigint".to_string()),
+        ("tax_id".to_string(), "integer".to_string()),
+        ("amount".to_string(), "numeric(14,2)".to_string()),
+    ];
+    let touched = vec![vec![tax]];
+    let sql = group_sql(m.documents(), &["bigint".to_string()], &touched, true);
+    // the keys: those the bridge found ($5, $6) and those the touched_by SQL finds from the tax rows ($7..$10)
     assert!(
-        sql.contains("LEFT JOIN unnest($5::text[], $6::int[]) WITH ORDINALITY AS k(key, at, ord)"),
+        sql.starts_with("WITH k0 AS MATERIALIZED (SELECT key, max(at) AS at, row_number() OVER (ORDER BY key COLLATE \"C\") AS ord"),
         "{sql}"
     );
+    assert!(
+        sql.contains("SELECT u.key, u.at FROM unnest($5::text[], $6::int[]) AS u(key, at) UNION ALL SELECT t.k, t.i FROM (SELECT k, max(i)"),
+        "{sql}"
+    );
+    assert!(
+        sql.contains("FROM unnest($7::text[], $8::text[], $9::text[], $10::int[]) AS u(c0, c1, c2, i)) AS pos_order_line_tax"),
+        "{sql}"
+    );
+    // the evaluation reads the keys found, cast to the key's type; the source is $1
+    assert!(
+        sql.contains("WHERE o.id = ANY(ARRAY(SELECT key FROM k0)::text[]::bigint[])"),
+        "{sql}"
+    );
+    assert!(sql.contains("'source', ($1::text)"), "{sql}");
     assert!(
         sql.contains("possync.note_documents($1, 'pos_order',"),
         "{sql}"
@@ -198,7 +215,7 @@ fn a_group_statement_evaluates_notes_and_posts_in_one_call() {
         "{sql}"
     );
     // without note_documents (an older ERP) the notes are left out
-    let older = group_sql(m.documents(), &["bigint".to_string()], false);
+    let older = group_sql(m.documents(), &["bigint".to_string()], &touched, false);
     assert!(!older.contains("note_documents"), "{older}");
     assert!(older.ends_with("))::text"), "{older}");
 }
