@@ -374,8 +374,16 @@ pub struct DocumentPoster {
 /// here finds rows by a key or a parent column, which are indexed; generic plans keep a prepared statement
 /// from being planned again for every group; and a table without an index (a mapping's lookup on a column not
 /// indexed) keeps its sequential scan without the cost that `enable_seqscan = off` adds starting JIT.
-const GROUP_SETTINGS: &str =
-    "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off; SET LOCAL jit = off";
+///
+/// `possync_bridge.in_group` says that the statements run inside a group's transaction (see [`IN_GROUP`]).
+const GROUP_SETTINGS: &str = "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off; \
+     SET LOCAL jit = off; SET LOCAL possync_bridge.in_group = 'on'";
+
+/// The condition every statement that writes in a pipelined group carries. The group's `BEGIN` goes in the
+/// same pipeline as its statements; should it fail, they would each run, and commit, on their own. The `SET
+/// LOCAL` that follows `BEGIN` in the same message then never runs either, so outside the group's transaction
+/// this is false and they write nothing.
+const IN_GROUP: &str = "pg_catalog.current_setting('possync_bridge.in_group', true) = 'on'";
 
 /// The checkpoint as the group's transaction sees it.
 const CHECKPOINT: &str = "SELECT possync.source_checkpoint($1)::text";
@@ -498,7 +506,7 @@ pub fn group_sql(
                 "n{i} AS MATERIALIZED (SELECT possync.note_documents($1, {name}, \
                    ARRAY(SELECT key FROM d{i} WHERE state = {pending} ORDER BY key), \
                    ARRAY(SELECT key FROM d{i} WHERE state <> {pending} ORDER BY key)) \
-                 WHERE EXISTS (SELECT FROM k{i}))",
+                 WHERE EXISTS (SELECT FROM k{i}) AND {IN_GROUP})",
                 name = literal(&d.name),
                 pending = literal(crate::document::PENDING),
             ));
@@ -528,7 +536,7 @@ pub fn group_sql(
     format!(
         "{with}SELECT possync.apply_batch($1, $2::text::pg_lsn, \
            (SELECT coalesce(jsonb_agg(x.ev ORDER BY x.at, x.grp, x.ord, x.key), '[]'::jsonb) \
-              FROM ({parts}) AS x(at, grp, ord, key, ev)))::text{count}{from}",
+              FROM ({parts}) AS x(at, grp, ord, key, ev)))::text{count}{from} WHERE {IN_GROUP}",
         parts = parts.join(" UNION ALL ")
     )
 }
@@ -716,6 +724,14 @@ impl DocumentPoster {
         Ok(s)
     }
 
+    /// The statement for `sql` if this connection has prepared it.
+    fn prepared(&self, sql: &str) -> Option<Statement> {
+        self.statements
+            .lock()
+            .ok()
+            .and_then(|m| m.get(sql).cloned())
+    }
+
     /// `BEGIN` with the group's search path and planner settings.
     fn begin(&self) -> String {
         format!(
@@ -842,24 +858,42 @@ impl DocumentPoster {
             params,
         });
         let t_plan = t0.elapsed();
-        // the transaction must be open before anything is sent into it: a statement sent after a BEGIN that
-        // failed would run, and commit, on its own
-        client.batch_execute(&self.begin()).await?;
+        let begin = self.begin();
+        // once every statement is prepared, BEGIN goes in the pipeline too (the statements that write carry
+        // IN_GROUP); before, it is waited for, and they are prepared under the mirror's search path
+        let prepared: Option<Vec<Statement>> = planned.iter().map(|p| self.prepared(&p.sql)).collect();
+        let (statements, pipelined_begin) = match prepared {
+            Some(statements) => (statements, true),
+            None => {
+                client.batch_execute(&begin).await?;
+                let mut statements = Vec::with_capacity(planned.len());
+                for p in &planned {
+                    statements.push(self.statement(client, &p.sql).await?);
+                }
+                (statements, false)
+            }
+        };
         let t_begin = t0.elapsed();
-        // every statement is prepared (once per connection, under the mirror's search path) before the pipeline,
-        // which must send them in order
-        let mut statements = Vec::with_capacity(planned.len());
-        for p in &planned {
-            statements.push(self.statement(client, &p.sql).await?);
-        }
         let args: Vec<Vec<&(dyn ToSql + Sync)>> = planned.iter().map(Planned::args).collect();
-        let results = futures::future::join_all(
-            statements
-                .iter()
-                .zip(&args)
-                .map(|(st, a)| client.query(st, a)),
+        let sent = async {
+            if pipelined_begin {
+                client.batch_execute(&begin).await
+            } else {
+                Ok(())
+            }
+        };
+        let (began, results) = futures::future::join(
+            sent,
+            futures::future::join_all(
+                statements
+                    .iter()
+                    .zip(&args)
+                    .map(|(st, a)| client.query(st, a)),
+            ),
         )
         .await;
+        // BEGIN failed: what followed ran outside any transaction and wrote nothing (IN_GROUP)
+        began?;
         let mut rows = Vec::with_capacity(results.len());
         let mut failed = None;
         for r in results {
@@ -1243,7 +1277,7 @@ impl DocumentPoster {
             let table = format!("{}.{}", ident(&self.schema), ident(name));
             if t.emptied {
                 out.push(Planned {
-                    sql: format!("DELETE FROM {table}"),
+                    sql: format!("DELETE FROM {table} WHERE {IN_GROUP}"),
                     params: Vec::new(),
                 });
             }
@@ -1282,7 +1316,7 @@ impl DocumentPoster {
                     .collect();
                 out.push(Planned {
                     sql: format!(
-                        "DELETE FROM {table} AS x USING {rows} AS d WHERE {}",
+                        "DELETE FROM {table} AS x USING {rows} AS d WHERE {} AND {IN_GROUP}",
                         matching.join(" AND "),
                         rows = rows_from_arrays(&key_columns, 1, false),
                     ),
@@ -1292,7 +1326,7 @@ impl DocumentPoster {
             if !inserted.is_empty() {
                 out.push(Planned {
                     sql: format!(
-                        "INSERT INTO {table} ({names}) SELECT {names} FROM {rows} AS r",
+                        "INSERT INTO {table} ({names}) SELECT {names} FROM {rows} AS r WHERE {IN_GROUP}",
                         rows = rows_from_arrays(&shape.columns, 1, false),
                     ),
                     params: column_arrays(&shape.columns, &inserted),
@@ -1311,7 +1345,7 @@ impl DocumentPoster {
                 };
                 out.push(Planned {
                     sql: format!(
-                        "INSERT INTO {table} ({names}) SELECT {names} FROM {rows} AS r ON CONFLICT ({}) {on_conflict}",
+                        "INSERT INTO {table} ({names}) SELECT {names} FROM {rows} AS r WHERE {IN_GROUP} ON CONFLICT ({}) {on_conflict}",
                         key.join(", "),
                         rows = rows_from_arrays(&shape.columns, 1, false),
                     ),
@@ -1340,7 +1374,7 @@ impl DocumentPoster {
                         partial.iter().map(|r| Value::Object((*r).clone())).collect();
                     out.push(Planned {
                         sql: format!(
-                            "UPDATE {table} AS x SET {} FROM json_array_elements($1::text::json) AS e(v) WHERE {}",
+                            "UPDATE {table} AS x SET {} FROM json_array_elements($1::text::json) AS e(v) WHERE {} AND {IN_GROUP}",
                             sets.join(", "),
                             cond.join(" AND ")
                         ),

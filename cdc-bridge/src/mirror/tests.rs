@@ -210,14 +210,22 @@ fn a_group_statement_finds_evaluates_notes_and_posts_in_one_call() {
         "{sql}"
     );
     // the notes are read in the FROM item, before apply_batch, and selected so that they are not planned away
+    // nothing is posted outside the group's transaction (its BEGIN is pipelined with it)
     assert!(
-        sql.ends_with("::text, noted.n FROM (SELECT (SELECT count(*) FROM n0) AS n) AS noted"),
+        sql.ends_with("::text, noted.n FROM (SELECT (SELECT count(*) FROM n0) AS n) AS noted WHERE pg_catalog.current_setting('possync_bridge.in_group', true) = 'on'"),
+        "{sql}"
+    );
+    assert!(
+        sql.contains("WHERE EXISTS (SELECT FROM k0) AND pg_catalog.current_setting('possync_bridge.in_group', true) = 'on')"),
         "{sql}"
     );
     // without note_documents (an older ERP) the notes are left out
     let older = group_sql(m.documents(), &["bigint".to_string()], &touched, false);
     assert!(!older.contains("note_documents"), "{older}");
-    assert!(older.ends_with("))::text"), "{older}");
+    assert!(
+        older.ends_with("))::text WHERE pg_catalog.current_setting('possync_bridge.in_group', true) = 'on'"),
+        "{older}"
+    );
 }
 
 #[test]
@@ -234,4 +242,50 @@ fn the_mirror_ddl_keeps_the_pos_key_and_indexes_parent_columns() {
 #[test]
 fn schemas_are_named_after_the_source() {
     assert_eq!(schema_of("Store-42"), "possync_pos_store_42");
+}
+
+#[test]
+fn every_statement_that_writes_the_mirror_writes_only_inside_a_group() {
+    let poster = DocumentPoster {
+        schema: "possync_pos_east".into(),
+        shapes: vec![shape()],
+        documents: Vec::new(),
+        queries: Vec::new(),
+        key_types: Vec::new(),
+        statements: Mutex::new(HashMap::new()),
+        note_documents: true,
+        group: String::new(),
+        touched_shapes: Vec::new(),
+    };
+    let changes = [
+        change(ChangeOp::Truncate, json!({}), None),
+        change(
+            ChangeOp::Insert,
+            json!({"id": 1, "state": "draft", "note": null}),
+            None,
+        ),
+        change(
+            ChangeOp::Update,
+            json!({"id": 2, "state": "paid", "note": "x"}),
+            None,
+        ),
+        change(ChangeOp::Update, json!({"id": 3, "state": "paid"}), None),
+        change(ChangeOp::Delete, json!({"id": 4}), None),
+    ];
+    let writes = MirrorWrites::collect(&[shape()], changes.iter());
+    let statements = poster.mirror_statements(&writes, true);
+    // the truncate, the delete, the insert of the new row, the upsert and the partial update
+    assert_eq!(statements.len(), 5);
+    for p in &statements {
+        assert!(p.sql.contains(IN_GROUP), "{}", p.sql);
+    }
+    assert!(statements
+        .iter()
+        .any(|p| p.sql.starts_with("INSERT") && !p.sql.contains("ON CONFLICT")));
+    // without `fresh` every complete row is an upsert
+    let upserts = poster.mirror_statements(&writes, false);
+    assert!(upserts
+        .iter()
+        .filter(|p| p.sql.starts_with("INSERT"))
+        .all(|p| p.sql.contains("ON CONFLICT")));
 }
