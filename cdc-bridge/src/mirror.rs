@@ -379,14 +379,21 @@ pub struct DocumentPoster {
 const GROUP_SETTINGS: &str = "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off; \
      SET LOCAL jit = off; SET LOCAL possync_bridge.in_group = 'on'";
 
-/// The condition every statement that writes in a pipelined group carries. The group's `BEGIN` goes in the
-/// same pipeline as its statements; should it fail, they would each run, and commit, on their own. The `SET
-/// LOCAL` that follows `BEGIN` in the same message then never runs either, so outside the group's transaction
-/// this is false and they write nothing.
+/// The condition every statement that writes in a pipelined group carries. The group's `BEGIN` and `COMMIT` go
+/// in the same pipeline as its statements. Should `BEGIN` fail, they would each run, and commit, on their own;
+/// the `SET LOCAL` that follows `BEGIN` in the same message then never runs either, so outside the group's
+/// transaction this is false and they write nothing. And the first statement ([`ARM`]) makes it false when the
+/// checkpoint says the group is applied already, so that `COMMIT` then commits nothing.
 const IN_GROUP: &str = "pg_catalog.current_setting('possync_bridge.in_group', true) = 'on'";
 
 /// The checkpoint as the group's transaction sees it.
 const CHECKPOINT: &str = "SELECT possync.source_checkpoint($1)::text";
+
+/// The first statement of a pipelined group: the checkpoint, and [`IN_GROUP`] turned off when it is at or past
+/// the group's commit LSN (`$2`), so that the rest of the pipeline, COMMIT included, changes nothing.
+const ARM: &str = "SELECT c::text, pg_catalog.set_config('possync_bridge.in_group', \
+       CASE WHEN c < $2::text::pg_lsn THEN 'on' ELSE 'skipped' END, true) \
+     FROM (SELECT possync.source_checkpoint($1) AS c) AS s";
 
 /// A statement of a group, with its arguments.
 struct Planned<'a> {
@@ -760,25 +767,28 @@ impl DocumentPoster {
         let Some(last) = txns.last() else {
             return Ok((BatchOutcome::default(), erp.wal().await?));
         };
-        let answer = match self.apply_pipelined(client, source, txns).await {
-            Ok(answer) => answer,
-            Err(Pipelined::OneByOne(e)) => {
-                tracing::debug!(source, commit_lsn = %last.commit_lsn, txns = txns.len(), error = %e,
-                    "the ERP refused part of a document group for its data; applying it one statement at a time");
-                client.batch_execute(&self.begin()).await?;
-                match self
-                    .apply_in_transaction(client, source, txns, last.commit_lsn)
-                    .await
-                {
-                    Ok(answer) => answer,
-                    Err(e) => {
-                        // the connection may be gone; a failed ROLLBACK changes nothing about the error to report
-                        let _ = client.batch_execute("ROLLBACK").await;
-                        return Err(e);
-                    }
-                }
-            }
+        let e = match self.apply_pipelined(erp, source, txns).await {
+            Ok((Some(answer), wal)) => return Ok((outcome_of(&answer), wal)),
+            Ok((None, wal)) => return Ok((BatchOutcome::default(), wal)),
             Err(Pipelined::Failed(e)) => {
+                // nothing was committed; the connection may be gone, and a failed ROLLBACK changes nothing
+                // about the error to report
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+            Err(Pipelined::OneByOne(e)) => e,
+        };
+        tracing::debug!(source, commit_lsn = %last.commit_lsn, txns = txns.len(), error = %e,
+            "the ERP refused part of a document group for its data; applying it one statement at a time");
+        // the pipeline's transaction ended with its COMMIT (a rollback, after the error)
+        let _ = client.batch_execute("ROLLBACK").await;
+        client.batch_execute(&self.begin()).await?;
+        let answer = match self
+            .apply_in_transaction(client, source, txns, last.commit_lsn)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
                 return Err(e);
             }
@@ -794,19 +804,23 @@ impl DocumentPoster {
         Ok((outcome_of(&answer), wal))
     }
 
-    /// The pipelined way (see [`DocumentPoster::apply`]); leaves the transaction open when it succeeds, rolled
-    /// back when it says to go one by one. `None`: the checkpoint is at or past the group (rolled back by the
-    /// caller).
+    /// The pipelined way (see [`DocumentPoster::apply`]): BEGIN, [`ARM`], the mirror's writes, the group
+    /// statement, COMMIT and the ERP's WAL positions, sent together (once the connection has prepared the
+    /// statements; before, BEGIN is waited for and they are prepared). Returns apply_batch's answer (None: the
+    /// checkpoint is at or past the group, and nothing was written), committed. When a statement failed, the
+    /// COMMIT rolled everything back.
     async fn apply_pipelined(
         &self,
-        client: &Client,
+        erp: &Erp,
         source: &str,
         txns: &[PosTransaction],
-    ) -> Result<Option<Value>, Pipelined> {
+    ) -> Result<(Option<Value>, ErpWal), Pipelined> {
+        let client = erp.client();
         let Some(last) = txns.last() else {
-            return Ok(None);
+            return Ok((None, erp.wal().await?));
         };
         let commit_lsn = last.commit_lsn;
+        let lsn_text = commit_lsn.to_string();
         let t0 = std::time::Instant::now();
         let writes =
             MirrorWrites::collect(&self.shapes, txns.iter().flat_map(|t| t.changes.iter()));
@@ -817,8 +831,8 @@ impl DocumentPoster {
         let mut touched = Touched::new(self.documents.len());
         let mut indirect = self.direct_touches(&changes, &mut touched);
         let mut planned = vec![Planned {
-            sql: CHECKPOINT.to_string(),
-            params: vec![Box::new(source)],
+            sql: ARM.to_string(),
+            params: vec![Box::new(source), Box::new(lsn_text.as_str())],
         }];
         planned.extend(self.mirror_statements(&writes, true));
         // the group's own events (header/child mappings beside the documents), each with its transaction
@@ -829,7 +843,7 @@ impl DocumentPoster {
             .collect();
         let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
             Box::new(source),
-            Box::new(commit_lsn.to_string()),
+            Box::new(lsn_text.as_str()),
             Box::new(serde_json::to_string(&own).map_err(ErpError::from)?),
             Box::new(i32::try_from(txns.len() - 1).unwrap_or(i32::MAX)),
         ];
@@ -873,23 +887,25 @@ impl DocumentPoster {
                 (statements, false)
             }
         };
-        let t_begin = t0.elapsed();
         let args: Vec<Vec<&(dyn ToSql + Sync)>> = planned.iter().map(Planned::args).collect();
-        let sent = async {
+        let opened = async {
             if pipelined_begin {
                 client.batch_execute(&begin).await
             } else {
                 Ok(())
             }
         };
-        let (began, results) = futures::future::join(
-            sent,
+        // sent in this order on the first poll: BEGIN, the statements, COMMIT, the WAL positions
+        let (began, results, committed, wal) = futures::future::join4(
+            opened,
             futures::future::join_all(
                 statements
                     .iter()
                     .zip(&args)
                     .map(|(st, a)| client.query(st, a)),
             ),
+            client.batch_execute("COMMIT"),
+            erp.wal(),
         )
         .await;
         // BEGIN failed: what followed ran outside any transaction and wrote nothing (IN_GROUP)
@@ -906,20 +922,23 @@ impl DocumentPoster {
                 }
             }
         }
-        // the mirror must not take rows the checkpoint says are applied
-        if let Some(row) = rows.first().and_then(|r| r.first()) {
-            let checkpoint: Lsn = row.get::<_, String>(0).parse().map_err(ErpError::from)?;
-            if commit_lsn <= checkpoint {
-                return Ok(None);
-            }
-        }
+        // the COMMIT rolled back a transaction where a statement failed; it may itself fail (the connection)
+        committed?;
         if let Some(e) = failed {
-            let _ = client.batch_execute("ROLLBACK").await;
             return Err(if classify(&e) == ErrorClass::Data {
                 Pipelined::OneByOne(e.into())
             } else {
                 Pipelined::Failed(e.into())
             });
+        }
+        let wal = wal.map_err(|e| ErpError::AfterApply(Box::new(e)))?;
+        let checkpoint: Lsn = match rows.first().and_then(|r| r.first()) {
+            Some(row) => row.get::<_, String>(0).parse().map_err(ErpError::from)?,
+            None => return Err(Pipelined::Failed(ErpError::NoAnswer("the checkpoint"))),
+        };
+        if commit_lsn <= checkpoint {
+            // applied already: IN_GROUP was off, nothing was written
+            return Ok((None, wal));
         }
         let answer: String = match rows.last().and_then(|r| r.first()) {
             Some(row) => row.get(0),
@@ -929,11 +948,11 @@ impl DocumentPoster {
             source,
             txns = txns.len(),
             plan_ms = t_plan.as_secs_f64() * 1e3,
-            begin_ms = (t_begin - t_plan).as_secs_f64() * 1e3,
-            pipeline_ms = (t0.elapsed() - t_begin).as_secs_f64() * 1e3,
+            pipeline_ms = (t0.elapsed() - t_plan).as_secs_f64() * 1e3,
+            begin_waited = !pipelined_begin,
             "document group"
         );
-        Ok(Some(serde_json::from_str(&answer).map_err(ErpError::from)?))
+        Ok((Some(serde_json::from_str(&answer).map_err(ErpError::from)?), wal))
     }
 
     /// The one-by-one way, inside the caller's transaction: `None` when the checkpoint is at or past the group.
