@@ -365,6 +365,8 @@ pub struct DocumentPoster {
     group: String,
     /// Per document, per `touched_by` entry, the index of its table in `shapes`.
     touched_shapes: Vec<Vec<usize>>,
+    /// When the last group was done (for the debug log: how long the ERP waited for the next one).
+    last_done: Mutex<Option<std::time::Instant>>,
 }
 
 /// The planner settings of a document group's ERP transaction (`SET LOCAL`, so they end with it), like those
@@ -695,6 +697,7 @@ impl DocumentPoster {
             note_documents,
             group,
             touched_shapes,
+            last_done: Mutex::new(None),
         })
     }
 
@@ -944,15 +947,26 @@ impl DocumentPoster {
             Some(row) => row.get(0),
             None => return Err(Pipelined::Failed(ErpError::NoAnswer("a document group"))),
         };
+        let t_pipeline = t0.elapsed();
+        let answer = serde_json::from_str(&answer).map_err(ErpError::from)?;
+        let done = std::time::Instant::now();
+        let since_last = self
+            .last_done
+            .lock()
+            .ok()
+            .and_then(|mut last| last.replace(done))
+            .map(|last| t0.saturating_duration_since(last).as_secs_f64() * 1e3);
         tracing::debug!(
             source,
             txns = txns.len(),
             plan_ms = t_plan.as_secs_f64() * 1e3,
-            pipeline_ms = (t0.elapsed() - t_plan).as_secs_f64() * 1e3,
+            pipeline_ms = (t_pipeline - t_plan).as_secs_f64() * 1e3,
+            answer_ms = (t0.elapsed() - t_pipeline).as_secs_f64() * 1e3,
+            between_groups_ms = since_last.unwrap_or(0.0),
             begin_waited = !pipelined_begin,
             "document group"
         );
-        Ok((Some(serde_json::from_str(&answer).map_err(ErpError::from)?), wal))
+        Ok((Some(answer), wal))
     }
 
     /// The one-by-one way, inside the caller's transaction: `None` when the checkpoint is at or past the group.

@@ -256,6 +256,7 @@ fn every_statement_that_writes_the_mirror_writes_only_inside_a_group() {
         note_documents: true,
         group: String::new(),
         touched_shapes: Vec::new(),
+        last_done: Mutex::new(None),
     };
     let changes = [
         change(ChangeOp::Truncate, json!({}), None),
