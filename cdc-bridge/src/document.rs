@@ -525,13 +525,19 @@ pub fn compile_state(d: &Document, key_type: &str) -> String {
 }
 
 /// A JSON value of a key column as PostgreSQL's text output gives it (`::text`), for matching header keys.
-fn key_text(v: &serde_json::Value) -> Option<String> {
+pub fn header_key(v: &serde_json::Value) -> Option<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
     match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::Bool(b) => Some(b.to_string()),
+        serde_json::Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+        // the digits as written (serde_json's arbitrary_precision keeps them)
+        serde_json::Value::Number(n) => Some(Cow::Borrowed(n.as_str())),
+        serde_json::Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
         _ => None,
     }
+}
+
+fn key_text(v: &serde_json::Value) -> Option<String> {
+    header_key(v).map(std::borrow::Cow::into_owned)
 }
 
 /// The keys of the headers a changed row of `table` touches directly: a header row its own key, a child row
@@ -614,7 +620,8 @@ pub fn text_of(
         Value::Null => None,
         Value::String(s) if !json_column => Some(Cow::Borrowed(s.as_str())),
         Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
-        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        // the digits as written (serde_json's arbitrary_precision keeps them)
+        Value::Number(n) => Some(Cow::Borrowed(n.as_str())),
         other => Some(Cow::Owned(other.to_string())),
     }
 }

@@ -18,7 +18,7 @@ use tokio_postgres::{Client, Statement};
 use crate::apply::{outcome_of, BatchOutcome, Erp, ErpError, ErpWal};
 use crate::assembler::PosTransaction;
 use crate::document::{
-    compile, direct_touches, ident, literal, rows_from_arrays, text_of, touched_by_sql, Document, Target,
+    compile, header_key, ident, literal, rows_from_arrays, text_of, touched_by_sql, Document, Target,
 };
 use crate::lsn::Lsn;
 use crate::mapping::{Change, ChangeOp, Mapping};
@@ -205,14 +205,15 @@ pub const FAILED: &str = "_possync_failed";
 
 /// A row's key as text, to collapse the changes of a group per row.
 fn key_text(shape: &TableShape, row: &Map<String, Value>) -> Option<String> {
+    use std::fmt::Write;
     let mut out = String::new();
     for k in &shape.key {
         let v = row.get(k)?;
         if v.is_null() {
             return None;
         }
-        out.push_str(&v.to_string());
-        out.push('\u{1f}');
+        // as JSON: a string's own U+001F stays escaped
+        write!(out, "{v}\u{1f}").ok()?;
     }
     Some(out)
 }
@@ -240,11 +241,11 @@ enum RowWrite<'a> {
     Delete(&'a Map<String, Value>),
 }
 
-/// The last image of every row a group of POS transactions wrote, per mirrored table (borrowed from the
-/// changes).
+/// The last image of every row a group of POS transactions wrote, per mirrored table (by its index among the
+/// shapes; borrowed from the changes).
 #[derive(Debug, Default)]
 pub struct MirrorWrites<'a> {
-    tables: BTreeMap<String, TableWrites<'a>>,
+    tables: BTreeMap<usize, TableWrites<'a>>,
 }
 
 impl<'a> TableWrites<'a> {
@@ -268,11 +269,17 @@ impl<'a> MirrorWrites<'a> {
         changes: impl Iterator<Item = &'a Change>,
     ) -> MirrorWrites<'a> {
         let mut w = MirrorWrites::default();
+        let by_table: HashMap<&str, usize> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.pos_table.as_str(), i))
+            .collect();
         for change in changes {
-            let Some(shape) = shapes.iter().find(|s| s.pos_table == change.table) else {
+            let Some(&s_i) = by_table.get(change.table.as_str()) else {
                 continue;
             };
-            let t = w.tables.entry(shape.name.clone()).or_default();
+            let shape = &shapes[s_i];
+            let t = w.tables.entry(s_i).or_default();
             match change.op {
                 ChangeOp::Truncate => {
                     t.emptied = true;
@@ -297,10 +304,11 @@ impl<'a> MirrorWrites<'a> {
                     let Some(k) = key_text(shape, &change.row) else {
                         continue;
                     };
-                    let complete = shape
-                        .columns
-                        .iter()
-                        .all(|(c, _)| change.row.contains_key(c));
+                    let complete = change.row.len() >= shape.columns.len()
+                        && shape
+                            .columns
+                            .iter()
+                            .all(|(c, _)| change.row.contains_key(c));
                     let before = t.rows.remove(&k);
                     let fresh = match &before {
                         None => change.op == ChangeOp::Insert,
@@ -342,9 +350,14 @@ impl Touched {
         Touched(vec![BTreeMap::new(); documents])
     }
 
-    fn mark(&mut self, document: usize, key: String, at: usize) {
-        let slot = self.0[document].entry(key).or_insert(at);
-        *slot = (*slot).max(at);
+    fn mark(&mut self, document: usize, key: &str, at: usize) {
+        let keys = &mut self.0[document];
+        match keys.get_mut(key) {
+            Some(slot) => *slot = (*slot).max(at),
+            None => {
+                keys.insert(key.to_string(), at);
+            }
+        }
     }
 }
 
@@ -367,6 +380,40 @@ pub struct DocumentPoster {
     touched_shapes: Vec<Vec<usize>>,
     /// When the last group was done (for the debug log: how long the ERP waited for the next one).
     last_done: Mutex<Option<std::time::Instant>>,
+    /// A POS table (`schema.table`) to its index in `shapes`.
+    shape_index: HashMap<String, usize>,
+    /// Per shape, the headers its rows touch.
+    routes: Vec<Route>,
+}
+
+/// The headers a mirrored table's rows touch.
+#[derive(Debug, Default)]
+struct Route {
+    /// (document, column): the row holds the key of that document's header (its own key, or a child's parent
+    /// column), as [`crate::document::direct_touches`] says.
+    direct: Vec<(usize, String)>,
+    /// (document, `touched_by` entry): a query finds the header.
+    indirect: Vec<(usize, usize)>,
+}
+
+impl Route {
+    fn of(shape: &TableShape, documents: &[Document]) -> Route {
+        let mut r = Route::default();
+        for (d_i, d) in documents.iter().enumerate() {
+            if d.table == shape.name {
+                r.direct.push((d_i, d.key.clone()));
+            }
+            for c in d.children.iter().filter(|c| c.table == shape.name) {
+                r.direct.push((d_i, c.parent.clone()));
+            }
+            for (t_i, tb) in d.touched_by.iter().enumerate() {
+                if tb.table == shape.name {
+                    r.indirect.push((d_i, t_i));
+                }
+            }
+        }
+        r
+    }
 }
 
 /// The planner settings of a document group's ERP transaction (`SET LOCAL`, so they end with it), like those
@@ -687,6 +734,12 @@ impl DocumentPoster {
         if let Some(p) = problem {
             return Err(p);
         }
+        let shape_index = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.pos_table.clone(), i))
+            .collect();
+        let routes = shapes.iter().map(|s| Route::of(s, &documents)).collect();
         Ok(DocumentPoster {
             schema,
             shapes,
@@ -698,6 +751,8 @@ impl DocumentPoster {
             group,
             touched_shapes,
             last_done: Mutex::new(None),
+            shape_index,
+            routes,
         })
     }
 
@@ -1042,20 +1097,22 @@ impl DocumentPoster {
         let mut indirect: BTreeMap<(usize, usize), Vec<(usize, &Map<String, Value>)>> =
             BTreeMap::new();
         for &(i, c) in changes {
-            let Some(shape) = self.shapes.iter().find(|s| s.pos_table == c.table) else {
+            let Some(route) = self
+                .shape_index
+                .get(c.table.as_str())
+                .and_then(|&s_i| self.routes.get(s_i))
+            else {
                 continue;
             };
             let images = std::iter::once(&c.row).chain(c.old.as_ref());
             for image in images {
-                for (d_i, d) in self.documents.iter().enumerate() {
-                    for key in direct_touches(d, &shape.name, image) {
-                        touched.mark(d_i, key, i);
+                for (d_i, column) in &route.direct {
+                    if let Some(key) = image.get(column).and_then(header_key) {
+                        touched.mark(*d_i, &key, i);
                     }
-                    for (t_i, tb) in d.touched_by.iter().enumerate() {
-                        if tb.table == shape.name {
-                            indirect.entry((d_i, t_i)).or_default().push((i, image));
-                        }
-                    }
+                }
+                for &(d_i, t_i) in &route.indirect {
+                    indirect.entry((d_i, t_i)).or_default().push((i, image));
                 }
             }
         }
@@ -1104,7 +1161,7 @@ impl DocumentPoster {
         for (d_i, p) in self.touched_by_statements(indirect) {
             let st = self.statement(client, &p.sql).await?;
             for r in client.query(&st, &p.args()).await? {
-                let key: String = r.get(0);
+                let key: &str = r.get(0);
                 let at: i32 = r.get(1);
                 touched.mark(d_i, key, usize::try_from(at).unwrap_or(0));
             }
@@ -1303,11 +1360,11 @@ impl DocumentPoster {
     /// array per column.
     fn mirror_statements<'w>(&self, writes: &'w MirrorWrites<'_>, fresh: bool) -> Vec<Planned<'w>> {
         let mut out = Vec::new();
-        for (name, t) in &writes.tables {
-            let Some(shape) = self.shapes.iter().find(|s| &s.name == name) else {
+        for (&s_i, t) in &writes.tables {
+            let Some(shape) = self.shapes.get(s_i) else {
                 continue;
             };
-            let table = format!("{}.{}", ident(&self.schema), ident(name));
+            let table = format!("{}.{}", ident(&self.schema), ident(&shape.name));
             if t.emptied {
                 out.push(Planned {
                     sql: format!("DELETE FROM {table} WHERE {IN_GROUP}"),

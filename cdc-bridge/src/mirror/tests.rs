@@ -55,7 +55,7 @@ fn a_group_leaves_each_row_at_its_last_image() {
         change(ChangeOp::Update, json!({"id": 3, "state": "paid"}), None),
     ];
     let w = MirrorWrites::collect(&[shape()], changes.iter());
-    let t = &w.tables["pos_order"];
+    let t = &w.tables[&0];
     assert!(!t.emptied);
     match &t.rows["1\u{1f}"] {
         RowWrite::Full { row, fresh } => {
@@ -86,7 +86,7 @@ fn a_key_change_deletes_the_old_row_and_a_truncate_forgets_what_came_before() {
         ),
     ];
     let w = MirrorWrites::collect(&[shape()], changes.iter());
-    let t = &w.tables["pos_order"];
+    let t = &w.tables[&0];
     // 5 was inserted by the group and moved to 6: never in the mirror, and 6 is not known to be new
     assert!(!t.rows.contains_key("5\u{1f}"));
     assert!(matches!(
@@ -101,7 +101,7 @@ fn a_key_change_deletes_the_old_row_and_a_truncate_forgets_what_came_before() {
         None,
     ));
     let w = MirrorWrites::collect(&[shape()], truncated.iter());
-    let t = &w.tables["pos_order"];
+    let t = &w.tables[&0];
     assert!(t.emptied);
     assert_eq!(t.rows.len(), 1);
 }
@@ -133,7 +133,7 @@ fn only_rows_the_group_inserted_first_are_known_to_be_new() {
         change(ChangeOp::Update, json!({"id": 4, "state": "paid"}), None),
     ];
     let w = MirrorWrites::collect(&[shape()], changes.iter());
-    let t = &w.tables["pos_order"];
+    let t = &w.tables[&0];
     assert!(matches!(
         &t.rows["1\u{1f}"],
         RowWrite::Full { fresh: false, .. }
@@ -159,7 +159,7 @@ fn only_rows_the_group_inserted_first_are_known_to_be_new() {
         None,
     ));
     let w = MirrorWrites::collect(&[shape()], truncated.iter());
-    let t = &w.tables["pos_order"];
+    let t = &w.tables[&0];
     assert!(t.emptied);
     assert!(matches!(
         &t.rows["1\u{1f}"],
@@ -257,6 +257,8 @@ fn every_statement_that_writes_the_mirror_writes_only_inside_a_group() {
         group: String::new(),
         touched_shapes: Vec::new(),
         last_done: Mutex::new(None),
+        shape_index: HashMap::from([("shop.pos_order".to_string(), 0)]),
+        routes: vec![Route::default()],
     };
     let changes = [
         change(ChangeOp::Truncate, json!({}), None),
