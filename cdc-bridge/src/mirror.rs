@@ -18,7 +18,8 @@ use tokio_postgres::{Client, Statement};
 use crate::apply::{outcome_of, BatchOutcome, Erp, ErpError, ErpWal};
 use crate::assembler::PosTransaction;
 use crate::document::{
-    compile, header_key, ident, literal, rows_from_arrays, text_of, touched_by_sql, Document, Target,
+    compile, header_key, ident, literal, rows_from_arrays, text_of, touched_by_sql, Document,
+    Target,
 };
 use crate::lsn::Lsn;
 use crate::mapping::{Change, ChangeOp, Mapping};
@@ -274,6 +275,8 @@ impl<'a> MirrorWrites<'a> {
             .enumerate()
             .map(|(i, s)| (s.pos_table.as_str(), i))
             .collect();
+        let names: Vec<Vec<usize>> = shapes.iter().map(|s| by_name(&s.columns)).collect();
+        let mut values = Vec::new();
         for change in changes {
             let Some(&s_i) = by_table.get(change.table.as_str()) else {
                 continue;
@@ -304,11 +307,10 @@ impl<'a> MirrorWrites<'a> {
                     let Some(k) = key_text(shape, &change.row) else {
                         continue;
                     };
-                    let complete = change.row.len() >= shape.columns.len()
-                        && shape
-                            .columns
-                            .iter()
-                            .all(|(c, _)| change.row.contains_key(c));
+                    let complete = change.row.len() >= shape.columns.len() && {
+                        values_of(&change.row, &shape.columns, &names[s_i], &mut values);
+                        values.iter().all(Option::is_some)
+                    };
                     let before = t.rows.remove(&k);
                     let fresh = match &before {
                         None => change.op == ChangeOp::Insert,
@@ -341,6 +343,10 @@ impl<'a> MirrorWrites<'a> {
         self.tables.is_empty()
     }
 }
+
+/// Per (document, `touched_by` entry), the row images whose headers its SQL finds, each with the index of its
+/// transaction in the group.
+type Indirect<'c> = BTreeMap<(usize, usize), Vec<(usize, &'c Map<String, Value>)>>;
 
 /// Per document, the keys of the headers touched and the last transaction (by index) that touched each.
 struct Touched(Vec<BTreeMap<String, usize>>);
@@ -425,7 +431,8 @@ impl Route {
 /// indexed) keeps its sequential scan without the cost that `enable_seqscan = off` adds starting JIT.
 ///
 /// `possync_bridge.in_group` says that the statements run inside a group's transaction (see [`IN_GROUP`]).
-const GROUP_SETTINGS: &str = "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off; \
+const GROUP_SETTINGS: &str =
+    "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off; \
      SET LOCAL jit = off; SET LOCAL possync_bridge.in_group = 'on'";
 
 /// The condition every statement that writes in a pipelined group carries. The group's `BEGIN` and `COMMIT` go
@@ -534,7 +541,11 @@ pub fn group_sql(
         let mut sources = vec![format!(
             "SELECT u.key, u.at FROM unnest(${keys}::text[], ${ats}::int[]) AS u(key, at)"
         )];
-        for (t, columns) in d.touched_by.iter().zip(touched.get(i).into_iter().flatten()) {
+        for (t, columns) in d
+            .touched_by
+            .iter()
+            .zip(touched.get(i).into_iter().flatten())
+        {
             sources.push(format!(
                 "SELECT t.k, t.i FROM ({}) AS t(k, i)",
                 crate::document::touched_by_sql_from(t, columns, next)
@@ -608,15 +619,78 @@ fn column_arrays<'a>(
     columns: &[(String, String)],
     rows: &[&'a Map<String, Value>],
 ) -> Vec<Box<dyn ToSql + Sync + Send + 'a>> {
-    columns
+    let by_name = by_name(columns);
+    let json: Vec<bool> = columns.iter().map(|(_, ty)| json_typed(ty)).collect();
+    let mut arrays: Vec<Vec<Option<Cow<'a, str>>>> = columns
         .iter()
-        .map(|(c, ty)| {
-            let json = json_typed(ty);
-            let values: Vec<Option<Cow<'a, str>>> =
-                rows.iter().map(|r| text_of(r.get(c), json)).collect();
-            Box::new(values) as Box<dyn ToSql + Sync + Send + 'a>
-        })
+        .map(|_| Vec::with_capacity(rows.len()))
+        .collect();
+    let mut values = Vec::with_capacity(columns.len());
+    for row in rows {
+        values_of(row, columns, &by_name, &mut values);
+        for ((array, value), json) in arrays.iter_mut().zip(&values).zip(&json) {
+            array.push(text_of(*value, *json));
+        }
+    }
+    arrays
+        .into_iter()
+        .map(|a| Box::new(a) as Box<dyn ToSql + Sync + Send + 'a>)
         .collect()
+}
+
+/// The indexes of `columns` in the order of their names.
+fn by_name(columns: &[(String, String)]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..columns.len()).collect();
+    order.sort_by(|&a, &b| columns[a].0.cmp(&columns[b].0));
+    order
+}
+
+/// Whether serde_json's `Map` iterates in the order of its keys, as a BTreeMap does (serde_json's
+/// `preserve_order` feature would make it keep their insertion order instead).
+fn maps_iterate_in_key_order() -> bool {
+    static SORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SORTED.get_or_init(|| {
+        let mut m = Map::new();
+        m.insert("b".into(), Value::Null);
+        m.insert("a".into(), Value::Null);
+        m.keys().next().map(String::as_str) == Some("a")
+    })
+}
+
+/// The values of `row` for `columns`, in their order (`None` for a column the row lacks), in `out`. With maps
+/// that iterate in key order, the row is walked once beside the columns sorted by name (`by_name`); otherwise
+/// each column is looked up.
+fn values_of<'a>(
+    row: &'a Map<String, Value>,
+    columns: &[(String, String)],
+    by_name: &[usize],
+    out: &mut Vec<Option<&'a Value>>,
+) {
+    out.clear();
+    out.resize(columns.len(), None);
+    if !maps_iterate_in_key_order() {
+        for (slot, (c, _)) in out.iter_mut().zip(columns) {
+            *slot = row.get(c);
+        }
+        return;
+    }
+    let mut entries = row.iter().peekable();
+    for &i in by_name {
+        let name = columns[i].0.as_str();
+        while let Some((k, v)) = entries.peek() {
+            match k.as_str().cmp(name) {
+                std::cmp::Ordering::Less => {
+                    entries.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    out[i] = Some(*v);
+                    entries.next();
+                    break;
+                }
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+    }
 }
 
 impl DocumentPoster {
@@ -677,12 +751,15 @@ impl DocumentPoster {
                 d.touched_by
                     .iter()
                     .map(|t| {
-                        shapes.iter().position(|s| s.name == t.table).ok_or_else(|| {
-                            MirrorError::Invalid(format!(
-                                "document {}: touched_by table {} is not mirrored",
-                                d.name, t.table
-                            ))
-                        })
+                        shapes
+                            .iter()
+                            .position(|s| s.name == t.table)
+                            .ok_or_else(|| {
+                                MirrorError::Invalid(format!(
+                                    "document {}: touched_by table {} is not mirrored",
+                                    d.name, t.table
+                                ))
+                            })
                     })
                     .collect::<Result<Vec<_>, _>>()
             })
@@ -856,10 +933,68 @@ impl DocumentPoster {
             return Ok((BatchOutcome::default(), erp.wal().await?));
         };
         // pipelined: the WAL positions are read once the commit is done
-        let (committed, wal) = futures::future::join(client.batch_execute("COMMIT"), erp.wal()).await;
+        let (committed, wal) =
+            futures::future::join(client.batch_execute("COMMIT"), erp.wal()).await;
         committed?;
         let wal = wal.map_err(|e| ErpError::AfterApply(Box::new(e)))?;
         Ok((outcome_of(&answer), wal))
+    }
+
+    /// The statements of a pipelined group after its BEGIN: [`ARM`], the mirror's writes, the group statement.
+    fn plan<'a>(
+        &self,
+        source: &'a str,
+        lsn_text: &'a str,
+        txns: &'a [PosTransaction],
+        writes: &'a MirrorWrites<'a>,
+    ) -> Result<Vec<Planned<'a>>, ErpError> {
+        let mut changes: Vec<(usize, &Change)> = Vec::new();
+        for (i, t) in txns.iter().enumerate() {
+            changes.extend(t.changes.iter().map(|c| (i, c)));
+        }
+        let mut touched = Touched::new(self.documents.len());
+        let mut indirect = self.direct_touches(&changes, &mut touched);
+        let mut planned = vec![Planned {
+            sql: ARM.to_string(),
+            params: vec![Box::new(source), Box::new(lsn_text)],
+        }];
+        planned.extend(self.mirror_statements(writes, true));
+        // the group's own events (header/child mappings beside the documents), each with its transaction
+        let own: Vec<Value> = txns
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| t.events.iter().map(move |e| serde_json::json!([i, e])))
+            .collect();
+        let mut params: Vec<Box<dyn ToSql + Sync + Send + 'a>> = vec![
+            Box::new(source),
+            Box::new(lsn_text),
+            Box::new(serde_json::to_string(&own)?),
+            Box::new(i32::try_from(txns.len().saturating_sub(1)).unwrap_or(i32::MAX)),
+        ];
+        for (d_i, keys_at) in touched.0.into_iter().enumerate() {
+            let (keys, ats): (Vec<String>, Vec<i32>) = keys_at
+                .into_iter()
+                .map(|(k, at)| (k, i32::try_from(at).unwrap_or(i32::MAX)))
+                .unzip();
+            params.push(Box::new(keys));
+            params.push(Box::new(ats));
+            // the images whose headers the touched_by SQL finds, inside the group statement
+            for (t_i, &shape_i) in self.touched_shapes[d_i].iter().enumerate() {
+                let images = indirect.remove(&(d_i, t_i)).unwrap_or_default();
+                let rows: Vec<&Map<String, Value>> = images.iter().map(|(_, r)| *r).collect();
+                params.extend(column_arrays(&self.shapes[shape_i].columns, &rows));
+                let txn: Vec<i32> = images
+                    .iter()
+                    .map(|(i, _)| i32::try_from(*i).unwrap_or(i32::MAX))
+                    .collect();
+                params.push(Box::new(txn));
+            }
+        }
+        planned.push(Planned {
+            sql: self.group.clone(),
+            params,
+        });
+        Ok(planned)
     }
 
     /// The pipelined way (see [`DocumentPoster::apply`]): BEGIN, [`ARM`], the mirror's writes, the group
@@ -882,58 +1017,13 @@ impl DocumentPoster {
         let t0 = std::time::Instant::now();
         let writes =
             MirrorWrites::collect(&self.shapes, txns.iter().flat_map(|t| t.changes.iter()));
-        let mut changes: Vec<(usize, &Change)> = Vec::new();
-        for (i, t) in txns.iter().enumerate() {
-            changes.extend(t.changes.iter().map(|c| (i, c)));
-        }
-        let mut touched = Touched::new(self.documents.len());
-        let mut indirect = self.direct_touches(&changes, &mut touched);
-        let mut planned = vec![Planned {
-            sql: ARM.to_string(),
-            params: vec![Box::new(source), Box::new(lsn_text.as_str())],
-        }];
-        planned.extend(self.mirror_statements(&writes, true));
-        // the group's own events (header/child mappings beside the documents), each with its transaction
-        let own: Vec<Value> = txns
-            .iter()
-            .enumerate()
-            .flat_map(|(i, t)| t.events.iter().map(move |e| serde_json::json!([i, e])))
-            .collect();
-        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
-            Box::new(source),
-            Box::new(lsn_text.as_str()),
-            Box::new(serde_json::to_string(&own).map_err(ErpError::from)?),
-            Box::new(i32::try_from(txns.len() - 1).unwrap_or(i32::MAX)),
-        ];
-        for (d_i, keys_at) in touched.0.iter().enumerate() {
-            let keys: Vec<&str> = keys_at.keys().map(String::as_str).collect();
-            let ats: Vec<i32> = keys_at
-                .values()
-                .map(|&at| i32::try_from(at).unwrap_or(i32::MAX))
-                .collect();
-            params.push(Box::new(keys));
-            params.push(Box::new(ats));
-            // the images whose headers the touched_by SQL finds, inside the group statement
-            for (t_i, &shape_i) in self.touched_shapes[d_i].iter().enumerate() {
-                let images = indirect.remove(&(d_i, t_i)).unwrap_or_default();
-                let rows: Vec<&Map<String, Value>> = images.iter().map(|(_, r)| *r).collect();
-                params.extend(column_arrays(&self.shapes[shape_i].columns, &rows));
-                let txn: Vec<i32> = images
-                    .iter()
-                    .map(|(i, _)| i32::try_from(*i).unwrap_or(i32::MAX))
-                    .collect();
-                params.push(Box::new(txn));
-            }
-        }
-        planned.push(Planned {
-            sql: self.group.clone(),
-            params,
-        });
+        let planned = self.plan(source, &lsn_text, txns, &writes)?;
         let t_plan = t0.elapsed();
         let begin = self.begin();
         // once every statement is prepared, BEGIN goes in the pipeline too (the statements that write carry
         // IN_GROUP); before, it is waited for, and they are prepared under the mirror's search path
-        let prepared: Option<Vec<Statement>> = planned.iter().map(|p| self.prepared(&p.sql)).collect();
+        let prepared: Option<Vec<Statement>> =
+            planned.iter().map(|p| self.prepared(&p.sql)).collect();
         let (statements, pipelined_begin) = match prepared {
             Some(statements) => (statements, true),
             None => {
@@ -1093,9 +1183,8 @@ impl DocumentPoster {
         &self,
         changes: &[(usize, &'c Change)],
         touched: &mut Touched,
-    ) -> BTreeMap<(usize, usize), Vec<(usize, &'c Map<String, Value>)>> {
-        let mut indirect: BTreeMap<(usize, usize), Vec<(usize, &Map<String, Value>)>> =
-            BTreeMap::new();
+    ) -> Indirect<'c> {
+        let mut indirect = Indirect::new();
         for &(i, c) in changes {
             let Some(route) = self
                 .shape_index
@@ -1120,10 +1209,7 @@ impl DocumentPoster {
     }
 
     /// The `touched_by` queries for those images, one per (document, table), each with its document.
-    fn touched_by_statements<'c>(
-        &self,
-        indirect: BTreeMap<(usize, usize), Vec<(usize, &'c Map<String, Value>)>>,
-    ) -> Vec<(usize, Planned<'c>)> {
+    fn touched_by_statements<'c>(&self, indirect: Indirect<'c>) -> Vec<(usize, Planned<'c>)> {
         let mut out = Vec::new();
         for ((d_i, t_i), images) in indirect {
             let tb = &self.documents[d_i].touched_by[t_i];
@@ -1353,7 +1439,6 @@ impl DocumentPoster {
         rows_of(&rows)
     }
 
-
     /// The statements that bring the mirror to a group's last images, table by table: a truncate's DELETE,
     /// the deleted rows, the rows the group inserted (plain INSERTs when `fresh`, else with the rest), the
     /// other complete rows (upserts), the partial ones (UPDATEs of the columns they carry). Rows go as one text
@@ -1371,12 +1456,10 @@ impl DocumentPoster {
                     params: Vec::new(),
                 });
             }
-            let (mut inserted, mut full, mut partial, mut deleted): (
-                Vec<&Map<String, Value>>,
-                Vec<&Map<String, Value>>,
-                Vec<&Map<String, Value>>,
-                Vec<&Map<String, Value>>,
-            ) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let mut inserted: Vec<&Map<String, Value>> = Vec::new();
+            let mut full: Vec<&Map<String, Value>> = Vec::new();
+            let mut partial: Vec<&Map<String, Value>> = Vec::new();
+            let mut deleted: Vec<&Map<String, Value>> = Vec::new();
             for w in t.rows.values() {
                 match w {
                     RowWrite::Full { row, fresh: true } if fresh => inserted.push(row),
@@ -1460,8 +1543,10 @@ impl DocumentPoster {
                             )
                         })
                         .collect();
-                    let images: Vec<Value> =
-                        partial.iter().map(|r| Value::Object((*r).clone())).collect();
+                    let images: Vec<Value> = partial
+                        .iter()
+                        .map(|r| Value::Object((*r).clone()))
+                        .collect();
                     out.push(Planned {
                         sql: format!(
                             "UPDATE {table} AS x SET {} FROM json_array_elements($1::text::json) AS e(v) WHERE {} AND {IN_GROUP}",

@@ -123,7 +123,10 @@ fn row_images_become_the_text_their_column_types_read() {
     use serde_json::json;
     assert_eq!(text_of(None, false), None);
     assert_eq!(text_of(Some(&json!(null)), false), None);
-    assert_eq!(text_of(Some(&json!("draft")), false).as_deref(), Some("draft"));
+    assert_eq!(
+        text_of(Some(&json!("draft")), false).as_deref(),
+        Some("draft")
+    );
     assert_eq!(text_of(Some(&json!(42)), false).as_deref(), Some("42"));
     assert_eq!(text_of(Some(&json!(true)), false).as_deref(), Some("true"));
     // numbers keep their digits (arbitrary precision)

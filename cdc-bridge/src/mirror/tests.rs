@@ -169,9 +169,8 @@ fn only_rows_the_group_inserted_first_are_known_to_be_new() {
 
 #[test]
 fn a_group_statement_finds_evaluates_notes_and_posts_in_one_call() {
-    let m = match crate::mapping::Mapping::from_toml(include_str!(
-        "../../mappings/normalized.toml"
-    )) {
+    let m = match crate::mapping::Mapping::from_toml(include_str!("../../mappings/normalized.toml"))
+    {
         Ok(m) => m,
         Err(e) => panic!("normalized.toml: {e}"),
     };
@@ -223,7 +222,9 @@ fn a_group_statement_finds_evaluates_notes_and_posts_in_one_call() {
     let older = group_sql(m.documents(), &["bigint".to_string()], &touched, false);
     assert!(!older.contains("note_documents"), "{older}");
     assert!(
-        older.ends_with("))::text WHERE pg_catalog.current_setting('possync_bridge.in_group', true) = 'on'"),
+        older.ends_with(
+            "))::text WHERE pg_catalog.current_setting('possync_bridge.in_group', true) = 'on'"
+        ),
         "{older}"
     );
 }
@@ -291,4 +292,212 @@ fn every_statement_that_writes_the_mirror_writes_only_inside_a_group() {
         .iter()
         .filter(|p| p.sql.starts_with("INSERT"))
         .all(|p| p.sql.contains("ON CONFLICT")));
+}
+
+/// The normalized mapping's poster over hand-made shapes, without an ERP.
+fn normalized_poster() -> DocumentPoster {
+    let m = match crate::mapping::Mapping::from_toml(include_str!("../../mappings/normalized.toml"))
+    {
+        Ok(m) => m,
+        Err(e) => panic!("normalized.toml: {e}"),
+    };
+    let cols = |c: &[(&str, &str)]| -> Vec<(String, String)> {
+        c.iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect()
+    };
+    let table = |name: &str, columns: Vec<(String, String)>, key: &[&str]| TableShape {
+        name: name.into(),
+        pos_table: format!("shop.{name}"),
+        columns,
+        key: key.iter().map(|k| k.to_string()).collect(),
+        replica_identity: 'd',
+        index: vec![],
+        copy: true,
+    };
+    let shapes = vec![
+        table(
+            "pos_order",
+            cols(&[
+                ("id", "bigint"),
+                ("till_id", "integer"),
+                ("receipt_no", "bigint"),
+                ("state", "text"),
+                ("date_order", "timestamp with time zone"),
+                ("refund_of", "bigint"),
+                ("currency", "character(3)"),
+                ("note", "text"),
+            ]),
+            &["id"],
+        ),
+        table(
+            "pos_order_line",
+            cols(&[
+                ("id", "bigint"),
+                ("order_id", "bigint"),
+                ("product_id", "integer"),
+                ("qty", "numeric(12,3)"),
+                ("price_unit", "numeric(12,2)"),
+                ("discount_pct", "numeric(5,2)"),
+                ("price_subtotal", "numeric(14,2)"),
+            ]),
+            &["id"],
+        ),
+        table(
+            "pos_order_line_tax",
+            cols(&[
+                ("line_id", "bigint"),
+                ("tax_id", "integer"),
+                ("amount", "numeric(14,2)"),
+            ]),
+            &["line_id", "tax_id"],
+        ),
+        table(
+            "pos_payment",
+            cols(&[
+                ("id", "bigint"),
+                ("order_id", "bigint"),
+                ("method_id", "integer"),
+                ("amount", "numeric(14,2)"),
+                ("paid_at", "timestamp with time zone"),
+            ]),
+            &["id"],
+        ),
+    ];
+    let documents = m.documents().to_vec();
+    DocumentPoster {
+        schema: "possync_pos_benchshop".into(),
+        queries: Vec::new(),
+        key_types: vec!["bigint".into()],
+        statements: Mutex::new(HashMap::new()),
+        note_documents: true,
+        group: String::new(),
+        touched_shapes: vec![vec![2]],
+        last_done: Mutex::new(None),
+        shape_index: shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.pos_table.clone(), i))
+            .collect(),
+        routes: shapes.iter().map(|s| Route::of(s, &documents)).collect(),
+        shapes,
+        documents,
+    }
+}
+
+/// `n` orders as the bench's POS writes them: drafted with 3 lines, their tax rows and a payment, then paid.
+fn orders(n: i64) -> Vec<PosTransaction> {
+    let obj = |v: Value| match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let ch = |table: &str, op: ChangeOp, row: Value| Change {
+        table: format!("shop.{table}"),
+        op,
+        row: obj(row),
+        old: None,
+    };
+    (1..=n)
+        .map(|o| {
+            let order = |state: &str| {
+                json!({"id": o, "till_id": 1, "receipt_no": o, "state": state,
+                       "date_order": "2026-11-26T14:03:07.12+00:00", "refund_of": null, "currency": "USD", "note": null})
+            };
+            let mut changes = vec![ch("pos_order", ChangeOp::Insert, order("draft"))];
+            for l in 0..3 {
+                let line = o * 3 + l;
+                changes.push(ch(
+                    "pos_order_line",
+                    ChangeOp::Insert,
+                    json!({"id": line, "order_id": o, "product_id": 1 + l, "qty": "2.000",
+                           "price_unit": "19.99", "discount_pct": "0.00", "price_subtotal": "39.98"}),
+                ));
+                changes.push(ch(
+                    "pos_order_line_tax",
+                    ChangeOp::Insert,
+                    json!({"line_id": line, "tax_id": 1, "amount": "3.55"}),
+                ));
+            }
+            changes.push(ch(
+                "pos_payment",
+                ChangeOp::Insert,
+                json!({"id": o, "order_id": o, "method_id": 1, "amount": "130.59",
+                       "paid_at": "2026-11-26T14:03:07.12+00:00"}),
+            ));
+            changes.push(ch("pos_order", ChangeOp::Update, order("paid")));
+            PosTransaction {
+                commit_lsn: crate::lsn::Lsn(o as u64 * 1000),
+                end_lsn: crate::lsn::Lsn(o as u64 * 1000 + 8),
+                commit_time: 0,
+                events: Vec::new(),
+                changes,
+                spilled: None,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_group_of_orders_is_planned_as_the_mirror_writes_and_one_group_statement() {
+    let poster = normalized_poster();
+    let txns = orders(300);
+    let writes = MirrorWrites::collect(&poster.shapes, txns.iter().flat_map(|t| t.changes.iter()));
+    let planned = match poster.plan("benchshop", "0/4B0", &txns, &writes) {
+        Ok(p) => p,
+        Err(e) => panic!("{e}"),
+    };
+    // ARM, one plain INSERT per table (every row is new), the group statement
+    assert_eq!(planned.len(), 6);
+    assert!(planned[0].sql.starts_with("SELECT c::text"));
+    assert_eq!(
+        planned[1..5]
+            .iter()
+            .filter(|p| p.sql.starts_with("INSERT") && !p.sql.contains("ON CONFLICT"))
+            .count(),
+        4
+    );
+    // $1..$4, the 300 orders' keys and transactions, and the 900 tax rows (3 columns and their transactions)
+    assert_eq!(planned[5].params.len(), 4 + 2 + 4);
+}
+
+#[test]
+#[ignore]
+fn planning_a_group_of_300_orders_takes() {
+    let poster = normalized_poster();
+    let txns = orders(300);
+    let started = std::time::Instant::now();
+    let rounds = 200;
+    for _ in 0..rounds {
+        let writes =
+            MirrorWrites::collect(&poster.shapes, txns.iter().flat_map(|t| t.changes.iter()));
+        let planned = poster.plan("benchshop", "0/4B0", &txns, &writes);
+        assert!(planned.is_ok());
+    }
+    println!(
+        "planning 300 orders: {:.2} ms",
+        started.elapsed().as_secs_f64() * 1e3 / f64::from(rounds)
+    );
+}
+
+#[test]
+fn a_row_image_gives_its_columns_values_in_the_shapes_order() {
+    let columns: Vec<(String, String)> = ["id", "state", "amount", "note"]
+        .iter()
+        .map(|c| (c.to_string(), "text".to_string()))
+        .collect();
+    let row = match json!({"amount": "1.50", "extra": 1, "id": 7, "state": "paid", "zz": null}) {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let mut out = Vec::new();
+    values_of(&row, &columns, &by_name(&columns), &mut out);
+    assert_eq!(
+        out,
+        vec![
+            Some(&json!(7)),
+            Some(&json!("paid")),
+            Some(&json!("1.50")),
+            None
+        ]
+    );
 }

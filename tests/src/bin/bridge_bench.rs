@@ -259,7 +259,19 @@ async fn main() {
         bridge.wait_streaming("bench", Duration::from_secs(60));
         let _ = bridge.terminate();
     } else {
-        live = Some(live_phases(&pos, &erp_db, &native, &erp_url, &source, &bridge_args, rate, live_total).await);
+        live = Some(
+            live_phases(
+                &pos,
+                &erp_db,
+                &native,
+                &erp_url,
+                &source,
+                &bridge_args,
+                rate,
+                live_total,
+            )
+            .await,
+        );
     }
 
     // 3. backlogs: committed while the bridge is stopped (and the subscription disabled), then drained by each.
@@ -299,7 +311,9 @@ async fn main() {
         let made = Instant::now();
         let wal0 = wal_lsn(&pos_db).await;
         pos_db
-            .batch_execute(&format!("CALL public.bench_sales('D', {backlog}, {start_at})"))
+            .batch_execute(&format!(
+                "CALL public.bench_sales('D', {backlog}, {start_at})"
+            ))
             .await
             .unwrap_or_else(|e| panic!("backlog: {e}"));
         ref_wal = (wal_lsn(&pos_db).await - wal0) / f64::from(backlog);
@@ -309,7 +323,16 @@ async fn main() {
         );
         let erp0 = wal_lsn(&erp_db).await;
         statements_reset(&erp_db, profile).await;
-        let d = drain(&erp_url, &source, &bridge_args, "bench", backlog, &erp_db, &pos_db).await;
+        let d = drain(
+            &erp_url,
+            &source,
+            &bridge_args,
+            "bench",
+            backlog,
+            &erp_db,
+            &pos_db,
+        )
+        .await;
         statements_top(&erp_db, profile, "reference drain", backlog).await;
         ref_erp_wal = (wal_lsn(&erp_db).await - erp0) / f64::from(backlog);
         bridge_secs = d.secs;
@@ -382,7 +405,16 @@ async fn main() {
         doc_wal = (wal_lsn(&shop).await - wal0) / f64::from(backlog);
         let erp0 = wal_lsn(&erp_db).await;
         statements_reset(&erp_db, profile).await;
-        let d = drain(&erp_url, &doc_source, &doc_args, "benchshop", backlog, &erp_db, &shop).await;
+        let d = drain(
+            &erp_url,
+            &doc_source,
+            &doc_args,
+            "benchshop",
+            backlog,
+            &erp_db,
+            &shop,
+        )
+        .await;
         statements_top(&erp_db, profile, "normalized drain", backlog).await;
         doc_erp_wal = (wal_lsn(&erp_db).await - erp0) / f64::from(backlog);
         rss_doc = rss_doc.max(d.rss);
@@ -550,7 +582,12 @@ fn cpu_seconds(pid: i32) -> f64 {
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // clock ticks per second: 100 on Linux everywhere this runs
     (ticks(11) + ticks(12)) / 100.0
 }
