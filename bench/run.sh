@@ -322,8 +322,16 @@ stage_bridge() {
         return 0
     fi
     mkdir -p "$OUT"
+    # its clusters run the same server tree as the other stages: with BENCH_POSSYNC=package, a release package of
+    # this tree that nothing else installs over while the stage runs
+    local server_bin=""
+    if [ "$POSSYNC_FROM" = package ]; then
+        [ "$SERVER_BIN" != "$PG_BIN" ] || private_server
+        server_bin=$SERVER_BIN
+    fi
+    say "bench: bridge: possync $POSSYNC_BUILD"
     # bridge.sh runs its own clusters; lines starting `row|` join the table, the rest is passed through
-    if ! BENCH_DIR=$OUT PG_BIN=$PG_BIN bash "$ROOT/bench/bridge.sh" >"$OUT/bridge.out"; then
+    if ! BENCH_DIR=$OUT PG_BIN=$PG_BIN POSSYNC_PG_BIN=$server_bin bash "$ROOT/bench/bridge.sh" >"$OUT/bridge.out"; then
         cat "$OUT/bridge.out" >&2
         die "bench/bridge.sh failed"
     fi

@@ -28,6 +28,9 @@ pub enum ErpError {
     /// The batch may have committed; asking where the ERP's WAL stands failed.
     #[error("reading the ERP's WAL position after a batch: {0}")]
     AfterApply(Box<ErpError>),
+    /// A statement that always answers with a row answered with none.
+    #[error("the ERP returned no row for {0}")]
+    NoAnswer(&'static str),
 }
 
 impl ErpError {
@@ -41,7 +44,8 @@ impl ErpError {
             | ErpError::Checkpoint(_)
             | ErpError::Refused
             | ErpError::Spill(_)
-            | ErpError::AfterApply(_) => ErrorClass::Transient,
+            | ErpError::AfterApply(_)
+            | ErpError::NoAnswer(_) => ErrorClass::Transient,
         }
     }
 

@@ -440,6 +440,45 @@ pub fn compile(d: &Document, target: Target<'_>) -> String {
         Target::Erp { .. } => "$2::text",
         Target::PosDryRun { .. } | Target::ErpAll => "$1::text",
     };
+    let select = select_sql(d, source, true);
+    match target {
+        Target::Erp { key_type } => format!("{select} WHERE {}", key_filter(d, "$1", key_type)),
+        Target::ErpAll => format!(
+            "{select} WHERE s.state <> {PENDING_L} ORDER BY {h}.{k}",
+            PENDING_L = literal(PENDING),
+            h = d.alias,
+            k = sql_name(&d.key)
+        ),
+        Target::PosDryRun { limit } => format!(
+            "{select} WHERE s.state <> {PENDING_L} ORDER BY {h}.{k} DESC LIMIT {limit}",
+            PENDING_L = literal(PENDING),
+            h = d.alias,
+            k = sql_name(&d.key)
+        ),
+    }
+}
+
+/// The evaluation of the headers whose keys the SQL expression `keys` (a text array) gives, for a statement that
+/// posts what it finds without sending it to the bridge: rows of (key text, state text, event jsonb or NULL
+/// while pending), the source name being parameter `source`. The same SQL as [`compile`] for the ERP, but the
+/// event stays jsonb.
+pub fn compile_keys(d: &Document, key_type: &str, keys: &str, source: usize) -> String {
+    let select = select_sql(d, &format!("${source}::text"), false);
+    format!("{select} WHERE {}", key_filter(d, keys, key_type))
+}
+
+/// The keys are cast to the key column's type, so that the header's key index finds them (a filter on the key
+/// cast to text would read the whole table).
+fn key_filter(d: &Document, param: &str, key_type: &str) -> String {
+    format!(
+        "{h}.{k} = ANY({param}::text[]::{key_type}[])",
+        h = d.alias,
+        k = sql_name(&d.key)
+    )
+}
+
+/// SELECT key, state, event FROM the header and its lookups, without a WHERE clause.
+fn select_sql(d: &Document, source: &str, event_as_text: bool) -> String {
     let void = d.void.as_deref().unwrap_or("false");
     let state = format!(
         "CASE WHEN ({final_when}) THEN {FINAL_L} WHEN ({void}) THEN {VOID_L} ELSE {PENDING_L} END",
@@ -455,33 +494,17 @@ pub fn compile(d: &Document, target: Target<'_>) -> String {
         joins = lookups_sql(&d.lookups)
     );
     let key = format!("({}.{})::text", d.alias, sql_name(&d.key));
-    let select = format!(
-        "SELECT {key}, s.state, (CASE s.state WHEN {FINAL_L} THEN {event} WHEN {VOID_L} THEN {void_event} END)::text \
-         FROM {from} CROSS JOIN LATERAL (SELECT {state} AS state) AS s",
+    let event = format!(
+        "(CASE s.state WHEN {FINAL_L} THEN {event} WHEN {VOID_L} THEN {void_event} END)",
         FINAL_L = literal(FINAL),
         VOID_L = literal(VOID),
         event = event_sql(d, source),
         void_event = void_sql(d, source),
     );
-    match target {
-        Target::Erp { key_type } => format!(
-            "{select} WHERE {h}.{k} = ANY($1::text[]::{key_type}[])",
-            h = d.alias,
-            k = sql_name(&d.key)
-        ),
-        Target::ErpAll => format!(
-            "{select} WHERE s.state <> {PENDING_L} ORDER BY {h}.{k}",
-            PENDING_L = literal(PENDING),
-            h = d.alias,
-            k = sql_name(&d.key)
-        ),
-        Target::PosDryRun { limit } => format!(
-            "{select} WHERE s.state <> {PENDING_L} ORDER BY {h}.{k} DESC LIMIT {limit}",
-            PENDING_L = literal(PENDING),
-            h = d.alias,
-            k = sql_name(&d.key)
-        ),
-    }
+    let cast = if event_as_text { "::text" } else { "" };
+    format!(
+        "SELECT {key}, s.state, {event}{cast} FROM {from} CROSS JOIN LATERAL (SELECT {state} AS state) AS s"
+    )
 }
 
 /// The query giving only the state of headers (`$1`: the keys), for a header whose event could not be built.
@@ -502,13 +525,19 @@ pub fn compile_state(d: &Document, key_type: &str) -> String {
 }
 
 /// A JSON value of a key column as PostgreSQL's text output gives it (`::text`), for matching header keys.
-fn key_text(v: &serde_json::Value) -> Option<String> {
+pub fn header_key(v: &serde_json::Value) -> Option<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
     match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::Bool(b) => Some(b.to_string()),
+        serde_json::Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+        // the digits as written (serde_json's arbitrary_precision keeps them)
+        serde_json::Value::Number(n) => Some(Cow::Borrowed(n.as_str())),
+        serde_json::Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
         _ => None,
     }
+}
+
+fn key_text(v: &serde_json::Value) -> Option<String> {
+    header_key(v).map(std::borrow::Cow::into_owned)
 }
 
 /// The keys of the headers a changed row of `table` touches directly: a header row its own key, a child row
@@ -528,20 +557,73 @@ pub fn direct_touches(
     out
 }
 
-/// The query giving the headers that changed rows of `t.table` touch through `touched_by`: `$1` is a JSON array
-/// of the row images, each with `_possync_txn`, the index of its transaction in the group; rows of (key, the
-/// last transaction that touched it).
-pub fn touched_by_sql(t: &TouchedBy, schema: &str) -> String {
+/// The query giving the headers that changed rows of `t.table` touch through `touched_by`: the row images come
+/// as one text array per column of the mirrored table (`columns`, `$1` to `$n`, see [`rows_from_arrays`]) and
+/// `$n+1`, the index of each image's transaction in the group; rows of (key, the last transaction that touched
+/// it).
+pub fn touched_by_sql(t: &TouchedBy, columns: &[(String, String)]) -> String {
+    touched_by_sql_from(t, columns, 1)
+}
+
+/// [`touched_by_sql`] with its parameters numbered from `first`.
+pub fn touched_by_sql_from(t: &TouchedBy, columns: &[(String, String)], first: usize) -> String {
     format!(
-        "SELECT k, max(i) FROM (SELECT ({expr})::text AS k, (e.v->>'_possync_txn')::int AS i \
-           FROM json_array_elements($1::text::json) AS e(v) \
-           CROSS JOIN LATERAL json_populate_record(NULL::{s}.{tbl}, e.v) AS {alias}) AS touched \
+        "SELECT k, max(i) FROM (SELECT ({expr})::text AS k, {alias}._possync_txn AS i \
+           FROM {rows} AS {alias}) AS touched \
          WHERE k IS NOT NULL GROUP BY k",
         expr = t.header,
-        s = ident(schema),
-        tbl = ident(&t.table),
+        rows = rows_from_arrays(columns, first, true),
         alias = sql_name(&t.table),
     )
+}
+
+/// Rows of a mirrored table made from one text array per column (parameters `$first` on, in the order of
+/// `columns`, each element the column's text or NULL), each cast to the column's type, as a derived table with
+/// the table's column names. With `txn`, one more parameter (an int array) becomes column `_possync_txn`.
+pub fn rows_from_arrays(columns: &[(String, String)], first: usize, txn: bool) -> String {
+    let mut params = Vec::new();
+    let mut names = Vec::new();
+    let mut select = Vec::new();
+    for (i, (name, ty)) in columns.iter().enumerate() {
+        params.push(format!("${}::text[]", first + i));
+        names.push(format!("c{i}"));
+        let value = if ty == "text" {
+            format!("u.c{i}")
+        } else {
+            format!("u.c{i}::{ty}")
+        };
+        select.push(format!("{value} AS {}", ident(name)));
+    }
+    if txn {
+        params.push(format!("${}::int[]", first + columns.len()));
+        names.push("i".into());
+        select.push("u.i AS _possync_txn".into());
+    }
+    format!(
+        "(SELECT {} FROM unnest({}) AS u({}))",
+        select.join(", "),
+        params.join(", "),
+        names.join(", ")
+    )
+}
+
+/// A column's value in a row image as the text its type's input reads, as `json_populate_record` would pass it:
+/// NULL for a missing or null value, a string as it is (JSON text for a json or jsonb column), a number or a
+/// boolean as written, an object or array as JSON text.
+pub fn text_of(
+    value: Option<&serde_json::Value>,
+    json_column: bool,
+) -> Option<std::borrow::Cow<'_, str>> {
+    use serde_json::Value;
+    use std::borrow::Cow;
+    match value? {
+        Value::Null => None,
+        Value::String(s) if !json_column => Some(Cow::Borrowed(s.as_str())),
+        Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+        // the digits as written (serde_json's arbitrary_precision keeps them)
+        Value::Number(n) => Some(Cow::Borrowed(n.as_str())),
+        other => Some(Cow::Owned(other.to_string())),
+    }
 }
 
 #[cfg(test)]

@@ -6,16 +6,21 @@
 //! `void` events, and `possync.apply_batch` posts them and advances the checkpoint. So a row waiting for its
 //! header to become final is as durable as the checkpoint, and a crash anywhere redoes the whole group or none.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use futures::StreamExt;
 use serde_json::{Map, Value};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use crate::apply::{outcome_of, BatchOutcome, Erp, ErpError, ErpWal};
 use crate::assembler::PosTransaction;
-use crate::document::{compile, direct_touches, ident, literal, touched_by_sql, Document, Target};
+use crate::document::{
+    compile, header_key, ident, literal, rows_from_arrays, text_of, touched_by_sql, Document,
+    Target,
+};
 use crate::lsn::Lsn;
 use crate::mapping::{Change, ChangeOp, Mapping};
 use crate::pgerr::{classify, ErrorClass};
@@ -201,55 +206,83 @@ pub const FAILED: &str = "_possync_failed";
 
 /// A row's key as text, to collapse the changes of a group per row.
 fn key_text(shape: &TableShape, row: &Map<String, Value>) -> Option<String> {
+    use std::fmt::Write;
     let mut out = String::new();
     for k in &shape.key {
         let v = row.get(k)?;
         if v.is_null() {
             return None;
         }
-        out.push_str(&v.to_string());
-        out.push('\u{1f}');
+        // as JSON: a string's own U+001F stays escaped
+        write!(out, "{v}\u{1f}").ok()?;
     }
     Some(out)
 }
 
 /// What a group of POS transactions leaves in one mirrored table.
 #[derive(Debug, Default)]
-struct TableWrites {
+struct TableWrites<'a> {
     /// Everything before was emptied (TRUNCATE).
     emptied: bool,
     /// Per row key: the last image, or None for a deleted row.
-    rows: BTreeMap<String, RowWrite>,
+    rows: BTreeMap<String, RowWrite<'a>>,
 }
 
 #[derive(Debug, Clone)]
-enum RowWrite {
-    /// Every column.
-    Full(Map<String, Value>),
+enum RowWrite<'a> {
+    /// Every column. `fresh`: the group's first change of this key was an insert (or came after a truncate), so
+    /// the mirror, which holds what the POS held at the checkpoint, cannot have the row yet.
+    Full {
+        row: Cow<'a, Map<String, Value>>,
+        fresh: bool,
+    },
     /// An update that left some columns out (unchanged TOAST values): those keep what the mirror holds.
-    Partial(Map<String, Value>),
+    Partial(Cow<'a, Map<String, Value>>),
     /// The key columns of a deleted row.
-    Delete(Map<String, Value>),
+    Delete(&'a Map<String, Value>),
 }
 
-/// The last image of every row a group of POS transactions wrote, per mirrored table.
+/// The last image of every row a group of POS transactions wrote, per mirrored table (by its index among the
+/// shapes; borrowed from the changes).
 #[derive(Debug, Default)]
-pub struct MirrorWrites {
-    tables: BTreeMap<String, TableWrites>,
+pub struct MirrorWrites<'a> {
+    tables: BTreeMap<usize, TableWrites<'a>>,
 }
 
-impl MirrorWrites {
+impl<'a> TableWrites<'a> {
+    /// A row deleted: one the group inserted never reaches the mirror, any other is deleted from it.
+    fn delete(&mut self, key: String, image: &'a Map<String, Value>) {
+        match self.rows.get(&key) {
+            Some(RowWrite::Full { fresh: true, .. }) => {
+                self.rows.remove(&key);
+            }
+            _ => {
+                self.rows.insert(key, RowWrite::Delete(image));
+            }
+        }
+    }
+}
+
+impl<'a> MirrorWrites<'a> {
     /// Collapses the changes, oldest first.
-    pub fn collect<'a>(
+    pub fn collect(
         shapes: &[TableShape],
         changes: impl Iterator<Item = &'a Change>,
-    ) -> MirrorWrites {
+    ) -> MirrorWrites<'a> {
         let mut w = MirrorWrites::default();
+        let by_table: HashMap<&str, usize> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.pos_table.as_str(), i))
+            .collect();
+        let names: Vec<Vec<usize>> = shapes.iter().map(|s| by_name(&s.columns)).collect();
+        let mut values = Vec::new();
         for change in changes {
-            let Some(shape) = shapes.iter().find(|s| s.pos_table == change.table) else {
+            let Some(&s_i) = by_table.get(change.table.as_str()) else {
                 continue;
             };
-            let t = w.tables.entry(shape.name.clone()).or_default();
+            let shape = &shapes[s_i];
+            let t = w.tables.entry(s_i).or_default();
             match change.op {
                 ChangeOp::Truncate => {
                     t.emptied = true;
@@ -257,7 +290,7 @@ impl MirrorWrites {
                 }
                 ChangeOp::Delete => {
                     if let Some(k) = key_text(shape, &change.row) {
-                        t.rows.insert(k, RowWrite::Delete(change.row.clone()));
+                        t.delete(k, &change.row);
                     }
                 }
                 ChangeOp::Insert | ChangeOp::Update => {
@@ -267,28 +300,37 @@ impl MirrorWrites {
                             (key_text(shape, old), key_text(shape, &change.row))
                         {
                             if ko != kn {
-                                t.rows.insert(ko, RowWrite::Delete(old.clone()));
+                                t.delete(ko, old);
                             }
                         }
                     }
                     let Some(k) = key_text(shape, &change.row) else {
                         continue;
                     };
-                    let complete = shape
-                        .columns
-                        .iter()
-                        .all(|(c, _)| change.row.contains_key(c));
-                    let next = match (t.rows.remove(&k), complete) {
-                        (_, true) => RowWrite::Full(change.row.clone()),
-                        (Some(RowWrite::Full(mut before)), false) => {
-                            before.extend(change.row.clone());
-                            RowWrite::Full(before)
+                    let complete = change.row.len() >= shape.columns.len() && {
+                        values_of(&change.row, &shape.columns, &names[s_i], &mut values);
+                        values.iter().all(Option::is_some)
+                    };
+                    let before = t.rows.remove(&k);
+                    let fresh = match &before {
+                        None => change.op == ChangeOp::Insert,
+                        Some(RowWrite::Full { fresh, .. }) => *fresh,
+                        Some(RowWrite::Partial(_) | RowWrite::Delete(_)) => false,
+                    };
+                    let next = match (before, complete) {
+                        (_, true) => RowWrite::Full {
+                            row: Cow::Borrowed(&change.row),
+                            fresh,
+                        },
+                        (Some(RowWrite::Full { mut row, fresh }), false) => {
+                            row.to_mut().extend(change.row.clone());
+                            RowWrite::Full { row, fresh }
                         }
                         (Some(RowWrite::Partial(mut before)), false) => {
-                            before.extend(change.row.clone());
+                            before.to_mut().extend(change.row.clone());
                             RowWrite::Partial(before)
                         }
-                        (_, false) => RowWrite::Partial(change.row.clone()),
+                        (_, false) => RowWrite::Partial(Cow::Borrowed(&change.row)),
                     };
                     t.rows.insert(k, next);
                 }
@@ -302,6 +344,10 @@ impl MirrorWrites {
     }
 }
 
+/// Per (document, `touched_by` entry), the row images whose headers its SQL finds, each with the index of its
+/// transaction in the group.
+type Indirect<'c> = BTreeMap<(usize, usize), Vec<(usize, &'c Map<String, Value>)>>;
+
 /// Per document, the keys of the headers touched and the last transaction (by index) that touched each.
 struct Touched(Vec<BTreeMap<String, usize>>);
 
@@ -310,9 +356,14 @@ impl Touched {
         Touched(vec![BTreeMap::new(); documents])
     }
 
-    fn mark(&mut self, document: usize, key: String, at: usize) {
-        let slot = self.0[document].entry(key).or_insert(at);
-        *slot = (*slot).max(at);
+    fn mark(&mut self, document: usize, key: &str, at: usize) {
+        let keys = &mut self.0[document];
+        match keys.get_mut(key) {
+            Some(slot) => *slot = (*slot).max(at),
+            None => {
+                keys.insert(key.to_string(), at);
+            }
+        }
     }
 }
 
@@ -328,6 +379,111 @@ pub struct DocumentPoster {
     statements: Mutex<HashMap<String, Statement>>,
     /// Whether the ERP has `possync.note_documents` (pending documents shown in open_exceptions).
     note_documents: bool,
+    /// The statement that evaluates a group's headers, notes the waiting ones and posts the rest with
+    /// `apply_batch` (see [`group_sql`]).
+    group: String,
+    /// Per document, per `touched_by` entry, the index of its table in `shapes`.
+    touched_shapes: Vec<Vec<usize>>,
+    /// When the last group was done (for the debug log: how long the ERP waited for the next one).
+    last_done: Mutex<Option<std::time::Instant>>,
+    /// A POS table (`schema.table`) to its index in `shapes`.
+    shape_index: HashMap<String, usize>,
+    /// Per shape, the headers its rows touch.
+    routes: Vec<Route>,
+}
+
+/// The headers a mirrored table's rows touch.
+#[derive(Debug, Default)]
+struct Route {
+    /// (document, column): the row holds the key of that document's header (its own key, or a child's parent
+    /// column), as [`crate::document::direct_touches`] says.
+    direct: Vec<(usize, String)>,
+    /// (document, `touched_by` entry): a query finds the header.
+    indirect: Vec<(usize, usize)>,
+}
+
+impl Route {
+    fn of(shape: &TableShape, documents: &[Document]) -> Route {
+        let mut r = Route::default();
+        for (d_i, d) in documents.iter().enumerate() {
+            if d.table == shape.name {
+                r.direct.push((d_i, d.key.clone()));
+            }
+            for c in d.children.iter().filter(|c| c.table == shape.name) {
+                r.direct.push((d_i, c.parent.clone()));
+            }
+            for (t_i, tb) in d.touched_by.iter().enumerate() {
+                if tb.table == shape.name {
+                    r.indirect.push((d_i, t_i));
+                }
+            }
+        }
+        r
+    }
+}
+
+/// The planner settings of a document group's ERP transaction (`SET LOCAL`, so they end with it), like those
+/// of possync's own statements (`src/statements.rs` in the extension). The mirror's tables grow from nothing
+/// while the bridge runs, so their statistics often describe a far smaller table: with `enable_seqscan` on, a
+/// group's evaluation was once planned as a sequential scan that took 600 ms instead of 20. Every statement
+/// here finds rows by a key or a parent column, which are indexed; generic plans keep a prepared statement
+/// from being planned again for every group; and a table without an index (a mapping's lookup on a column not
+/// indexed) keeps its sequential scan without the cost that `enable_seqscan = off` adds starting JIT.
+///
+/// `possync_bridge.in_group` says that the statements run inside a group's transaction (see [`IN_GROUP`]).
+const GROUP_SETTINGS: &str =
+    "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off; \
+     SET LOCAL jit = off; SET LOCAL possync_bridge.in_group = 'on'";
+
+/// The condition every statement that writes in a pipelined group carries. The group's `BEGIN` and `COMMIT` go
+/// in the same pipeline as its statements. Should `BEGIN` fail, they would each run, and commit, on their own;
+/// the `SET LOCAL` that follows `BEGIN` in the same message then never runs either, so outside the group's
+/// transaction this is false and they write nothing. And the first statement ([`ARM`]) makes it false when the
+/// checkpoint says the group is applied already, so that `COMMIT` then commits nothing.
+const IN_GROUP: &str = "pg_catalog.current_setting('possync_bridge.in_group', true) = 'on'";
+
+/// The checkpoint as the group's transaction sees it.
+const CHECKPOINT: &str = "SELECT possync.source_checkpoint($1)::text";
+
+/// The first statement of a pipelined group: the checkpoint, and [`IN_GROUP`] turned off when it is at or past
+/// the group's commit LSN (`$2`), so that the rest of the pipeline, COMMIT included, changes nothing.
+const ARM: &str = "SELECT c::text, pg_catalog.set_config('possync_bridge.in_group', \
+       CASE WHEN c < $2::text::pg_lsn THEN 'on' ELSE 'skipped' END, true) \
+     FROM (SELECT possync.source_checkpoint($1) AS c) AS s";
+
+/// A statement of a group, with its arguments.
+struct Planned<'a> {
+    sql: String,
+    params: Vec<Box<dyn ToSql + Sync + Send + 'a>>,
+}
+
+impl Planned<'_> {
+    fn args(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
+}
+
+/// Why the pipelined way of applying a group gave up (see [`DocumentPoster::apply`]).
+enum Pipelined {
+    /// Not done, the transaction rolled back: the ERP refused something for its data (a header's evaluation
+    /// failed, say), which the one-by-one way isolates.
+    OneByOne(ErpError),
+    Failed(ErpError),
+}
+
+impl From<ErpError> for Pipelined {
+    fn from(e: ErpError) -> Pipelined {
+        Pipelined::Failed(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for Pipelined {
+    fn from(e: tokio_postgres::Error) -> Pipelined {
+        Pipelined::Failed(e.into())
+    }
 }
 
 /// What the ERP raised for one header's mapping: kept as a rejected event, the group goes on. Its id names the
@@ -350,6 +506,191 @@ fn mapping_failure(
             &crate::pgerr::single_line(&format!("the mapping of {document} {key} failed in the ERP: {why}; the POS rows are kept in the mirror, fix the mapping and run possync-bridge remap")),
             crate::pgerr::REASON_MAX_CHARS),
     })
+}
+
+/// The statement that settles a group's headers inside the ERP, so that their events never travel to the
+/// bridge and back: per document, the touched keys (those the bridge found itself, and those its `touched_by`
+/// queries find from the row images), its evaluation (as [`compile`] makes it for the ERP, the event left as
+/// jsonb) over them, `possync.note_documents` for its waiting and settled headers (when the ERP has it); then one
+/// `possync.apply_batch` of the group's own events and the settled headers' events, each after the events of
+/// the transaction it goes with, as the one-by-one way orders them.
+///
+/// Parameters: `$1` source, `$2` the group's last commit LSN (text), `$3` the transactions' own events as a
+/// JSON array of `[transaction index, event]`, `$4` the index of the last transaction (where a header no
+/// transaction is named for goes); then per document, the keys the bridge found (text array) and the index of
+/// the last transaction that touched each (int array), followed, per `touched_by` entry of the document, by
+/// the row images of its table (one text array per column of `touched[d][j]`, see
+/// [`crate::document::rows_from_arrays`]) and each image's transaction index. One row: apply_batch's answer as
+/// text (and how many notes were taken).
+pub fn group_sql(
+    documents: &[Document],
+    key_types: &[String],
+    touched: &[Vec<Vec<(String, String)>>],
+    note_documents: bool,
+) -> String {
+    let mut ctes = Vec::new();
+    let mut parts = vec![
+        "SELECT (o.p->>0)::int, 0, o.ord, NULL::text, o.p->1 FROM jsonb_array_elements($3::text::jsonb) WITH ORDINALITY AS o(p, ord)"
+            .to_string(),
+    ];
+    let mut noted = Vec::new();
+    let mut next = 5;
+    for (i, (d, key_type)) in documents.iter().zip(key_types).enumerate() {
+        let (keys, ats) = (next, next + 1);
+        next += 2;
+        let mut sources = vec![format!(
+            "SELECT u.key, u.at FROM unnest(${keys}::text[], ${ats}::int[]) AS u(key, at)"
+        )];
+        for (t, columns) in d
+            .touched_by
+            .iter()
+            .zip(touched.get(i).into_iter().flatten())
+        {
+            sources.push(format!(
+                "SELECT t.k, t.i FROM ({}) AS t(k, i)",
+                crate::document::touched_by_sql_from(t, columns, next)
+            ));
+            next += columns.len() + 1;
+        }
+        // ordered as the bridge orders keys (byte order), which is the order of the events of one transaction
+        ctes.push(format!(
+            "k{i} AS MATERIALIZED (SELECT key, max(at) AS at, row_number() OVER (ORDER BY key COLLATE \"C\") AS ord \
+               FROM ({}) AS touched(key, at) WHERE key IS NOT NULL GROUP BY key)",
+            sources.join(" UNION ALL ")
+        ));
+        ctes.push(format!(
+            "d{i} AS MATERIALIZED (SELECT e.key, e.state, e.event, coalesce(k.at, $4) AS at, k.ord \
+               FROM ({eval}) AS e(key, state, event) LEFT JOIN k{i} AS k ON k.key = e.key)",
+            eval = crate::document::compile_keys(
+                d,
+                key_type,
+                &format!("ARRAY(SELECT key FROM k{i})"),
+                1
+            ),
+        ));
+        if note_documents {
+            ctes.push(format!(
+                "n{i} AS MATERIALIZED (SELECT possync.note_documents($1, {name}, \
+                   ARRAY(SELECT key FROM d{i} WHERE state = {pending} ORDER BY key), \
+                   ARRAY(SELECT key FROM d{i} WHERE state <> {pending} ORDER BY key)) \
+                 WHERE EXISTS (SELECT FROM k{i}) AND {IN_GROUP})",
+                name = literal(&d.name),
+                pending = literal(crate::document::PENDING),
+            ));
+            noted.push(format!("(SELECT count(*) FROM n{i})"));
+        }
+        parts.push(format!(
+            "SELECT at, {grp}, ord, key, event FROM d{i} WHERE state <> {pending} AND event IS NOT NULL",
+            grp = i + 1,
+            pending = literal(crate::document::PENDING),
+        ));
+    }
+    let with = if ctes.is_empty() {
+        String::new()
+    } else {
+        format!("WITH {} ", ctes.join(", "))
+    };
+    // the notes are taken before apply_batch runs: the FROM item is read before the target list; their count
+    // is selected too, or the planner would drop the unused column and the notes with it
+    let (from, count) = if noted.is_empty() {
+        (String::new(), String::new())
+    } else {
+        (
+            format!(" FROM (SELECT {} AS n) AS noted", noted.join(" + ")),
+            ", noted.n".to_string(),
+        )
+    };
+    format!(
+        "{with}SELECT possync.apply_batch($1, $2::text::pg_lsn, \
+           (SELECT coalesce(jsonb_agg(x.ev ORDER BY x.at, x.grp, x.ord, x.key), '[]'::jsonb) \
+              FROM ({parts}) AS x(at, grp, ord, key, ev)))::text{count}{from} WHERE {IN_GROUP}",
+        parts = parts.join(" UNION ALL ")
+    )
+}
+
+/// Is a mirror column's type one whose input reads JSON?
+fn json_typed(ty: &str) -> bool {
+    ty == "json" || ty == "jsonb"
+}
+
+/// One text array per column, for [`crate::document::rows_from_arrays`]: each row's value as its column's
+/// input reads it.
+fn column_arrays<'a>(
+    columns: &[(String, String)],
+    rows: &[&'a Map<String, Value>],
+) -> Vec<Box<dyn ToSql + Sync + Send + 'a>> {
+    let by_name = by_name(columns);
+    let json: Vec<bool> = columns.iter().map(|(_, ty)| json_typed(ty)).collect();
+    let mut arrays: Vec<Vec<Option<Cow<'a, str>>>> = columns
+        .iter()
+        .map(|_| Vec::with_capacity(rows.len()))
+        .collect();
+    let mut values = Vec::with_capacity(columns.len());
+    for row in rows {
+        values_of(row, columns, &by_name, &mut values);
+        for ((array, value), json) in arrays.iter_mut().zip(&values).zip(&json) {
+            array.push(text_of(*value, *json));
+        }
+    }
+    arrays
+        .into_iter()
+        .map(|a| Box::new(a) as Box<dyn ToSql + Sync + Send + 'a>)
+        .collect()
+}
+
+/// The indexes of `columns` in the order of their names.
+fn by_name(columns: &[(String, String)]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..columns.len()).collect();
+    order.sort_by(|&a, &b| columns[a].0.cmp(&columns[b].0));
+    order
+}
+
+/// Whether serde_json's `Map` iterates in the order of its keys, as a BTreeMap does (serde_json's
+/// `preserve_order` feature would make it keep their insertion order instead).
+fn maps_iterate_in_key_order() -> bool {
+    static SORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SORTED.get_or_init(|| {
+        let mut m = Map::new();
+        m.insert("b".into(), Value::Null);
+        m.insert("a".into(), Value::Null);
+        m.keys().next().map(String::as_str) == Some("a")
+    })
+}
+
+/// The values of `row` for `columns`, in their order (`None` for a column the row lacks), in `out`. With maps
+/// that iterate in key order, the row is walked once beside the columns sorted by name (`by_name`); otherwise
+/// each column is looked up.
+fn values_of<'a>(
+    row: &'a Map<String, Value>,
+    columns: &[(String, String)],
+    by_name: &[usize],
+    out: &mut Vec<Option<&'a Value>>,
+) {
+    out.clear();
+    out.resize(columns.len(), None);
+    if !maps_iterate_in_key_order() {
+        for (slot, (c, _)) in out.iter_mut().zip(columns) {
+            *slot = row.get(c);
+        }
+        return;
+    }
+    let mut entries = row.iter().peekable();
+    for &i in by_name {
+        let name = columns[i].0.as_str();
+        while let Some((k, v)) = entries.peek() {
+            match k.as_str().cmp(name) {
+                std::cmp::Ordering::Less => {
+                    entries.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    out[i] = Some(*v);
+                    entries.next();
+                    break;
+                }
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+    }
 }
 
 impl DocumentPoster {
@@ -395,13 +736,46 @@ impl DocumentPoster {
             .zip(&key_types)
             .map(|(d, key_type)| compile(d, Target::Erp { key_type }))
             .collect();
+        let note_documents: bool = client
+            .query_one(
+                "SELECT to_regprocedure('possync.note_documents(text,text,text[],text[])') IS NOT NULL",
+                &[],
+            )
+            .await
+            .map_err(erp_err("looking for possync.note_documents"))?
+            .get(0);
+        // per document, per touched_by entry, the mirrored table it names
+        let touched_shapes: Vec<Vec<usize>> = documents
+            .iter()
+            .map(|d| {
+                d.touched_by
+                    .iter()
+                    .map(|t| {
+                        shapes
+                            .iter()
+                            .position(|s| s.name == t.table)
+                            .ok_or_else(|| {
+                                MirrorError::Invalid(format!(
+                                    "document {}: touched_by table {} is not mirrored",
+                                    d.name, t.table
+                                ))
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<_, _>>()?;
+        let touched_columns: Vec<Vec<Vec<(String, String)>>> = touched_shapes
+            .iter()
+            .map(|ts| ts.iter().map(|&i| shapes[i].columns.clone()).collect())
+            .collect();
+        let group = group_sql(&documents, &key_types, &touched_columns, note_documents);
         let set_path = format!("SET search_path TO {}", ident(&schema));
         client
             .batch_execute(&format!("BEGIN; {set_path}"))
             .await
             .map_err(erp_err("setting the search path"))?;
         let mut problem = None;
-        for (d, q) in documents.iter().zip(&queries) {
+        'check: for ((d, q), columns_of) in documents.iter().zip(&queries).zip(&touched_columns) {
             if let Err(e) = client.prepare(q).await {
                 problem = Some(MirrorError::Invalid(format!(
                     "document {} does not compile against the mirror of its tables: {}",
@@ -410,16 +784,24 @@ impl DocumentPoster {
                 )));
                 break;
             }
-            for t in &d.touched_by {
-                if let Err(e) = client.prepare(&touched_by_sql(t, &schema)).await {
+            for (t, columns) in d.touched_by.iter().zip(columns_of) {
+                if let Err(e) = client.prepare(&touched_by_sql(t, columns)).await {
                     problem = Some(MirrorError::Invalid(format!(
                         "document {}: touched_by of table {} does not compile: {}",
                         d.name,
                         t.table,
                         crate::pgerr::describe(&e)
                     )));
-                    break;
+                    break 'check;
                 }
+            }
+        }
+        if problem.is_none() {
+            if let Err(e) = client.prepare(&group).await {
+                problem = Some(MirrorError::Invalid(format!(
+                    "the documents' group statement does not compile against the mirror: {}",
+                    crate::pgerr::describe(&e)
+                )));
             }
         }
         client
@@ -429,14 +811,12 @@ impl DocumentPoster {
         if let Some(p) = problem {
             return Err(p);
         }
-        let note_documents: bool = client
-            .query_one(
-                "SELECT to_regprocedure('possync.note_documents(text,text,text[],text[])') IS NOT NULL",
-                &[],
-            )
-            .await
-            .map_err(erp_err("looking for possync.note_documents"))?
-            .get(0);
+        let shape_index = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.pos_table.clone(), i))
+            .collect();
+        let routes = shapes.iter().map(|s| Route::of(s, &documents)).collect();
         Ok(DocumentPoster {
             schema,
             shapes,
@@ -445,6 +825,11 @@ impl DocumentPoster {
             key_types,
             statements: Mutex::new(HashMap::new()),
             note_documents,
+            group,
+            touched_shapes,
+            last_done: Mutex::new(None),
+            shape_index,
+            routes,
         })
     }
 
@@ -481,8 +866,32 @@ impl DocumentPoster {
         Ok(s)
     }
 
+    /// The statement for `sql` if this connection has prepared it.
+    fn prepared(&self, sql: &str) -> Option<Statement> {
+        self.statements
+            .lock()
+            .ok()
+            .and_then(|m| m.get(sql).cloned())
+    }
+
+    /// `BEGIN` with the group's search path and planner settings.
+    fn begin(&self) -> String {
+        format!(
+            "BEGIN; SET LOCAL search_path TO {}; {GROUP_SETTINGS}",
+            ident(&self.schema)
+        )
+    }
+
     /// Applies consecutive POS transactions, some with mirrored rows, in one ERP transaction that advances the
     /// checkpoint to the last one's commit LSN.
+    ///
+    /// Pipelined (four round trips): `BEGIN`; then the checkpoint, the mirror's writes and the `touched_by`
+    /// queries, sent together; then one statement that evaluates the touched headers and posts their events
+    /// with `apply_batch` ([`group_sql`]); then `COMMIT` and the WAL positions. Rows the group inserted are
+    /// written with plain INSERTs. When the ERP refuses anything of this for its data (a header whose SQL
+    /// fails, a row the mirror holds already although the group inserted it), the transaction rolls back and
+    /// the group is applied one statement at a time, with upserts, each header's failure isolated and kept as
+    /// a rejected event, as before.
     pub async fn apply(
         &self,
         erp: &Erp,
@@ -493,36 +902,219 @@ impl DocumentPoster {
         let Some(last) = txns.last() else {
             return Ok((BatchOutcome::default(), erp.wal().await?));
         };
-        client
-            .batch_execute(&format!(
-                "BEGIN; SET LOCAL search_path TO {}",
-                ident(&self.schema)
-            ))
-            .await?;
-        match self
+        let e = match self.apply_pipelined(erp, source, txns).await {
+            Ok((Some(answer), wal)) => return Ok((outcome_of(&answer), wal)),
+            Ok((None, wal)) => return Ok((BatchOutcome::default(), wal)),
+            Err(Pipelined::Failed(e)) => {
+                // nothing was committed; the connection may be gone, and a failed ROLLBACK changes nothing
+                // about the error to report
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+            Err(Pipelined::OneByOne(e)) => e,
+        };
+        tracing::debug!(source, commit_lsn = %last.commit_lsn, txns = txns.len(), error = %e,
+            "the ERP refused part of a document group for its data; applying it one statement at a time");
+        // the pipeline's transaction ended with its COMMIT (a rollback, after the error)
+        let _ = client.batch_execute("ROLLBACK").await;
+        client.batch_execute(&self.begin()).await?;
+        let answer = match self
             .apply_in_transaction(client, source, txns, last.commit_lsn)
             .await
         {
-            Ok(Some(answer)) => {
-                client.batch_execute("COMMIT").await?;
-                let wal = erp
-                    .wal()
-                    .await
-                    .map_err(|e| ErpError::AfterApply(Box::new(e)))?;
-                Ok((outcome_of(&answer), wal))
-            }
-            Ok(None) => {
-                client.batch_execute("ROLLBACK").await?;
-                Ok((BatchOutcome::default(), erp.wal().await?))
-            }
+            Ok(answer) => answer,
             Err(e) => {
-                // the connection may be gone; a failed ROLLBACK changes nothing about the error to report
                 let _ = client.batch_execute("ROLLBACK").await;
-                Err(e)
+                return Err(e);
             }
-        }
+        };
+        let Some(answer) = answer else {
+            client.batch_execute("ROLLBACK").await?;
+            return Ok((BatchOutcome::default(), erp.wal().await?));
+        };
+        // pipelined: the WAL positions are read once the commit is done
+        let (committed, wal) =
+            futures::future::join(client.batch_execute("COMMIT"), erp.wal()).await;
+        committed?;
+        let wal = wal.map_err(|e| ErpError::AfterApply(Box::new(e)))?;
+        Ok((outcome_of(&answer), wal))
     }
 
+    /// The statements of a pipelined group after its BEGIN: [`ARM`], the mirror's writes, the group statement.
+    fn plan<'a>(
+        &self,
+        source: &'a str,
+        lsn_text: &'a str,
+        txns: &'a [PosTransaction],
+        writes: &'a MirrorWrites<'a>,
+    ) -> Result<Vec<Planned<'a>>, ErpError> {
+        let mut changes: Vec<(usize, &Change)> = Vec::new();
+        for (i, t) in txns.iter().enumerate() {
+            changes.extend(t.changes.iter().map(|c| (i, c)));
+        }
+        let mut touched = Touched::new(self.documents.len());
+        let mut indirect = self.direct_touches(&changes, &mut touched);
+        let mut planned = vec![Planned {
+            sql: ARM.to_string(),
+            params: vec![Box::new(source), Box::new(lsn_text)],
+        }];
+        planned.extend(self.mirror_statements(writes, true));
+        // the group's own events (header/child mappings beside the documents), each with its transaction
+        let own: Vec<Value> = txns
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| t.events.iter().map(move |e| serde_json::json!([i, e])))
+            .collect();
+        let mut params: Vec<Box<dyn ToSql + Sync + Send + 'a>> = vec![
+            Box::new(source),
+            Box::new(lsn_text),
+            Box::new(serde_json::to_string(&own)?),
+            Box::new(i32::try_from(txns.len().saturating_sub(1)).unwrap_or(i32::MAX)),
+        ];
+        for (d_i, keys_at) in touched.0.into_iter().enumerate() {
+            let (keys, ats): (Vec<String>, Vec<i32>) = keys_at
+                .into_iter()
+                .map(|(k, at)| (k, i32::try_from(at).unwrap_or(i32::MAX)))
+                .unzip();
+            params.push(Box::new(keys));
+            params.push(Box::new(ats));
+            // the images whose headers the touched_by SQL finds, inside the group statement
+            for (t_i, &shape_i) in self.touched_shapes[d_i].iter().enumerate() {
+                let images = indirect.remove(&(d_i, t_i)).unwrap_or_default();
+                let rows: Vec<&Map<String, Value>> = images.iter().map(|(_, r)| *r).collect();
+                params.extend(column_arrays(&self.shapes[shape_i].columns, &rows));
+                let txn: Vec<i32> = images
+                    .iter()
+                    .map(|(i, _)| i32::try_from(*i).unwrap_or(i32::MAX))
+                    .collect();
+                params.push(Box::new(txn));
+            }
+        }
+        planned.push(Planned {
+            sql: self.group.clone(),
+            params,
+        });
+        Ok(planned)
+    }
+
+    /// The pipelined way (see [`DocumentPoster::apply`]): BEGIN, [`ARM`], the mirror's writes, the group
+    /// statement, COMMIT and the ERP's WAL positions, sent together (once the connection has prepared the
+    /// statements; before, BEGIN is waited for and they are prepared). Returns apply_batch's answer (None: the
+    /// checkpoint is at or past the group, and nothing was written), committed. When a statement failed, the
+    /// COMMIT rolled everything back.
+    async fn apply_pipelined(
+        &self,
+        erp: &Erp,
+        source: &str,
+        txns: &[PosTransaction],
+    ) -> Result<(Option<Value>, ErpWal), Pipelined> {
+        let client = erp.client();
+        let Some(last) = txns.last() else {
+            return Ok((None, erp.wal().await?));
+        };
+        let commit_lsn = last.commit_lsn;
+        let lsn_text = commit_lsn.to_string();
+        let t0 = std::time::Instant::now();
+        let writes =
+            MirrorWrites::collect(&self.shapes, txns.iter().flat_map(|t| t.changes.iter()));
+        let planned = self.plan(source, &lsn_text, txns, &writes)?;
+        let t_plan = t0.elapsed();
+        let begin = self.begin();
+        // once every statement is prepared, BEGIN goes in the pipeline too (the statements that write carry
+        // IN_GROUP); before, it is waited for, and they are prepared under the mirror's search path
+        let prepared: Option<Vec<Statement>> =
+            planned.iter().map(|p| self.prepared(&p.sql)).collect();
+        let (statements, pipelined_begin) = match prepared {
+            Some(statements) => (statements, true),
+            None => {
+                client.batch_execute(&begin).await?;
+                let mut statements = Vec::with_capacity(planned.len());
+                for p in &planned {
+                    statements.push(self.statement(client, &p.sql).await?);
+                }
+                (statements, false)
+            }
+        };
+        let args: Vec<Vec<&(dyn ToSql + Sync)>> = planned.iter().map(Planned::args).collect();
+        let opened = async {
+            if pipelined_begin {
+                client.batch_execute(&begin).await
+            } else {
+                Ok(())
+            }
+        };
+        // sent in this order on the first poll: BEGIN, the statements, COMMIT, the WAL positions
+        let (began, results, committed, wal) = futures::future::join4(
+            opened,
+            futures::future::join_all(
+                statements
+                    .iter()
+                    .zip(&args)
+                    .map(|(st, a)| client.query(st, a)),
+            ),
+            client.batch_execute("COMMIT"),
+            erp.wal(),
+        )
+        .await;
+        // BEGIN failed: what followed ran outside any transaction and wrote nothing (IN_GROUP)
+        began?;
+        let mut rows = Vec::with_capacity(results.len());
+        let mut failed = None;
+        for r in results {
+            match r {
+                Ok(r) => rows.push(r),
+                Err(e) => {
+                    // the first error; those after it only say the transaction is aborted
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        // the COMMIT rolled back a transaction where a statement failed; it may itself fail (the connection)
+        committed?;
+        if let Some(e) = failed {
+            return Err(if classify(&e) == ErrorClass::Data {
+                Pipelined::OneByOne(e.into())
+            } else {
+                Pipelined::Failed(e.into())
+            });
+        }
+        let wal = wal.map_err(|e| ErpError::AfterApply(Box::new(e)))?;
+        let checkpoint: Lsn = match rows.first().and_then(|r| r.first()) {
+            Some(row) => row.get::<_, String>(0).parse().map_err(ErpError::from)?,
+            None => return Err(Pipelined::Failed(ErpError::NoAnswer("the checkpoint"))),
+        };
+        if commit_lsn <= checkpoint {
+            // applied already: IN_GROUP was off, nothing was written
+            return Ok((None, wal));
+        }
+        let answer: String = match rows.last().and_then(|r| r.first()) {
+            Some(row) => row.get(0),
+            None => return Err(Pipelined::Failed(ErpError::NoAnswer("a document group"))),
+        };
+        let t_pipeline = t0.elapsed();
+        let answer = serde_json::from_str(&answer).map_err(ErpError::from)?;
+        let done = std::time::Instant::now();
+        let since_last = self
+            .last_done
+            .lock()
+            .ok()
+            .and_then(|mut last| last.replace(done))
+            .map(|last| t0.saturating_duration_since(last).as_secs_f64() * 1e3);
+        tracing::debug!(
+            source,
+            txns = txns.len(),
+            plan_ms = t_plan.as_secs_f64() * 1e3,
+            pipeline_ms = (t_pipeline - t_plan).as_secs_f64() * 1e3,
+            answer_ms = (t0.elapsed() - t_pipeline).as_secs_f64() * 1e3,
+            between_groups_ms = since_last.unwrap_or(0.0),
+            begin_waited = !pipelined_begin,
+            "document group"
+        );
+        Ok((Some(answer), wal))
+    }
+
+    /// The one-by-one way, inside the caller's transaction: `None` when the checkpoint is at or past the group.
     async fn apply_in_transaction(
         &self,
         client: &Client,
@@ -530,10 +1122,9 @@ impl DocumentPoster {
         txns: &[PosTransaction],
         commit_lsn: Lsn,
     ) -> Result<Option<Value>, ErpError> {
-        // the mirror must not take rows the checkpoint says are applied: lock the source and look
-        let row = client
-            .query_one("SELECT possync.source_checkpoint($1)::text", &[&source])
-            .await?;
+        // the mirror must not take rows the checkpoint says are applied
+        let st = self.statement(client, CHECKPOINT).await?;
+        let row = client.query_one(&st, &[&source]).await?;
         let checkpoint: Lsn = row.get::<_, String>(0).parse()?;
         if commit_lsn <= checkpoint {
             return Ok(None);
@@ -562,11 +1153,14 @@ impl DocumentPoster {
         let t_eval = t0.elapsed();
         let events: Vec<Value> = by_txn.into_iter().flatten().collect();
         let payload = serde_json::to_string(&events)?;
-        let row = client
-            .query_one(
+        let st = self
+            .statement(
+                client,
                 "SELECT possync.apply_batch($1, $2::text::pg_lsn, $3::text::jsonb)::text",
-                &[&source, &commit_lsn.to_string(), &payload],
             )
+            .await?;
+        let row = client
+            .query_one(&st, &[&source, &commit_lsn.to_string(), &payload])
             .await?;
         let text: String = row.get(0);
         tracing::debug!(
@@ -577,9 +1171,68 @@ impl DocumentPoster {
             touches_ms = (t_touch - t_mirror).as_secs_f64() * 1e3,
             evaluate_ms = (t_eval - t_touch).as_secs_f64() * 1e3,
             apply_batch_ms = (t0.elapsed() - t_eval).as_secs_f64() * 1e3,
-            "document group"
+            "document group, one statement at a time"
         );
         Ok(Some(serde_json::from_str(&text)?))
+    }
+
+    /// Marks the headers that changes touch by themselves (a header's own row, a child's parent column) with
+    /// the last transaction (by index) that touched each; returns, per (document, touched_by entry), the row
+    /// images whose headers a query must find, each with its transaction.
+    fn direct_touches<'c>(
+        &self,
+        changes: &[(usize, &'c Change)],
+        touched: &mut Touched,
+    ) -> Indirect<'c> {
+        let mut indirect = Indirect::new();
+        for &(i, c) in changes {
+            let Some(route) = self
+                .shape_index
+                .get(c.table.as_str())
+                .and_then(|&s_i| self.routes.get(s_i))
+            else {
+                continue;
+            };
+            let images = std::iter::once(&c.row).chain(c.old.as_ref());
+            for image in images {
+                for (d_i, column) in &route.direct {
+                    if let Some(key) = image.get(column).and_then(header_key) {
+                        touched.mark(*d_i, &key, i);
+                    }
+                }
+                for &(d_i, t_i) in &route.indirect {
+                    indirect.entry((d_i, t_i)).or_default().push((i, image));
+                }
+            }
+        }
+        indirect
+    }
+
+    /// The `touched_by` queries for those images, one per (document, table), each with its document.
+    fn touched_by_statements<'c>(&self, indirect: Indirect<'c>) -> Vec<(usize, Planned<'c>)> {
+        let mut out = Vec::new();
+        for ((d_i, t_i), images) in indirect {
+            let tb = &self.documents[d_i].touched_by[t_i];
+            // checked when the poster was prepared
+            let Some(shape) = self.shapes.iter().find(|s| s.name == tb.table) else {
+                continue;
+            };
+            let rows: Vec<&Map<String, Value>> = images.iter().map(|(_, r)| *r).collect();
+            let mut params = column_arrays(&shape.columns, &rows);
+            let txn: Vec<i32> = images
+                .iter()
+                .map(|(i, _)| i32::try_from(*i).unwrap_or(i32::MAX))
+                .collect();
+            params.push(Box::new(txn));
+            out.push((
+                d_i,
+                Planned {
+                    sql: touched_by_sql(tb, &shape.columns),
+                    params,
+                },
+            ));
+        }
+        out
     }
 
     /// Finds the headers that changes touch, with the last transaction (by index) that touched each: header and
@@ -590,36 +1243,11 @@ impl DocumentPoster {
         changes: &[(usize, &Change)],
         touched: &mut Touched,
     ) -> Result<(), ErpError> {
-        let mut indirect: BTreeMap<(usize, usize), Vec<Value>> = BTreeMap::new();
-        for &(i, c) in changes {
-            let Some(shape) = self.shapes.iter().find(|s| s.pos_table == c.table) else {
-                continue;
-            };
-            let images = std::iter::once(&c.row).chain(c.old.as_ref());
-            for image in images {
-                for (d_i, d) in self.documents.iter().enumerate() {
-                    for key in direct_touches(d, &shape.name, image) {
-                        touched.mark(d_i, key, i);
-                    }
-                    for (t_i, tb) in d.touched_by.iter().enumerate() {
-                        if tb.table == shape.name {
-                            let mut row = image.clone();
-                            row.insert("_possync_txn".into(), Value::from(i));
-                            indirect
-                                .entry((d_i, t_i))
-                                .or_default()
-                                .push(Value::Object(row));
-                        }
-                    }
-                }
-            }
-        }
-        for ((d_i, t_i), rows) in indirect {
-            let sql = touched_by_sql(&self.documents[d_i].touched_by[t_i], &self.schema);
-            let st = self.statement(client, &sql).await?;
-            let rows = Value::Array(rows).to_string();
-            for r in client.query(&st, &[&rows]).await? {
-                let key: String = r.get(0);
+        let indirect = self.direct_touches(changes, touched);
+        for (d_i, p) in self.touched_by_statements(indirect) {
+            let st = self.statement(client, &p.sql).await?;
+            for r in client.query(&st, &p.args()).await? {
+                let key: &str = r.get(0);
                 let at: i32 = r.get(1);
                 touched.mark(d_i, key, usize::try_from(at).unwrap_or(0));
             }
@@ -686,7 +1314,10 @@ impl DocumentPoster {
     ) -> Result<Vec<Value>, ErpError> {
         use std::io::BufRead;
         client
-            .batch_execute(&format!("SET LOCAL search_path TO {}", ident(&self.schema)))
+            .batch_execute(&format!(
+                "SET LOCAL search_path TO {}; {GROUP_SETTINGS}",
+                ident(&self.schema)
+            ))
             .await?;
         let reader = std::io::BufReader::new(
             std::fs::File::open(file).map_err(|e| ErpError::Spill(e.to_string()))?,
@@ -808,47 +1439,71 @@ impl DocumentPoster {
         rows_of(&rows)
     }
 
-    async fn write_mirror(&self, client: &Client, writes: &MirrorWrites) -> Result<(), ErpError> {
-        for (name, t) in &writes.tables {
-            let Some(shape) = self.shapes.iter().find(|s| &s.name == name) else {
+    /// The statements that bring the mirror to a group's last images, table by table: a truncate's DELETE,
+    /// the deleted rows, the rows the group inserted (plain INSERTs when `fresh`, else with the rest), the
+    /// other complete rows (upserts), the partial ones (UPDATEs of the columns they carry). Rows go as one text
+    /// array per column.
+    fn mirror_statements<'w>(&self, writes: &'w MirrorWrites<'_>, fresh: bool) -> Vec<Planned<'w>> {
+        let mut out = Vec::new();
+        for (&s_i, t) in &writes.tables {
+            let Some(shape) = self.shapes.get(s_i) else {
                 continue;
             };
-            let table = format!("{}.{}", ident(&self.schema), ident(name));
+            let table = format!("{}.{}", ident(&self.schema), ident(&shape.name));
             if t.emptied {
-                client.execute(&format!("DELETE FROM {table}"), &[]).await?;
+                out.push(Planned {
+                    sql: format!("DELETE FROM {table} WHERE {IN_GROUP}"),
+                    params: Vec::new(),
+                });
             }
-            let (mut full, mut partial, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
+            let mut inserted: Vec<&Map<String, Value>> = Vec::new();
+            let mut full: Vec<&Map<String, Value>> = Vec::new();
+            let mut partial: Vec<&Map<String, Value>> = Vec::new();
+            let mut deleted: Vec<&Map<String, Value>> = Vec::new();
             for w in t.rows.values() {
                 match w {
-                    RowWrite::Full(r) => full.push(Value::Object(r.clone())),
-                    RowWrite::Partial(r) => partial.push(Value::Object(r.clone())),
-                    RowWrite::Delete(r) => deleted.push(Value::Object(r.clone())),
+                    RowWrite::Full { row, fresh: true } if fresh => inserted.push(row),
+                    RowWrite::Full { row, .. } => full.push(row),
+                    RowWrite::Partial(r) => partial.push(r),
+                    RowWrite::Delete(r) => deleted.push(r),
                 }
             }
-            // the columns an upsert or a partial update sets
+            let key_columns: Vec<(String, String)> = shape
+                .key
+                .iter()
+                .filter_map(|k| shape.columns.iter().find(|(c, _)| c == k).cloned())
+                .collect();
             let non_key: Vec<&String> = shape
                 .columns
                 .iter()
                 .map(|(c, _)| c)
                 .filter(|c| !shape.key.contains(c))
                 .collect();
-            let key_match = |a: &str, b: &str| {
-                shape
+            let names: Vec<String> = shape.columns.iter().map(|(c, _)| ident(c)).collect();
+            let names = names.join(", ");
+            if !deleted.is_empty() && key_columns.len() == shape.key.len() {
+                let matching: Vec<String> = shape
                     .key
                     .iter()
-                    .map(|k| format!("{a}.{k} = {b}.{k}", k = ident(k)))
-                    .collect::<Vec<_>>()
-                    .join(" AND ")
-            };
-            if !deleted.is_empty() {
-                let sql = format!(
-                    "DELETE FROM {table} AS x USING json_populate_recordset(NULL::{table}, $1::text::json) AS d WHERE {}",
-                    key_match("x", "d")
-                );
-                let st = self.statement(client, &sql).await?;
-                client
-                    .execute(&st, &[&Value::Array(deleted).to_string()])
-                    .await?;
+                    .map(|k| format!("x.{k} = d.{k}", k = ident(k)))
+                    .collect();
+                out.push(Planned {
+                    sql: format!(
+                        "DELETE FROM {table} AS x USING {rows} AS d WHERE {} AND {IN_GROUP}",
+                        matching.join(" AND "),
+                        rows = rows_from_arrays(&key_columns, 1, false),
+                    ),
+                    params: column_arrays(&key_columns, &deleted),
+                });
+            }
+            if !inserted.is_empty() {
+                out.push(Planned {
+                    sql: format!(
+                        "INSERT INTO {table} ({names}) SELECT {names} FROM {rows} AS r WHERE {IN_GROUP}",
+                        rows = rows_from_arrays(&shape.columns, 1, false),
+                    ),
+                    params: column_arrays(&shape.columns, &inserted),
+                });
             }
             if !full.is_empty() {
                 let key: Vec<String> = shape.key.iter().map(|k| ident(k)).collect();
@@ -861,16 +1516,18 @@ impl DocumentPoster {
                 } else {
                     format!("DO UPDATE SET {}", sets.join(", "))
                 };
-                let sql = format!(
-                    "INSERT INTO {table} SELECT * FROM json_populate_recordset(NULL::{table}, $1::text::json) ON CONFLICT ({}) {on_conflict}",
-                    key.join(", ")
-                );
-                let st = self.statement(client, &sql).await?;
-                client
-                    .execute(&st, &[&Value::Array(full).to_string()])
-                    .await?;
+                out.push(Planned {
+                    sql: format!(
+                        "INSERT INTO {table} ({names}) SELECT {names} FROM {rows} AS r WHERE {IN_GROUP} ON CONFLICT ({}) {on_conflict}",
+                        key.join(", "),
+                        rows = rows_from_arrays(&shape.columns, 1, false),
+                    ),
+                    params: column_arrays(&shape.columns, &full),
+                });
             }
             if !partial.is_empty() {
+                // rare (an update that left unchanged TOAST values out): the images go as JSON, each setting
+                // only the columns it has
                 let sets: Vec<String> = non_key
                     .iter()
                     .map(|c| format!("{c} = (json_populate_record(x, e.v)).{c}", c = ident(c)))
@@ -886,17 +1543,34 @@ impl DocumentPoster {
                             )
                         })
                         .collect();
-                    let sql = format!(
-                        "UPDATE {table} AS x SET {} FROM json_array_elements($1::text::json) AS e(v) WHERE {}",
-                        sets.join(", "),
-                        cond.join(" AND ")
-                    );
-                    let st = self.statement(client, &sql).await?;
-                    client
-                        .execute(&st, &[&Value::Array(partial).to_string()])
-                        .await?;
+                    let images: Vec<Value> = partial
+                        .iter()
+                        .map(|r| Value::Object((*r).clone()))
+                        .collect();
+                    out.push(Planned {
+                        sql: format!(
+                            "UPDATE {table} AS x SET {} FROM json_array_elements($1::text::json) AS e(v) WHERE {} AND {IN_GROUP}",
+                            sets.join(", "),
+                            cond.join(" AND ")
+                        ),
+                        params: vec![Box::new(Value::Array(images).to_string())],
+                    });
                 }
             }
+        }
+        out
+    }
+
+    /// Brings the mirror to a group's last images one statement at a time, complete rows as upserts (the way
+    /// that works whatever the mirror already holds).
+    async fn write_mirror(
+        &self,
+        client: &Client,
+        writes: &MirrorWrites<'_>,
+    ) -> Result<(), ErpError> {
+        for p in self.mirror_statements(writes, false) {
+            let st = self.statement(client, &p.sql).await?;
+            client.execute(&st, &p.args()).await?;
         }
         Ok(())
     }

@@ -18,6 +18,15 @@ use tokio_postgres::{Client, NoTls};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
+/// Where the clusters' programs come from: `POSSYNC_PG_BIN` when set (the bench's private server tree, whose
+/// possync.so no concurrent `make install` or `cargo pgrx test` replaces), else the system PostgreSQL 15.
+fn pg_bin() -> String {
+    std::env::var("POSSYNC_PG_BIN")
+        .ok()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| PG_BIN.to_string())
+}
+
 /// The reference POS schema, as the bridge maps it with no configuration.
 pub const POS_SCHEMA: &str = include_str!("../../cdc-bridge/sql/reference_pos_schema.sql");
 
@@ -49,7 +58,7 @@ fn is_root() -> bool {
 
 /// Runs a PostgreSQL program as the postgres user (initdb refuses root).
 fn pg(program: &str, args: &[&str]) -> std::process::Output {
-    let path = format!("{PG_BIN}/{program}");
+    let path = format!("{}/{program}", pg_bin());
     let mut cmd = if is_root() {
         let mut c = Command::new("sudo");
         c.args(["-u", "postgres", &path]);

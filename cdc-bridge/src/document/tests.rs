@@ -101,15 +101,43 @@ fn touches_come_from_the_header_its_children_and_touched_by() {
         ["A-1"]
     );
     assert!(direct_touches(d, "product", &row(serde_json::json!({"id": 1}))).is_empty());
-    let sql = touched_by_sql(&d.touched_by[0], "possync_pos_east");
+    let columns = vec![
+        ("line_id".to_string(), "bigint".to_string()),
+        ("tax_id".to_string(), "integer".to_string()),
+        ("amount".to_string(), "numeric(14,2)".to_string()),
+    ];
+    let sql = touched_by_sql(&d.touched_by[0], &columns);
     assert!(sql.contains("pos_order_line_tax.line_id"), "{sql}");
+    // the images come as one text array per column, cast to the mirror's types, named as the table
     assert!(
         sql.contains(
-            "NULL::\"possync_pos_east\".\"pos_order_line_tax\", e.v) AS pos_order_line_tax"
+            "(SELECT u.c0::bigint AS \"line_id\", u.c1::integer AS \"tax_id\", u.c2::numeric(14,2) AS \"amount\", u.i AS _possync_txn \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::int[]) AS u(c0, c1, c2, i)) AS pos_order_line_tax"
         ),
         "{sql}"
     );
-    assert!(sql.contains("(e.v->>'_possync_txn')::int"), "{sql}");
+}
+
+#[test]
+fn row_images_become_the_text_their_column_types_read() {
+    use serde_json::json;
+    assert_eq!(text_of(None, false), None);
+    assert_eq!(text_of(Some(&json!(null)), false), None);
+    assert_eq!(
+        text_of(Some(&json!("draft")), false).as_deref(),
+        Some("draft")
+    );
+    assert_eq!(text_of(Some(&json!(42)), false).as_deref(), Some("42"));
+    assert_eq!(text_of(Some(&json!(true)), false).as_deref(), Some("true"));
+    // numbers keep their digits (arbitrary precision)
+    let n: serde_json::Value = serde_json::from_str("19.990").unwrap_or_default();
+    assert_eq!(text_of(Some(&n), false).as_deref(), Some("19.990"));
+    // a json or jsonb column reads JSON: a string stays a JSON string
+    assert_eq!(text_of(Some(&json!("a")), true).as_deref(), Some("\"a\""));
+    assert_eq!(
+        text_of(Some(&json!({"k": [1, 2]})), true).as_deref(),
+        Some("{\"k\":[1,2]}")
+    );
 }
 
 fn invalid(toml: &str) -> String {

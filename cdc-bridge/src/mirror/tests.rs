@@ -55,16 +55,19 @@ fn a_group_leaves_each_row_at_its_last_image() {
         change(ChangeOp::Update, json!({"id": 3, "state": "paid"}), None),
     ];
     let w = MirrorWrites::collect(&[shape()], changes.iter());
-    let t = &w.tables["pos_order"];
+    let t = &w.tables[&0];
     assert!(!t.emptied);
     match &t.rows["1\u{1f}"] {
-        RowWrite::Full(r) => {
-            assert_eq!(r["state"], "done");
-            assert!(r.contains_key("note"));
+        RowWrite::Full { row, fresh } => {
+            assert_eq!(row["state"], "done");
+            assert!(row.contains_key("note"));
+            // inserted by the group: the mirror cannot hold it yet
+            assert!(fresh);
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(&t.rows["2\u{1f}"], RowWrite::Delete(_)));
+    // inserted and deleted by the group: nothing reaches the mirror
+    assert!(!t.rows.contains_key("2\u{1f}"));
     assert!(matches!(&t.rows["3\u{1f}"], RowWrite::Partial(_)));
 }
 
@@ -83,9 +86,13 @@ fn a_key_change_deletes_the_old_row_and_a_truncate_forgets_what_came_before() {
         ),
     ];
     let w = MirrorWrites::collect(&[shape()], changes.iter());
-    let t = &w.tables["pos_order"];
-    assert!(matches!(&t.rows["5\u{1f}"], RowWrite::Delete(_)));
-    assert!(matches!(&t.rows["6\u{1f}"], RowWrite::Full(_)));
+    let t = &w.tables[&0];
+    // 5 was inserted by the group and moved to 6: never in the mirror, and 6 is not known to be new
+    assert!(!t.rows.contains_key("5\u{1f}"));
+    assert!(matches!(
+        &t.rows["6\u{1f}"],
+        RowWrite::Full { fresh: false, .. }
+    ));
     let mut truncated = changes.to_vec();
     truncated.push(change(ChangeOp::Truncate, json!({}), None));
     truncated.push(change(
@@ -94,9 +101,132 @@ fn a_key_change_deletes_the_old_row_and_a_truncate_forgets_what_came_before() {
         None,
     ));
     let w = MirrorWrites::collect(&[shape()], truncated.iter());
-    let t = &w.tables["pos_order"];
+    let t = &w.tables[&0];
     assert!(t.emptied);
     assert_eq!(t.rows.len(), 1);
+}
+
+#[test]
+fn only_rows_the_group_inserted_first_are_known_to_be_new() {
+    let changes = [
+        // a row the mirror holds, updated: an upsert
+        change(
+            ChangeOp::Update,
+            json!({"id": 1, "state": "paid", "note": null}),
+            None,
+        ),
+        // deleted, then inserted again under the same key: the mirror still has the old row until the delete
+        change(ChangeOp::Delete, json!({"id": 2}), None),
+        change(
+            ChangeOp::Insert,
+            json!({"id": 2, "state": "draft", "note": null}),
+            None,
+        ),
+        // a row the mirror holds, deleted
+        change(ChangeOp::Delete, json!({"id": 3}), None),
+        // inserted, then updated (partly): new
+        change(
+            ChangeOp::Insert,
+            json!({"id": 4, "state": "draft", "note": "x"}),
+            None,
+        ),
+        change(ChangeOp::Update, json!({"id": 4, "state": "paid"}), None),
+    ];
+    let w = MirrorWrites::collect(&[shape()], changes.iter());
+    let t = &w.tables[&0];
+    assert!(matches!(
+        &t.rows["1\u{1f}"],
+        RowWrite::Full { fresh: false, .. }
+    ));
+    assert!(matches!(
+        &t.rows["2\u{1f}"],
+        RowWrite::Full { fresh: false, .. }
+    ));
+    assert!(matches!(&t.rows["3\u{1f}"], RowWrite::Delete(_)));
+    match &t.rows["4\u{1f}"] {
+        RowWrite::Full { row, fresh: true } => {
+            assert_eq!(row["state"], "paid");
+            assert_eq!(row["note"], "x");
+        }
+        other => panic!("{other:?}"),
+    }
+    // after a truncate every inserted row is new
+    let mut truncated = changes.to_vec();
+    truncated.push(change(ChangeOp::Truncate, json!({}), None));
+    truncated.push(change(
+        ChangeOp::Insert,
+        json!({"id": 1, "state": "draft", "note": null}),
+        None,
+    ));
+    let w = MirrorWrites::collect(&[shape()], truncated.iter());
+    let t = &w.tables[&0];
+    assert!(t.emptied);
+    assert!(matches!(
+        &t.rows["1\u{1f}"],
+        RowWrite::Full { fresh: true, .. }
+    ));
+}
+
+#[test]
+fn a_group_statement_finds_evaluates_notes_and_posts_in_one_call() {
+    let m = match crate::mapping::Mapping::from_toml(include_str!("../../mappings/normalized.toml"))
+    {
+        Ok(m) => m,
+        Err(e) => panic!("normalized.toml: {e}"),
+    };
+    let tax = vec![
+        ("line_id".to_string(), "bigint".to_string()),
+        ("tax_id".to_string(), "integer".to_string()),
+        ("amount".to_string(), "numeric(14,2)".to_string()),
+    ];
+    let touched = vec![vec![tax]];
+    let sql = group_sql(m.documents(), &["bigint".to_string()], &touched, true);
+    // the keys: those the bridge found ($5, $6) and those the touched_by SQL finds from the tax rows ($7..$10)
+    assert!(
+        sql.starts_with("WITH k0 AS MATERIALIZED (SELECT key, max(at) AS at, row_number() OVER (ORDER BY key COLLATE \"C\") AS ord"),
+        "{sql}"
+    );
+    assert!(
+        sql.contains("SELECT u.key, u.at FROM unnest($5::text[], $6::int[]) AS u(key, at) UNION ALL SELECT t.k, t.i FROM (SELECT k, max(i)"),
+        "{sql}"
+    );
+    assert!(
+        sql.contains("FROM unnest($7::text[], $8::text[], $9::text[], $10::int[]) AS u(c0, c1, c2, i)) AS pos_order_line_tax"),
+        "{sql}"
+    );
+    // the evaluation reads the keys found, cast to the key's type; the source is $1
+    assert!(
+        sql.contains("WHERE o.id = ANY(ARRAY(SELECT key FROM k0)::text[]::bigint[])"),
+        "{sql}"
+    );
+    assert!(sql.contains("'source', ($1::text)"), "{sql}");
+    assert!(
+        sql.contains("possync.note_documents($1, 'pos_order',"),
+        "{sql}"
+    );
+    assert!(
+        sql.contains("SELECT possync.apply_batch($1, $2::text::pg_lsn,"),
+        "{sql}"
+    );
+    // the notes are read in the FROM item, before apply_batch, and selected so that they are not planned away
+    // nothing is posted outside the group's transaction (its BEGIN is pipelined with it)
+    assert!(
+        sql.ends_with("::text, noted.n FROM (SELECT (SELECT count(*) FROM n0) AS n) AS noted WHERE pg_catalog.current_setting('possync_bridge.in_group', true) = 'on'"),
+        "{sql}"
+    );
+    assert!(
+        sql.contains("WHERE EXISTS (SELECT FROM k0) AND pg_catalog.current_setting('possync_bridge.in_group', true) = 'on')"),
+        "{sql}"
+    );
+    // without note_documents (an older ERP) the notes are left out
+    let older = group_sql(m.documents(), &["bigint".to_string()], &touched, false);
+    assert!(!older.contains("note_documents"), "{older}");
+    assert!(
+        older.ends_with(
+            "))::text WHERE pg_catalog.current_setting('possync_bridge.in_group', true) = 'on'"
+        ),
+        "{older}"
+    );
 }
 
 #[test]
@@ -113,4 +243,261 @@ fn the_mirror_ddl_keeps_the_pos_key_and_indexes_parent_columns() {
 #[test]
 fn schemas_are_named_after_the_source() {
     assert_eq!(schema_of("Store-42"), "possync_pos_store_42");
+}
+
+#[test]
+fn every_statement_that_writes_the_mirror_writes_only_inside_a_group() {
+    let poster = DocumentPoster {
+        schema: "possync_pos_east".into(),
+        shapes: vec![shape()],
+        documents: Vec::new(),
+        queries: Vec::new(),
+        key_types: Vec::new(),
+        statements: Mutex::new(HashMap::new()),
+        note_documents: true,
+        group: String::new(),
+        touched_shapes: Vec::new(),
+        last_done: Mutex::new(None),
+        shape_index: HashMap::from([("shop.pos_order".to_string(), 0)]),
+        routes: vec![Route::default()],
+    };
+    let changes = [
+        change(ChangeOp::Truncate, json!({}), None),
+        change(
+            ChangeOp::Insert,
+            json!({"id": 1, "state": "draft", "note": null}),
+            None,
+        ),
+        change(
+            ChangeOp::Update,
+            json!({"id": 2, "state": "paid", "note": "x"}),
+            None,
+        ),
+        change(ChangeOp::Update, json!({"id": 3, "state": "paid"}), None),
+        change(ChangeOp::Delete, json!({"id": 4}), None),
+    ];
+    let writes = MirrorWrites::collect(&[shape()], changes.iter());
+    let statements = poster.mirror_statements(&writes, true);
+    // the truncate, the delete, the insert of the new row, the upsert and the partial update
+    assert_eq!(statements.len(), 5);
+    for p in &statements {
+        assert!(p.sql.contains(IN_GROUP), "{}", p.sql);
+    }
+    assert!(statements
+        .iter()
+        .any(|p| p.sql.starts_with("INSERT") && !p.sql.contains("ON CONFLICT")));
+    // without `fresh` every complete row is an upsert
+    let upserts = poster.mirror_statements(&writes, false);
+    assert!(upserts
+        .iter()
+        .filter(|p| p.sql.starts_with("INSERT"))
+        .all(|p| p.sql.contains("ON CONFLICT")));
+}
+
+/// The normalized mapping's poster over hand-made shapes, without an ERP.
+fn normalized_poster() -> DocumentPoster {
+    let m = match crate::mapping::Mapping::from_toml(include_str!("../../mappings/normalized.toml"))
+    {
+        Ok(m) => m,
+        Err(e) => panic!("normalized.toml: {e}"),
+    };
+    let cols = |c: &[(&str, &str)]| -> Vec<(String, String)> {
+        c.iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect()
+    };
+    let table = |name: &str, columns: Vec<(String, String)>, key: &[&str]| TableShape {
+        name: name.into(),
+        pos_table: format!("shop.{name}"),
+        columns,
+        key: key.iter().map(|k| k.to_string()).collect(),
+        replica_identity: 'd',
+        index: vec![],
+        copy: true,
+    };
+    let shapes = vec![
+        table(
+            "pos_order",
+            cols(&[
+                ("id", "bigint"),
+                ("till_id", "integer"),
+                ("receipt_no", "bigint"),
+                ("state", "text"),
+                ("date_order", "timestamp with time zone"),
+                ("refund_of", "bigint"),
+                ("currency", "character(3)"),
+                ("note", "text"),
+            ]),
+            &["id"],
+        ),
+        table(
+            "pos_order_line",
+            cols(&[
+                ("id", "bigint"),
+                ("order_id", "bigint"),
+                ("product_id", "integer"),
+                ("qty", "numeric(12,3)"),
+                ("price_unit", "numeric(12,2)"),
+                ("discount_pct", "numeric(5,2)"),
+                ("price_subtotal", "numeric(14,2)"),
+            ]),
+            &["id"],
+        ),
+        table(
+            "pos_order_line_tax",
+            cols(&[
+                ("line_id", "bigint"),
+                ("tax_id", "integer"),
+                ("amount", "numeric(14,2)"),
+            ]),
+            &["line_id", "tax_id"],
+        ),
+        table(
+            "pos_payment",
+            cols(&[
+                ("id", "bigint"),
+                ("order_id", "bigint"),
+                ("method_id", "integer"),
+                ("amount", "numeric(14,2)"),
+                ("paid_at", "timestamp with time zone"),
+            ]),
+            &["id"],
+        ),
+    ];
+    let documents = m.documents().to_vec();
+    DocumentPoster {
+        schema: "possync_pos_benchshop".into(),
+        queries: Vec::new(),
+        key_types: vec!["bigint".into()],
+        statements: Mutex::new(HashMap::new()),
+        note_documents: true,
+        group: String::new(),
+        touched_shapes: vec![vec![2]],
+        last_done: Mutex::new(None),
+        shape_index: shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.pos_table.clone(), i))
+            .collect(),
+        routes: shapes.iter().map(|s| Route::of(s, &documents)).collect(),
+        shapes,
+        documents,
+    }
+}
+
+/// `n` orders as the bench's POS writes them: drafted with 3 lines, their tax rows and a payment, then paid.
+fn orders(n: i64) -> Vec<PosTransaction> {
+    let obj = |v: Value| match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let ch = |table: &str, op: ChangeOp, row: Value| Change {
+        table: format!("shop.{table}"),
+        op,
+        row: obj(row),
+        old: None,
+    };
+    (1..=n)
+        .map(|o| {
+            let order = |state: &str| {
+                json!({"id": o, "till_id": 1, "receipt_no": o, "state": state,
+                       "date_order": "2026-11-26T14:03:07.12+00:00", "refund_of": null, "currency": "USD", "note": null})
+            };
+            let mut changes = vec![ch("pos_order", ChangeOp::Insert, order("draft"))];
+            for l in 0..3 {
+                let line = o * 3 + l;
+                changes.push(ch(
+                    "pos_order_line",
+                    ChangeOp::Insert,
+                    json!({"id": line, "order_id": o, "product_id": 1 + l, "qty": "2.000",
+                           "price_unit": "19.99", "discount_pct": "0.00", "price_subtotal": "39.98"}),
+                ));
+                changes.push(ch(
+                    "pos_order_line_tax",
+                    ChangeOp::Insert,
+                    json!({"line_id": line, "tax_id": 1, "amount": "3.55"}),
+                ));
+            }
+            changes.push(ch(
+                "pos_payment",
+                ChangeOp::Insert,
+                json!({"id": o, "order_id": o, "method_id": 1, "amount": "130.59",
+                       "paid_at": "2026-11-26T14:03:07.12+00:00"}),
+            ));
+            changes.push(ch("pos_order", ChangeOp::Update, order("paid")));
+            PosTransaction {
+                commit_lsn: crate::lsn::Lsn(o as u64 * 1000),
+                end_lsn: crate::lsn::Lsn(o as u64 * 1000 + 8),
+                commit_time: 0,
+                events: Vec::new(),
+                changes,
+                spilled: None,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_group_of_orders_is_planned_as_the_mirror_writes_and_one_group_statement() {
+    let poster = normalized_poster();
+    let txns = orders(300);
+    let writes = MirrorWrites::collect(&poster.shapes, txns.iter().flat_map(|t| t.changes.iter()));
+    let planned = match poster.plan("benchshop", "0/4B0", &txns, &writes) {
+        Ok(p) => p,
+        Err(e) => panic!("{e}"),
+    };
+    // ARM, one plain INSERT per table (every row is new), the group statement
+    assert_eq!(planned.len(), 6);
+    assert!(planned[0].sql.starts_with("SELECT c::text"));
+    assert_eq!(
+        planned[1..5]
+            .iter()
+            .filter(|p| p.sql.starts_with("INSERT") && !p.sql.contains("ON CONFLICT"))
+            .count(),
+        4
+    );
+    // $1..$4, the 300 orders' keys and transactions, and the 900 tax rows (3 columns and their transactions)
+    assert_eq!(planned[5].params.len(), 4 + 2 + 4);
+}
+
+#[test]
+#[ignore]
+fn planning_a_group_of_300_orders_takes() {
+    let poster = normalized_poster();
+    let txns = orders(300);
+    let started = std::time::Instant::now();
+    let rounds = 200;
+    for _ in 0..rounds {
+        let writes =
+            MirrorWrites::collect(&poster.shapes, txns.iter().flat_map(|t| t.changes.iter()));
+        let planned = poster.plan("benchshop", "0/4B0", &txns, &writes);
+        assert!(planned.is_ok());
+    }
+    println!(
+        "planning 300 orders: {:.2} ms",
+        started.elapsed().as_secs_f64() * 1e3 / f64::from(rounds)
+    );
+}
+
+#[test]
+fn a_row_image_gives_its_columns_values_in_the_shapes_order() {
+    let columns: Vec<(String, String)> = ["id", "state", "amount", "note"]
+        .iter()
+        .map(|c| (c.to_string(), "text".to_string()))
+        .collect();
+    let row = match json!({"amount": "1.50", "extra": 1, "id": 7, "state": "paid", "zz": null}) {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let mut out = Vec::new();
+    values_of(&row, &columns, &by_name(&columns), &mut out);
+    assert_eq!(
+        out,
+        vec![
+            Some(&json!(7)),
+            Some(&json!("paid")),
+            Some(&json!("1.50")),
+            None
+        ]
+    );
 }
