@@ -207,7 +207,7 @@ pub const FAILED: &str = "_possync_failed";
 /// A row's key as text, to collapse the changes of a group per row.
 fn key_text(shape: &TableShape, row: &Map<String, Value>) -> Option<String> {
     use std::fmt::Write;
-    let mut out = String::new();
+    let mut out = String::with_capacity(24);
     for k in &shape.key {
         let v = row.get(k)?;
         if v.is_null() {
@@ -945,7 +945,8 @@ impl DocumentPoster {
         txns: &'a [PosTransaction],
         writes: &'a MirrorWrites<'a>,
     ) -> Result<Vec<Planned<'a>>, ErpError> {
-        let mut changes: Vec<(usize, &Change)> = Vec::new();
+        let mut changes: Vec<(usize, &Change)> =
+            Vec::with_capacity(txns.iter().map(|t| t.changes.len()).sum());
         for (i, t) in txns.iter().enumerate() {
             changes.extend(t.changes.iter().map(|c| (i, c)));
         }
