@@ -568,9 +568,16 @@ pub fn touched_by_sql(t: &TouchedBy, columns: &[(String, String)]) -> String {
 /// [`touched_by_sql`] with its parameters numbered from `first`.
 pub fn touched_by_sql_from(t: &TouchedBy, columns: &[(String, String)], first: usize) -> String {
     format!(
-        "SELECT k, max(i) FROM (SELECT ({expr})::text AS k, {alias}._possync_txn AS i \
-           FROM {rows} AS {alias}) AS touched \
-         WHERE k IS NOT NULL GROUP BY k",
+        "SELECT k, max(i) FROM ({}) AS touched(k, i) WHERE k IS NOT NULL GROUP BY k",
+        touched_by_rows_sql(t, columns, first)
+    )
+}
+
+/// Per row image, the header key `touched_by` finds (maybe NULL) and the image's transaction index: rows of
+/// (key text, int), not grouped.
+pub fn touched_by_rows_sql(t: &TouchedBy, columns: &[(String, String)], first: usize) -> String {
+    format!(
+        "SELECT ({expr})::text, {alias}._possync_txn FROM {rows} AS {alias}",
         expr = t.header,
         rows = rows_from_arrays(columns, first, true),
         alias = sql_name(&t.table),

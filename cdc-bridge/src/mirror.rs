@@ -207,7 +207,7 @@ pub const FAILED: &str = "_possync_failed";
 /// A row's key as text, to collapse the changes of a group per row.
 fn key_text(shape: &TableShape, row: &Map<String, Value>) -> Option<String> {
     use std::fmt::Write;
-    let mut out = String::new();
+    let mut out = String::with_capacity(24);
     for k in &shape.key {
         let v = row.get(k)?;
         if v.is_null() {
@@ -513,7 +513,8 @@ fn mapping_failure(
 /// queries find from the row images), its evaluation (as [`compile`] makes it for the ERP, the event left as
 /// jsonb) over them, `possync.note_documents` for its waiting and settled headers (when the ERP has it); then one
 /// `possync.apply_batch` of the group's own events and the settled headers' events, each after the events of
-/// the transaction it goes with, as the one-by-one way orders them.
+/// the transaction it goes with, as the one-by-one way orders them (a transaction's own events in their order,
+/// then per document its headers by key, in byte order).
 ///
 /// Parameters: `$1` source, `$2` the group's last commit LSN (text), `$3` the transactions' own events as a
 /// JSON array of `[transaction index, event]`, `$4` the index of the last transaction (where a header no
@@ -546,20 +547,16 @@ pub fn group_sql(
             .iter()
             .zip(touched.get(i).into_iter().flatten())
         {
-            sources.push(format!(
-                "SELECT t.k, t.i FROM ({}) AS t(k, i)",
-                crate::document::touched_by_sql_from(t, columns, next)
-            ));
+            sources.push(crate::document::touched_by_rows_sql(t, columns, next));
             next += columns.len() + 1;
         }
-        // ordered as the bridge orders keys (byte order), which is the order of the events of one transaction
         ctes.push(format!(
-            "k{i} AS MATERIALIZED (SELECT key, max(at) AS at, row_number() OVER (ORDER BY key COLLATE \"C\") AS ord \
-               FROM ({}) AS touched(key, at) WHERE key IS NOT NULL GROUP BY key)",
+            "k{i} AS MATERIALIZED (SELECT key, max(at) AS at FROM ({}) AS touched(key, at) \
+               WHERE key IS NOT NULL GROUP BY key)",
             sources.join(" UNION ALL ")
         ));
         ctes.push(format!(
-            "d{i} AS MATERIALIZED (SELECT e.key, e.state, e.event, coalesce(k.at, $4) AS at, k.ord \
+            "d{i} AS MATERIALIZED (SELECT e.key, e.state, e.event, coalesce(k.at, $4) AS at \
                FROM ({eval}) AS e(key, state, event) LEFT JOIN k{i} AS k ON k.key = e.key)",
             eval = crate::document::compile_keys(
                 d,
@@ -580,7 +577,7 @@ pub fn group_sql(
             noted.push(format!("(SELECT count(*) FROM n{i})"));
         }
         parts.push(format!(
-            "SELECT at, {grp}, ord, key, event FROM d{i} WHERE state <> {pending} AND event IS NOT NULL",
+            "SELECT at, {grp}, NULL::bigint, key, event FROM d{i} WHERE state <> {pending} AND event IS NOT NULL",
             grp = i + 1,
             pending = literal(crate::document::PENDING),
         ));
@@ -602,7 +599,7 @@ pub fn group_sql(
     };
     format!(
         "{with}SELECT possync.apply_batch($1, $2::text::pg_lsn, \
-           (SELECT coalesce(jsonb_agg(x.ev ORDER BY x.at, x.grp, x.ord, x.key), '[]'::jsonb) \
+           (SELECT coalesce(jsonb_agg(x.ev ORDER BY x.at, x.grp, x.ord, x.key COLLATE \"C\"), '[]'::jsonb) \
               FROM ({parts}) AS x(at, grp, ord, key, ev)))::text{count}{from} WHERE {IN_GROUP}",
         parts = parts.join(" UNION ALL ")
     )
@@ -948,7 +945,8 @@ impl DocumentPoster {
         txns: &'a [PosTransaction],
         writes: &'a MirrorWrites<'a>,
     ) -> Result<Vec<Planned<'a>>, ErpError> {
-        let mut changes: Vec<(usize, &Change)> = Vec::new();
+        let mut changes: Vec<(usize, &Change)> =
+            Vec::with_capacity(txns.iter().map(|t| t.changes.len()).sum());
         for (i, t) in txns.iter().enumerate() {
             changes.extend(t.changes.iter().map(|c| (i, c)));
         }

@@ -905,6 +905,11 @@ async fn apply_loop(
         let lag = pg_now_micros().saturating_sub(last_commit_time).max(0) as u64;
         metrics.lag_micros.store(lag, Ordering::Relaxed);
         tracing::debug!(source = %source.name, commit_lsn = %last_lsn, txns = batch.len(), events, "applied batch");
+        // a batch is thousands of small allocations (row images, events): freed on a blocking thread rather than
+        // here, between two batches, while the ERP waits for the next one
+        if batch.len() > 1 {
+            tokio::task::spawn_blocking(move || drop(batch));
+        }
         if let Some(b) = broken {
             return Err(crate::publication::refuse_now(erp, source, metrics, b).await);
         }

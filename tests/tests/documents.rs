@@ -271,3 +271,109 @@ async fn a_pos_with_quoted_names_uuid_keys_and_generated_columns_maps_by_configu
         .get(0);
     assert!(broken.is_none(), "{broken:?}");
 }
+
+/// A group of POS transactions is posted in one pipeline, the rows it inserted with plain INSERTs, since the
+/// mirror holds what the POS held at the checkpoint. Should the mirror hold such a row anyway (after an
+/// accepted slot loss, or written by hand), that INSERT fails and the group is applied again one statement at
+/// a time, with upserts: the POS's row wins and the document posts once.
+#[tokio::test]
+async fn a_row_the_mirror_already_holds_is_upserted_when_the_pos_inserts_it() {
+    let _serial = serial().await;
+    let pos_c = empty_pos_cluster().await;
+    let pos = pos_c.connect("pos").await;
+    let erp_c = erp_cluster().await;
+    let erp = erp_c.connect("erp").await;
+    pos.batch_execute(SCHEMA)
+        .await
+        .unwrap_or_else(|e| panic!("schema: {e}"));
+    let dir = workspace_root().join("target").join("e2e");
+    let _ = std::fs::create_dir_all(&dir);
+    let mapping = dir.join(format!("documents-upsert-{}.toml", std::process::id()));
+    std::fs::write(&mapping, MAPPING).unwrap_or_else(|e| panic!("{e}"));
+    let mapping = mapping.display().to_string();
+    let bridge = Bridge::start(
+        &erp_c.url("erp"),
+        &[("till", pos_c.url("pos"))],
+        &["--mapping", &mapping],
+    );
+    bridge.wait_streaming("till", Duration::from_secs(60));
+    // the mirror holds a stale row under the key the POS is about to insert
+    erp.batch_execute(r#"INSERT INTO possync_pos_till."Item" VALUES ('IC0', 'STALE', 0)"#)
+        .await
+        .unwrap_or_else(|e| panic!("stale row: {e}"));
+    let ticket = |n: i64, item: &str, paid: &str, extra: &str| {
+        format!(
+            r#"BEGIN; {extra}
+               INSERT INTO "Till"."Ticket" VALUES ('00000000-0000-0000-0000-00000000000{n}', '{STORE}', 7, {n}, '2026-11-27 09:0{n}+00');
+               INSERT INTO "Till"."TicketLine" VALUES ('00000000-0000-0000-0000-00000000000{n}', 1, '{item}', 2, 2.50);
+               INSERT INTO "Till"."Payment" VALUES ('00000000-0000-0000-0000-00000000000{n}', 1, 'card', {paid});
+               COMMIT;"#
+        )
+    };
+    pos.batch_execute(&ticket(
+        1,
+        "IC0",
+        "5.44",
+        &format!(
+            r#"INSERT INTO "Till"."Item" VALUES ('IC0', '{}', 8.875);"#,
+            SKUS[0]
+        ),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("ticket 1: {e}"));
+    wait_count(
+        &erp,
+        "SELECT count(*) FROM possync.event WHERE source = 'till'",
+        1,
+        Duration::from_secs(60),
+        || bridge.log(),
+    )
+    .await;
+    // later groups go through the pipeline again
+    pos.batch_execute(&ticket(
+        2,
+        "IC1",
+        "5.00",
+        &format!(
+            r#"INSERT INTO "Till"."Item" VALUES ('IC1', '{}', 0);"#,
+            SKUS[1]
+        ),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("ticket 2: {e}"));
+    wait_count(
+        &erp,
+        "SELECT count(*) FROM possync.event WHERE source = 'till'",
+        2,
+        Duration::from_secs(60),
+        || bridge.log(),
+    )
+    .await;
+    let log = bridge.log();
+    drop(bridge);
+    assert!(log.contains("one statement at a time"), "{log}");
+    let row = erp
+        .query_one(
+            r#"SELECT (SELECT "Sku" FROM possync_pos_till."Item" WHERE "ItemCode" = 'IC0'),
+                      (SELECT payload->'lines'->0->>'sku' FROM possync.event
+                        WHERE event_id = 'T-00000000-0000-0000-0000-000000000001'),
+                      (SELECT count(*) FROM possync.exception WHERE kind = 'malformed'),
+                      (SELECT count(*) FROM possync_pos_till."Item")"#,
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some(SKUS[0]));
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some(SKUS[0]));
+    assert_eq!(row.get::<_, i64>(2), 0, "{log}");
+    assert_eq!(row.get::<_, i64>(3), 2);
+    let kinds: Option<String> = erp
+        .query_one(
+            "SELECT string_agg(DISTINCT kind, ', ') FROM possync.exception WHERE kind IN ('malformed', 'conflict', 'unknown_sku', 'tender_mismatch')",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0);
+    assert_eq!(kinds, None, "{log}");
+}
