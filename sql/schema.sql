@@ -480,67 +480,99 @@ AS $$
      LIMIT 1
 $$;
 
+-- The default partition of a ledger table, if one is attached: it holds the rows dated in a month that has no
+-- partition of its own (see ensure_ledger_months).
+CREATE FUNCTION ledger_default_partition(parent regclass) RETURNS regclass
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT nullif(p.partdefid, 0)::regclass FROM pg_catalog.pg_partitioned_table p WHERE p.partrelid = parent
+$$;
+
+-- Makes one partition of a ledger table, with its primary key, indexes and triggers, and attaches it: the month
+-- from `first` (<parent>_YYYY_MM), or the default partition when `first` is NULL (<parent>_default).
+CREATE FUNCTION make_ledger_partition(parent text, first date) RETURNS void
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    part text := parent || CASE WHEN first IS NULL THEN '_default' ELSE '_' || to_char(first, 'YYYY_MM') END;
+    bound text := CASE WHEN first IS NULL THEN 'DEFAULT'
+                       ELSE format('FOR VALUES FROM (%L) TO (%L)', first, (first + interval '1 month')::date) END;
+BEGIN
+    IF to_regclass(format('possync.%I', part)) IS NOT NULL THEN
+        RAISE EXCEPTION 'possync: cannot make the % partition of possync.%: table possync.% exists and is not attached',
+            coalesce(to_char(first, 'YYYY-MM'), 'default'), parent, part
+            USING ERRCODE = 'duplicate_table',
+                  HINT = format('attach it (ALTER TABLE possync.%I ATTACH PARTITION possync.%I %s) or move it away',
+                                parent, part, bound);
+    END IF;
+    EXECUTE format('CREATE TABLE possync.%I (LIKE possync.%I INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part, parent);
+    CASE parent
+    WHEN 'event' THEN
+        EXECUTE format('ALTER TABLE possync.%I ADD CONSTRAINT %I PRIMARY KEY (event_id)', part, part || '_pkey');
+        EXECUTE format('CREATE INDEX %I ON possync.%I (hold_key) WHERE status = ''held''', part || '_held', part);
+        EXECUTE format('CREATE INDEX %I ON possync.%I (location_id, register, sequence) WHERE sequence IS NOT NULL',
+                       part || '_by_register_sequence', part);
+        EXECUTE format('CREATE INDEX %I ON possync.%I (location_id, business_date, kind)',
+                       part || '_by_location_day', part);
+    WHEN 'stock_move' THEN
+        EXECUTE format('ALTER TABLE possync.%I ADD CONSTRAINT %I PRIMARY KEY (move_id)', part, part || '_pkey');
+        EXECUTE format('CREATE INDEX %I ON possync.%I (event_id)', part || '_by_event', part);
+        EXECUTE format('CREATE INDEX %I ON possync.%I (location_id, sku) INCLUDE (qty, value)',
+                       part || '_by_location', part);
+        EXECUTE format('CREATE TRIGGER stock_move_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON possync.%I '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION possync.ledger_is_append_only()', part);
+    WHEN 'journal' THEN
+        EXECUTE format('ALTER TABLE possync.%I ADD CONSTRAINT %I PRIMARY KEY (journal_id)', part, part || '_pkey');
+        EXECUTE format('CREATE INDEX %I ON possync.%I (event_id)', part || '_by_event', part);
+        EXECUTE format('CREATE INDEX %I ON possync.%I (business_date, journal_id)', part || '_by_day', part);
+        EXECUTE format('CREATE TRIGGER journal_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON possync.%I '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION possync.ledger_is_append_only()', part);
+    ELSE
+        EXECUTE format('ALTER TABLE possync.%I ADD CONSTRAINT %I PRIMARY KEY (journal_id, line_no)', part, part || '_pkey');
+        EXECUTE format('CREATE INDEX %I ON possync.%I (account_code, location_id, journal_id) INCLUDE (debit, credit)',
+                       part || '_by_account', part);
+        EXECUTE format('CREATE TRIGGER journal_line_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON possync.%I '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION possync.ledger_is_append_only()', part);
+        EXECUTE format('CREATE TRIGGER journal_line_balanced AFTER INSERT ON possync.%I REFERENCING NEW TABLE AS new_lines '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION possync.journal_must_balance()', part);
+    END CASE;
+    EXECUTE format('ALTER TABLE possync.%I ATTACH PARTITION possync.%I %s', parent, part, bound);
+    -- made by an upgrade script (ALTER EXTENSION ... UPDATE), the table became a member of the extension:
+    -- partitions never are, wherever they were made
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = format('possync.%I', part)::regclass
+                  AND d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e') THEN
+        EXECUTE format('ALTER EXTENSION possync DROP TABLE possync.%I', part);
+    END IF;
+END
+$$;
+
 -- Makes the partitions of one month that are missing, in the fixed order event, stock_move, journal,
--- journal_line; returns how many it made. The caller holds the partition lock (make_ledger_months).
+-- journal_line; returns how many it made. A month that a default partition holds rows of stays there (its own
+-- partition could not be attached beside them): it makes none. The caller holds the partition lock
+-- (make_ledger_months).
 CREATE FUNCTION make_ledger_month(month date) RETURNS integer
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     first date := date_trunc('month', month)::date;
     parent text;
-    part text;
+    dflt regclass;
+    held boolean;
     made integer := 0;
 BEGIN
     FOREACH parent IN ARRAY ARRAY['event', 'stock_move', 'journal', 'journal_line'] LOOP
+        dflt := possync.ledger_default_partition(format('possync.%I', parent)::regclass);
+        CONTINUE WHEN dflt IS NULL;
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE business_date >= $1 AND business_date < $2)', dflt)
+           INTO STRICT held USING first, (first + interval '1 month')::date;
+        IF held THEN
+            RETURN 0;
+        END IF;
+    END LOOP;
+    FOREACH parent IN ARRAY ARRAY['event', 'stock_move', 'journal', 'journal_line'] LOOP
         CONTINUE WHEN possync.ledger_month_partition(format('possync.%I', parent)::regclass, first) IS NOT NULL;
-        part := parent || '_' || to_char(first, 'YYYY_MM');
-        IF to_regclass(format('possync.%I', part)) IS NOT NULL THEN
-            RAISE EXCEPTION 'possync: cannot make the % partition of possync.%: table possync.% exists and is not attached',
-                to_char(first, 'YYYY-MM'), parent, part
-                USING ERRCODE = 'duplicate_table',
-                      HINT = format('attach it (ALTER TABLE possync.%I ATTACH PARTITION possync.%I FOR VALUES FROM (%L) TO (%L)) '
-                                    'or move it away', parent, part, first, (first + interval '1 month')::date);
-        END IF;
-        EXECUTE format('CREATE TABLE possync.%I (LIKE possync.%I INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part, parent);
-        CASE parent
-        WHEN 'event' THEN
-            EXECUTE format('ALTER TABLE possync.%I ADD CONSTRAINT %I PRIMARY KEY (event_id)', part, part || '_pkey');
-            EXECUTE format('CREATE INDEX %I ON possync.%I (hold_key) WHERE status = ''held''', part || '_held', part);
-            EXECUTE format('CREATE INDEX %I ON possync.%I (location_id, register, sequence) WHERE sequence IS NOT NULL',
-                           part || '_by_register_sequence', part);
-            EXECUTE format('CREATE INDEX %I ON possync.%I (location_id, business_date, kind)',
-                           part || '_by_location_day', part);
-        WHEN 'stock_move' THEN
-            EXECUTE format('ALTER TABLE possync.%I ADD CONSTRAINT %I PRIMARY KEY (move_id)', part, part || '_pkey');
-            EXECUTE format('CREATE INDEX %I ON possync.%I (event_id)', part || '_by_event', part);
-            EXECUTE format('CREATE INDEX %I ON possync.%I (location_id, sku) INCLUDE (qty, value)',
-                           part || '_by_location', part);
-            EXECUTE format('CREATE TRIGGER stock_move_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON possync.%I '
-                           'FOR EACH STATEMENT EXECUTE FUNCTION possync.ledger_is_append_only()', part);
-        WHEN 'journal' THEN
-            EXECUTE format('ALTER TABLE possync.%I ADD CONSTRAINT %I PRIMARY KEY (journal_id)', part, part || '_pkey');
-            EXECUTE format('CREATE INDEX %I ON possync.%I (event_id)', part || '_by_event', part);
-            EXECUTE format('CREATE INDEX %I ON possync.%I (business_date, journal_id)', part || '_by_day', part);
-            EXECUTE format('CREATE TRIGGER journal_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON possync.%I '
-                           'FOR EACH STATEMENT EXECUTE FUNCTION possync.ledger_is_append_only()', part);
-        ELSE
-            EXECUTE format('ALTER TABLE possync.%I ADD CONSTRAINT %I PRIMARY KEY (journal_id, line_no)', part, part || '_pkey');
-            EXECUTE format('CREATE INDEX %I ON possync.%I (account_code, location_id, journal_id) INCLUDE (debit, credit)',
-                           part || '_by_account', part);
-            EXECUTE format('CREATE TRIGGER journal_line_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON possync.%I '
-                           'FOR EACH STATEMENT EXECUTE FUNCTION possync.ledger_is_append_only()', part);
-            EXECUTE format('CREATE TRIGGER journal_line_balanced AFTER INSERT ON possync.%I REFERENCING NEW TABLE AS new_lines '
-                           'FOR EACH STATEMENT EXECUTE FUNCTION possync.journal_must_balance()', part);
-        END CASE;
-        EXECUTE format('ALTER TABLE possync.%I ATTACH PARTITION possync.%I FOR VALUES FROM (%L) TO (%L)',
-                       parent, part, first, (first + interval '1 month')::date);
-        -- made by an upgrade script (ALTER EXTENSION ... UPDATE), the table became a member of the extension:
-        -- partitions never are, wherever they were made
-        IF EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-                    WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = format('possync.%I', part)::regclass
-                      AND d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e') THEN
-            EXECUTE format('ALTER EXTENSION possync DROP TABLE possync.%I', part);
-        END IF;
+        PERFORM possync.make_ledger_partition(parent, first);
         made := made + 1;
     END LOOP;
     RETURN made;
@@ -567,27 +599,60 @@ BEGIN
 END
 $$;
 
--- For posting: makes what the months need unless every ledger table already has them, and returns the months
--- (first days) that every ledger table has a partition for. SECURITY DEFINER: apply_batch's callers may post, and
--- posting must be able to make a month; the tables made belong to the extension's owner, as their parents.
+-- Makes the default partition of every ledger table that has none, under the partition lock; returns how many.
+CREATE FUNCTION make_ledger_defaults() RETURNS integer
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    parent text;
+    made integer := 0;
+BEGIN
+    PERFORM pg_catalog.pg_advisory_xact_lock(1347637364, 0);
+    FOREACH parent IN ARRAY ARRAY['event', 'stock_move', 'journal', 'journal_line'] LOOP
+        CONTINUE WHEN possync.ledger_default_partition(format('possync.%I', parent)::regclass) IS NOT NULL;
+        PERFORM possync.make_ledger_partition(parent, NULL);
+        made := made + 1;
+    END LOOP;
+    RETURN made;
+END
+$$;
+
+-- For posting: makes the partitions the months need, and returns the months (first days) that every ledger
+-- table can take rows of. A month gets partitions of its own when it lies in the partition window, from 60
+-- months before the current one to 12 after it; a date outside it (a till's clock years off, a migration of old
+-- history, a hostile payload: the contract allows years 0001-9999) goes to the default partitions, made on
+-- first need, so that the number of partitions stays bounded whatever the dates. A month in the window that the
+-- default partitions hold rows of stays there. SECURITY DEFINER: apply_batch's callers may post, and posting must
+-- be able to make partitions; the tables made belong to the extension's owner, as their parents.
 CREATE FUNCTION ensure_ledger_months(months date[]) RETURNS date[]
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    lo constant date := (date_trunc('month', current_date) - interval '60 months')::date;
+    hi constant date := (date_trunc('month', current_date) + interval '12 months')::date;
     wanted date[];
-    missing boolean;
+    near date[];
+    far boolean;
+    tables constant text[] := ARRAY['event', 'stock_move', 'journal', 'journal_line'];
 BEGIN
     SELECT array_agg(DISTINCT date_trunc('month', x)::date) INTO wanted FROM unnest(months) AS x WHERE x IS NOT NULL;
-    SELECT EXISTS (SELECT 1 FROM unnest(wanted) AS m, unnest(ARRAY['event', 'stock_move', 'journal', 'journal_line']) AS t
-                    WHERE possync.ledger_month_partition(format('possync.%I', t)::regclass, m) IS NULL
-                      AND NOT EXISTS (SELECT 1 FROM possync.archived_period a WHERE a.month = m))
-      INTO missing;
-    IF missing THEN
-        PERFORM possync.make_ledger_months(wanted);
+    SELECT array_agg(m) FILTER (WHERE m BETWEEN lo AND hi), coalesce(bool_or(NOT m BETWEEN lo AND hi), false)
+      INTO near, far
+      FROM unnest(wanted) AS m
+     WHERE NOT EXISTS (SELECT 1 FROM possync.archived_period a WHERE a.month = m);
+    IF EXISTS (SELECT 1 FROM unnest(near) AS m, unnest(tables) AS t
+                WHERE possync.ledger_month_partition(format('possync.%I', t)::regclass, m) IS NULL) THEN
+        PERFORM possync.make_ledger_months(near);
+    END IF;
+    -- (a month of the window that the default partitions hold rows of needs nothing more: they exist)
+    IF far AND EXISTS (SELECT 1 FROM unnest(tables) AS t
+                        WHERE possync.ledger_default_partition(format('possync.%I', t)::regclass) IS NULL) THEN
+        PERFORM possync.make_ledger_defaults();
     END IF;
     RETURN (SELECT coalesce(array_agg(m ORDER BY m), '{}') FROM unnest(wanted) AS m
-             WHERE NOT EXISTS (SELECT 1 FROM unnest(ARRAY['event', 'stock_move', 'journal', 'journal_line']) AS t
-                                WHERE possync.ledger_month_partition(format('possync.%I', t)::regclass, m) IS NULL));
+             WHERE NOT EXISTS (SELECT 1 FROM unnest(tables) AS t
+                                WHERE possync.ledger_month_partition(format('possync.%I', t)::regclass, m) IS NULL
+                                  AND possync.ledger_default_partition(format('possync.%I', t)::regclass) IS NULL));
 END
 $$;
 
@@ -658,6 +723,21 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'only a month before the current one can be closed and archived';
     END IF;
+    -- rows of the month in a default partition (dated outside the partition window when they were posted) stay
+    -- in the ledgers: archiving detaches a month's own partitions only
+    FOREACH parent IN ARRAY ARRAY['event', 'stock_move', 'journal', 'journal_line'] LOOP
+        part := possync.ledger_default_partition(format('possync.%I', parent)::regclass);
+        CONTINUE WHEN part IS NULL;
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE business_date >= $1 AND business_date < $2)', part)
+           INTO STRICT has_rows USING first, next;
+        IF has_rows THEN
+            RAISE EXCEPTION 'possync.archive_period: argument month %: % holds rows of period %, which has no partitions of its own',
+                month, part, to_char(first, 'YYYY-MM')
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'a month is archived by detaching its own partitions; rows dated outside the partition '
+                             'window when they were posted stay in the default partitions, and in the books';
+        END IF;
+    END LOOP;
     FOREACH parent IN ARRAY ARRAY['event', 'stock_move', 'journal', 'journal_line'] LOOP
         part := possync.ledger_month_partition(format('possync.%I', parent)::regclass, first);
         CONTINUE WHEN part IS NULL;

@@ -430,3 +430,139 @@ fn an_event_of_an_archived_month_is_recognised_and_none_posts_into_it() {
     assert_eq!(count("SELECT * FROM possync.check_invariants()"), 0);
     assert_eq!(count("SELECT * FROM possync.reconcile()"), 0);
 }
+
+/// The months from 60 before the current one to 12 after it, as (year, month): the partition window.
+fn partition_window() -> ((i32, u32), (i32, u32)) {
+    let today = Spi::get_one::<String>("SELECT to_char(current_date, 'YYYY-MM')").expect("today").expect("date");
+    let (year, month): (i32, i32) = (today[0..4].parse().expect("year"), today[5..7].parse().expect("month"));
+    let index = year * 12 + month - 1;
+    let at = |i: i32| (i.div_euclid(12), (i.rem_euclid(12) + 1) as u32);
+    (at(index - 60), at(index + 12))
+}
+
+/// The partition an event's row must be in: its month's, or the default one outside the window.
+fn expected_partition(table: &str, date: &str, window: ((i32, u32), (i32, u32))) -> String {
+    let month: (i32, u32) = (date[0..4].parse().expect("year"), date[5..7].parse().expect("month"));
+    if window.0 <= month && month <= window.1 {
+        format!("possync.{table}_{:04}_{:02}", month.0, month.1)
+    } else {
+        format!("possync.{table}_default")
+    }
+}
+
+#[pg_test]
+fn dates_anywhere_in_the_contract_make_a_bounded_number_of_partitions() {
+    setup();
+    let window = partition_window();
+    // a payload's dates over the contract's whole range (years 0001-9999), a few near today, and the extremes;
+    // one call, as a fuzzer or a till with a broken clock would send them
+    let mut seed: u64 = 0x5eed_2026_1128;
+    let mut next = |n: u64| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % n
+    };
+    let mut dates = vec!["0001-01-01".to_string(), "9999-12-31".to_string()];
+    for i in 0..1500 {
+        let year = if i % 5 == 0 { window.0 .0 - 2 + next(10) as i32 } else { 1 + next(9999) as i32 };
+        dates.push(format!("{year:04}-{:02}-{:02}", 1 + next(12), 1 + next(28)));
+    }
+    let sales: Vec<Value> = dates
+        .iter()
+        .enumerate()
+        .map(|(i, date)| {
+            on(till(&format!("far{i}"), "sale", "S1", &[("A", "1", "5.00", "0", "0")], &[("cash", "5.00")]), date)
+        })
+        .collect();
+    let results = apply_all(json!(sales));
+    assert_eq!(results.len(), dates.len());
+    for r in &results {
+        assert_eq!(status(r), "applied", "{r}");
+    }
+    // every row is where the window puts it, and no month outside the window has partitions
+    for (i, date) in dates.iter().enumerate() {
+        for table in ["event", "journal"] {
+            let part = Spi::get_one::<String>(&format!(
+                "SELECT tableoid::regclass::text FROM possync.{table} WHERE event_id = 'far{i}'"
+            ))
+            .expect("row")
+            .expect("partition");
+            assert_eq!(part, expected_partition(table, date, window), "{table} of far{i} dated {date}");
+        }
+    }
+    let near: std::collections::BTreeSet<String> = dates
+        .iter()
+        .filter(|d| expected_partition("event", d, window) != "possync.event_default")
+        .map(|d| d[0..7].replace('-', "_"))
+        .collect();
+    for table in ["event", "stock_move", "journal", "journal_line"] {
+        let parts = partitions_of(table);
+        assert!(parts.contains(&format!("{table}_default")), "{table}: {parts:?}");
+        for part in &parts {
+            if part == &format!("{table}_default") {
+                continue;
+            }
+            let month = &part[table.len() + 1..];
+            assert!(
+                expected_partition(table, &format!("{}-01", month.replace('_', "-")), window) != format!("possync.{table}_default"),
+                "{part} lies outside the window"
+            );
+        }
+        // the months near today that were dated, and perhaps the month after the latest of the call
+        assert!(parts.len() > near.len() && parts.len() <= near.len() + 2, "{table}: {} for {} months", parts.len(), near.len());
+        assert!(parts.len() <= 73 + 1, "{table}: {}", parts.len());
+    }
+    let outside = dates.iter().filter(|d| expected_partition("event", d, window) == "possync.event_default").count();
+    assert_eq!(count("SELECT 1 FROM possync.event_default"), outside as i64);
+    assert_eq!(count("SELECT 1 FROM possync.stock_move_default"), outside as i64);
+    assert_eq!(count("SELECT 1 FROM possync.journal_default"), outside as i64);
+    let lines_outside = count("SELECT 1 FROM possync.journal_line l JOIN possync.journal_default j USING (journal_id)");
+    assert!(lines_outside >= 2 * outside as i64, "at least revenue and cash: {lines_outside}");
+    assert_eq!(count("SELECT 1 FROM possync.journal_line_default"), lines_outside);
+    assert_eq!(count("SELECT * FROM possync.check_invariants()"), 0);
+    assert_eq!(count("SELECT * FROM possync.reconcile()"), 0);
+    assert_eq!(num("SELECT sum(credit) FROM possync.journal_line WHERE account_code = '4000'"), d("5.00") * Decimal::from(dates.len()));
+    // the same ids again are duplicates, wherever they were kept
+    let again = apply_all(json!(sales));
+    assert!(again.iter().all(|r| status(r) == "duplicate"), "{again:?}");
+}
+
+#[pg_test]
+fn a_month_the_default_partition_holds_stays_there_and_is_not_archived() {
+    setup();
+    two_months();
+    let window = partition_window();
+    let month_after = |(y, m): (i32, u32), k: u32| {
+        let i = y * 12 + m as i32 - 1 + k as i32;
+        format!("{:04}-{:02}", i.div_euclid(12), i.rem_euclid(12) + 1)
+    };
+    let beyond = month_after(window.1, 1);
+    let later = month_after(window.1, 2);
+    let sale = |id: &str, date: String| {
+        on(till(id, "sale", "S1", &[("A", "1", "5.00", "0", "0")], &[("cash", "5.00")]), &date)
+    };
+    assert_eq!(status(&apply(sale("clock-off", format!("{beyond}-15")))), "applied");
+    assert_eq!(status(&apply(sale("old-history", "2001-03-10".into()))), "applied");
+    assert_eq!(
+        Spi::get_one::<String>("SELECT tableoid::regclass::text FROM possync.event WHERE event_id = 'clock-off'").expect("row"),
+        Some("possync.event_default".into())
+    );
+    // once the window reaches that month it cannot have partitions of its own beside the rows the default ones
+    // hold: making it makes nothing, and its events keep going to the default partitions; a month next to it that
+    // the default partitions hold nothing of is made as usual
+    let make = |month: &str| {
+        Spi::get_one::<i32>(&format!("SELECT possync.make_ledger_months(ARRAY['{month}-01'::date])")).expect("make")
+    };
+    assert_eq!(make(&beyond), Some(0));
+    assert_eq!(make(&later), Some(4));
+    assert!(partitions_of("journal").contains(&format!("journal_{}", later.replace('-', "_"))));
+    assert_eq!(status(&apply(sale("clock-off-2", format!("{beyond}-20")))), "applied");
+    assert_eq!(count("SELECT 1 FROM possync.event_default"), 3);
+    // a month the default partitions hold rows of is not archived; the months around it are
+    let e = error_of("SELECT possync.archive_period('2001-03-01')");
+    assert!(e.starts_with("55000:") && e.contains("possync.event_default holds rows of period 2001-03"), "{e}");
+    let done = Spi::get_one::<JsonB>("SELECT possync.archive_period('2026-09-01')").expect("archive").expect("result").0;
+    assert_eq!(done["status"], json!("archived"), "{done}");
+    assert_eq!(count("SELECT * FROM possync.check_invariants()"), 0);
+    assert_eq!(count("SELECT * FROM possync.reconcile()"), 0);
+    assert_eq!(count("SELECT 1 FROM possync.event WHERE event_id IN ('clock-off', 'clock-off-2', 'old-history')"), 3);
+}
