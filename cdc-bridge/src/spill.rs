@@ -9,9 +9,9 @@
 //! transaction from that table, with its commit LSN, in the same ERP transaction: exactly once as any other.
 //! Rows of mirrored tables in such a transaction are kept as rejected records (documents are not spilled).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -146,8 +146,9 @@ fn change_at(file: &File, at: At) -> std::io::Result<Change> {
 }
 
 /// Which apply lanes' parts of a spilled transaction must wait for another lane's part (see
-/// [`crate::lanes::Within`]), read from its file: the headers' events in order, without their lines (a
-/// line-level `original_event_id` is not seen here; a transfer's halves and a header's original sale are).
+/// [`crate::lanes::Within`]), read from its file: the events in order, a header's with only what its lines need
+/// (a line's `original_event_id`). When a child mapping names `original_event_id`, a first pass notes where its
+/// rows are (a few bytes each); otherwise the file is read once.
 pub fn later_lanes(
     mapping: &Mapping,
     source: &str,
@@ -155,19 +156,41 @@ pub fn later_lanes(
     lanes: usize,
 ) -> std::io::Result<Vec<bool>> {
     let file = File::open(&txn.file.path)?;
-    let mut reader = BufReader::new(&file);
-    let mut line = String::new();
+    let names_original =
+        |ch: &crate::mapping::ChildMapping| ch.fields.contains_key("original_event_id");
+    let wanted = mapping
+        .event_mappings()
+        .iter()
+        .any(|em| em.children.iter().any(names_original));
+    // child rows that may name an original event, by (table, the header's key)
+    let mut originals: HashMap<(String, String), Vec<At>> = HashMap::new();
+    if wanted {
+        each_change(&file, |at, c| {
+            if c.op != ChangeOp::Insert {
+                return;
+            }
+            for em in mapping.event_mappings() {
+                for ch in em
+                    .children
+                    .iter()
+                    .filter(|ch| ch.table == c.table && names_original(ch))
+                {
+                    if let Some(v) = c.row.get(&ch.key) {
+                        originals
+                            .entry((ch.table.clone(), v.to_string()))
+                            .or_default()
+                            .push(at);
+                    }
+                }
+            }
+        })?;
+    }
     let mut within = crate::lanes::Within::new(lanes);
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            break;
-        }
-        let Some(c) = change_of(line.trim_end()) else {
-            continue;
-        };
-        if c.op != ChangeOp::Insert {
-            continue;
+    let mut claimed: HashSet<(String, String)> = HashSet::new();
+    let mut failed: Option<std::io::Error> = None;
+    each_change(&file, |_, c| {
+        if c.op != ChangeOp::Insert || failed.is_some() {
+            return;
         }
         if let Some(o) = mapping
             .outbox_mappings()
@@ -178,10 +201,66 @@ pub fn later_lanes(
                 within.add(ev);
             }
         } else if let Some(em) = mapping.event_mappings().iter().find(|e| e.table == c.table) {
-            within.add(&Value::Object(header_base(source, em, &c.row).0));
+            let (mut base, kind) = header_base(source, em, &c.row);
+            let key = em
+                .key
+                .as_ref()
+                .and_then(|k| c.row.get(k))
+                .map(Value::to_string);
+            let mut lines = Vec::new();
+            for ch in em.children.iter().filter(|ch| names_original(ch)) {
+                let Some(key) = &key else { continue };
+                let list_key = (ch.table.clone(), key.clone());
+                if claimed.contains(&list_key) {
+                    continue;
+                }
+                let Some(rows) = originals.get(&list_key) else {
+                    continue;
+                };
+                claimed.insert(list_key);
+                for at in rows {
+                    match change_at(&file, *at) {
+                        Ok(child) => {
+                            let item = child_item(ch, &kind, &child.row);
+                            if let Some(o) = item.get("original_event_id") {
+                                lines.push(serde_json::json!({ "original_event_id": o }));
+                            }
+                        }
+                        Err(e) => failed = Some(e),
+                    }
+                }
+            }
+            if !lines.is_empty() {
+                base.insert("lines".into(), Value::Array(lines));
+            }
+            within.add(&Value::Object(base));
+        }
+    })?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(within.later()),
+    }
+}
+
+/// Calls `f` with each change of a spilled file and where its line is, in file order (from the start, wherever
+/// an earlier pass left the file's position).
+fn each_change(mut file: &File, mut f: impl FnMut(At, Change)) -> std::io::Result<()> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut reader = BufReader::new(file);
+    let mut line = String::new();
+    let mut offset = 0u64;
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let at: At = (offset, (n - 1) as u32);
+        offset += n as u64;
+        if let Some(c) = change_of(line.trim_end()) {
+            f(at, c);
         }
     }
-    Ok(within.later())
 }
 
 /// Writes the events of a spilled transaction, as the text of one JSON array, in pieces to `emit`, in the order
@@ -206,60 +285,45 @@ pub fn write_events(
     let mut entries: Vec<Entry> = Vec::new();
     let mut children: HashMap<(String, String), Vec<At>> = HashMap::new();
     let mut others: Vec<(At, usize)> = Vec::new();
-    {
-        let mut reader = BufReader::new(&file);
-        let mut line = String::new();
-        let mut offset = 0u64;
-        let mut index = 0usize;
-        loop {
-            line.clear();
-            let n = reader.read_line(&mut line)?;
-            if n == 0 {
-                break;
-            }
-            let at: At = (offset, (n - 1) as u32);
-            offset += n as u64;
-            let Some(c) = change_of(line.trim_end()) else {
-                continue;
-            };
-            let i = index;
-            index += 1;
-            if documents && mapping.is_mirrored(&c.table) {
-                continue;
-            }
-            if c.op != ChangeOp::Insert || mapping.is_mirrored(&c.table) {
-                others.push((at, i));
-                continue;
-            }
-            if mapping.outbox_mappings().iter().any(|o| o.table == c.table) {
-                entries.push(Entry::Outbox(at, i));
-                continue;
-            }
-            if let Some(e) = mapping
-                .event_mappings()
-                .iter()
-                .position(|e| e.table == c.table)
-            {
-                entries.push(Entry::Header(at, e));
-                continue;
-            }
-            let mut child = false;
-            for em in mapping.event_mappings() {
-                for ch in em.children.iter().filter(|ch| ch.table == c.table) {
-                    if let Some(v) = c.row.get(&ch.key) {
-                        children
-                            .entry((ch.table.clone(), v.to_string()))
-                            .or_default()
-                            .push(at);
-                        child = true;
-                    }
+    let mut index = 0usize;
+    each_change(&file, |at, c| {
+        let i = index;
+        index += 1;
+        if documents && mapping.is_mirrored(&c.table) {
+            return;
+        }
+        if c.op != ChangeOp::Insert || mapping.is_mirrored(&c.table) {
+            others.push((at, i));
+            return;
+        }
+        if mapping.outbox_mappings().iter().any(|o| o.table == c.table) {
+            entries.push(Entry::Outbox(at, i));
+            return;
+        }
+        if let Some(e) = mapping
+            .event_mappings()
+            .iter()
+            .position(|e| e.table == c.table)
+        {
+            entries.push(Entry::Header(at, e));
+            return;
+        }
+        let mut child = false;
+        for em in mapping.event_mappings() {
+            for ch in em.children.iter().filter(|ch| ch.table == c.table) {
+                if let Some(v) = c.row.get(&ch.key) {
+                    children
+                        .entry((ch.table.clone(), v.to_string()))
+                        .or_default()
+                        .push(at);
+                    child = true;
                 }
             }
-            if !child {
-                others.push((at, i));
-            }
         }
-    }
+        if !child {
+            others.push((at, i));
+        }
+    })?;
     // pass 2: the events
     let mut written = 0u64;
     let mut first = true;
@@ -271,7 +335,7 @@ pub fn write_events(
         }
     };
     emit("[".into())?;
-    let mut claimed: HashMap<(String, String), ()> = HashMap::new();
+    let mut claimed: HashSet<(String, String)> = HashSet::new();
     for entry in &entries {
         match entry {
             Entry::Outbox(at, i) => {
@@ -307,7 +371,7 @@ pub fn write_events(
                         for ch in &em.children {
                             let list_key = (ch.table.clone(), key.to_string());
                             if children.contains_key(&list_key) {
-                                claimed.insert(list_key, ());
+                                claimed.insert(list_key);
                             }
                         }
                     }
@@ -341,13 +405,13 @@ pub fn write_events(
                     for ch in em.children.iter().filter(|ch| ch.into == into) {
                         let Some(key) = &key else { continue };
                         let list_key = (ch.table.clone(), key.clone());
-                        if claimed.contains_key(&list_key) {
+                        if claimed.contains(&list_key) {
                             continue;
                         }
                         let Some(rows) = children.get(&list_key) else {
                             continue;
                         };
-                        claimed.insert(list_key, ());
+                        claimed.insert(list_key);
                         // in `order_by` order: rows arrive in it as a rule, and are sorted (keys held, a few
                         // bytes each) only when they did not
                         let mut sorted = true;
@@ -409,7 +473,7 @@ pub fn write_events(
     // child rows no header claimed, updates, deletes, truncates and mirrored rows: kept as rejected records
     let mut unclaimed: Vec<At> = children
         .iter()
-        .filter(|(k, _)| !claimed.contains_key(*k))
+        .filter(|(k, _)| !claimed.contains(*k))
         .flat_map(|(_, v)| v.iter().copied())
         .collect();
     unclaimed.sort();

@@ -225,3 +225,58 @@ fn the_lane_of_a_transfer_in_after_its_transfer_out_in_one_spilled_transaction_g
     let later = later_lanes(&mapping, "east", &txn, lanes).unwrap_or_else(|e| panic!("{e}"));
     assert!(later.iter().all(|l| !l));
 }
+
+#[test]
+fn the_lane_of_a_return_whose_line_names_a_sale_of_another_lane_in_one_spilled_transaction_goes_second(
+) {
+    // the reference mapping with a line-level original: an exchange's lines may name different sales
+    let text = crate::mapping::REFERENCE_MAPPING.replace(
+        "returned = \"returned\"",
+        "returned = \"returned\"\noriginal_event_id = \"original_line_txn\"",
+    );
+    let mapping = Mapping::from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
+    let lanes = 2;
+    let a = "S1";
+    let b = (2..100)
+        .map(|i| format!("S{i}"))
+        .find(|l| crate::lanes::lane_of(Some(l), lanes) != crate::lanes::lane_of(Some(a), lanes))
+        .expect("a store in the other lane");
+    let at = |mut c: Change, store: &str| {
+        c.row.insert("store_id".into(), json!(store));
+        c
+    };
+    let named_line = |txn: &str, original: Option<&str>| {
+        let mut l = line(txn, 1);
+        l.row.insert("original_line_txn".into(), json!(original));
+        l
+    };
+    let spilled = |changes: Vec<Change>| {
+        let mut spill = Spill::start(&std::env::temp_dir(), "east", Vec::new())
+            .unwrap_or_else(|e| panic!("{e}"));
+        for c in &changes {
+            spill.push(c).unwrap_or_else(|e| panic!("{e}"));
+        }
+        spill.finish().unwrap_or_else(|e| panic!("{e}"))
+    };
+    let mut ret = at(sale("R"), &b);
+    ret.row.insert("kind".into(), json!("return"));
+    // the sale at store a, then a return at store b whose header names no sale and whose line names it: the
+    // line comes after its header in the file, as a POS writes them
+    let txn = spilled(vec![
+        at(sale("X"), a),
+        named_line("X", None),
+        ret.clone(),
+        named_line("R", Some("X")),
+    ]);
+    let later = later_lanes(&mapping, "east", &txn, lanes).unwrap_or_else(|e| panic!("{e}"));
+    let lane_b = crate::lanes::lane_of(Some(&b), lanes);
+    assert!(later[lane_b] && !later[1 - lane_b], "{later:?}");
+    // the same line naming a sale of another transaction: nothing here to wait for
+    let txn = spilled(vec![
+        at(sale("X"), a),
+        ret,
+        named_line("R", Some("elsewhere")),
+    ]);
+    let later = later_lanes(&mapping, "east", &txn, lanes).unwrap_or_else(|e| panic!("{e}"));
+    assert!(later.iter().all(|l| !l), "{later:?}");
+}
