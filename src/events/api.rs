@@ -251,6 +251,10 @@ fn door(
 #[pg_extern]
 fn replay_held(event_id: default!(Option<&str>, "NULL")) -> i32 {
     Spi::connect_mut(|client| {
+        // the archive lock before the held events are read (see batch::apply)
+        if super::periods::by_month() {
+            super::periods::lock_against_archive();
+        }
         let held = store::held(client, event_id);
         if let (Some(id), true) = (event_id, held.is_empty()) {
             misuse(

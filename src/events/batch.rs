@@ -413,6 +413,18 @@ pub fn apply(
         .collect();
     let submitted = work.len();
 
+    // first, before this call reads or locks anything: no month is archived while it posts (archive_period
+    // takes the archive lock first and then the ledgers, so a call that read a ledger before waiting for the
+    // archive lock could deadlock with it), and the months it may write into exist (making one waits for the
+    // partition lock, and attaching a month waits for every reader of the default partitions). A replayed held
+    // event, and a held transfer_in this call releases, are stored rows: their months exist.
+    let dates = work
+        .iter()
+        .filter(|w| !w.replay)
+        .filter_map(|w| w.parsed.as_ref().ok())
+        .map(|e| e.business_date.as_str());
+    periods::prepare(client, dates);
+
     // transfer_ins already waiting for a transfer_out in this call post right after it
     let shipped: Vec<String> = work
         .iter()
@@ -441,15 +453,6 @@ pub fn apply(
             });
         }
     }
-
-    // the months this call may write into exist before anything is locked (making one waits for the partition
-    // lock), and no month is archived while the call posts
-    let dates = work
-        .iter()
-        .chain(follow.values().flatten())
-        .filter_map(|w| w.parsed.as_ref().ok())
-        .map(|e| e.business_date.as_str());
-    periods::prepare(client, dates);
 
     // every id this call may post is locked before anything else, then judged against what is committed
     let fresh: Vec<String> = work

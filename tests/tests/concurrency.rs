@@ -333,11 +333,23 @@ async fn sessions_posting_into_a_month_not_made_yet_all_post_and_make_it_once() 
         json!([{"sku": SKUS[3], "qty": 100, "unit_cost": "1.00"}]),
     )
     .await;
-    // six sessions, each in its own transaction, post at once into months no partition exists for: three into
-    // May 2031, three into one each of June, July and August 2031; each keeps its transaction open a moment
-    // after posting, so the others wait for it while it holds what it made
+    // six sessions, each in its own transaction, post at once into months no partition exists for (in the
+    // partition window, which reaches 12 months ahead): three into the month 6 months from now, three into one
+    // each of the 3 months after it; each keeps its transaction open a moment after posting, so the others wait
+    // for it while it holds what it made
+    let ahead: Vec<String> = setup
+        .query(
+            "SELECT to_char(date_trunc('month', current_date) + k * interval '1 month', 'YYYY-MM')
+               FROM generate_series(6, 10) k ORDER BY k",
+            &[],
+        )
+        .await
+        .expect("months ahead")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let months = [
-        "2031-05", "2031-05", "2031-05", "2031-06", "2031-07", "2031-08",
+        &ahead[0], &ahead[0], &ahead[0], &ahead[1], &ahead[2], &ahead[3],
     ];
     let start = std::sync::Arc::new(tokio::sync::Barrier::new(months.len()));
     let mut tasks = Vec::new();
@@ -359,22 +371,22 @@ async fn sessions_posting_into_a_month_not_made_yet_all_post_and_make_it_once() 
         let status = t.await.expect("posting task");
         assert_eq!(status.as_deref(), Ok("applied"), "session {n}");
     }
-    // every month once in every ledger table (and September 2031, the month after the latest)
+    // every month once in every ledger table (and the month after the latest)
     for table in ["event", "stock_move", "journal", "journal_line"] {
+        let expected: Vec<String> = ahead
+            .iter()
+            .map(|m| format!("{table}_{}", m.replace('-', "_")))
+            .collect();
         let made: Vec<String> = setup
             .query(
                 "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                  WHERE i.inhparent = $1::text::regclass AND c.relname LIKE '%2031%' ORDER BY 1",
-                &[&format!("possync.{table}")],
+                  WHERE i.inhparent = $1::text::regclass AND c.relname = ANY($2) ORDER BY 1",
+                &[&format!("possync.{table}"), &expected],
             )
             .await
             .expect("partitions")
             .iter()
             .map(|r| r.get(0))
-            .collect();
-        let expected: Vec<String> = ["05", "06", "07", "08", "09"]
-            .iter()
-            .map(|m| format!("{table}_2031_{m}"))
             .collect();
         assert_eq!(made, expected);
     }
@@ -489,4 +501,89 @@ async fn a_transfer_in_held_by_another_open_session_is_released_by_its_transfer_
         Decimal::ZERO,
         "nothing left in transit"
     );
+}
+
+/// archive_period takes the archive lock, then the ledgers (to detach a month). A posting that read a ledger
+/// (a transfer_out looks for the transfer_in held for it) before it waited for the archive lock would hold the
+/// ledger against archive_period while waiting for it: a deadlock. Posting takes the archive lock first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_posting_waiting_for_an_archive_holds_no_ledger_against_it() {
+    let _one = serial().await;
+    let erp = erp_cluster().await;
+    let setup = erp.connect("erp").await;
+    setup
+        .batch_execute(
+            "INSERT INTO possync.location (location_id, name) VALUES ('S043', 'Store 43')",
+        )
+        .await
+        .expect("second store");
+    receive(
+        &setup,
+        json!([{"sku": SKUS[0], "qty": 10, "unit_cost": "4.00"}]),
+    )
+    .await;
+    let half = |id: &str, kind: &str, at: &str, other: (&str, &str)| {
+        json!({"event_id": id, "kind": kind, "location": at, "transfer_id": "T-ARCH",
+               other.0: other.1, "business_date": "2026-11-26",
+               "lines": [{"sku": SKUS[0], "qty": 3}]})
+        .to_string()
+    };
+    let held: String = setup
+        .query_one(
+            "SELECT possync.apply_event($1::text::jsonb)->>'status'",
+            &[&half(
+                "a-in",
+                "transfer_in",
+                "S043",
+                ("from_location", STORE),
+            )],
+        )
+        .await
+        .expect("transfer_in")
+        .get(0);
+    assert_eq!(held, "held");
+    // an archive in progress: the archive lock (as archive_period takes it first), the ledgers next
+    let archiving = erp.connect("erp").await;
+    archiving
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(1347633522, 0)")
+        .await
+        .expect("archive lock");
+    let shipping = erp.connect("erp").await;
+    let out = half("a-out", "transfer_out", STORE, ("to_location", "S043"));
+    let ship = tokio::spawn(async move {
+        shipping
+            .query_one(
+                "SELECT possync.apply_event($1::text::jsonb)->>'status'",
+                &[&out],
+            )
+            .await
+            .map(|r| r.get::<_, String>(0))
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !ship.is_finished(),
+        "the posting did not wait for the archive"
+    );
+    // the archive now needs the ledger exclusively: it gets it (nothing of the waiting posting holds it), where a
+    // posting holding it would have made one of the two fail with a deadlock
+    archiving
+        .batch_execute(
+            "SET lock_timeout = '20s'; LOCK TABLE possync.event IN ACCESS EXCLUSIVE MODE; COMMIT",
+        )
+        .await
+        .expect("the archive takes the ledger while a posting waits for it");
+    let shipped = ship
+        .await
+        .expect("task")
+        .expect("transfer_out after the archive");
+    assert_eq!(shipped, "applied");
+    let status: String = setup
+        .query_one(
+            "SELECT status FROM possync.event WHERE event_id = 'a-in'",
+            &[],
+        )
+        .await
+        .expect("a-in")
+        .get(0);
+    assert_eq!(status, "applied", "the held receipt was released");
 }
