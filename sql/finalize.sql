@@ -31,8 +31,9 @@ $$;
 -- Sets a source up to be applied in `lanes` parallel sessions and returns each lane's checkpoint. Lanes already
 -- started with this number are kept as they are, so a restart resumes each lane exactly where it stopped. Any
 -- other number starts every lane afresh at the source's checkpoint (the least of the old lanes'): what a lane had
--- applied past it is posted again and found a duplicate by its event id. Called by the bridge once per session,
--- after it owns the source.
+-- applied past it is posted again: a stored event is found a duplicate by its id, and one kept only as an
+-- exception (rejected, conflict) is not recorded again. Called by the bridge once per session, after it owns the
+-- source.
 CREATE FUNCTION start_lanes(source text, lanes integer) RETURNS TABLE (lane integer, checkpoint pg_lsn)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$

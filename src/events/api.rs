@@ -69,7 +69,8 @@ const ADVANCE_SOURCE: &str =
     "UPDATE possync.source SET checkpoint = $2::pg_lsn, applied_at = now(), \
         events_applied = events_applied + $3::bigint WHERE source_id = $1";
 // A single session takes the source back from apply lanes: the lanes' rows go, and the source resumes from the
-// least of their checkpoints (what each lane applied past it is found a duplicate by its event id).
+// least of their checkpoints (what each lane applied past it comes again: a duplicate by its event id, or, kept
+// only as an exception, not recorded again).
 const FOLD_LANES: &str = "WITH gone AS (DELETE FROM possync.source_lane WHERE source_id = $1 \
         RETURNING checkpoint, events_applied) \
      UPDATE possync.source s SET checkpoint = (SELECT min(checkpoint) FROM gone), \

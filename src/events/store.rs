@@ -623,7 +623,15 @@ impl Writes {
             let x = &self.exceptions;
             run(
                 client,
-                INSERT_EXCEPTIONS,
+                // through the bridge's door, an event that was not posted can come again: after a restart with
+                // another number of apply lanes, every lane resumes at the least checkpoint of the old ones, and
+                // what lay past it is sent again. A stored event is then a duplicate by its id; one kept only as
+                // an exception (rejected, conflict) is not recorded a second time
+                if self.source.is_some() {
+                    INSERT_EXCEPTIONS_ONCE
+                } else {
+                    INSERT_EXCEPTIONS
+                },
                 &[
                     texts(x.iter().map(|r| r.event_id.clone())),
                     texts(x.iter().map(|r| r.kind.to_string())),
@@ -747,6 +755,13 @@ const INSERT_EXCEPTIONS: &str = "INSERT INTO possync.exception (event_id, kind, 
      SELECT e, k, r, p::jsonb, l, a::numeric, s \
        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
          AS x(e, k, r, p, l, a, s)";
+
+const INSERT_EXCEPTIONS_ONCE: &str = "INSERT INTO possync.exception (event_id, kind, reason, payload, location_id, amount, source) \
+     SELECT e, k, r, p::jsonb, l, a::numeric, s \
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+         AS x(e, k, r, p, l, a, s) \
+      WHERE p IS NULL OR e IS NULL OR NOT EXISTS (SELECT 1 FROM possync.exception o \
+              WHERE o.event_id = x.e AND o.kind = x.k AND o.payload = x.p::jsonb)";
 
 const LOCK_SUPPLY: &str = "SELECT supply_id, qty_open::text FROM possync.supply \
      WHERE supply_id = ANY($1::text[]) ORDER BY supply_id FOR UPDATE";

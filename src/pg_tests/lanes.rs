@@ -135,3 +135,31 @@ fn lane_arguments_are_checked_by_name() {
         assert!(e.contains(want), "{sql}: {e}");
     }
 }
+
+#[pg_test]
+fn what_lanes_send_again_after_a_restart_is_recorded_once() {
+    setup();
+    apply(receipt("r1", "S1", &[("A", "10", "2.00")]));
+    apply(receipt("r2", "S2", &[("A", "10", "2.00")]));
+    apply(lane_sale("taken", "S1"));
+    start_lanes(2);
+    // lane 0 runs ahead with a malformed sale and a conflicting one; lane 1 stays behind
+    let mut malformed = lane_sale("bad", "S1");
+    malformed["lines"][0]["qty"] = json!("lots");
+    let mut other = lane_sale("taken", "S1");
+    other["tenders"] = json!([{"type": "card", "amount": "5"}]);
+    let first = lane_batch("0/900", json!([malformed.clone(), other.clone(), lane_sale("good", "S1")]), 0, 2);
+    let statuses = |r: &Value| -> Vec<String> {
+        r["results"].as_array().map_or_else(Vec::new, |a| a.iter().map(|o| status(o).to_string()).collect())
+    };
+    assert_eq!(statuses(&first), ["rejected", "conflict", "applied"], "{first}");
+    lane_batch("0/400", json!([]), 1, 2);
+    let exceptions = "SELECT 1 FROM possync.exception WHERE event_id IN ('bad', 'taken') AND payload IS NOT NULL";
+    assert_eq!(count(exceptions), 2);
+    // restarted with one lane fewer, all resume at 0/400: 0/900 comes again
+    start_lanes(1);
+    let again = lane_batch("0/900", json!([malformed, other, lane_sale("good", "S1")]), 0, 1);
+    assert_eq!(statuses(&again), ["rejected", "conflict", "duplicate"], "{again}");
+    assert_eq!(count(exceptions), 2, "kept once each");
+    assert_eq!(stock("A", "S1").0, d("8"));
+}
