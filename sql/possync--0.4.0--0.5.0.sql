@@ -292,6 +292,12 @@ BEGIN
         EXECUTE format('INSERT INTO possync.archived_event (event_id, business_date, status, payload_md5) '
                        'SELECT event_id, business_date, status, md5(payload::text) FROM %s', parts ->> 'event');
     END IF;
+    IF parts ? 'stock_move' AND parts ? 'event' THEN
+        EXECUTE format('INSERT INTO possync.archived_issue (event_id, sku, qty, value) '
+                       'SELECT m.event_id, m.sku, -sum(m.qty), -sum(m.value) FROM %s m JOIN %s e '
+                       'ON e.event_id = m.event_id WHERE e.kind IN (''sale'', ''exchange'') AND m.qty < 0 GROUP BY 1, 2',
+                       parts ->> 'stock_move', parts ->> 'event');
+    END IF;
     IF parts ? 'stock_move' THEN
         EXECUTE format('INSERT INTO possync.carried_stock (month, sku, location_id, qty, value, moves, last_move_id) '
                        'SELECT $1, sku, location_id, sum(qty), sum(value), count(*), max(move_id) FROM %s GROUP BY 2, 3',
@@ -342,3 +348,39 @@ $$;
 
 
 REVOKE ALL ON FUNCTION ledger_default_partition(regclass), make_ledger_partition(text, date), make_ledger_defaults() FROM PUBLIC;
+
+----------------------------------------------------------------------------------------------------
+-- What archived sales issued
+----------------------------------------------------------------------------------------------------
+-- A return naming a sale of an archived month came back at the current average cost: archive_period now keeps
+-- what each sale and exchange issued per sku (archive_period above writes it).
+-- What each sale and exchange of an archived month issued, per sku: a later return naming it comes back at
+-- that cost, as it would while the month was open.
+CREATE TABLE archived_issue (
+    event_id text NOT NULL,
+    sku      text NOT NULL,
+    qty      numeric NOT NULL,
+    value    numeric NOT NULL,
+    PRIMARY KEY (event_id, sku)
+);
+
+SELECT pg_catalog.pg_extension_config_dump('archived_issue', '');
+
+-- months archived by 0.4.0: read from their archived tables where the DBA has not dropped them yet
+DO $$
+DECLARE
+    a record;
+    moves text;
+    events text;
+BEGIN
+    FOR a IN SELECT month, tables FROM possync.archived_period ORDER BY month LOOP
+        SELECT t INTO moves FROM unnest(a.tables) AS t WHERE t LIKE 'possync_archive.stock_move_%';
+        SELECT t INTO events FROM unnest(a.tables) AS t WHERE t LIKE 'possync_archive.event_%';
+        CONTINUE WHEN moves IS NULL OR events IS NULL OR to_regclass(moves) IS NULL OR to_regclass(events) IS NULL;
+        EXECUTE format('INSERT INTO possync.archived_issue (event_id, sku, qty, value) '
+                       'SELECT m.event_id, m.sku, -sum(m.qty), -sum(m.value) FROM %s m JOIN %s e '
+                       'ON e.event_id = m.event_id WHERE e.kind IN (''sale'', ''exchange'') AND m.qty < 0 GROUP BY 1, 2 '
+                       'ON CONFLICT DO NOTHING', moves, events);
+    END LOOP;
+END
+$$;

@@ -437,6 +437,16 @@ CREATE TABLE archived_event (
     payload_md5   text NOT NULL
 );
 
+-- What each sale and exchange of an archived month issued, per sku: a later return naming it comes back at
+-- that cost, as it would while the month was open.
+CREATE TABLE archived_issue (
+    event_id text NOT NULL,
+    sku      text NOT NULL,
+    qty      numeric NOT NULL,
+    value    numeric NOT NULL,
+    PRIMARY KEY (event_id, sku)
+);
+
 -- What archived months add to each sku and location: reconcile() and check_invariants() add these to the moves
 -- still attached. last_move_id: the month's last move there (the stock_move chain is checked from it on).
 CREATE TABLE carried_stock (
@@ -799,6 +809,12 @@ BEGIN
         EXECUTE format('INSERT INTO possync.archived_event (event_id, business_date, status, payload_md5) '
                        'SELECT event_id, business_date, status, md5(payload::text) FROM %s', parts ->> 'event');
     END IF;
+    IF parts ? 'stock_move' AND parts ? 'event' THEN
+        EXECUTE format('INSERT INTO possync.archived_issue (event_id, sku, qty, value) '
+                       'SELECT m.event_id, m.sku, -sum(m.qty), -sum(m.value) FROM %s m JOIN %s e '
+                       'ON e.event_id = m.event_id WHERE e.kind IN (''sale'', ''exchange'') AND m.qty < 0 GROUP BY 1, 2',
+                       parts ->> 'stock_move', parts ->> 'event');
+    END IF;
     IF parts ? 'stock_move' THEN
         EXECUTE format('INSERT INTO possync.carried_stock (month, sku, location_id, qty, value, moves, last_move_id) '
                        'SELECT $1, sku, location_id, sum(qty), sum(value), count(*), max(move_id) FROM %s GROUP BY 2, 3',
@@ -884,5 +900,6 @@ SELECT pg_catalog.pg_extension_config_dump('pending_document', '');
 SELECT pg_catalog.pg_extension_config_dump('event_key', '');
 SELECT pg_catalog.pg_extension_config_dump('archived_period', '');
 SELECT pg_catalog.pg_extension_config_dump('archived_event', '');
+SELECT pg_catalog.pg_extension_config_dump('archived_issue', '');
 SELECT pg_catalog.pg_extension_config_dump('carried_stock', '');
 SELECT pg_catalog.pg_extension_config_dump('carried_gl', '');

@@ -227,8 +227,14 @@ pub fn reservations(
         .collect()
 }
 
-// the event's moves are in its month's partition
+// the event's moves are in its month's partition; what a sale of an archived month issued is in archived_issue
 const ISSUED: &str = "SELECT sku, (-sum(qty))::text, (-sum(value))::text FROM possync.stock_move \
+     WHERE event_id = $1 AND qty < 0 \
+       AND business_date = (SELECT k.business_date FROM possync.event_key k WHERE k.event_id = $1) GROUP BY sku \
+     UNION ALL SELECT sku, qty::text, value::text FROM possync.archived_issue WHERE event_id = $1";
+
+// 0.4.0: months are archived, but what their sales issued is not kept
+const ISSUED_0_4: &str = "SELECT sku, (-sum(qty))::text, (-sum(value))::text FROM possync.stock_move \
      WHERE event_id = $1 AND qty < 0 \
        AND business_date = (SELECT k.business_date FROM possync.event_key k WHERE k.event_id = $1) GROUP BY sku";
 
@@ -241,8 +247,10 @@ pub fn issued_by_event(
     client: &mut SpiClient<'_>,
     event_id: &str,
 ) -> HashMap<String, (Decimal, Decimal)> {
-    let sql = if periods::by_month() {
+    let sql = if periods::has_table("archived_issue") {
         ISSUED
+    } else if periods::by_month() {
+        ISSUED_0_4
     } else {
         ISSUED_BEFORE_0_4
     };

@@ -371,7 +371,7 @@ fn an_archived_month_keeps_the_books_of_the_open_ones() {
         "2026-11-21",
     );
     ret["original_event_id"] = json!("s-sep");
-    assert_eq!(status(&apply(ret)), "applied", "a return of an archived sale comes back at the current cost");
+    assert_eq!(status(&apply(ret)), "applied", "a return of an archived sale");
     let rev = Spi::get_one::<JsonB>("SELECT possync.reverse_event('s-oct', 'keyed twice')").expect("rev").expect("r").0;
     assert_eq!(rev["status"], json!("applied"), "{rev}");
     assert_eq!(rows_of("SELECT * FROM possync.reconcile()"), Vec::<String>::new());
@@ -565,4 +565,31 @@ fn a_month_the_default_partition_holds_stays_there_and_is_not_archived() {
     assert_eq!(count("SELECT * FROM possync.check_invariants()"), 0);
     assert_eq!(count("SELECT * FROM possync.reconcile()"), 0);
     assert_eq!(count("SELECT 1 FROM possync.event WHERE event_id IN ('clock-off', 'clock-off-2', 'old-history')"), 3);
+}
+
+#[pg_test]
+fn a_return_of_a_sale_of_an_archived_month_comes_back_at_the_sale_cost() {
+    setup();
+    two_months();
+    Spi::run("SELECT possync.archive_period('2026-09-01')").expect("archive");
+    // what September's sale issued of A, as the test computes it: 2 at the 2.00 of the only receipt before it
+    assert_eq!(
+        rows_of("SELECT event_id, sku, qty, value FROM possync.archived_issue ORDER BY 1, 2"),
+        vec!["(s-sep,A,2,4.00)".to_string(), "(s-sep,B,1,1.50)".to_string()]
+    );
+    // A's average cost moves away from 2.00
+    apply(on(receipt("r-nov", "S1", &[("A", "10", "5.00")]), "2026-11-02"));
+    let before = stock("A", "S1");
+    assert_ne!(before.1 / before.0, d("2.00"));
+    let mut ret = on(
+        till("ret-arch", "return", "S1", &[("A", "1", "5.00", "0", "0")], &[("cash", "-5.00")]),
+        "2026-11-03",
+    );
+    ret["original_event_id"] = json!("s-sep");
+    assert_eq!(status(&apply(ret)), "applied");
+    let after = stock("A", "S1");
+    assert_eq!(after.0, before.0 + d("1"));
+    assert_eq!(after.1, before.1 + d("2.00"), "back at the sale's cost, not the average");
+    assert_eq!(count("SELECT * FROM possync.check_invariants()"), 0);
+    assert_eq!(count("SELECT * FROM possync.reconcile()"), 0);
 }
