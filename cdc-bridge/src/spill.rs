@@ -283,7 +283,9 @@ pub fn write_events(
     let file = File::open(&txn.file.path)?;
     // pass 1: the index
     let mut entries: Vec<Entry> = Vec::new();
-    let mut children: HashMap<(String, String), Vec<At>> = HashMap::new();
+    // child rows by (table, the header's key), each with its index among the transaction's changes (what
+    // names it when no header claims it, as in Mapping::events_of)
+    let mut children: HashMap<(String, String), Vec<(At, usize)>> = HashMap::new();
     let mut others: Vec<(At, usize)> = Vec::new();
     let mut index = 0usize;
     each_change(&file, |at, c| {
@@ -315,7 +317,7 @@ pub fn write_events(
                     children
                         .entry((ch.table.clone(), v.to_string()))
                         .or_default()
-                        .push(at);
+                        .push((at, i));
                     child = true;
                 }
             }
@@ -351,7 +353,10 @@ pub fn write_events(
                         commit_lsn,
                         *i,
                         &c,
-                        "outbox column is missing or NULL".into(),
+                        format!(
+                            "outbox column {} is missing or NULL",
+                            o.map_or("", |o| o.column.as_str())
+                        ),
                     ),
                 };
                 if !ours(&ev) {
@@ -417,7 +422,7 @@ pub fn write_events(
                         let mut sorted = true;
                         if ch.order_by.is_some() {
                             let mut last = None;
-                            for at in rows {
+                            for (at, _) in rows {
                                 let k = child_order(ch, &change_at(&file, *at)?.row);
                                 if last.as_ref().is_some_and(|l| *l > k) {
                                     sorted = false;
@@ -430,15 +435,19 @@ pub fn write_events(
                             Vec::new()
                         } else {
                             let mut keyed = Vec::with_capacity(rows.len());
-                            for at in rows {
+                            for (at, _) in rows {
                                 keyed.push((child_order(ch, &change_at(&file, *at)?.row), *at));
                             }
                             keyed.sort();
                             keyed.into_iter().map(|(_, at)| at).collect()
                         };
-                        let in_order: &[At] = if sorted { rows } else { &order };
+                        let in_order: Box<dyn Iterator<Item = At> + '_> = if sorted {
+                            Box::new(rows.iter().map(|(at, _)| *at))
+                        } else {
+                            Box::new(order.iter().copied())
+                        };
                         for at in in_order {
-                            let row = change_at(&file, *at)?.row;
+                            let row = change_at(&file, at)?.row;
                             let item = Value::Object(child_item(ch, &kind, &row));
                             let item = match (&header, into) {
                                 (Some(h), "lines") => h.line_json(&item, index).unwrap_or(item),
@@ -470,34 +479,24 @@ pub fn write_events(
             }
         }
     }
-    // child rows no header claimed, updates, deletes, truncates and mirrored rows: kept as rejected records
-    let mut unclaimed: Vec<At> = children
+    // child rows no header claimed, updates, deletes, truncates and mirrored rows: kept as rejected records, in
+    // the order of the transaction's changes and named by their index in it, as Mapping::events_of names them
+    let mut left: Vec<(usize, At, bool)> = children
         .iter()
         .filter(|(k, _)| !claimed.contains(*k))
-        .flat_map(|(_, v)| v.iter().copied())
+        .flat_map(|(_, v)| v.iter().map(|(at, i)| (*i, *at, true)))
+        .chain(others.iter().map(|(at, i)| (*i, *at, false)))
         .collect();
-    unclaimed.sort();
-    for at in unclaimed {
+    left.sort_unstable_by_key(|(i, _, _)| *i);
+    left.dedup_by_key(|(i, _, _)| *i);
+    for (i, at, child) in left {
         let c = change_at(&file, at)?;
-        let ev = unmapped(
-            source,
-            commit_lsn,
-            at.0 as usize,
-            &c,
+        let reason = if child {
             format!(
                 "a row of {} arrived without its header row in the same POS transaction",
                 c.table
-            ),
-        );
-        if !ours(&ev) {
-            continue;
-        }
-        emit(format!("{}{ev}", sep(&mut first)))?;
-        written += 1;
-    }
-    for (at, i) in others {
-        let c = change_at(&file, at)?;
-        let reason = if mapping.is_mirrored(&c.table) {
+            )
+        } else if mapping.is_mirrored(&c.table) {
             format!(
                 "a row of mirrored table {} in a POS transaction too large to hold ({} changes): documents are not made from such transactions",
                 c.table, txn.changes
