@@ -951,8 +951,16 @@ pub(crate) async fn apply_isolating(
         let txn = &big[0];
         if let Some(spilled) = &txn.spilled {
             let started = Instant::now();
-            match crate::spill::apply_spilled(erp, mapping, poster, source, txn.commit_lsn, spilled)
-                .await
+            match crate::spill::apply_spilled(
+                erp,
+                mapping,
+                poster,
+                source,
+                txn.commit_lsn,
+                spilled,
+                None,
+            )
+            .await
             {
                 Ok((outcome, wal)) => {
                     metrics.observe_apply(started.elapsed());
@@ -960,7 +968,10 @@ pub(crate) async fn apply_isolating(
                     count(metrics, &outcome, 1);
                 }
                 Err(e) if e.class() == ErrorClass::Data => {
-                    reject_transaction(erp, source, txn, &e, metrics, unflushed, committed).await?;
+                    reject_transaction(
+                        erp, mapping, source, txn, &e, metrics, unflushed, committed,
+                    )
+                    .await?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -1006,7 +1017,10 @@ pub(crate) async fn apply_isolating(
                 pending.push_front((from, mid));
             }
             Err(e) if e.class() == ErrorClass::Data => {
-                reject_transaction(erp, source, last, &e, metrics, unflushed, committed).await?;
+                reject_transaction(
+                    erp, mapping, source, last, &e, metrics, unflushed, committed,
+                )
+                .await?;
             }
             Err(e) => return Err(e.into()),
         }
@@ -1059,14 +1073,123 @@ fn count(metrics: &SourceMetrics, outcome: &crate::apply::BatchOutcome, txns: u6
 
 /// Most characters of an original event kept as text when the ERP refuses even the rejected form that carries
 /// it as JSON.
-const ORIGINAL_TEXT_MAX_CHARS: usize = 100_000;
+pub(crate) const ORIGINAL_TEXT_MAX_CHARS: usize = 100_000;
+
+/// Why the ERP refused a POS transaction, as every record of its rejected form says it (see [`rejected_form`]).
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    source: String,
+    prefix: String,
+    reason: String,
+    erp_error: Value,
+    commit_lsn: String,
+    /// The originals are carried as (truncated) JSON text instead of JSON.
+    pub as_text: bool,
+}
+
+impl Rejection {
+    pub fn new(
+        source: &str,
+        commit_lsn: Lsn,
+        error: &crate::pgerr::ServerError,
+        as_text: bool,
+        lane: Option<(usize, usize)>,
+    ) -> Rejection {
+        let prefix = match lane {
+            None => format!("{source}:erp_error:{commit_lsn}"),
+            Some((l, _)) => format!("{source}:erp_error:{commit_lsn}:lane{l}"),
+        };
+        use crate::pgerr::{single_line, truncate_noting_length, REASON_MAX_CHARS};
+        let mut why = format!(
+            "the ERP raised {} while posting POS transaction {commit_lsn}: {}",
+            error.sqlstate, error.message
+        );
+        if let Some(d) = &error.detail {
+            why.push_str("; DETAIL: ");
+            why.push_str(d);
+        }
+        if let Some(h) = &error.hint {
+            why.push_str("; HINT: ");
+            why.push_str(h);
+        }
+        let reason = truncate_noting_length(&single_line(&why), REASON_MAX_CHARS);
+        let field = |t: &str| Value::from(truncate_noting_length(t, REASON_MAX_CHARS));
+        let erp_error = serde_json::json!({
+            "sqlstate": error.sqlstate,
+            "message": field(&error.message),
+            "detail": error.detail.as_deref().map(field),
+            "hint": error.hint.as_deref().map(field),
+        });
+        Rejection {
+            source: source.to_string(),
+            prefix,
+            reason,
+            erp_error,
+            commit_lsn: commit_lsn.to_string(),
+            as_text,
+        }
+    }
+
+    /// A record without its original: id `<prefix>:<n>`, kind, source, reason, the server's fields.
+    pub fn record(&self, n: &str) -> serde_json::Map<String, Value> {
+        let mut u = serde_json::Map::new();
+        u.insert(
+            "event_id".into(),
+            Value::from(format!("{}:{n}", self.prefix)),
+        );
+        u.insert("kind".into(), Value::from(possync_events::UNMAPPED));
+        u.insert("source".into(), Value::from(self.source.as_str()));
+        u.insert("reason".into(), Value::from(self.reason.as_str()));
+        u.insert("erp_error".into(), self.erp_error.clone());
+        u.insert("commit_lsn".into(), Value::from(self.commit_lsn.as_str()));
+        u
+    }
+
+    /// Whether an original must be carried as text: asked to, or nested so deep (`depth`) that the record
+    /// holding it would be refused for its depth and the server's words lost.
+    pub fn carries_text(&self, depth: usize) -> bool {
+        self.as_text || depth + 1 > possync_events::domain::MAX_DEPTH
+    }
+
+    /// An original's JSON text as the record carries it: cut to [`ORIGINAL_TEXT_MAX_CHARS`], its full length
+    /// noted. `head` holds at least the first `min(chars, ORIGINAL_TEXT_MAX_CHARS)` characters of a text of
+    /// `chars` characters.
+    pub fn text_value(head: &str, chars: usize) -> Value {
+        Value::from(crate::pgerr::truncate_known_length(
+            head,
+            chars,
+            ORIGINAL_TEXT_MAX_CHARS,
+        ))
+    }
+
+    /// The record of the `n`th original event (`None`: the one record of a transaction without events).
+    pub fn wrap(&self, n: usize, original: Option<&Value>) -> Value {
+        let mut u = self.record(&n.to_string());
+        if let Some(o) = original {
+            if let Some(id) = o.get("event_id") {
+                u.insert("original_event_id".into(), id.clone());
+            }
+            if self.carries_text(possync_events::depth(o)) {
+                let text = o.to_string();
+                u.insert(
+                    "original_text".into(),
+                    Rejection::text_value(&text, text.chars().count()),
+                );
+            } else {
+                u.insert("original".into(), o.clone());
+            }
+        }
+        Value::Object(u)
+    }
+}
 
 /// The rejected form of a POS transaction the ERP refused: one `unmapped` event per original event (or one for
 /// a transaction without events), each carrying why (the server's SQLSTATE, message, detail and hint) and the
 /// original event, so that the ERP keeps it as a `malformed` exception. Event ids are
 /// `<source>:erp_error:<commit LSN>:<index>` (`…:<commit LSN>:lane<n>:<index>` for the part of apply lane n),
 /// never the original id, which stays free for a corrected re-post. With `as_text`, the original is carried as
-/// (truncated) JSON text instead of JSON.
+/// (truncated) JSON text instead of JSON. A spilled transaction's form is written from its file the same way
+/// (see [`crate::spill::write_rejected`]).
 pub fn rejected_form(
     source: &str,
     txn: &PosTransaction,
@@ -1074,31 +1197,7 @@ pub fn rejected_form(
     as_text: bool,
     lane: Option<(usize, usize)>,
 ) -> Vec<Value> {
-    let prefix = match lane {
-        None => format!("{source}:erp_error:{}", txn.commit_lsn),
-        Some((l, _)) => format!("{source}:erp_error:{}:lane{l}", txn.commit_lsn),
-    };
-    use crate::pgerr::{single_line, truncate_noting_length, REASON_MAX_CHARS};
-    let mut why = format!(
-        "the ERP raised {} while posting POS transaction {}: {}",
-        error.sqlstate, txn.commit_lsn, error.message
-    );
-    if let Some(d) = &error.detail {
-        why.push_str("; DETAIL: ");
-        why.push_str(d);
-    }
-    if let Some(h) = &error.hint {
-        why.push_str("; HINT: ");
-        why.push_str(h);
-    }
-    let reason = truncate_noting_length(&single_line(&why), REASON_MAX_CHARS);
-    let field = |t: &str| Value::from(truncate_noting_length(t, REASON_MAX_CHARS));
-    let erp_error = serde_json::json!({
-        "sqlstate": error.sqlstate,
-        "message": field(&error.message),
-        "detail": error.detail.as_deref().map(field),
-        "hint": error.hint.as_deref().map(field),
-    });
+    let rejection = Rejection::new(source, txn.commit_lsn, error, as_text, lane);
     let originals: Vec<Option<&Value>> = if txn.events.is_empty() {
         vec![None]
     } else {
@@ -1107,32 +1206,7 @@ pub fn rejected_form(
     let mut records: Vec<Value> = originals
         .into_iter()
         .enumerate()
-        .map(|(i, original)| {
-            let mut u = serde_json::Map::new();
-            u.insert("event_id".into(), Value::from(format!("{prefix}:{i}")));
-            u.insert("kind".into(), Value::from(possync_events::UNMAPPED));
-            u.insert("source".into(), Value::from(source));
-            u.insert("reason".into(), Value::from(reason.clone()));
-            u.insert("erp_error".into(), erp_error.clone());
-            u.insert("commit_lsn".into(), Value::from(txn.commit_lsn.to_string()));
-            if let Some(o) = original {
-                if let Some(id) = o.get("event_id") {
-                    u.insert("original_event_id".into(), id.clone());
-                }
-                // nested one level deeper than the contract allows, the record would be refused for its depth
-                // and the server's words lost: carry such an original as text
-                if as_text || possync_events::depth(o) + 1 > possync_events::domain::MAX_DEPTH {
-                    let text = o.to_string();
-                    u.insert(
-                        "original_text".into(),
-                        Value::from(truncate_noting_length(&text, ORIGINAL_TEXT_MAX_CHARS)),
-                    );
-                } else {
-                    u.insert("original".into(), o.clone());
-                }
-            }
-            Value::Object(u)
-        })
+        .map(|(i, original)| rejection.wrap(i, original))
         .collect();
     // the mirrored rows of the transaction, which the mirror could not take: kept with the reason
     if !txn.changes.is_empty() {
@@ -1142,20 +1216,12 @@ pub fn rejected_form(
             .map(|c| serde_json::json!({"table": c.table, "op": c.op.as_str(), "row": c.row}))
             .collect();
         let rows = Value::Array(rows);
-        let mut u = serde_json::Map::new();
-        u.insert("event_id".into(), Value::from(format!("{prefix}:rows")));
-        u.insert("kind".into(), Value::from(possync_events::UNMAPPED));
-        u.insert("source".into(), Value::from(source));
-        u.insert("reason".into(), Value::from(reason.clone()));
-        u.insert("erp_error".into(), erp_error.clone());
-        u.insert("commit_lsn".into(), Value::from(txn.commit_lsn.to_string()));
-        if as_text || possync_events::depth(&rows) + 1 > possync_events::domain::MAX_DEPTH {
+        let mut u = rejection.record("rows");
+        if rejection.carries_text(possync_events::depth(&rows)) {
+            let text = rows.to_string();
             u.insert(
                 "rows_text".into(),
-                Value::from(truncate_noting_length(
-                    &rows.to_string(),
-                    ORIGINAL_TEXT_MAX_CHARS,
-                )),
+                Rejection::text_value(&text, text.chars().count()),
             );
         } else {
             u.insert("rows".into(), rows);
@@ -1168,8 +1234,10 @@ pub fn rejected_form(
 /// Posts a POS transaction the ERP refused as rejected events at its own commit LSN, counts it and says so at
 /// ERROR. When the ERP refuses even that, the error is not about this transaction's data after all (or the ERP
 /// refuses everything): the session ends and is retried, as for a connection error.
+#[allow(clippy::too_many_arguments)]
 async fn reject_transaction(
     erp: &Erp,
+    mapping: &Arc<Mapping>,
     source: &str,
     txn: &PosTransaction,
     error: &ErpError,
@@ -1191,12 +1259,33 @@ async fn reject_transaction(
     tracing::error!(source, commit_lsn = %txn.commit_lsn, sqlstate = %server.sqlstate, message = %server.message,
         detail = server.detail.as_deref().unwrap_or(""), hint = server.hint.as_deref().unwrap_or(""),
         events = txn.events.len(), event_ids = ?original_ids,
+        spilled_changes = txn.spilled.as_ref().map_or(0, |s| s.changes),
         "the ERP refused this POS transaction; keeping it as rejected events and moving on");
     let mut last_error = None;
     for as_text in [false, true] {
-        let events = rejected_form(source, txn, &server, as_text, erp.lane());
         let started = Instant::now();
-        match erp.apply_batch(source, txn.commit_lsn, &events).await {
+        let posted = match &txn.spilled {
+            // its events are in its file: each is kept from there, as one held in memory would be
+            Some(spilled) => {
+                let rejection =
+                    Rejection::new(source, txn.commit_lsn, &server, as_text, erp.lane());
+                crate::spill::apply_spilled(
+                    erp,
+                    mapping,
+                    None,
+                    source,
+                    txn.commit_lsn,
+                    spilled,
+                    Some(&rejection),
+                )
+                .await
+            }
+            None => {
+                let events = rejected_form(source, txn, &server, as_text, erp.lane());
+                erp.apply_batch(source, txn.commit_lsn, &events).await
+            }
+        };
+        match posted {
             Ok((outcome, wal)) => {
                 metrics.observe_apply(started.elapsed());
                 settle(metrics, unflushed, committed, txn, wal);

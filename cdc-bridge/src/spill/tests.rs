@@ -31,9 +31,9 @@ fn line(txn: &str, no: i64) -> Change {
     )
 }
 
-#[test]
-fn a_spilled_transaction_makes_the_events_the_held_one_makes() {
-    let mapping = Mapping::reference();
+/// A transaction of every sort of row: sales with lines out of order, tenders, an outbox event, orphan lines, an
+/// update, a return naming its sale, a receipt, an outbox row without its payload.
+fn mixed_changes() -> Vec<Change> {
     let mut changes = vec![sale("A")];
     // lines out of order, interleaved with another sale's
     for no in [3, 1, 2] {
@@ -81,6 +81,13 @@ fn a_spilled_transaction_makes_the_events_the_held_one_makes() {
         "pos.stock_event_line",
         json!({"event_id": "RC1", "line_no": 1, "sku": "CAP", "qty": "12.000", "unit_cost": "4.50"}),
     ));
+    changes
+}
+
+#[test]
+fn a_spilled_transaction_makes_the_events_the_held_one_makes() {
+    let mapping = Mapping::reference();
+    let changes = mixed_changes();
     let lsn = Lsn(0x1975EF8);
     let held = mapping.events_of("east", lsn, &changes);
 
@@ -186,6 +193,129 @@ fn the_lanes_of_a_spilled_transaction_write_its_events_between_them_once() {
         together.iter().filter(|e| e["kind"] == "unmapped").count(),
         1
     );
+}
+
+fn spill_of(changes: &[Change]) -> SpilledTxn {
+    let mut spill =
+        Spill::start(&std::env::temp_dir(), "east", Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    for c in changes {
+        spill.push(c).unwrap_or_else(|e| panic!("{e}"));
+    }
+    spill.finish().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn rejected_of(mapping: &Mapping, lsn: Lsn, txn: &SpilledTxn, rejection: &Rejection) -> Vec<Value> {
+    let mut text = String::new();
+    let written = write_rejected(mapping, "east", lsn, txn, None, rejection, &mut |p| {
+        text.push_str(&p);
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    match serde_json::from_str(&text) {
+        Ok(Value::Array(a)) => {
+            assert_eq!(a.len() as u64, written);
+            a
+        }
+        other => panic!("{other:?}: {text}"),
+    }
+}
+
+#[test]
+fn a_refused_spilled_transaction_keeps_every_event_as_the_held_one_would() {
+    let mapping = Mapping::reference();
+    let changes = mixed_changes();
+    let lsn = Lsn(0x1975EF8);
+    let held = crate::assembler::PosTransaction {
+        commit_lsn: lsn,
+        end_lsn: Lsn(0x1975F50),
+        commit_time: 0,
+        events: mapping.events_of("east", lsn, &changes),
+        changes: Vec::new(),
+        spilled: None,
+    };
+    let txn = spill_of(&changes);
+    let error = crate::pgerr::ServerError {
+        sqlstate: "22003".into(),
+        message: "value out of range".into(),
+        detail: Some("injected".into()),
+        hint: None,
+    };
+    for as_text in [false, true] {
+        let expected = crate::source::rejected_form("east", &held, &error, as_text, None);
+        let rejection = Rejection::new("east", lsn, &error, as_text, None);
+        let got = rejected_of(&mapping, lsn, &txn, &rejection);
+        assert_eq!(got.len(), expected.len(), "one record per event");
+        assert_eq!(
+            got.len(),
+            9,
+            "sales A, B and R, the fulfillment, the receipt, four rows left over"
+        );
+        for (g, e) in got.iter().zip(&expected) {
+            for field in [
+                "event_id",
+                "kind",
+                "reason",
+                "erp_error",
+                "commit_lsn",
+                "original_event_id",
+            ] {
+                assert_eq!(g[field], e[field], "{field} of {g}");
+            }
+            let original = |r: &Value| -> Value {
+                match r.get("original_text").and_then(Value::as_str) {
+                    Some(t) => serde_json::from_str(t).unwrap_or_else(|err| panic!("{err}: {t}")),
+                    None => r["original"].clone(),
+                }
+            };
+            let (go, eo) = (original(g), original(e));
+            assert!(go.is_object(), "the original is kept: {g}");
+            assert_eq!(g.get("original_text").is_some(), as_text);
+            if eo["kind"] == "unmapped" {
+                assert_eq!(go["event_id"], eo["event_id"]);
+                assert_eq!(go["raw"], eo["raw"]);
+            } else {
+                assert_eq!(go, eo);
+            }
+        }
+    }
+    // one large sale carried as text is cut to what a record keeps, its full length noted
+    let mut big = vec![sale("BIG")];
+    for no in 1..=2000 {
+        big.push(line("BIG", no));
+    }
+    let txn = spill_of(&big);
+    let rejection = Rejection::new("east", lsn, &error, true, None);
+    let got = rejected_of(&mapping, lsn, &txn, &rejection);
+    assert_eq!(got.len(), 1);
+    let text = got[0]["original_text"].as_str().unwrap_or_default();
+    assert_eq!(text.chars().count(), crate::source::ORIGINAL_TEXT_MAX_CHARS);
+    assert!(
+        text.ends_with("characters in all]"),
+        "{}",
+        &text[text.len() - 80..]
+    );
+    assert_eq!(got[0]["original_event_id"], "BIG");
+    // a line nested deeper than a record may carry as JSON makes its event go as text
+    let mut deep = json!("leaf");
+    for _ in 0..possync_events::domain::MAX_DEPTH {
+        deep = json!({ "k": deep });
+    }
+    let mut nested = line("N", 1);
+    nested.row.insert("sku".into(), deep);
+    let txn = spill_of(&[sale("N"), nested]);
+    let rejection = Rejection::new("east", lsn, &error, false, None);
+    let got = rejected_of(&mapping, lsn, &txn, &rejection);
+    assert!(
+        got[0].get("original").is_none() && got[0]["original_text"].is_string(),
+        "{}",
+        got[0]
+    );
+    assert!(possync_events::depth(&got[0]) <= possync_events::domain::MAX_DEPTH);
+    // a transaction without events: one record of why, as in memory
+    let txn = spill_of(&[]);
+    let got = rejected_of(&mapping, lsn, &txn, &rejection);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["event_id"], "east:erp_error:0/1975EF8:0");
 }
 
 #[test]
