@@ -356,6 +356,16 @@ fn the_lane_of_a_transfer_in_after_its_transfer_out_in_one_spilled_transaction_g
     let later = later_lanes(&mapping, "east", &txn, lanes).unwrap_or_else(|e| panic!("{e}"));
     let lane_b = crate::lanes::lane_of(Some(&b), lanes);
     assert!(later[lane_b] && !later[1 - lane_b], "{later:?}");
+    // a sale at the receiving store after a transfer_out to it (which may post the receipt held there)
+    let mut at_b = sale("X");
+    at_b.row.insert("store_id".into(), json!(b));
+    let txn = spilled(vec![half("o", "transfer_out", a, &b), at_b.clone()]);
+    let later = later_lanes(&mapping, "east", &txn, lanes).unwrap_or_else(|e| panic!("{e}"));
+    assert!(later[lane_b] && !later[1 - lane_b], "{later:?}");
+    // and before it: the transfer_out's lane goes second
+    let txn = spilled(vec![at_b, half("o", "transfer_out", a, &b)]);
+    let later = later_lanes(&mapping, "east", &txn, lanes).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!later[lane_b] && later[1 - lane_b], "{later:?}");
     // with a sale only, no lane waits
     let txn = spilled(vec![sale("X")]);
     let later = later_lanes(&mapping, "east", &txn, lanes).unwrap_or_else(|e| panic!("{e}"));
