@@ -12,7 +12,8 @@
 //! and its transfer_out, a return and the sale it names) would race it: the group is cut before such an event
 //! into segments applied one after the other, so it finds the other committed, as it would in a single session.
 //! A transfer_out to a store of another lane goes in a segment of its own: posting it may post the transfer_in
-//! held for it, into the receiving store's stock, which must come between that store's events before and after.
+//! held for it, into the receiving store's stock, which must come between that store's events before and after
+//! (inside its own POS transaction too: see [`Within`]).
 
 use std::collections::HashMap;
 
