@@ -319,6 +319,7 @@ async fn session(
     }
     let checkpoint = erp.checkpoint(&source.name).await?;
     metrics.checkpoint.store(checkpoint.0, Ordering::Relaxed);
+    remove_leftover_spills(&source.name, &settings.spill_dir).await;
 
     // the publication is made or completed only for a source that never streamed; once it has, a publication
     // that is not whole refuses the source (D5)
@@ -413,6 +414,23 @@ async fn session(
             Err(e) => Err(e),
         },
         a = applier => a,
+    }
+}
+
+/// Removes the spill files a bridge that was killed or crashed left behind for this source (see
+/// [`crate::spill::remove_leftovers`]): only files no process holds. A failure is said at WARN and changes
+/// nothing else.
+async fn remove_leftover_spills(source: &str, dir: &std::path::Path) {
+    let (name, path) = (source.to_string(), dir.to_path_buf());
+    let found =
+        tokio::task::spawn_blocking(move || crate::spill::remove_leftovers(&path, &name)).await;
+    match found {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => {
+            tracing::info!(source, files = n, dir = %dir.display(), "removed spill files left behind by an earlier bridge")
+        }
+        Ok(Err(e)) => tracing::warn!(source, error = %e, "cannot look for spill files left behind"),
+        Err(e) => tracing::warn!(source, error = %e, "cannot look for spill files left behind"),
     }
 }
 

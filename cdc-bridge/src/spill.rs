@@ -32,16 +32,92 @@ pub struct Spill {
     changes: u64,
 }
 
-/// The file of a spilled transaction; removed when the last holder drops it.
-#[derive(Debug, PartialEq, Eq)]
+/// The file of a spilled transaction; removed when the last holder drops it. While it lives, it holds an
+/// exclusive lock (`flock`) on the file, which tells [`remove_leftovers`] that the file is in use.
+#[derive(Debug)]
 pub struct SpillFile {
     pub path: PathBuf,
+    _lock: File,
 }
+
+impl PartialEq for SpillFile {
+    fn eq(&self, other: &SpillFile) -> bool {
+        self.path == other.path
+    }
+}
+
+impl Eq for SpillFile {}
 
 impl Drop for SpillFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// The start of the names of a source's spill files: `possync-spill-<source>-<pid>-<n>.jsonl`.
+fn name_prefix(source: &str) -> String {
+    format!("possync-spill-{}-", crate::source::sanitize(source))
+}
+
+/// Creates a spill file: a new file only (never one that exists, nor through a symbolic link someone put in its
+/// place in a shared directory), readable by the bridge's user alone (it holds sales), locked as in use.
+fn create(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    if let Err(e) = file.try_lock() {
+        let _ = std::fs::remove_file(path);
+        return Err(e.into());
+    }
+    Ok(file)
+}
+
+/// Removes the spill files of `source` in `dir` that a bridge left behind (it was killed or crashed while it held
+/// a large transaction): regular files named as this source's, which no process holds (their lock is free).
+/// Files of other sources, files in use (by this process or another bridge that still streams this source) and
+/// anything that is not a regular file are left alone. Returns how many were removed.
+pub fn remove_leftovers(dir: &Path, source: &str) -> std::io::Result<usize> {
+    let prefix = name_prefix(source);
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        // <pid>-<n>.jsonl: the source's name has no '-' (sanitized), so another source's files never match
+        let ours = rest.strip_suffix(".jsonl").is_some_and(|r| {
+            r.split_once('-').is_some_and(|(pid, n)| {
+                [pid, n]
+                    .iter()
+                    .all(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            })
+        });
+        // not through a link: file_type does not follow one
+        if !ours || !entry.file_type()?.is_file() {
+            continue;
+        }
+        let path = entry.path();
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => continue,
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
 }
 
 /// A committed transaction on disk.
@@ -88,14 +164,22 @@ impl Spill {
     pub fn start(dir: &Path, source: &str, held: Vec<Change>) -> std::io::Result<Spill> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!(
-            "possync-spill-{}-{}-{n}.jsonl",
-            crate::source::sanitize(source),
+            "{}{}-{n}.jsonl",
+            name_prefix(source),
             std::process::id()
         ));
-        let out = BufWriter::new(File::create(&path)?);
+        let file = create(&path)?;
+        // the lock goes with the open file, shared by both handles: held until the transaction is dropped
+        let lock = match file.try_clone() {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
         let mut s = Spill {
-            file: SpillFile { path },
-            out,
+            file: SpillFile { path, _lock: lock },
+            out: BufWriter::new(file),
             changes: 0,
         };
         for c in &held {

@@ -426,3 +426,94 @@ fn the_lane_of_a_return_whose_line_names_a_sale_of_another_lane_in_one_spilled_t
     let later = later_lanes(&mapping, "east", &txn, lanes).unwrap_or_else(|e| panic!("{e}"));
     assert!(later.iter().all(|l| !l), "{later:?}");
 }
+
+/// A directory of its own under the system's temporary one, removed at the end.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("possync-test-{what}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_spill_file_is_new_private_and_never_written_through_a_link() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("create");
+    let spill = Spill::start(&dir.0, "east", vec![sale("A")]).unwrap_or_else(|e| panic!("{e}"));
+    let mode = std::fs::metadata(&spill.file.path)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "readable by the bridge's user only");
+    // a link planted where a spill file goes is not followed, and what it points at is not truncated
+    let target = dir.0.join("target.txt");
+    std::fs::write(&target, "keep me").unwrap_or_else(|e| panic!("{e}"));
+    let planted = dir.0.join("possync-spill-east-1-1.jsonl");
+    std::os::unix::fs::symlink(&target, &planted).unwrap_or_else(|e| panic!("{e}"));
+    let refused = create(&planted).map(|_| ()).map_err(|e| e.kind());
+    assert_eq!(refused, Err(std::io::ErrorKind::AlreadyExists));
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap_or_default(),
+        "keep me"
+    );
+    drop(spill);
+}
+
+#[test]
+fn a_session_removes_only_its_sources_spill_files_that_nothing_holds() {
+    let dir = TempDir::new("leftovers");
+    let file = |name: &str| {
+        let p = dir.0.join(name);
+        std::fs::write(&p, "{}\n").unwrap_or_else(|e| panic!("{e}"));
+        p
+    };
+    // left by a bridge that was killed: east's, of two processes
+    let dead = [
+        file("possync-spill-east-4242-0.jsonl"),
+        file("possync-spill-east-77-12.jsonl"),
+    ];
+    // another source's, names that only look alike, and a link to something else
+    let kept = [
+        file("possync-spill-west-4242-0.jsonl"),
+        file("possync-spill-east_2-4242-0.jsonl"),
+        file("possync-spill-east-notes.txt"),
+    ];
+    let target = file("elsewhere.jsonl");
+    let link = dir.0.join("possync-spill-east-4242-9.jsonl");
+    std::os::unix::fs::symlink(&target, &link).unwrap_or_else(|e| panic!("{e}"));
+    // one in use: being written, then committed and waiting to be posted
+    let writing = Spill::start(&dir.0, "east", vec![sale("A")]).unwrap_or_else(|e| panic!("{e}"));
+    let committed = Spill::start(&dir.0, "east", vec![sale("B")])
+        .and_then(Spill::finish)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let removed = remove_leftovers(&dir.0, "east").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(removed, 2);
+    for p in &dead {
+        assert!(!p.exists(), "{p:?} is left over");
+    }
+    for p in kept.iter().chain([&target, &link]) {
+        assert!(p.exists(), "{p:?} is not east's leftover");
+    }
+    assert!(
+        writing.file.path.exists() && committed.file.path.exists(),
+        "in use"
+    );
+    // once posted (dropped), a file is gone as before; nothing is left for the next session
+    drop(writing);
+    drop(committed);
+    assert_eq!(
+        remove_leftovers(&dir.0, "east").unwrap_or_else(|e| panic!("{e}")),
+        0
+    );
+}
