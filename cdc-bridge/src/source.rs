@@ -663,6 +663,76 @@ pub(crate) struct Lanes {
     applied_to: Vec<Lsn>,
     /// Each lane's commits not yet known to be on the ERP's disk.
     unflushed: Vec<Unflushed>,
+    /// When the owner session speaks while the lanes apply (see [`while_owning`]); kept from group to group.
+    owner_ping: tokio::time::Interval,
+}
+
+/// How often the owner session speaks while the lanes apply: as when idle, well within the owner timeout (at
+/// least 3 s).
+const OWNER_PING: Duration = Duration::from_secs(1);
+
+/// The ERP session that holds the ownership lock of a source (see [`crate::ownership`]).
+pub(crate) trait Owner {
+    /// True once the session is gone, and with it the ownership.
+    fn is_closed(&self) -> bool;
+    /// One round trip, so that the server does not end the session as idle.
+    async fn ping(&self) -> Result<(), ErpError>;
+}
+
+impl Owner for Erp {
+    fn is_closed(&self) -> bool {
+        Erp::is_closed(self)
+    }
+
+    async fn ping(&self) -> Result<(), ErpError> {
+        Erp::ping(self).await
+    }
+}
+
+/// What paces the owner's words.
+pub(crate) trait Ticks {
+    async fn tick(&mut self);
+}
+
+impl Ticks for tokio::time::Interval {
+    async fn tick(&mut self) {
+        tokio::time::Interval::tick(self).await;
+    }
+}
+
+/// Runs `work` (the lanes applying a group, on sessions of their own) while the owner session, otherwise idle,
+/// speaks at each tick: a group that takes longer than the owner timeout must not let the server end the owner
+/// session as idle and release the source while this bridge's lanes go on applying. Once the owner session is
+/// gone (ended by the server, cut off), the work stops, no further statement is started, and the session ends
+/// with [`SessionError::ErpConnectionLost`] (the bridge reconnects and owns the source again or stands by).
+/// Statements already sent finish in the ERP: each lane's checkpoint skips them for whoever applies next.
+pub(crate) async fn while_owning<T>(
+    owner: &impl Owner,
+    ticks: &mut impl Ticks,
+    work: impl std::future::Future<Output = Result<T, SessionError>>,
+) -> Result<T, SessionError> {
+    if owner.is_closed() {
+        return Err(SessionError::ErpConnectionLost);
+    }
+    let keep = async {
+        loop {
+            ticks.tick().await;
+            if owner.is_closed() {
+                return SessionError::ErpConnectionLost;
+            }
+            if let Err(e) = owner.ping().await {
+                return if owner.is_closed() {
+                    SessionError::ErpConnectionLost
+                } else {
+                    e.into()
+                };
+            }
+        }
+    };
+    tokio::select! {
+        done = work => done,
+        lost = keep => Err(lost),
+    }
 }
 
 impl Lanes {
@@ -688,10 +758,14 @@ impl Lanes {
                 .map_err(crate::apply::ErpError::from)?;
             erps.push(e);
         }
+        let mut owner_ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + OWNER_PING, OWNER_PING);
+        owner_ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Lanes {
             erps,
             unflushed: (0..count).map(|_| Unflushed::default()).collect(),
             applied_to,
+            owner_ping,
         })
     }
 
@@ -700,10 +774,13 @@ impl Lanes {
     }
 
     /// Applies a group of consecutive POS transactions in the lanes, segment by segment (see
-    /// [`crate::lanes::segments`]), each lane skipping what it has already applied. The group counts as on the
-    /// ERP's disk once every lane's last commit is.
+    /// [`crate::lanes::segments`]), each lane skipping what it has already applied, while the owner session
+    /// `owner` keeps the source (see [`while_owning`]). The group counts as on the ERP's disk once every lane's
+    /// last commit is.
+    #[allow(clippy::too_many_arguments)]
     async fn apply(
         &mut self,
+        owner: &Erp,
         mapping: &Arc<Mapping>,
         source: &str,
         group: &[PosTransaction],
@@ -711,96 +788,125 @@ impl Lanes {
         unflushed: &mut Unflushed,
         committed: &AtomicU64,
     ) -> Result<(), SessionError> {
-        let Some(last) = group.last() else {
-            return Ok(());
-        };
-        // each lane counts the parts it applied; a POS transaction counts once
-        let transactions_before = metrics.transactions_applied.load(Ordering::Relaxed);
-        let lanes = self.erps.len();
-        let mut waves: Vec<crate::lanes::Segment> = Vec::new();
-        for segment in crate::lanes::segments(group, lanes) {
-            let spilled = segment.iter().flatten().find_map(|p| p.spilled.clone());
-            let Some(spilled) = spilled else {
-                waves.push(segment);
-                continue;
-            };
-            // a spilled transaction's lanes that need another's part committed first go after it
-            let (m, s) = (mapping.clone(), source.to_string());
-            let later = tokio::task::spawn_blocking(move || {
-                crate::spill::later_lanes(&m, &s, &spilled, lanes)
-            })
-            .await
-            .map_err(|e| crate::apply::ErpError::Spill(e.to_string()))?
-            .map_err(|e| crate::apply::ErpError::Spill(e.to_string()))?;
-            if later.iter().any(|l| *l) {
-                let mut first = segment.clone();
-                let mut then = segment;
-                for (lane, is_later) in later.iter().enumerate() {
-                    if *is_later {
-                        first[lane].clear();
-                    } else {
-                        then[lane].clear();
-                    }
-                }
-                waves.push(first);
-                waves.push(then);
-            } else {
-                waves.push(segment);
-            }
-        }
-        for segment in waves {
-            let work: Vec<Vec<PosTransaction>> = segment
-                .into_iter()
-                .zip(&self.applied_to)
-                .map(|(parts, done)| parts.into_iter().filter(|p| p.commit_lsn > *done).collect())
-                .collect();
-            let runs = self
-                .erps
-                .iter()
-                .zip(&work)
-                .zip(self.unflushed.iter_mut())
-                .map(|((erp, parts), lane_unflushed)| async move {
-                    if parts.is_empty() {
-                        return Ok(());
-                    }
-                    // what the POS is told is decided for the whole group below
-                    let lane_committed = AtomicU64::new(0);
-                    apply_isolating(
-                        erp,
-                        mapping,
-                        None,
-                        source,
-                        parts,
-                        metrics,
-                        lane_unflushed,
-                        &lane_committed,
-                    )
-                    .await
-                });
-            futures::future::try_join_all(runs).await?;
-            for (done, parts) in self.applied_to.iter_mut().zip(&work) {
-                if let Some(p) = parts.last() {
-                    *done = p.commit_lsn;
-                }
-            }
-        }
-        let mut waiting = Lsn::ZERO;
-        let mut flushed = Lsn::ZERO;
-        for u in &mut self.unflushed {
-            let (w, f) = u.take();
-            waiting = waiting.max(w);
-            flushed = flushed.max(f);
-        }
-        metrics
-            .transactions_applied
-            .store(transactions_before + group.len() as u64, Ordering::Relaxed);
-        unflushed.push(waiting, last.end_lsn.max(last.commit_lsn));
-        unflushed.confirm(flushed, committed);
-        metrics
-            .checkpoint
-            .store(last.commit_lsn.0, Ordering::Relaxed);
-        Ok(())
+        let Lanes {
+            erps,
+            applied_to,
+            unflushed: lane_unflushed,
+            owner_ping,
+        } = self;
+        let work = apply_group(
+            erps,
+            applied_to,
+            lane_unflushed,
+            mapping,
+            source,
+            group,
+            metrics,
+            unflushed,
+            committed,
+        );
+        while_owning(owner, owner_ping, work).await
     }
+}
+
+/// The lanes' part of [`Lanes::apply`].
+#[allow(clippy::too_many_arguments)]
+async fn apply_group(
+    erps: &[Erp],
+    applied_to: &mut [Lsn],
+    lane_unflushed: &mut [Unflushed],
+    mapping: &Arc<Mapping>,
+    source: &str,
+    group: &[PosTransaction],
+    metrics: &SourceMetrics,
+    unflushed: &mut Unflushed,
+    committed: &AtomicU64,
+) -> Result<(), SessionError> {
+    let Some(last) = group.last() else {
+        return Ok(());
+    };
+    // each lane counts the parts it applied; a POS transaction counts once
+    let transactions_before = metrics.transactions_applied.load(Ordering::Relaxed);
+    let lanes = erps.len();
+    let mut waves: Vec<crate::lanes::Segment> = Vec::new();
+    for segment in crate::lanes::segments(group, lanes) {
+        let spilled = segment.iter().flatten().find_map(|p| p.spilled.clone());
+        let Some(spilled) = spilled else {
+            waves.push(segment);
+            continue;
+        };
+        // a spilled transaction's lanes that need another's part committed first go after it
+        let (m, s) = (mapping.clone(), source.to_string());
+        let later =
+            tokio::task::spawn_blocking(move || crate::spill::later_lanes(&m, &s, &spilled, lanes))
+                .await
+                .map_err(|e| crate::apply::ErpError::Spill(e.to_string()))?
+                .map_err(|e| crate::apply::ErpError::Spill(e.to_string()))?;
+        if later.iter().any(|l| *l) {
+            let mut first = segment.clone();
+            let mut then = segment;
+            for (lane, is_later) in later.iter().enumerate() {
+                if *is_later {
+                    first[lane].clear();
+                } else {
+                    then[lane].clear();
+                }
+            }
+            waves.push(first);
+            waves.push(then);
+        } else {
+            waves.push(segment);
+        }
+    }
+    for segment in waves {
+        let work: Vec<Vec<PosTransaction>> = segment
+            .into_iter()
+            .zip(applied_to.iter())
+            .map(|(parts, done)| parts.into_iter().filter(|p| p.commit_lsn > *done).collect())
+            .collect();
+        let runs = erps.iter().zip(&work).zip(lane_unflushed.iter_mut()).map(
+            |((erp, parts), lane_unflushed)| async move {
+                if parts.is_empty() {
+                    return Ok(());
+                }
+                // what the POS is told is decided for the whole group below
+                let lane_committed = AtomicU64::new(0);
+                apply_isolating(
+                    erp,
+                    mapping,
+                    None,
+                    source,
+                    parts,
+                    metrics,
+                    lane_unflushed,
+                    &lane_committed,
+                )
+                .await
+            },
+        );
+        futures::future::try_join_all(runs).await?;
+        for (done, parts) in applied_to.iter_mut().zip(&work) {
+            if let Some(p) = parts.last() {
+                *done = p.commit_lsn;
+            }
+        }
+    }
+    let mut waiting = Lsn::ZERO;
+    let mut flushed = Lsn::ZERO;
+    for u in lane_unflushed.iter_mut() {
+        let (w, f) = u.take();
+        waiting = waiting.max(w);
+        flushed = flushed.max(f);
+    }
+    metrics
+        .transactions_applied
+        .store(transactions_before + group.len() as u64, Ordering::Relaxed);
+    unflushed.push(waiting, last.end_lsn.max(last.commit_lsn));
+    unflushed.confirm(flushed, committed);
+    metrics
+        .checkpoint
+        .store(last.commit_lsn.0, Ordering::Relaxed);
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -896,6 +1002,7 @@ async fn apply_loop(
             Some(lanes) => {
                 lanes
                     .apply(
+                        erp,
                         mapping,
                         &source.name,
                         &batch,
@@ -1488,6 +1595,85 @@ mod tests {
             rejected_form("store42", &empty, &error, false, None).len(),
             1
         );
+    }
+
+    /// An owner session that the server ends after `lives` pings.
+    struct FakeOwner {
+        pings: std::sync::atomic::AtomicUsize,
+        lives: usize,
+    }
+
+    impl Owner for FakeOwner {
+        fn is_closed(&self) -> bool {
+            self.pings.load(Ordering::SeqCst) >= self.lives
+        }
+
+        async fn ping(&self) -> Result<(), ErpError> {
+            self.pings.fetch_add(1, Ordering::SeqCst);
+            // the round trip: the lanes' work goes on meanwhile
+            tokio::task::yield_now().await;
+            Ok(())
+        }
+    }
+
+    /// Ticks that come at once (the test times nothing).
+    struct AtOnce;
+
+    impl Ticks for AtOnce {
+        async fn tick(&mut self) {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn owner_for(lives: usize) -> FakeOwner {
+        FakeOwner {
+            pings: std::sync::atomic::AtomicUsize::new(0),
+            lives,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_owner_session_speaks_while_the_lanes_apply() {
+        let owner = owner_for(usize::MAX);
+        // a group that lasts until the owner has spoken three times
+        let work = async {
+            while owner.pings.load(Ordering::SeqCst) < 3 {
+                tokio::task::yield_now().await;
+            }
+            Ok::<_, SessionError>("applied")
+        };
+        let done = while_owning(&owner, &mut AtOnce, work).await;
+        assert_eq!(done.ok(), Some("applied"));
+        assert!(owner.pings.load(Ordering::SeqCst) >= 3);
+    }
+
+    #[tokio::test]
+    async fn the_lanes_stop_once_the_owner_session_is_gone() {
+        // the server ends the owner session during a long group: the lanes start nothing more
+        let owner = owner_for(2);
+        let started = std::sync::atomic::AtomicUsize::new(0);
+        let work = async {
+            loop {
+                started.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        };
+        let done: Result<(), SessionError> = while_owning(&owner, &mut AtOnce, work).await;
+        assert!(
+            matches!(done, Err(SessionError::ErpConnectionLost)),
+            "{done:?}"
+        );
+        assert!(started.load(Ordering::SeqCst) > 0);
+        // an owner session already gone: nothing is started at all
+        let gone = owner_for(0);
+        let started = std::sync::atomic::AtomicUsize::new(0);
+        let work = async {
+            started.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, SessionError>(())
+        };
+        let done = while_owning(&gone, &mut AtOnce, work).await;
+        assert!(matches!(done, Err(SessionError::ErpConnectionLost)));
+        assert_eq!(started.load(Ordering::SeqCst), 0);
     }
 
     #[test]
