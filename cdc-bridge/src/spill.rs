@@ -479,6 +479,9 @@ impl Out<'_> {
     }
 }
 
+/// A child mapping and the rows it claimed for a header (where each is, and its index among the changes).
+type ChildRows<'a> = (&'a crate::mapping::ChildMapping, &'a Vec<(At, usize)>);
+
 /// Calls `f` with the items of one array (`into`) of a header's event, from the child rows it claimed, in
 /// `order_by` order: rows arrive in it as a rule, and are sorted (keys held, a few bytes each) only when they
 /// did not.
@@ -487,7 +490,7 @@ fn each_item(
     header: Option<&possync_events::Event>,
     kind: &str,
     into: &str,
-    lists: &[(&crate::mapping::ChildMapping, &Vec<(At, usize)>)],
+    lists: &[ChildRows],
     f: &mut dyn FnMut(Value) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let mut index = 0usize;
@@ -660,10 +663,7 @@ fn write(
                     .and_then(|k| c.row.get(k))
                     .map(Value::to_string);
                 // the child rows each array takes
-                let mut arrays: Vec<(
-                    &str,
-                    Vec<(&crate::mapping::ChildMapping, &Vec<(At, usize)>)>,
-                )> = Vec::new();
+                let mut arrays: Vec<(&str, Vec<ChildRows>)> = Vec::new();
                 for ch in &em.children {
                     if !arrays.iter().any(|(into, _)| *into == ch.into) {
                         arrays.push((&ch.into, Vec::new()));
