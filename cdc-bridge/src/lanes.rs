@@ -12,7 +12,8 @@
 //! and its transfer_out, a return and the sale it names) would race it: the group is cut before such an event
 //! into segments applied one after the other, so it finds the other committed, as it would in a single session.
 //! A transfer_out to a store of another lane goes in a segment of its own: posting it may post the transfer_in
-//! held for it, into the receiving store's stock, which must come between that store's events before and after.
+//! held for it, into the receiving store's stock, which must come between that store's events before and after
+//! (inside its own POS transaction too: see [`Within`]).
 
 use std::collections::HashMap;
 
@@ -87,9 +88,18 @@ fn needs(event: &Value) -> Vec<String> {
 /// Within one POS transaction, which lanes' parts need another lane's part of it posted first: fed the
 /// transaction's events in order, it marks a lane when one of its events needs what an earlier event of another
 /// lane gives. Those lanes' parts are applied in a segment after the others'.
+///
+/// A transfer_out to a store of another lane may post the transfer_in held there, moving that store's stock
+/// in the transfer_out's lane: the receiving store's events that come after it in the transaction go after it
+/// (their lane is marked), and when the store's own events came first, the transfer_out's lane goes after
+/// them. Each lane applies its part of a transaction once, so a store with events both before and after such
+/// a transfer_out has them all before it.
 pub struct Within {
     given: HashMap<String, usize>,
     later: Vec<bool>,
+    /// The stores seen in the transaction, each with the lane of a transfer_out from another lane that came to
+    /// it before any event of its own (None: its own events came first).
+    stock: HashMap<String, Option<usize>>,
 }
 
 impl Within {
@@ -97,6 +107,7 @@ impl Within {
         Within {
             given: HashMap::new(),
             later: vec![false; lanes.max(1)],
+            stock: HashMap::new(),
         }
     }
 
@@ -104,10 +115,30 @@ impl Within {
     pub fn add(&mut self, event: &Value) -> usize {
         let lanes = self.later.len();
         let lane = event_lane(event, lanes);
-        if needs(event)
+        let mut later = needs(event)
             .iter()
-            .any(|k| self.given.get(k).is_some_and(|l| *l != lane))
-        {
+            .any(|k| self.given.get(k).is_some_and(|l| *l != lane));
+        if let Some(at) = text(event, "location") {
+            match self.stock.get(at) {
+                // a transfer_out of another lane came to this store first: its stock moves there first
+                Some(Some(l)) => later |= *l != lane,
+                Some(None) => {}
+                None => {
+                    self.stock.insert(at.to_string(), None);
+                }
+            }
+        }
+        if let Some(to) = text(event, "to_location").filter(|_| releases_elsewhere(lanes)(event)) {
+            match self.stock.get(to) {
+                // the receiving store's own events came first: they are applied before this one
+                Some(None) => later = true,
+                Some(Some(_)) => {}
+                None => {
+                    self.stock.insert(to.to_string(), Some(lane));
+                }
+            }
+        }
+        if later {
             self.later[lane] = true;
         }
         for k in provides(event) {
@@ -402,6 +433,41 @@ mod tests {
         // each lane applies its part of the transaction once
         assert_eq!(ids(&segs[1][lb]), vec![(10, vec!["i".into()])]);
         assert!(segs[1][la].is_empty(), "lane a already ends at 10");
+    }
+
+    #[test]
+    fn the_receiving_stores_events_after_a_transfer_out_to_it_in_one_transaction_follow_it() {
+        let (a, b) = two_apart();
+        let (la, lb) = (lane_of(Some(&a), 2), lane_of(Some(&b), 2));
+        let out = json!({"event_id": "o", "kind": "transfer_out", "location": a, "transfer_id": "T1",
+                         "to_location": b});
+        // the transfer_out may post the receipt held at b: b's sale after it in the transaction goes after it
+        let group = vec![txn(10, vec![out.clone(), sale("s", &b)])];
+        let segs = segments(&group, 2);
+        assert_eq!(segs.len(), 2, "{segs:?}");
+        assert_eq!(ids(&segs[0][la]), vec![(10, vec!["o".into()])]);
+        assert!(segs[0][lb].is_empty());
+        assert_eq!(ids(&segs[1][lb]), vec![(10, vec!["s".into()])]);
+        assert!(segs[1][la].is_empty());
+        // b's sale before it in the transaction goes before it
+        let group = vec![txn(10, vec![sale("s", &b), out.clone()])];
+        let segs = segments(&group, 2);
+        assert_eq!(segs.len(), 2, "{segs:?}");
+        assert_eq!(ids(&segs[0][lb]), vec![(10, vec!["s".into()])]);
+        assert!(segs[0][la].is_empty());
+        assert_eq!(ids(&segs[1][la]), vec![(10, vec!["o".into()])]);
+        // a store of b's lane that is not the receiving one does not wait
+        let c = (2..200)
+            .map(|i| format!("S{i}"))
+            .find(|l| *l != b && lane_of(Some(l), 2) == lb)
+            .expect("another store in b's lane");
+        let group = vec![txn(10, vec![out.clone(), sale("s", &c)])];
+        assert_eq!(segments(&group, 2).len(), 1);
+        // a transfer_out within one lane orders nothing
+        let near = json!({"event_id": "o", "kind": "transfer_out", "location": a, "transfer_id": "T1",
+                          "to_location": a});
+        let group = vec![txn(10, vec![near, sale("s", &a)])];
+        assert_eq!(segments(&group, 2).len(), 1);
     }
 
     #[test]

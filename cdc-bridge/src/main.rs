@@ -71,15 +71,16 @@ struct Settings {
     #[arg(long)]
     metrics: Option<String>,
     /// Config file (TOML) saying the same; "${VAR}" in its URLs is read from the environment (unset: an error).
+    /// A setting given on the command line wins over the file's.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Most POS transactions per apply_batch call.
-    #[arg(long, default_value_t = 300)]
-    batch_max_txns: usize,
+    /// Most POS transactions per apply_batch call [default: 300].
+    #[arg(long, value_name = "N")]
+    batch_max_txns: Option<usize>,
     /// Longest wait in milliseconds for more transactions once one is ready (0: apply what has arrived; the
-    /// transactions that arrive while a batch is applied make the next batch).
-    #[arg(long, default_value_t = 0)]
-    batch_max_wait_ms: u64,
+    /// transactions that arrive while a batch is applied make the next batch) [default: 0].
+    #[arg(long, value_name = "MS")]
+    batch_max_wait_ms: Option<u64>,
     /// Make each apply_batch commit wait for the ERP's WAL flush. By default the ERP commits asynchronously, as
     /// PostgreSQL's own subscriptions do, and the POS is told a position only once the ERP has flushed it, so
     /// an ERP crash loses nothing: what it lost is streamed again.
@@ -87,21 +88,22 @@ struct Settings {
     erp_synchronous_commit: bool,
     /// Seconds the owner of a source may go without a word to the ERP (frozen, hung, cut off) before its ERP
     /// session ends and a standby bridge takes the source over (idle_session_timeout; a healthy owner speaks every
-    /// second).
-    #[arg(long, default_value_t = 10)]
-    owner_timeout_s: u64,
+    /// second) [default: 10, at least 3].
+    #[arg(long, value_name = "S")]
+    owner_timeout_s: Option<u64>,
     /// Past this many row changes, a POS transaction is written to a file and posted from there, so that the
-    /// bridge's memory does not grow with what a till commits in one transaction (about 1 KB per change held).
-    #[arg(long, default_value_t = 20_000)]
-    spill_after_changes: usize,
+    /// bridge's memory does not grow with what a till commits in one transaction (about 1 KB per change held)
+    /// [default: 20000].
+    #[arg(long, value_name = "N")]
+    spill_after_changes: Option<usize>,
     /// Directory for those files (default: the system's temporary directory).
     #[arg(long)]
     spill_dir: Option<PathBuf>,
     /// Apply each source in this many ERP sessions at once, split by location (each location's transactions stay
     /// in commit order in one session, each session keeps its own checkpoint). 1 to 64; an event mapping only (a
-    /// document mapping's mirror is applied in one session).
-    #[arg(long, default_value_t = 1)]
-    apply_lanes: usize,
+    /// document mapping's mirror is applied in one session) [default: 1].
+    #[arg(long, value_name = "K")]
+    apply_lanes: Option<usize>,
     /// Accept that a source's replication slot was lost: NAME=LSN, where LSN is the ERP checkpoint the bridge
     /// named when it refused the source. The bridge makes a new slot, records the accepted loss in the ERP and
     /// streams. A different checkpoint (a later loss) is still refused. Repeat for several sources.
@@ -328,7 +330,12 @@ fn resolve(s: &Settings, need_sources: bool) -> Result<Resolved, CliError> {
             .map_err(|source| CliError::Mapping { path, source })?,
         None => Mapping::reference(),
     };
-    let apply_lanes = file.apply_lanes.unwrap_or(s.apply_lanes);
+    // a setting given on the command line wins over the config file's, which wins over the default
+    let defaults = ApplySettings::default();
+    let apply_lanes = s
+        .apply_lanes
+        .or(file.apply_lanes)
+        .unwrap_or(defaults.apply_lanes);
     if !(1..=possync_bridge::lanes::MAX_LANES).contains(&apply_lanes) {
         return Err(CliError::Usage(format!(
             "apply_lanes is {apply_lanes}: give 1 to {}",
@@ -342,26 +349,34 @@ fn resolve(s: &Settings, need_sources: bool) -> Result<Resolved, CliError> {
     }
     let apply = ApplySettings {
         apply_lanes,
-        batch_max_txns: file.batch_max_txns.unwrap_or(s.batch_max_txns).max(1),
-        batch_max_wait: Duration::from_millis(
-            file.batch_max_wait_ms.unwrap_or(s.batch_max_wait_ms),
-        ),
+        batch_max_txns: s
+            .batch_max_txns
+            .or(file.batch_max_txns)
+            .unwrap_or(defaults.batch_max_txns)
+            .max(1),
+        batch_max_wait: s
+            .batch_max_wait_ms
+            .or(file.batch_max_wait_ms)
+            .map_or(defaults.batch_max_wait, Duration::from_millis),
         erp_synchronous_commit: s.erp_synchronous_commit
             || file.erp_synchronous_commit.unwrap_or(false),
         // at least 3 s: a healthy owner speaks every second
-        owner_timeout: Duration::from_secs(
-            file.owner_timeout_s.unwrap_or(s.owner_timeout_s).max(3),
-        ),
-        spill_after_changes: file
+        owner_timeout: s
+            .owner_timeout_s
+            .or(file.owner_timeout_s)
+            .map_or(defaults.owner_timeout, Duration::from_secs)
+            .max(Duration::from_secs(3)),
+        spill_after_changes: s
             .spill_after_changes
-            .unwrap_or(s.spill_after_changes)
+            .or(file.spill_after_changes)
+            .unwrap_or(defaults.spill_after_changes)
             .max(1),
         spill_dir: s
             .spill_dir
             .clone()
             .or(file.spill_dir.clone())
             .unwrap_or_else(std::env::temp_dir),
-        ..ApplySettings::default()
+        ..defaults
     };
     Ok(Resolved {
         erp,
@@ -628,10 +643,8 @@ mod tests {
         )
         .expect("write config");
         let settings = Settings {
-            config: Some(path),
+            config: Some(path.clone()),
             sources: vec!["store7=postgres://b@pos7/pos".into()],
-            batch_max_txns: 1000,
-            apply_lanes: 1,
             ..Settings::default()
         };
         let r = resolve(&settings, true).unwrap_or_else(|e| panic!("{e}"));
@@ -646,7 +659,78 @@ mod tests {
             7,
             "the reference mapping by default"
         );
+        // what the file does not say is the default
+        assert_eq!(r.apply.spill_after_changes, 20_000);
+        assert_eq!(r.apply.owner_timeout, Duration::from_secs(10));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_setting_on_the_command_line_wins_over_the_config_file() {
+        let path = config_file(
+            "precedence",
+            "erp = \"postgres://bridge@erp/erp\"\nmetrics = \"127.0.0.1:9000\"\nbatch_max_txns = 50\nbatch_max_wait_ms = 5\nowner_timeout_s = 20\nspill_after_changes = 100\nspill_dir = \"/from/file\"\napply_lanes = 3\n[source]\nstore42 = \"postgres://b@pos42/pos\"\n",
+        );
+        let file_only = Settings {
+            config: Some(path.clone()),
+            ..Settings::default()
+        };
+        let r = resolve(&file_only, true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (
+                r.apply.batch_max_txns,
+                r.apply.batch_max_wait,
+                r.apply.owner_timeout,
+                r.apply.spill_after_changes,
+                r.apply.spill_dir.clone(),
+                r.apply.apply_lanes,
+                r.metrics.clone(),
+            ),
+            (
+                50,
+                Duration::from_millis(5),
+                Duration::from_secs(20),
+                100,
+                PathBuf::from("/from/file"),
+                3,
+                Some("127.0.0.1:9000".to_string()),
+            )
+        );
+        let both = Settings {
+            config: Some(path),
+            erp: Some("postgres://other@erp/erp".into()),
+            metrics: Some("127.0.0.1:9999".into()),
+            batch_max_txns: Some(7),
+            batch_max_wait_ms: Some(0),
+            owner_timeout_s: Some(4),
+            spill_after_changes: Some(9),
+            spill_dir: Some(PathBuf::from("/from/flag")),
+            apply_lanes: Some(2),
+            ..Settings::default()
+        };
+        let r = resolve(&both, true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (
+                r.erp.as_str(),
+                r.apply.batch_max_txns,
+                r.apply.batch_max_wait,
+                r.apply.owner_timeout,
+                r.apply.spill_after_changes,
+                r.apply.spill_dir.clone(),
+                r.apply.apply_lanes,
+                r.metrics.clone(),
+            ),
+            (
+                "postgres://other@erp/erp",
+                7,
+                Duration::ZERO,
+                Duration::from_secs(4),
+                9,
+                PathBuf::from("/from/flag"),
+                2,
+                Some("127.0.0.1:9999".to_string()),
+            )
+        );
     }
 
     fn config_file(name: &str, text: &str) -> PathBuf {

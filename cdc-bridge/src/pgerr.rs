@@ -112,13 +112,18 @@ pub fn classify_sqlstate(code: &str) -> ErrorClass {
 
 /// Cuts `text` to at most `max` characters, saying how long it was when it had to be cut.
 pub fn truncate_noting_length(text: &str, max: usize) -> String {
-    let n = text.chars().count();
+    truncate_known_length(text, text.chars().count(), max)
+}
+
+/// The same for a text of `n` characters of which `head` holds at least the first `min(n, max)` (a text read in
+/// pieces and not held whole).
+pub fn truncate_known_length(head: &str, n: usize, max: usize) -> String {
     if n <= max {
-        return text.to_string();
+        return head.chars().take(n).collect();
     }
     let note = format!(" … [truncated: {n} characters in all]");
     let keep = max.saturating_sub(note.chars().count());
-    let mut s: String = text.chars().take(keep).collect();
+    let mut s: String = head.chars().take(keep).collect();
     s.push_str(&note);
     s
 }

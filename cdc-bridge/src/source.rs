@@ -319,6 +319,7 @@ async fn session(
     }
     let checkpoint = erp.checkpoint(&source.name).await?;
     metrics.checkpoint.store(checkpoint.0, Ordering::Relaxed);
+    remove_leftover_spills(&source.name, &settings.spill_dir).await;
 
     // the publication is made or completed only for a source that never streamed; once it has, a publication
     // that is not whole refuses the source (D5)
@@ -413,6 +414,23 @@ async fn session(
             Err(e) => Err(e),
         },
         a = applier => a,
+    }
+}
+
+/// Removes the spill files a bridge that was killed or crashed left behind for this source (see
+/// [`crate::spill::remove_leftovers`]): only files no process holds. A failure is said at WARN and changes
+/// nothing else.
+async fn remove_leftover_spills(source: &str, dir: &std::path::Path) {
+    let (name, path) = (source.to_string(), dir.to_path_buf());
+    let found =
+        tokio::task::spawn_blocking(move || crate::spill::remove_leftovers(&path, &name)).await;
+    match found {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => {
+            tracing::info!(source, files = n, dir = %dir.display(), "removed spill files left behind by an earlier bridge")
+        }
+        Ok(Err(e)) => tracing::warn!(source, error = %e, "cannot look for spill files left behind"),
+        Err(e) => tracing::warn!(source, error = %e, "cannot look for spill files left behind"),
     }
 }
 
@@ -645,6 +663,76 @@ pub(crate) struct Lanes {
     applied_to: Vec<Lsn>,
     /// Each lane's commits not yet known to be on the ERP's disk.
     unflushed: Vec<Unflushed>,
+    /// When the owner session speaks while the lanes apply (see [`while_owning`]); kept from group to group.
+    owner_ping: tokio::time::Interval,
+}
+
+/// How often the owner session speaks while the lanes apply: as when idle, well within the owner timeout (at
+/// least 3 s).
+const OWNER_PING: Duration = Duration::from_secs(1);
+
+/// The ERP session that holds the ownership lock of a source (see [`crate::ownership`]).
+pub(crate) trait Owner {
+    /// True once the session is gone, and with it the ownership.
+    fn is_closed(&self) -> bool;
+    /// One round trip, so that the server does not end the session as idle.
+    async fn ping(&self) -> Result<(), ErpError>;
+}
+
+impl Owner for Erp {
+    fn is_closed(&self) -> bool {
+        Erp::is_closed(self)
+    }
+
+    async fn ping(&self) -> Result<(), ErpError> {
+        Erp::ping(self).await
+    }
+}
+
+/// What paces the owner's words.
+pub(crate) trait Ticks {
+    async fn tick(&mut self);
+}
+
+impl Ticks for tokio::time::Interval {
+    async fn tick(&mut self) {
+        tokio::time::Interval::tick(self).await;
+    }
+}
+
+/// Runs `work` (the lanes applying a group, on sessions of their own) while the owner session, otherwise idle,
+/// speaks at each tick: a group that takes longer than the owner timeout must not let the server end the owner
+/// session as idle and release the source while this bridge's lanes go on applying. Once the owner session is
+/// gone (ended by the server, cut off), the work stops, no further statement is started, and the session ends
+/// with [`SessionError::ErpConnectionLost`] (the bridge reconnects and owns the source again or stands by).
+/// Statements already sent finish in the ERP: each lane's checkpoint skips them for whoever applies next.
+pub(crate) async fn while_owning<T>(
+    owner: &impl Owner,
+    ticks: &mut impl Ticks,
+    work: impl std::future::Future<Output = Result<T, SessionError>>,
+) -> Result<T, SessionError> {
+    if owner.is_closed() {
+        return Err(SessionError::ErpConnectionLost);
+    }
+    let keep = async {
+        loop {
+            ticks.tick().await;
+            if owner.is_closed() {
+                return SessionError::ErpConnectionLost;
+            }
+            if let Err(e) = owner.ping().await {
+                return if owner.is_closed() {
+                    SessionError::ErpConnectionLost
+                } else {
+                    e.into()
+                };
+            }
+        }
+    };
+    tokio::select! {
+        done = work => done,
+        lost = keep => Err(lost),
+    }
 }
 
 impl Lanes {
@@ -670,10 +758,14 @@ impl Lanes {
                 .map_err(crate::apply::ErpError::from)?;
             erps.push(e);
         }
+        let mut owner_ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + OWNER_PING, OWNER_PING);
+        owner_ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Lanes {
             erps,
             unflushed: (0..count).map(|_| Unflushed::default()).collect(),
             applied_to,
+            owner_ping,
         })
     }
 
@@ -682,10 +774,13 @@ impl Lanes {
     }
 
     /// Applies a group of consecutive POS transactions in the lanes, segment by segment (see
-    /// [`crate::lanes::segments`]), each lane skipping what it has already applied. The group counts as on the
-    /// ERP's disk once every lane's last commit is.
+    /// [`crate::lanes::segments`]), each lane skipping what it has already applied, while the owner session
+    /// `owner` keeps the source (see [`while_owning`]). The group counts as on the ERP's disk once every lane's
+    /// last commit is.
+    #[allow(clippy::too_many_arguments)]
     async fn apply(
         &mut self,
+        owner: &Erp,
         mapping: &Arc<Mapping>,
         source: &str,
         group: &[PosTransaction],
@@ -693,96 +788,125 @@ impl Lanes {
         unflushed: &mut Unflushed,
         committed: &AtomicU64,
     ) -> Result<(), SessionError> {
-        let Some(last) = group.last() else {
-            return Ok(());
-        };
-        // each lane counts the parts it applied; a POS transaction counts once
-        let transactions_before = metrics.transactions_applied.load(Ordering::Relaxed);
-        let lanes = self.erps.len();
-        let mut waves: Vec<crate::lanes::Segment> = Vec::new();
-        for segment in crate::lanes::segments(group, lanes) {
-            let spilled = segment.iter().flatten().find_map(|p| p.spilled.clone());
-            let Some(spilled) = spilled else {
-                waves.push(segment);
-                continue;
-            };
-            // a spilled transaction's lanes that need another's part committed first go after it
-            let (m, s) = (mapping.clone(), source.to_string());
-            let later = tokio::task::spawn_blocking(move || {
-                crate::spill::later_lanes(&m, &s, &spilled, lanes)
-            })
-            .await
-            .map_err(|e| crate::apply::ErpError::Spill(e.to_string()))?
-            .map_err(|e| crate::apply::ErpError::Spill(e.to_string()))?;
-            if later.iter().any(|l| *l) {
-                let mut first = segment.clone();
-                let mut then = segment;
-                for (lane, is_later) in later.iter().enumerate() {
-                    if *is_later {
-                        first[lane].clear();
-                    } else {
-                        then[lane].clear();
-                    }
-                }
-                waves.push(first);
-                waves.push(then);
-            } else {
-                waves.push(segment);
-            }
-        }
-        for segment in waves {
-            let work: Vec<Vec<PosTransaction>> = segment
-                .into_iter()
-                .zip(&self.applied_to)
-                .map(|(parts, done)| parts.into_iter().filter(|p| p.commit_lsn > *done).collect())
-                .collect();
-            let runs = self
-                .erps
-                .iter()
-                .zip(&work)
-                .zip(self.unflushed.iter_mut())
-                .map(|((erp, parts), lane_unflushed)| async move {
-                    if parts.is_empty() {
-                        return Ok(());
-                    }
-                    // what the POS is told is decided for the whole group below
-                    let lane_committed = AtomicU64::new(0);
-                    apply_isolating(
-                        erp,
-                        mapping,
-                        None,
-                        source,
-                        parts,
-                        metrics,
-                        lane_unflushed,
-                        &lane_committed,
-                    )
-                    .await
-                });
-            futures::future::try_join_all(runs).await?;
-            for (done, parts) in self.applied_to.iter_mut().zip(&work) {
-                if let Some(p) = parts.last() {
-                    *done = p.commit_lsn;
-                }
-            }
-        }
-        let mut waiting = Lsn::ZERO;
-        let mut flushed = Lsn::ZERO;
-        for u in &mut self.unflushed {
-            let (w, f) = u.take();
-            waiting = waiting.max(w);
-            flushed = flushed.max(f);
-        }
-        metrics
-            .transactions_applied
-            .store(transactions_before + group.len() as u64, Ordering::Relaxed);
-        unflushed.push(waiting, last.end_lsn.max(last.commit_lsn));
-        unflushed.confirm(flushed, committed);
-        metrics
-            .checkpoint
-            .store(last.commit_lsn.0, Ordering::Relaxed);
-        Ok(())
+        let Lanes {
+            erps,
+            applied_to,
+            unflushed: lane_unflushed,
+            owner_ping,
+        } = self;
+        let work = apply_group(
+            erps,
+            applied_to,
+            lane_unflushed,
+            mapping,
+            source,
+            group,
+            metrics,
+            unflushed,
+            committed,
+        );
+        while_owning(owner, owner_ping, work).await
     }
+}
+
+/// The lanes' part of [`Lanes::apply`].
+#[allow(clippy::too_many_arguments)]
+async fn apply_group(
+    erps: &[Erp],
+    applied_to: &mut [Lsn],
+    lane_unflushed: &mut [Unflushed],
+    mapping: &Arc<Mapping>,
+    source: &str,
+    group: &[PosTransaction],
+    metrics: &SourceMetrics,
+    unflushed: &mut Unflushed,
+    committed: &AtomicU64,
+) -> Result<(), SessionError> {
+    let Some(last) = group.last() else {
+        return Ok(());
+    };
+    // each lane counts the parts it applied; a POS transaction counts once
+    let transactions_before = metrics.transactions_applied.load(Ordering::Relaxed);
+    let lanes = erps.len();
+    let mut waves: Vec<crate::lanes::Segment> = Vec::new();
+    for segment in crate::lanes::segments(group, lanes) {
+        let spilled = segment.iter().flatten().find_map(|p| p.spilled.clone());
+        let Some(spilled) = spilled else {
+            waves.push(segment);
+            continue;
+        };
+        // a spilled transaction's lanes that need another's part committed first go after it
+        let (m, s) = (mapping.clone(), source.to_string());
+        let later =
+            tokio::task::spawn_blocking(move || crate::spill::later_lanes(&m, &s, &spilled, lanes))
+                .await
+                .map_err(|e| crate::apply::ErpError::Spill(e.to_string()))?
+                .map_err(|e| crate::apply::ErpError::Spill(e.to_string()))?;
+        if later.iter().any(|l| *l) {
+            let mut first = segment.clone();
+            let mut then = segment;
+            for (lane, is_later) in later.iter().enumerate() {
+                if *is_later {
+                    first[lane].clear();
+                } else {
+                    then[lane].clear();
+                }
+            }
+            waves.push(first);
+            waves.push(then);
+        } else {
+            waves.push(segment);
+        }
+    }
+    for segment in waves {
+        let work: Vec<Vec<PosTransaction>> = segment
+            .into_iter()
+            .zip(applied_to.iter())
+            .map(|(parts, done)| parts.into_iter().filter(|p| p.commit_lsn > *done).collect())
+            .collect();
+        let runs = erps.iter().zip(&work).zip(lane_unflushed.iter_mut()).map(
+            |((erp, parts), lane_unflushed)| async move {
+                if parts.is_empty() {
+                    return Ok(());
+                }
+                // what the POS is told is decided for the whole group below
+                let lane_committed = AtomicU64::new(0);
+                apply_isolating(
+                    erp,
+                    mapping,
+                    None,
+                    source,
+                    parts,
+                    metrics,
+                    lane_unflushed,
+                    &lane_committed,
+                )
+                .await
+            },
+        );
+        futures::future::try_join_all(runs).await?;
+        for (done, parts) in applied_to.iter_mut().zip(&work) {
+            if let Some(p) = parts.last() {
+                *done = p.commit_lsn;
+            }
+        }
+    }
+    let mut waiting = Lsn::ZERO;
+    let mut flushed = Lsn::ZERO;
+    for u in lane_unflushed.iter_mut() {
+        let (w, f) = u.take();
+        waiting = waiting.max(w);
+        flushed = flushed.max(f);
+    }
+    metrics
+        .transactions_applied
+        .store(transactions_before + group.len() as u64, Ordering::Relaxed);
+    unflushed.push(waiting, last.end_lsn.max(last.commit_lsn));
+    unflushed.confirm(flushed, committed);
+    metrics
+        .checkpoint
+        .store(last.commit_lsn.0, Ordering::Relaxed);
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -878,6 +1002,7 @@ async fn apply_loop(
             Some(lanes) => {
                 lanes
                     .apply(
+                        erp,
                         mapping,
                         &source.name,
                         &batch,
@@ -951,8 +1076,16 @@ pub(crate) async fn apply_isolating(
         let txn = &big[0];
         if let Some(spilled) = &txn.spilled {
             let started = Instant::now();
-            match crate::spill::apply_spilled(erp, mapping, poster, source, txn.commit_lsn, spilled)
-                .await
+            match crate::spill::apply_spilled(
+                erp,
+                mapping,
+                poster,
+                source,
+                txn.commit_lsn,
+                spilled,
+                None,
+            )
+            .await
             {
                 Ok((outcome, wal)) => {
                     metrics.observe_apply(started.elapsed());
@@ -960,7 +1093,10 @@ pub(crate) async fn apply_isolating(
                     count(metrics, &outcome, 1);
                 }
                 Err(e) if e.class() == ErrorClass::Data => {
-                    reject_transaction(erp, source, txn, &e, metrics, unflushed, committed).await?;
+                    reject_transaction(
+                        erp, mapping, source, txn, &e, metrics, unflushed, committed,
+                    )
+                    .await?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -1006,7 +1142,10 @@ pub(crate) async fn apply_isolating(
                 pending.push_front((from, mid));
             }
             Err(e) if e.class() == ErrorClass::Data => {
-                reject_transaction(erp, source, last, &e, metrics, unflushed, committed).await?;
+                reject_transaction(
+                    erp, mapping, source, last, &e, metrics, unflushed, committed,
+                )
+                .await?;
             }
             Err(e) => return Err(e.into()),
         }
@@ -1059,14 +1198,123 @@ fn count(metrics: &SourceMetrics, outcome: &crate::apply::BatchOutcome, txns: u6
 
 /// Most characters of an original event kept as text when the ERP refuses even the rejected form that carries
 /// it as JSON.
-const ORIGINAL_TEXT_MAX_CHARS: usize = 100_000;
+pub(crate) const ORIGINAL_TEXT_MAX_CHARS: usize = 100_000;
+
+/// Why the ERP refused a POS transaction, as every record of its rejected form says it (see [`rejected_form`]).
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    source: String,
+    prefix: String,
+    reason: String,
+    erp_error: Value,
+    commit_lsn: String,
+    /// The originals are carried as (truncated) JSON text instead of JSON.
+    pub as_text: bool,
+}
+
+impl Rejection {
+    pub fn new(
+        source: &str,
+        commit_lsn: Lsn,
+        error: &crate::pgerr::ServerError,
+        as_text: bool,
+        lane: Option<(usize, usize)>,
+    ) -> Rejection {
+        let prefix = match lane {
+            None => format!("{source}:erp_error:{commit_lsn}"),
+            Some((l, _)) => format!("{source}:erp_error:{commit_lsn}:lane{l}"),
+        };
+        use crate::pgerr::{single_line, truncate_noting_length, REASON_MAX_CHARS};
+        let mut why = format!(
+            "the ERP raised {} while posting POS transaction {commit_lsn}: {}",
+            error.sqlstate, error.message
+        );
+        if let Some(d) = &error.detail {
+            why.push_str("; DETAIL: ");
+            why.push_str(d);
+        }
+        if let Some(h) = &error.hint {
+            why.push_str("; HINT: ");
+            why.push_str(h);
+        }
+        let reason = truncate_noting_length(&single_line(&why), REASON_MAX_CHARS);
+        let field = |t: &str| Value::from(truncate_noting_length(t, REASON_MAX_CHARS));
+        let erp_error = serde_json::json!({
+            "sqlstate": error.sqlstate,
+            "message": field(&error.message),
+            "detail": error.detail.as_deref().map(field),
+            "hint": error.hint.as_deref().map(field),
+        });
+        Rejection {
+            source: source.to_string(),
+            prefix,
+            reason,
+            erp_error,
+            commit_lsn: commit_lsn.to_string(),
+            as_text,
+        }
+    }
+
+    /// A record without its original: id `<prefix>:<n>`, kind, source, reason, the server's fields.
+    pub fn record(&self, n: &str) -> serde_json::Map<String, Value> {
+        let mut u = serde_json::Map::new();
+        u.insert(
+            "event_id".into(),
+            Value::from(format!("{}:{n}", self.prefix)),
+        );
+        u.insert("kind".into(), Value::from(possync_events::UNMAPPED));
+        u.insert("source".into(), Value::from(self.source.as_str()));
+        u.insert("reason".into(), Value::from(self.reason.as_str()));
+        u.insert("erp_error".into(), self.erp_error.clone());
+        u.insert("commit_lsn".into(), Value::from(self.commit_lsn.as_str()));
+        u
+    }
+
+    /// Whether an original must be carried as text: asked to, or nested so deep (`depth`) that the record
+    /// holding it would be refused for its depth and the server's words lost.
+    pub fn carries_text(&self, depth: usize) -> bool {
+        self.as_text || depth + 1 > possync_events::domain::MAX_DEPTH
+    }
+
+    /// An original's JSON text as the record carries it: cut to [`ORIGINAL_TEXT_MAX_CHARS`], its full length
+    /// noted. `head` holds at least the first `min(chars, ORIGINAL_TEXT_MAX_CHARS)` characters of a text of
+    /// `chars` characters.
+    pub fn text_value(head: &str, chars: usize) -> Value {
+        Value::from(crate::pgerr::truncate_known_length(
+            head,
+            chars,
+            ORIGINAL_TEXT_MAX_CHARS,
+        ))
+    }
+
+    /// The record of the `n`th original event (`None`: the one record of a transaction without events).
+    pub fn wrap(&self, n: usize, original: Option<&Value>) -> Value {
+        let mut u = self.record(&n.to_string());
+        if let Some(o) = original {
+            if let Some(id) = o.get("event_id") {
+                u.insert("original_event_id".into(), id.clone());
+            }
+            if self.carries_text(possync_events::depth(o)) {
+                let text = o.to_string();
+                u.insert(
+                    "original_text".into(),
+                    Rejection::text_value(&text, text.chars().count()),
+                );
+            } else {
+                u.insert("original".into(), o.clone());
+            }
+        }
+        Value::Object(u)
+    }
+}
 
 /// The rejected form of a POS transaction the ERP refused: one `unmapped` event per original event (or one for
 /// a transaction without events), each carrying why (the server's SQLSTATE, message, detail and hint) and the
 /// original event, so that the ERP keeps it as a `malformed` exception. Event ids are
 /// `<source>:erp_error:<commit LSN>:<index>` (`…:<commit LSN>:lane<n>:<index>` for the part of apply lane n),
 /// never the original id, which stays free for a corrected re-post. With `as_text`, the original is carried as
-/// (truncated) JSON text instead of JSON.
+/// (truncated) JSON text instead of JSON. A spilled transaction's form is written from its file the same way
+/// (see [`crate::spill::write_rejected`]).
 pub fn rejected_form(
     source: &str,
     txn: &PosTransaction,
@@ -1074,31 +1322,7 @@ pub fn rejected_form(
     as_text: bool,
     lane: Option<(usize, usize)>,
 ) -> Vec<Value> {
-    let prefix = match lane {
-        None => format!("{source}:erp_error:{}", txn.commit_lsn),
-        Some((l, _)) => format!("{source}:erp_error:{}:lane{l}", txn.commit_lsn),
-    };
-    use crate::pgerr::{single_line, truncate_noting_length, REASON_MAX_CHARS};
-    let mut why = format!(
-        "the ERP raised {} while posting POS transaction {}: {}",
-        error.sqlstate, txn.commit_lsn, error.message
-    );
-    if let Some(d) = &error.detail {
-        why.push_str("; DETAIL: ");
-        why.push_str(d);
-    }
-    if let Some(h) = &error.hint {
-        why.push_str("; HINT: ");
-        why.push_str(h);
-    }
-    let reason = truncate_noting_length(&single_line(&why), REASON_MAX_CHARS);
-    let field = |t: &str| Value::from(truncate_noting_length(t, REASON_MAX_CHARS));
-    let erp_error = serde_json::json!({
-        "sqlstate": error.sqlstate,
-        "message": field(&error.message),
-        "detail": error.detail.as_deref().map(field),
-        "hint": error.hint.as_deref().map(field),
-    });
+    let rejection = Rejection::new(source, txn.commit_lsn, error, as_text, lane);
     let originals: Vec<Option<&Value>> = if txn.events.is_empty() {
         vec![None]
     } else {
@@ -1107,32 +1331,7 @@ pub fn rejected_form(
     let mut records: Vec<Value> = originals
         .into_iter()
         .enumerate()
-        .map(|(i, original)| {
-            let mut u = serde_json::Map::new();
-            u.insert("event_id".into(), Value::from(format!("{prefix}:{i}")));
-            u.insert("kind".into(), Value::from(possync_events::UNMAPPED));
-            u.insert("source".into(), Value::from(source));
-            u.insert("reason".into(), Value::from(reason.clone()));
-            u.insert("erp_error".into(), erp_error.clone());
-            u.insert("commit_lsn".into(), Value::from(txn.commit_lsn.to_string()));
-            if let Some(o) = original {
-                if let Some(id) = o.get("event_id") {
-                    u.insert("original_event_id".into(), id.clone());
-                }
-                // nested one level deeper than the contract allows, the record would be refused for its depth
-                // and the server's words lost: carry such an original as text
-                if as_text || possync_events::depth(o) + 1 > possync_events::domain::MAX_DEPTH {
-                    let text = o.to_string();
-                    u.insert(
-                        "original_text".into(),
-                        Value::from(truncate_noting_length(&text, ORIGINAL_TEXT_MAX_CHARS)),
-                    );
-                } else {
-                    u.insert("original".into(), o.clone());
-                }
-            }
-            Value::Object(u)
-        })
+        .map(|(i, original)| rejection.wrap(i, original))
         .collect();
     // the mirrored rows of the transaction, which the mirror could not take: kept with the reason
     if !txn.changes.is_empty() {
@@ -1142,20 +1341,12 @@ pub fn rejected_form(
             .map(|c| serde_json::json!({"table": c.table, "op": c.op.as_str(), "row": c.row}))
             .collect();
         let rows = Value::Array(rows);
-        let mut u = serde_json::Map::new();
-        u.insert("event_id".into(), Value::from(format!("{prefix}:rows")));
-        u.insert("kind".into(), Value::from(possync_events::UNMAPPED));
-        u.insert("source".into(), Value::from(source));
-        u.insert("reason".into(), Value::from(reason.clone()));
-        u.insert("erp_error".into(), erp_error.clone());
-        u.insert("commit_lsn".into(), Value::from(txn.commit_lsn.to_string()));
-        if as_text || possync_events::depth(&rows) + 1 > possync_events::domain::MAX_DEPTH {
+        let mut u = rejection.record("rows");
+        if rejection.carries_text(possync_events::depth(&rows)) {
+            let text = rows.to_string();
             u.insert(
                 "rows_text".into(),
-                Value::from(truncate_noting_length(
-                    &rows.to_string(),
-                    ORIGINAL_TEXT_MAX_CHARS,
-                )),
+                Rejection::text_value(&text, text.chars().count()),
             );
         } else {
             u.insert("rows".into(), rows);
@@ -1168,8 +1359,10 @@ pub fn rejected_form(
 /// Posts a POS transaction the ERP refused as rejected events at its own commit LSN, counts it and says so at
 /// ERROR. When the ERP refuses even that, the error is not about this transaction's data after all (or the ERP
 /// refuses everything): the session ends and is retried, as for a connection error.
+#[allow(clippy::too_many_arguments)]
 async fn reject_transaction(
     erp: &Erp,
+    mapping: &Arc<Mapping>,
     source: &str,
     txn: &PosTransaction,
     error: &ErpError,
@@ -1191,12 +1384,33 @@ async fn reject_transaction(
     tracing::error!(source, commit_lsn = %txn.commit_lsn, sqlstate = %server.sqlstate, message = %server.message,
         detail = server.detail.as_deref().unwrap_or(""), hint = server.hint.as_deref().unwrap_or(""),
         events = txn.events.len(), event_ids = ?original_ids,
+        spilled_changes = txn.spilled.as_ref().map_or(0, |s| s.changes),
         "the ERP refused this POS transaction; keeping it as rejected events and moving on");
     let mut last_error = None;
     for as_text in [false, true] {
-        let events = rejected_form(source, txn, &server, as_text, erp.lane());
         let started = Instant::now();
-        match erp.apply_batch(source, txn.commit_lsn, &events).await {
+        let posted = match &txn.spilled {
+            // its events are in its file: each is kept from there, as one held in memory would be
+            Some(spilled) => {
+                let rejection =
+                    Rejection::new(source, txn.commit_lsn, &server, as_text, erp.lane());
+                crate::spill::apply_spilled(
+                    erp,
+                    mapping,
+                    None,
+                    source,
+                    txn.commit_lsn,
+                    spilled,
+                    Some(&rejection),
+                )
+                .await
+            }
+            None => {
+                let events = rejected_form(source, txn, &server, as_text, erp.lane());
+                erp.apply_batch(source, txn.commit_lsn, &events).await
+            }
+        };
+        match posted {
             Ok((outcome, wal)) => {
                 metrics.observe_apply(started.elapsed());
                 settle(metrics, unflushed, committed, txn, wal);
@@ -1381,6 +1595,85 @@ mod tests {
             rejected_form("store42", &empty, &error, false, None).len(),
             1
         );
+    }
+
+    /// An owner session that the server ends after `lives` pings.
+    struct FakeOwner {
+        pings: std::sync::atomic::AtomicUsize,
+        lives: usize,
+    }
+
+    impl Owner for FakeOwner {
+        fn is_closed(&self) -> bool {
+            self.pings.load(Ordering::SeqCst) >= self.lives
+        }
+
+        async fn ping(&self) -> Result<(), ErpError> {
+            self.pings.fetch_add(1, Ordering::SeqCst);
+            // the round trip: the lanes' work goes on meanwhile
+            tokio::task::yield_now().await;
+            Ok(())
+        }
+    }
+
+    /// Ticks that come at once (the test times nothing).
+    struct AtOnce;
+
+    impl Ticks for AtOnce {
+        async fn tick(&mut self) {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn owner_for(lives: usize) -> FakeOwner {
+        FakeOwner {
+            pings: std::sync::atomic::AtomicUsize::new(0),
+            lives,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_owner_session_speaks_while_the_lanes_apply() {
+        let owner = owner_for(usize::MAX);
+        // a group that lasts until the owner has spoken three times
+        let work = async {
+            while owner.pings.load(Ordering::SeqCst) < 3 {
+                tokio::task::yield_now().await;
+            }
+            Ok::<_, SessionError>("applied")
+        };
+        let done = while_owning(&owner, &mut AtOnce, work).await;
+        assert_eq!(done.ok(), Some("applied"));
+        assert!(owner.pings.load(Ordering::SeqCst) >= 3);
+    }
+
+    #[tokio::test]
+    async fn the_lanes_stop_once_the_owner_session_is_gone() {
+        // the server ends the owner session during a long group: the lanes start nothing more
+        let owner = owner_for(2);
+        let started = std::sync::atomic::AtomicUsize::new(0);
+        let work = async {
+            loop {
+                started.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        };
+        let done: Result<(), SessionError> = while_owning(&owner, &mut AtOnce, work).await;
+        assert!(
+            matches!(done, Err(SessionError::ErpConnectionLost)),
+            "{done:?}"
+        );
+        assert!(started.load(Ordering::SeqCst) > 0);
+        // an owner session already gone: nothing is started at all
+        let gone = owner_for(0);
+        let started = std::sync::atomic::AtomicUsize::new(0);
+        let work = async {
+            started.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, SessionError>(())
+        };
+        let done = while_owning(&gone, &mut AtOnce, work).await;
+        assert!(matches!(done, Err(SessionError::ErpConnectionLost)));
+        assert_eq!(started.load(Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::lsn::Lsn;
 use crate::mapping::{child_item, child_order, header_base, unmapped, Change, ChangeOp, Mapping};
+use crate::source::Rejection;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -31,16 +32,92 @@ pub struct Spill {
     changes: u64,
 }
 
-/// The file of a spilled transaction; removed when the last holder drops it.
-#[derive(Debug, PartialEq, Eq)]
+/// The file of a spilled transaction; removed when the last holder drops it. While it lives, it holds an
+/// exclusive lock (`flock`) on the file, which tells [`remove_leftovers`] that the file is in use.
+#[derive(Debug)]
 pub struct SpillFile {
     pub path: PathBuf,
+    _lock: File,
 }
+
+impl PartialEq for SpillFile {
+    fn eq(&self, other: &SpillFile) -> bool {
+        self.path == other.path
+    }
+}
+
+impl Eq for SpillFile {}
 
 impl Drop for SpillFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// The start of the names of a source's spill files: `possync-spill-<source>-<pid>-<n>.jsonl`.
+fn name_prefix(source: &str) -> String {
+    format!("possync-spill-{}-", crate::source::sanitize(source))
+}
+
+/// Creates a spill file: a new file only (never one that exists, nor through a symbolic link someone put in its
+/// place in a shared directory), readable by the bridge's user alone (it holds sales), locked as in use.
+fn create(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    if let Err(e) = file.try_lock() {
+        let _ = std::fs::remove_file(path);
+        return Err(e.into());
+    }
+    Ok(file)
+}
+
+/// Removes the spill files of `source` in `dir` that a bridge left behind (it was killed or crashed while it held
+/// a large transaction): regular files named as this source's, which no process holds (their lock is free).
+/// Files of other sources, files in use (by this process or another bridge that still streams this source) and
+/// anything that is not a regular file are left alone. Returns how many were removed.
+pub fn remove_leftovers(dir: &Path, source: &str) -> std::io::Result<usize> {
+    let prefix = name_prefix(source);
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        // <pid>-<n>.jsonl: the source's name has no '-' (sanitized), so another source's files never match
+        let ours = rest.strip_suffix(".jsonl").is_some_and(|r| {
+            r.split_once('-').is_some_and(|(pid, n)| {
+                [pid, n]
+                    .iter()
+                    .all(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            })
+        });
+        // not through a link: file_type does not follow one
+        if !ours || !entry.file_type()?.is_file() {
+            continue;
+        }
+        let path = entry.path();
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => continue,
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
 }
 
 /// A committed transaction on disk.
@@ -87,14 +164,22 @@ impl Spill {
     pub fn start(dir: &Path, source: &str, held: Vec<Change>) -> std::io::Result<Spill> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!(
-            "possync-spill-{}-{}-{n}.jsonl",
-            crate::source::sanitize(source),
+            "{}{}-{n}.jsonl",
+            name_prefix(source),
             std::process::id()
         ));
-        let out = BufWriter::new(File::create(&path)?);
+        let file = create(&path)?;
+        // the lock goes with the open file, shared by both handles: held until the transaction is dropped
+        let lock = match file.try_clone() {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
         let mut s = Spill {
-            file: SpillFile { path },
-            out,
+            file: SpillFile { path, _lock: lock },
+            out: BufWriter::new(file),
             changes: 0,
         };
         for c in &held {
@@ -279,11 +364,200 @@ pub fn write_events(
     lane: Option<(usize, usize)>,
     emit: &mut dyn FnMut(String) -> std::io::Result<()>,
 ) -> std::io::Result<u64> {
+    write(
+        mapping, source, commit_lsn, txn, documents, extra, lane, None, emit,
+    )
+}
+
+/// Writes the rejected form of a spilled transaction the ERP refused (see [`crate::source::rejected_form`]):
+/// each of the events [`write_events`] writes (mirrored rows kept as rejected records, no documents), wrapped in
+/// a record that says why, streamed from the file the same way, so that every event and row is kept.
+pub fn write_rejected(
+    mapping: &Mapping,
+    source: &str,
+    commit_lsn: Lsn,
+    txn: &SpilledTxn,
+    lane: Option<(usize, usize)>,
+    rejection: &Rejection,
+    emit: &mut dyn FnMut(String) -> std::io::Result<()>,
+) -> std::io::Result<u64> {
+    write(
+        mapping,
+        source,
+        commit_lsn,
+        txn,
+        false,
+        &[],
+        lane,
+        Some(rejection),
+        emit,
+    )
+}
+
+/// The array of events (or of their rejected records) being written, one event or piece at a time.
+struct Out<'a> {
+    emit: &'a mut dyn FnMut(String) -> std::io::Result<()>,
+    first: bool,
+    /// Events written (opened, for one in pieces).
+    written: u64,
+    wrap: Option<&'a Rejection>,
+    /// The event written in pieces, when carried as text: its first characters (at most as many as a record
+    /// keeps) and how many it has.
+    text: Option<(String, usize)>,
+}
+
+impl Out<'_> {
+    fn sep(&mut self) -> &'static str {
+        if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            ","
+        }
+    }
+
+    /// One whole event.
+    fn event(&mut self, ev: &Value) -> std::io::Result<()> {
+        let text = match self.wrap {
+            None => ev.to_string(),
+            Some(r) => r.wrap(self.written as usize, Some(ev)).to_string(),
+        };
+        let sep = self.sep();
+        (self.emit)(format!("{sep}{text}"))?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Starts an event written in pieces: `head` its fields before the arrays, `text` their JSON text without
+    /// the closing brace, `depth` how deep the whole event nests.
+    fn open(&mut self, head: &Value, text: String, depth: usize) -> std::io::Result<()> {
+        let sep = self.sep();
+        let Some(r) = self.wrap else {
+            self.written += 1;
+            return (self.emit)(format!("{sep}{text}"));
+        };
+        let mut record = r.record(&self.written.to_string());
+        if let Some(id) = head.get("event_id") {
+            record.insert("original_event_id".into(), id.clone());
+        }
+        self.written += 1;
+        let mut wrapper = Value::Object(record).to_string();
+        wrapper.pop();
+        if r.carries_text(depth) {
+            self.text = Some((String::new(), 0));
+            (self.emit)(format!("{sep}{wrapper},\"original_text\":"))?;
+            self.piece(text)
+        } else {
+            (self.emit)(format!("{sep}{wrapper},\"original\":{text}"))
+        }
+    }
+
+    /// The next piece of the event opened.
+    fn piece(&mut self, text: String) -> std::io::Result<()> {
+        match &mut self.text {
+            None => (self.emit)(text),
+            Some((head, chars)) => {
+                let room = crate::source::ORIGINAL_TEXT_MAX_CHARS.saturating_sub(*chars);
+                if room > 0 {
+                    head.extend(text.chars().take(room));
+                }
+                *chars += text.chars().count();
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the event opened.
+    fn close(&mut self) -> std::io::Result<()> {
+        self.piece("}".into())?;
+        match self.text.take() {
+            Some((head, chars)) => {
+                (self.emit)(format!("{}}}", Rejection::text_value(&head, chars)))
+            }
+            None if self.wrap.is_some() => (self.emit)("}".into()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A child mapping and the rows it claimed for a header (where each is, and its index among the changes).
+type ChildRows<'a> = (&'a crate::mapping::ChildMapping, &'a Vec<(At, usize)>);
+
+/// Calls `f` with the items of one array (`into`) of a header's event, from the child rows it claimed, in
+/// `order_by` order: rows arrive in it as a rule, and are sorted (keys held, a few bytes each) only when they
+/// did not.
+fn each_item(
+    file: &File,
+    header: Option<&possync_events::Event>,
+    kind: &str,
+    into: &str,
+    lists: &[ChildRows],
+    f: &mut dyn FnMut(Value) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut index = 0usize;
+    for (ch, rows) in lists {
+        let mut sorted = true;
+        if ch.order_by.is_some() {
+            let mut last = None;
+            for (at, _) in rows.iter() {
+                let k = child_order(ch, &change_at(file, *at)?.row);
+                if last.as_ref().is_some_and(|l| *l > k) {
+                    sorted = false;
+                    break;
+                }
+                last = Some(k);
+            }
+        }
+        let order: Vec<At> = if sorted {
+            Vec::new()
+        } else {
+            let mut keyed = Vec::with_capacity(rows.len());
+            for (at, _) in rows.iter() {
+                keyed.push((child_order(ch, &change_at(file, *at)?.row), *at));
+            }
+            keyed.sort();
+            keyed.into_iter().map(|(_, at)| at).collect()
+        };
+        let in_order: Box<dyn Iterator<Item = At> + '_> = if sorted {
+            Box::new(rows.iter().map(|(at, _)| *at))
+        } else {
+            Box::new(order.iter().copied())
+        };
+        for at in in_order {
+            let row = change_at(file, at)?.row;
+            let item = Value::Object(child_item(ch, kind, &row));
+            let item = match (header, into) {
+                (Some(h), "lines") => h.line_json(&item, index).unwrap_or(item),
+                (Some(_), "tenders") => {
+                    possync_events::Event::tender_json(&item, index).unwrap_or(item)
+                }
+                _ => item,
+            };
+            index += 1;
+            f(item)?;
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write(
+    mapping: &Mapping,
+    source: &str,
+    commit_lsn: Lsn,
+    txn: &SpilledTxn,
+    documents: bool,
+    extra: &[Value],
+    lane: Option<(usize, usize)>,
+    wrap: Option<&Rejection>,
+    emit: &mut dyn FnMut(String) -> std::io::Result<()>,
+) -> std::io::Result<u64> {
     let ours = |ev: &Value| lane.is_none_or(|(l, n)| crate::lanes::event_lane(ev, n) == l);
     let file = File::open(&txn.file.path)?;
     // pass 1: the index
     let mut entries: Vec<Entry> = Vec::new();
-    let mut children: HashMap<(String, String), Vec<At>> = HashMap::new();
+    // child rows by (table, the header's key), each with its index among the transaction's changes (what
+    // names it when no header claims it, as in Mapping::events_of)
+    let mut children: HashMap<(String, String), Vec<(At, usize)>> = HashMap::new();
     let mut others: Vec<(At, usize)> = Vec::new();
     let mut index = 0usize;
     each_change(&file, |at, c| {
@@ -315,7 +589,7 @@ pub fn write_events(
                     children
                         .entry((ch.table.clone(), v.to_string()))
                         .or_default()
-                        .push(at);
+                        .push((at, i));
                     child = true;
                 }
             }
@@ -325,16 +599,14 @@ pub fn write_events(
         }
     })?;
     // pass 2: the events
-    let mut written = 0u64;
-    let mut first = true;
-    let sep = |first: &mut bool| -> &'static str {
-        if std::mem::take(first) {
-            ""
-        } else {
-            ","
-        }
-    };
     emit("[".into())?;
+    let mut out = Out {
+        emit,
+        first: true,
+        written: 0,
+        wrap,
+        text: None,
+    };
     let mut claimed: HashSet<(String, String)> = HashSet::new();
     for entry in &entries {
         match entry {
@@ -351,14 +623,15 @@ pub fn write_events(
                         commit_lsn,
                         *i,
                         &c,
-                        "outbox column is missing or NULL".into(),
+                        format!(
+                            "outbox column {} is missing or NULL",
+                            o.map_or("", |o| o.column.as_str())
+                        ),
                     ),
                 };
-                if !ours(&ev) {
-                    continue;
+                if ours(&ev) {
+                    out.event(&ev)?;
                 }
-                emit(format!("{}{ev}", sep(&mut first)))?;
-                written += 1;
             }
             Entry::Header(at, e) => {
                 let em = &mapping.event_mappings()[*e];
@@ -384,25 +657,20 @@ pub fn write_events(
                 let shown = header
                     .as_ref()
                     .map_or_else(|| base.clone(), |h| Value::Object(h.header_json()));
-                let mut text = shown.to_string();
-                text.pop(); // the closing brace: the arrays follow
-                emit(format!("{}{text}", sep(&mut first)))?;
                 let key = em
                     .key
                     .as_ref()
                     .and_then(|k| c.row.get(k))
                     .map(Value::to_string);
-                let mut intos: Vec<&str> = Vec::new();
+                // the child rows each array takes
+                let mut arrays: Vec<(&str, Vec<ChildRows>)> = Vec::new();
                 for ch in &em.children {
-                    if !intos.contains(&ch.into.as_str()) {
-                        intos.push(&ch.into);
+                    if !arrays.iter().any(|(into, _)| *into == ch.into) {
+                        arrays.push((&ch.into, Vec::new()));
                     }
                 }
-                for into in intos {
-                    let opener = format!(",{}:[", Value::from(into));
-                    let mut first_item = true;
-                    let mut index = 0usize;
-                    for ch in em.children.iter().filter(|ch| ch.into == into) {
+                for (into, lists) in &mut arrays {
+                    for ch in em.children.iter().filter(|ch| ch.into == *into) {
                         let Some(key) = &key else { continue };
                         let list_key = (ch.table.clone(), key.clone());
                         if claimed.contains(&list_key) {
@@ -412,92 +680,75 @@ pub fn write_events(
                             continue;
                         };
                         claimed.insert(list_key);
-                        // in `order_by` order: rows arrive in it as a rule, and are sorted (keys held, a few
-                        // bytes each) only when they did not
-                        let mut sorted = true;
-                        if ch.order_by.is_some() {
-                            let mut last = None;
-                            for at in rows {
-                                let k = child_order(ch, &change_at(&file, *at)?.row);
-                                if last.as_ref().is_some_and(|l| *l > k) {
-                                    sorted = false;
-                                    break;
-                                }
-                                last = Some(k);
-                            }
-                        }
-                        let order: Vec<At> = if sorted {
-                            Vec::new()
-                        } else {
-                            let mut keyed = Vec::with_capacity(rows.len());
-                            for at in rows {
-                                keyed.push((child_order(ch, &change_at(&file, *at)?.row), *at));
-                            }
-                            keyed.sort();
-                            keyed.into_iter().map(|(_, at)| at).collect()
-                        };
-                        let in_order: &[At] = if sorted { rows } else { &order };
-                        for at in in_order {
-                            let row = change_at(&file, *at)?.row;
-                            let item = Value::Object(child_item(ch, &kind, &row));
-                            let item = match (&header, into) {
-                                (Some(h), "lines") => h.line_json(&item, index).unwrap_or(item),
-                                (Some(_), "tenders") => {
-                                    possync_events::Event::tender_json(&item, index).unwrap_or(item)
-                                }
-                                _ => item,
-                            };
-                            index += 1;
-                            let lead = if std::mem::take(&mut first_item) {
-                                opener.as_str()
-                            } else {
-                                ","
-                            };
-                            emit(format!("{lead}{item}"))?;
-                        }
-                    }
-                    if !first_item {
-                        emit("]".into())?;
-                    } else if !header.as_ref().is_some_and(|h| {
-                        into == "lines" || (into == "tenders" && !h.kind.has_tenders())
-                    }) {
-                        // as the contract form writes an empty array
-                        emit(format!("{opener}]"))?;
+                        lists.push((ch, rows));
                     }
                 }
-                emit("}".into())?;
-                written += 1;
+                // an array the contract form writes when empty
+                let written_empty = |into: &str| {
+                    !header.as_ref().is_some_and(|h| {
+                        into == "lines" || (into == "tenders" && !h.kind.has_tenders())
+                    })
+                };
+                // how deep the event nests, for a record that carries it: read once more (refused transactions
+                // only)
+                let mut depth = possync_events::depth(&shown);
+                if wrap.is_some_and(|r| !r.as_text) {
+                    for (into, lists) in &arrays {
+                        let mut items = 0usize;
+                        let mut deepest = 0usize;
+                        each_item(&file, header.as_ref(), &kind, into, lists, &mut |item| {
+                            items += 1;
+                            deepest = deepest.max(possync_events::depth(&item));
+                            Ok(())
+                        })?;
+                        if items > 0 || written_empty(into) {
+                            depth = depth.max(2 + deepest);
+                        }
+                    }
+                }
+                let mut text = shown.to_string();
+                text.pop(); // the closing brace: the arrays follow
+                out.open(&shown, text, depth)?;
+                for (into, lists) in &arrays {
+                    let opener = format!(",{}:[", Value::from(*into));
+                    let mut first_item = true;
+                    each_item(&file, header.as_ref(), &kind, into, lists, &mut |item| {
+                        let lead = if std::mem::take(&mut first_item) {
+                            opener.as_str()
+                        } else {
+                            ","
+                        };
+                        out.piece(format!("{lead}{item}"))
+                    })?;
+                    if !first_item {
+                        out.piece("]".into())?;
+                    } else if written_empty(into) {
+                        // as the contract form writes an empty array
+                        out.piece(format!("{opener}]"))?;
+                    }
+                }
+                out.close()?;
             }
         }
     }
-    // child rows no header claimed, updates, deletes, truncates and mirrored rows: kept as rejected records
-    let mut unclaimed: Vec<At> = children
+    // child rows no header claimed, updates, deletes, truncates and mirrored rows: kept as rejected records, in
+    // the order of the transaction's changes and named by their index in it, as Mapping::events_of names them
+    let mut left: Vec<(usize, At, bool)> = children
         .iter()
         .filter(|(k, _)| !claimed.contains(*k))
-        .flat_map(|(_, v)| v.iter().copied())
+        .flat_map(|(_, v)| v.iter().map(|(at, i)| (*i, *at, true)))
+        .chain(others.iter().map(|(at, i)| (*i, *at, false)))
         .collect();
-    unclaimed.sort();
-    for at in unclaimed {
+    left.sort_unstable_by_key(|(i, _, _)| *i);
+    left.dedup_by_key(|(i, _, _)| *i);
+    for (i, at, child) in left {
         let c = change_at(&file, at)?;
-        let ev = unmapped(
-            source,
-            commit_lsn,
-            at.0 as usize,
-            &c,
+        let reason = if child {
             format!(
                 "a row of {} arrived without its header row in the same POS transaction",
                 c.table
-            ),
-        );
-        if !ours(&ev) {
-            continue;
-        }
-        emit(format!("{}{ev}", sep(&mut first)))?;
-        written += 1;
-    }
-    for (at, i) in others {
-        let c = change_at(&file, at)?;
-        let reason = if mapping.is_mirrored(&c.table) {
+            )
+        } else if mapping.is_mirrored(&c.table) {
             format!(
                 "a row of mirrored table {} in a POS transaction too large to hold ({} changes): documents are not made from such transactions",
                 c.table, txn.changes
@@ -510,17 +761,21 @@ pub fn write_events(
             )
         };
         let ev = unmapped(source, commit_lsn, i, &c, reason);
-        if !ours(&ev) {
-            continue;
+        if ours(&ev) {
+            out.event(&ev)?;
         }
-        emit(format!("{}{ev}", sep(&mut first)))?;
-        written += 1;
     }
     for ev in extra.iter().filter(|ev| ours(ev)) {
-        emit(format!("{}{ev}", sep(&mut first)))?;
-        written += 1;
+        out.event(ev)?;
     }
-    emit("]".into())?;
+    // a refused transaction without events is kept as one record of why, as in memory
+    if let (Some(r), 0) = (wrap, out.written) {
+        let record = r.wrap(0, None);
+        (out.emit)(record.to_string())?;
+        out.written += 1;
+    }
+    let written = out.written;
+    (out.emit)("]".into())?;
     Ok(written)
 }
 
@@ -566,7 +821,12 @@ const CHUNK_BYTES: usize = 256 * 1024;
 
 /// Posts a spilled POS transaction: its events written from the file into a temporary table of the ERP session
 /// with COPY, then one `apply_batch` over their concatenation, with the transaction's commit LSN, in one ERP
-/// transaction. The bridge holds at most a few chunks of text at a time.
+/// transaction. The bridge holds at most a few chunks of text at a time. With `rejection`, the ERP refused the
+/// transaction: its rejected form is posted instead, written from the file as well (see [`write_rejected`]),
+/// and the mirror is not touched.
+///
+/// The events go to apply_batch as one jsonb value, which PostgreSQL limits to 1 GB of text (SQLSTATE 54000):
+/// a transaction whose events are larger is refused, and its rejected form, larger still, too.
 pub async fn apply_spilled(
     erp: &crate::apply::Erp,
     mapping: &std::sync::Arc<Mapping>,
@@ -574,7 +834,9 @@ pub async fn apply_spilled(
     source: &str,
     commit_lsn: Lsn,
     spilled: &std::sync::Arc<SpilledTxn>,
+    rejection: Option<&Rejection>,
 ) -> Result<(crate::apply::BatchOutcome, crate::apply::ErpWal), crate::apply::ErpError> {
+    let poster = poster.filter(|_| rejection.is_none());
     use futures::SinkExt;
     let client = erp.client();
     let lane = erp.lane();
@@ -597,6 +859,7 @@ pub async fn apply_spilled(
         futures::pin_mut!(sink);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
         let (m, s, f) = (mapping.clone(), source.to_string(), spilled.clone());
+        let wrap = rejection.cloned();
         let writer = tokio::task::spawn_blocking(move || {
             let mut part = String::new();
             let mut chunk = String::new();
@@ -625,16 +888,19 @@ pub async fn apply_spilled(
                 }
                 Ok(())
             };
-            let written = write_events(
-                &m,
-                &s,
-                commit_lsn,
-                &f,
-                documents,
-                &doc_events,
-                lane,
-                &mut emit,
-            )?;
+            let written = match &wrap {
+                None => write_events(
+                    &m,
+                    &s,
+                    commit_lsn,
+                    &f,
+                    documents,
+                    &doc_events,
+                    lane,
+                    &mut emit,
+                )?,
+                Some(r) => write_rejected(&m, &s, commit_lsn, &f, lane, r, &mut emit)?,
+            };
             if !part.is_empty() {
                 flush_part(&mut part, &mut chunk, &mut n);
             }
@@ -668,8 +934,13 @@ pub async fn apply_spilled(
                 &[&source, &commit_lsn.to_string(), &lane_arg.map(|l| l.0), &lane_arg.map(|l| l.1)],
             )
             .await?;
-        tracing::info!(source, commit_lsn = %commit_lsn, events, changes = spilled.changes,
-            "posted a spilled POS transaction");
+        if rejection.is_some() {
+            tracing::info!(source, commit_lsn = %commit_lsn, records = events, changes = spilled.changes,
+                "posted the rejected form of a spilled POS transaction");
+        } else {
+            tracing::info!(source, commit_lsn = %commit_lsn, events, changes = spilled.changes,
+                "posted a spilled POS transaction");
+        }
         Ok::<String, crate::apply::ErpError>(row.get(0))
     }
     .await;

@@ -155,3 +155,58 @@ async fn a_frozen_owner_loses_the_source_to_the_standby_and_stands_down_when_it_
     assert_eq!(owner.terminate(), Some(0));
     assert_eq!(standby.terminate(), Some(0));
 }
+
+/// With apply lanes the owner session (the one holding the source's lock) applies nothing itself: while the
+/// lanes apply a group longer than the owner timeout, it must still speak, or the ERP ends it as idle and
+/// releases the source while this bridge's lanes go on posting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_whose_lanes_apply_longer_than_the_owner_timeout_keeps_its_source() {
+    let _serial = serial().await;
+    let pos = pos_cluster(&[]).await;
+    let erp = erp_cluster().await;
+    let pos_db = pos.connect("pos").await;
+    let erp_db = erp.connect("erp").await;
+    // one sale takes the ERP twice the owner timeout to post
+    erp_db
+        .batch_execute(&format!(
+            "CREATE FUNCTION public.slow_marked_event() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.event_id = 'SLOW-000002' THEN PERFORM pg_sleep({}); END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER slow_marked_event BEFORE INSERT ON possync.event
+                 FOR EACH ROW EXECUTE FUNCTION public.slow_marked_event();",
+            OWNER_TIMEOUT_S * 2
+        ))
+        .await
+        .expect("slow trigger");
+    let erp_url = erp.url("erp");
+    let sources = [("store42", pos.url("pos"))];
+    let timeout = OWNER_TIMEOUT_S.to_string();
+    let owner = Bridge::start(
+        &erp_url,
+        &sources,
+        &["--owner-timeout-s", timeout.as_str(), "--apply-lanes", "2"],
+    );
+    owner.wait_streaming("store42", Duration::from_secs(30));
+    run_sales(&pos_db, "SLOW", 1, 3, 50).await;
+    wait_caught_up(&erp_url, &pos_db, "store42", Duration::from_secs(60)).await;
+    run_sales(&pos_db, "SLOW", 4, 2, 50).await;
+    wait_caught_up(&erp_url, &pos_db, "store42", Duration::from_secs(60)).await;
+    let log = owner.log();
+    assert_eq!(
+        owner.metric("possync_bridge_retries_total", "store42"),
+        Some(0.0),
+        "the owner session was ended while the lanes applied\n{log}"
+    );
+    assert!(!log.contains("ownership of the source"), "{log}");
+    assert_eq!(
+        count(
+            &erp_db,
+            "SELECT count(*) FROM possync.event WHERE event_id LIKE 'SLOW-%'"
+        )
+        .await,
+        5
+    );
+    assert_eq!(doubled(&erp_db).await, 0);
+}

@@ -198,3 +198,118 @@ async fn a_pos_transaction_the_erp_raises_for_is_kept_as_rejected_and_the_store_
     );
     assert_eq!(doubled(&erp_db).await, 0);
 }
+
+/// A trigger that refuses one sale of a POS transaction too large to hold (22003, as `FAULT`).
+const FAULT_SPILLED: &str = "
+CREATE FUNCTION public.refuse_marked_spilled_event() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.event_id = 'BIGREF-3' THEN
+        RAISE EXCEPTION 'test fault: event % refused', NEW.event_id
+            USING ERRCODE = '22003', DETAIL = 'injected by the e2e test';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_marked_spilled_event BEFORE INSERT ON possync.event
+    FOR EACH ROW EXECUTE FUNCTION public.refuse_marked_spilled_event();";
+
+/// A spilled POS transaction (its changes in a file, D3) the ERP refuses is kept whole: every event, with all
+/// its lines, and every row left over, each as a rejected record carrying it, as a transaction held in memory is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_spilled_pos_transaction_keeps_every_event_and_row() {
+    let _serial = serial().await;
+    let pos = pos_cluster(&[]).await;
+    let erp = erp_cluster().await;
+    let pos_db = pos.connect("pos").await;
+    let erp_db = erp.connect("erp").await;
+    erp_db
+        .batch_execute(FAULT_SPILLED)
+        .await
+        .expect("fault trigger");
+    let spill_dir = workspace_root().join("target").join("e2e-refused-spill");
+    std::fs::create_dir_all(&spill_dir).expect("spill dir");
+    let spill_dir = spill_dir.display().to_string();
+    let source = [("store42", pos.url("pos"))];
+    let bridge = Bridge::start(
+        &erp.url("erp"),
+        &source,
+        &["--spill-after-changes", "50", "--spill-dir", &spill_dir],
+    );
+    bridge.wait_streaming("store42", Duration::from_secs(30));
+    // 10 sales of 10 lines, their tenders and an update of one (which makes no event): 121 changes, spilled
+    // past 50
+    pos_db
+        .batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO pos.sale (txn_id, store_id, register_id, seq, business_date)
+               SELECT 'BIGREF-' || i, '{STORE}', 'R9', i, '2026-11-26' FROM generate_series(1, 10) i;
+             INSERT INTO pos.sale_line (txn_id, line_no, sku, qty, unit_price, tax, tax_code)
+               SELECT 'BIGREF-' || i, n, 'CAP', 1, 10.00, 0.89, 'NY'
+                 FROM generate_series(1, 10) i, generate_series(1, 10) n;
+             INSERT INTO pos.tender (txn_id, tender_no, tender_type, amount)
+               SELECT 'BIGREF-' || i, 1, 'card', 108.90 FROM generate_series(1, 10) i;
+             UPDATE pos.sale SET currency = 'USD' WHERE txn_id = 'BIGREF-1';
+             COMMIT;"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("the large transaction: {e}"));
+    run_sales(&pos_db, "AFTER", 1, 1, 10).await;
+    wait_count(
+        &erp_db,
+        "SELECT count(*) FROM possync.event WHERE event_id LIKE 'AFTER-%'",
+        1,
+        Duration::from_secs(120),
+        || bridge.log(),
+    )
+    .await;
+    assert_eq!(
+        count(
+            &erp_db,
+            "SELECT count(*) FROM possync.event WHERE event_id LIKE 'BIGREF-%'"
+        )
+        .await,
+        0,
+        "nothing of the refused transaction posted"
+    );
+    // one record per event, each carrying its original with every line, and the update (kept as the unmapped
+    // row it was)
+    let row = erp_db
+        .query_one(
+            "SELECT count(*) FILTER (WHERE payload->>'original_event_id' LIKE 'BIGREF-%'),
+                    count(DISTINCT payload->>'original_event_id') FILTER (WHERE payload->>'original_event_id' LIKE 'BIGREF-%'),
+                    coalesce(sum(jsonb_array_length(payload->'original'->'lines')), 0)::bigint,
+                    count(*) FILTER (WHERE payload->'original'->>'op' = 'update'
+                                       AND payload->'original'->'raw'->>'txn_id' = 'BIGREF-1'),
+                    count(*) FILTER (WHERE payload->'erp_error'->>'sqlstate' = '22003'
+                                       AND reason LIKE '%test fault: event BIGREF-3 refused%'),
+                    count(*)
+               FROM possync.exception WHERE kind = 'malformed' AND payload ? 'erp_error'",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exceptions: {e}"));
+    let kept = (
+        row.get::<_, i64>(0),
+        row.get::<_, i64>(1),
+        row.get::<_, i64>(2),
+        row.get::<_, i64>(3),
+        row.get::<_, i64>(4),
+        row.get::<_, i64>(5),
+    );
+    assert_eq!(
+        kept,
+        (10, 10, 100, 1, 11, 11),
+        "(records of sales, distinct sales, lines kept, update kept, records naming the server's error, all records)\n{}",
+        bridge.log()
+    );
+    assert_eq!(
+        bridge.metric("possync_bridge_rejected_transactions_total", "store42"),
+        Some(1.0)
+    );
+    let log = bridge.log();
+    assert!(log.contains("spilled to disk"), "{log}");
+    assert_eq!(doubled(&erp_db).await, 0);
+    let left = std::fs::read_dir(&spill_dir)
+        .map(|d| d.filter_map(Result::ok).count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "the spill file is removed once kept");
+}
