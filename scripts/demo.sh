@@ -155,15 +155,21 @@ say "starting possync-bridge"
 POSSYNC_LOG=info NO_COLOR=1 "$BIN/possync-bridge" run --erp "$ERP_URL" --source "pos-central=$POS_URL" "${MAPPING_ARGS[@]}" \
   --metrics "$METRICS" 2>"$DEMO_DIR/bridge.log" &
 BRIDGE_PID=$!
+# the metrics are read whole before they are searched: `curl | grep -q` under pipefail fails whenever grep finds
+# the line and exits before curl has written the rest (curl dies of SIGPIPE)
+streaming() {
+  local metrics
+  metrics=$(curl -fs "http://$METRICS/metrics" 2>/dev/null) || return 1
+  grep -q '^possync_bridge_streaming{source="pos-central"} 1' <<<"$metrics"
+}
 for _ in $(seq 1 300); do
-  if curl -fs "http://$METRICS/metrics" 2>/dev/null | grep -q '^possync_bridge_streaming{source="pos-central"} 1'; then
+  if streaming; then
     break
   fi
   kill -0 "$BRIDGE_PID" 2>/dev/null || { echo "the bridge stopped:"; tail -20 "$DEMO_DIR/bridge.log"; exit 1; }
   sleep 0.1
 done
-curl -fs "http://$METRICS/metrics" | grep -q '^possync_bridge_streaming{source="pos-central"} 1' \
-  || { echo "the bridge did not start streaming:"; tail -20 "$DEMO_DIR/bridge.log"; exit 1; }
+streaming || { echo "the bridge did not start streaming:"; tail -20 "$DEMO_DIR/bridge.log"; exit 1; }
 echo "bridge streaming; metrics at http://$METRICS/metrics (health: http://$METRICS/healthz), log $DEMO_DIR/bridge.log"
 
 say "trading: $STORES stores x $REGISTERS registers, a DC and a web shop, $SKUS SKUs; $TRANSACTIONS customer transactions at $RATE/s (about ${SECONDS_OF_TRADING} s)"

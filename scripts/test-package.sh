@@ -367,7 +367,8 @@ metrics() { # GET /metrics with bash alone
 streaming=0
 for _ in $(seq 1 600); do
   kill -0 "$BRIDGE_PID" 2>/dev/null || { cat "$WORK/bridge.log" >&2; die "the bridge stopped"; }
-  if metrics | grep -q '^possync_bridge_streaming{source="store42"} 1'; then streaming=1; break; fi
+  # read whole, then searched (`metrics | grep -q` under pipefail fails when grep exits before the writer)
+  if grep -q '^possync_bridge_streaming{source="store42"} 1' <<<"$(metrics)"; then streaming=1; break; fi
   sleep 0.1
 done
 [ "$streaming" = 1 ] || { tail -30 "$WORK/bridge.log" >&2; die "the bridge did not start streaming within 60 s"; }
