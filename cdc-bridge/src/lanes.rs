@@ -22,7 +22,7 @@ use serde_json::Value;
 use crate::assembler::PosTransaction;
 
 /// The most lanes a source may be applied in (the extension's limit).
-pub const MAX_LANES: usize = 64;
+pub const MAX_LANES: usize = possync_events::MAX_APPLY_LANES;
 
 /// The lane of a location: FNV-1a of its bytes, modulo the number of lanes. Stable across builds and
 /// platforms (a restart must route every event as before). Events without a location go to lane 0.

@@ -13,6 +13,10 @@ mod parse;
 
 pub use parse::{depth, domain, type_name as json_type_name, Malformed, UNMAPPED};
 
+/// The most apply lanes one source may be split into (`possync.start_lanes` and the lanes' `apply_batch` refuse
+/// more; the bridge's `--apply-lanes` too).
+pub const MAX_APPLY_LANES: usize = 64;
+
 /// What happened at the till or in the stock room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
 #[serde(rename_all = "snake_case")]

@@ -83,7 +83,7 @@ const ADVANCE_LANE: &str =
         events_applied = events_applied + $4::bigint WHERE source_id = $1 AND lane = $2";
 
 /// The most apply lanes one source may be split into.
-pub const MAX_LANES: i32 = 64;
+pub const MAX_LANES: i32 = possync_events::MAX_APPLY_LANES as i32;
 
 /// The bridge's door (called through the SQL wrapper possync.apply_batch with a pg_lsn): applies the
 /// events and moves the source's checkpoint in the caller's transaction, or skips a batch already applied.

@@ -563,6 +563,8 @@ impl Writes {
         if !nothing_to_post {
             let (j, l, e, m) = (&self.journals, &self.lines, &self.events, &self.moves);
             let changed = balances.changed();
+            // before 0.4.0 the database has no business date on lines and moves, and no event_key
+            let by_month = periods::by_month();
             let mut args = vec![
                 // journals
                 texts((1..=j.len() as i64).map(|p| real(Some(p)).map(|r| r.to_string()))),
@@ -578,11 +580,14 @@ impl Writes {
                 texts(l.iter().map(|(_, x)| x.location_id.clone())),
                 decimals(l.iter().map(|(_, x)| x.debit)),
                 decimals(l.iter().map(|(_, x)| x.credit)),
+            ];
+            if by_month {
                 // a line carries its journal's business date
-                texts(
-                    l.iter()
-                        .map(|(p, _)| j.get(*p as usize - 1).and_then(|r| r.business_date.clone())),
-                ),
+                args.push(texts(l.iter().map(|(p, _)| {
+                    j.get(*p as usize - 1).and_then(|r| r.business_date.clone())
+                })));
+            }
+            args.extend([
                 // events
                 texts(e.iter().map(|r| r.event_id.clone())),
                 texts(e.iter().map(|r| r.source.clone())),
@@ -605,7 +610,11 @@ impl Writes {
                 decimals(m.iter().map(|x| x.2.value)),
                 decimals(m.iter().map(|x| x.2.on_hand_after)),
                 decimals(m.iter().map(|x| x.2.value_after)),
-                texts(m.iter().map(|x| x.3.clone())),
+            ]);
+            if by_month {
+                args.push(texts(m.iter().map(|x| x.3.clone())));
+            }
+            args.extend([
                 // balances
                 texts(changed.iter().map(|(k, _)| k.0.clone())),
                 texts(changed.iter().map(|(k, _)| k.1.clone())),
@@ -617,15 +626,8 @@ impl Writes {
                         .map(|(_, b)| b.avg_cost.map(|c| c.to_string())),
                 ),
                 decimals(changed.iter().map(|(_, b)| b.reserved)),
-            ];
-            if periods::by_month() {
-                run(client, POST, &args);
-            } else {
-                // before 0.4.0: no business date on lines and moves (arguments 13 and 34), no event_key
-                args.remove(33);
-                args.remove(12);
-                run(client, POST_BEFORE_0_4, &args);
-            }
+            ]);
+            run(client, if by_month { POST } else { POST_BEFORE_0_4 }, &args);
         }
         if !self.exceptions.is_empty() {
             let x = &self.exceptions;
