@@ -229,16 +229,17 @@ pub fn segments(group: &[PosTransaction], lanes: usize) -> Vec<Segment> {
                 close(&mut current, &mut out, &mut filled);
                 provided.clear();
             }
-            for (lane, events) in parts.iter().enumerate() {
+            for (lane, events) in parts.iter_mut().enumerate() {
                 if events.is_empty() || later[lane] != pass {
                     continue;
                 }
-                for ev in events {
+                for ev in events.iter() {
                     for k in provides(ev) {
                         provided.insert(k, lane);
                     }
                 }
-                current[lane].push(part_of(txn, events.clone()));
+                // each lane's part goes in exactly one pass: moved, not copied
+                current[lane].push(part_of(txn, std::mem::take(events)));
                 filled = true;
             }
         }
