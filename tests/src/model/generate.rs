@@ -423,8 +423,24 @@ impl Generator {
         m.insert("event_id".into(), json!(id));
         m.insert("kind".into(), json!(kind));
         m.insert("location".into(), json!(location));
+        // mostly one week; some dates in other months of the ledgers' partition window, and some anywhere in
+        // the contract's years 0001-9999 (kept in the default partitions): the books must not depend on where
+        // the rows are kept
         let day = self.rng.gen_range(20..=28);
-        m.insert("business_date".into(), json!(format!("2026-11-{day}")));
+        let date = match self.rng.gen_range(0..100) {
+            0..=84 => format!("2026-11-{day}"),
+            85..=94 => format!(
+                "{}-{:02}-{day}",
+                self.rng.gen_range(2024..=2027),
+                self.rng.gen_range(1..=12)
+            ),
+            _ => format!(
+                "{:04}-{:02}-{day}",
+                self.rng.gen_range(1..=9999),
+                self.rng.gen_range(1..=12)
+            ),
+        };
+        m.insert("business_date".into(), json!(date));
         if self.rng.gen_bool(0.5) {
             m.insert(
                 "occurred_at".into(),
