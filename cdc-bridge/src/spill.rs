@@ -295,14 +295,9 @@ pub fn later_lanes(
             let mut lines = Vec::new();
             for ch in em.children.iter().filter(|ch| names_original(ch)) {
                 let Some(key) = &key else { continue };
-                let list_key = (ch.table.clone(), key.clone());
-                if claimed.contains(&list_key) {
-                    continue;
-                }
-                let Some(rows) = originals.get(&list_key) else {
+                let Some(rows) = claim(&mut claimed, &originals, &ch.table, key) else {
                     continue;
                 };
-                claimed.insert(list_key);
                 for at in rows {
                     match change_at(&file, *at) {
                         Ok(child) => {
@@ -325,6 +320,23 @@ pub fn later_lanes(
         Some(e) => Err(e),
         None => Ok(within.later()),
     }
+}
+
+/// The child rows of `table` under a header's `key`, unless an earlier header claimed them (a child row belongs
+/// to the first header with its key, as in memory).
+fn claim<'m, V>(
+    claimed: &mut HashSet<(String, String)>,
+    lists: &'m HashMap<(String, String), V>,
+    table: &str,
+    key: &str,
+) -> Option<&'m V> {
+    let list_key = (table.to_string(), key.to_string());
+    if claimed.contains(&list_key) {
+        return None;
+    }
+    let rows = lists.get(&list_key)?;
+    claimed.insert(list_key);
+    Some(rows)
 }
 
 /// Calls `f` with each change of a spilled file and where its line is, in file order (from the start, wherever
@@ -672,15 +684,9 @@ fn write(
                 for (into, lists) in &mut arrays {
                     for ch in em.children.iter().filter(|ch| ch.into == *into) {
                         let Some(key) = &key else { continue };
-                        let list_key = (ch.table.clone(), key.clone());
-                        if claimed.contains(&list_key) {
-                            continue;
+                        if let Some(rows) = claim(&mut claimed, &children, &ch.table, key) {
+                            lists.push((ch, rows));
                         }
-                        let Some(rows) = children.get(&list_key) else {
-                            continue;
-                        };
-                        claimed.insert(list_key);
-                        lists.push((ch, rows));
                     }
                 }
                 // an array the contract form writes when empty

@@ -226,7 +226,20 @@ impl Batch<'_, '_> {
         outcome
     }
 
-    /// A well-formed event that is refused: kept whole in the exception table with the reasons.
+    /// A well-formed event that is not posted (rejected, a conflict): kept whole in the exception table with the
+    /// reasons.
+    fn keep(&mut self, ev: &Event, payload: &str, status: Status, raised: Vec<Raised>) -> Outcome {
+        self.writes
+            .rejected(Some(&ev.event_id), Some(&ev.location), payload, &raised);
+        Outcome {
+            event_id: Some(ev.event_id.clone()),
+            status,
+            journal_id: None,
+            raised,
+        }
+    }
+
+    /// A well-formed event that is refused while posting: kept, as [`Batch::keep`] keeps it.
     fn reject(
         &mut self,
         ev: &Event,
@@ -234,10 +247,9 @@ impl Batch<'_, '_> {
         mut outcome: Outcome,
         raised: Vec<Raised>,
     ) -> Outcome {
-        self.writes
-            .rejected(Some(&ev.event_id), Some(&ev.location), payload, &raised);
-        outcome.status = Status::Rejected;
-        outcome.raised = raised;
+        let kept = self.keep(ev, payload, Status::Rejected, raised);
+        outcome.status = kept.status;
+        outcome.raised = kept.raised;
         outcome
     }
 
@@ -638,18 +650,7 @@ pub fn apply(
                             ),
                             None,
                         )];
-                        batch.writes.rejected(
-                            Some(&ev.event_id),
-                            Some(&ev.location),
-                            &w.payload,
-                            &raised,
-                        );
-                        Outcome {
-                            event_id: Some(ev.event_id.clone()),
-                            status: Status::Conflict,
-                            journal_id: None,
-                            raised,
-                        }
+                        batch.keep(ev, &w.payload, Status::Conflict, raised)
                     }
                     _ if archived_month => {
                         let raised = vec![Raised::new(
@@ -662,18 +663,7 @@ pub fn apply(
                             ),
                             None,
                         )];
-                        batch.writes.rejected(
-                            Some(&ev.event_id),
-                            Some(&ev.location),
-                            &w.payload,
-                            &raised,
-                        );
-                        Outcome {
-                            event_id: Some(ev.event_id.clone()),
-                            status: Status::Rejected,
-                            journal_id: None,
-                            raised,
-                        }
+                        batch.keep(ev, &w.payload, Status::Rejected, raised)
                     }
                     _ => {
                         let o = batch.post(ev, &w.payload, w.replay);
