@@ -105,6 +105,12 @@ SELECT coalesce(min(b.on_hand - t.q), 1) > 0 AS stock_lasts
     SELECT 1/0;
 \endif
 
+-- the ledgers are partitioned by business month: the year's months are made first, as posting makes them
+SELECT possync.make_ledger_months(ARRAY(
+           SELECT g::date FROM generate_series(date_trunc('month', date :'first_day'),
+                                               date :'first_day' + :days, interval '1 month') AS g)) AS partitions_made
+\gset
+
 -- ids continue where possync's own sequences stand
 SELECT nextval('possync.stock_move_move_id_seq') AS move_base, nextval('possync.journal_id_seq') AS journal_base \gset
 
@@ -124,10 +130,11 @@ SELECT s.n, 'grow-' || s.n AS event_id, 'L' || s.loc AS location_id, 'R' || s.re
           FROM g_line GROUP BY n) t USING (n);
 
 -- the stock moves, with their running balance per sku and location continuing from the opening receipts
-INSERT INTO possync.stock_move (move_id, event_id, sku, location_id, qty, unit_cost, value, on_hand_after, value_after, posted_at)
+INSERT INTO possync.stock_move (move_id, event_id, sku, location_id, qty, unit_cost, value, on_hand_after, value_after, posted_at,
+                                business_date)
 SELECT :move_base + (l.n - 1) * 3 + l.line_no - 1, 'grow-' || l.n, l.sku, l.location_id, -l.qty, l.unit_cost, -l.cost,
        b.on_hand - sum(l.qty) OVER w, b.value - sum(l.cost) OVER w,
-       e.occurred_at
+       e.occurred_at, e.business_date
   FROM g_line l
   JOIN possync.stock_balance b USING (sku, location_id)
   JOIN g_event e USING (n)
@@ -146,8 +153,8 @@ SELECT journal_id, event_id, location_id, business_date, occurred_at, 'sale ' ||
 SELECT setval('possync.journal_id_seq', :journal_base + :events);
 
 -- one statement: the balance trigger sees every journal's lines at its end
-INSERT INTO possync.journal_line (journal_id, line_no, account_code, location_id, debit, credit)
-SELECT e.journal_id, x.line_no, x.account_code, e.location_id, x.debit, x.credit
+INSERT INTO possync.journal_line (journal_id, line_no, account_code, location_id, debit, credit, business_date)
+SELECT e.journal_id, x.line_no, x.account_code, e.location_id, x.debit, x.credit, e.business_date
   FROM g_event e
   CROSS JOIN LATERAL (VALUES (1, :'acc_tender', e.paid, 0),
                              (2, :'acc_inventory', 0, e.cost),
@@ -168,6 +175,8 @@ SELECT event_id, NULL, 'sale', location_id, register, sequence, business_date, o
                           'currency', 'USD', 'lines', lines,
                           'tenders', jsonb_build_array(jsonb_build_object('type', 'card', 'amount', paid::text)))
   FROM g_event ORDER BY n;
+-- every event's id, as posting keeps it (unique across the event table's months)
+INSERT INTO possync.event_key (event_id, business_date) SELECT event_id, business_date FROM g_event ORDER BY n;
 
 -- a cent too much: the difference went to over_short and a person looked at it (unless it is recent)
 INSERT INTO possync.exception (event_id, kind, status, reason, location_id, amount, raised_at, resolved_at, resolution)
@@ -197,6 +206,8 @@ SELECT format('grow-close-%s-%s-%s', location_id, register, business_date), NULL
                (business_date + time '22:00') AT TIME ZONE 'UTC' AS closed_at
           FROM g_event GROUP BY 1, 2, 3) d
  ORDER BY business_date, location_id, register;
+INSERT INTO possync.event_key (event_id, business_date)
+SELECT DISTINCT format('grow-close-%s-%s-%s', location_id, register, business_date), business_date FROM g_event;
 
 INSERT INTO possync.register_state (source, location_id, register, last_sequence)
 SELECT '', location_id, register, max(sequence) FROM g_event GROUP BY 1, 2, 3;

@@ -402,8 +402,11 @@ stage_growth() {
     # table sizes, before the measurements add to them
     local sizes=$OUT/growth-sizes.txt t ne ng be bg
     for t in event stock_move stock_balance journal journal_line exception; do
-        read -r ne be <<<"$(psql_bench "$db_empty" "SELECT count(*), pg_total_relation_size('possync.$t') FROM possync.$t" | tr '|' ' ')"
-        read -r ng bg <<<"$(psql_bench "$db_grown" "SELECT count(*), pg_total_relation_size('possync.$t') FROM possync.$t" | tr '|' ' ')"
+        # a partitioned table's size is its partitions' (pg_partition_tree lists none for an ordinary table)
+        local size_of="(SELECT coalesce(sum(pg_total_relation_size(relid)), pg_total_relation_size('possync.$t'))
+                          FROM pg_partition_tree('possync.$t'))"
+        read -r ne be <<<"$(psql_bench "$db_empty" "SELECT count(*), $size_of FROM possync.$t" | tr '|' ' ')"
+        read -r ng bg <<<"$(psql_bench "$db_grown" "SELECT count(*), $size_of FROM possync.$t" | tr '|' ' ')"
         awk -v t="$t" -v ne="$ne" -v ng="$ng" -v be="$be" -v bg="$bg" 'BEGIN {
             printf "row|possync.%s with its indexes, MB (rows: %d / %d)|%.1f|%.1f|%.0fx|reported|\n", t, ne, ng, be / 1048576, bg / 1048576, bg / be }'
     done >"$sizes"

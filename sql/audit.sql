@@ -16,7 +16,10 @@ DECLARE
     want       numeric;
     got        numeric;
 BEGIN
-    SELECT * INTO dc FROM possync.event e WHERE e.event_id = close_event_id AND e.kind = 'day_close';
+    -- in its month's partition (event_key says which)
+    SELECT * INTO dc FROM possync.event e
+     WHERE e.event_id = close_event_id AND e.kind = 'day_close'
+       AND e.business_date = (SELECT k.business_date FROM possync.event_key k WHERE k.event_id = close_event_id);
     IF NOT FOUND THEN
         RAISE EXCEPTION 'possync.check_day_close: argument close_event_id % is not a day_close event',
             quote_literal(close_event_id) USING ERRCODE = 'no_data_found';
@@ -174,7 +177,8 @@ BEGIN
                                                  'reason', x.reason, 'amount', x.amount) ORDER BY x.exception_id), '[]')
       INTO open_x
       FROM possync.exception x
-      LEFT JOIN possync.event e ON e.event_id = x.event_id
+      -- an event's business date, whatever its month
+      LEFT JOIN possync.event_key e ON e.event_id = x.event_id
      WHERE x.status = 'open' AND x.location_id = audit_day.location
        AND (e.business_date = audit_day.business_date
             OR x.detail ->> 'business_date' = audit_day.business_date::text);
@@ -193,6 +197,8 @@ $$;
 
 -- Only discrepancies: stock ledger value vs GL inventory per location, stock_balance vs the sum of stock_move,
 -- in-transit vs open transfers. An empty result means the books agree.
+-- The ledgers' sums include what archived months carry (carried_stock, carried_gl), so the books of the open
+-- months still agree with the balances after a month is archived.
 -- Every part is filtered by the location before it is aggregated, so reconcile(location) reads that location's
 -- rows through the location indexes (stock_move_by_location, journal_line_by_account) and not whole ledgers. The
 -- text is planned for each call with the location known (EXECUTE ... USING): for one location the filter is an
@@ -207,17 +213,31 @@ BEGIN
     balances AS (SELECT b.sku, b.location_id, b.on_hand, b.value FROM possync.stock_balance b
                   WHERE $1 IS NULL OR b.location_id = $1),
     stock AS (SELECT b.location_id, sum(b.value) AS v FROM balances b GROUP BY 1),
-    gl AS (SELECT l.location_id, sum(l.debit - l.credit) AS v FROM possync.journal_line l
-            WHERE l.account_code IN (SELECT account_code FROM inventory_accounts)
-              AND ($1 IS NULL OR l.location_id = $1) GROUP BY 1),
-    moves AS (SELECT m.sku, m.location_id, sum(m.qty) AS q, sum(m.value) AS v FROM possync.stock_move m
-               WHERE $1 IS NULL OR m.location_id = $1 GROUP BY 1, 2),
+    gl AS (SELECT g.location_id, sum(g.v) AS v FROM (
+               SELECT l.location_id, l.debit - l.credit AS v FROM possync.journal_line l
+                WHERE l.account_code IN (SELECT account_code FROM inventory_accounts)
+                  AND ($1 IS NULL OR l.location_id = $1)
+               UNION ALL
+               SELECT c.location_id, c.debit - c.credit FROM possync.carried_gl c
+                WHERE c.account_code IN (SELECT account_code FROM inventory_accounts)
+                  AND ($1 IS NULL OR c.location_id = $1)) g GROUP BY 1),
+    moves AS (SELECT x.sku, x.location_id, sum(x.q) AS q, sum(x.v) AS v FROM (
+                  SELECT m.sku, m.location_id, m.qty AS q, m.value AS v FROM possync.stock_move m
+                   WHERE $1 IS NULL OR m.location_id = $1
+                  UNION ALL
+                  SELECT c.sku, c.location_id, c.qty, c.value FROM possync.carried_stock c
+                   WHERE $1 IS NULL OR c.location_id = $1) x GROUP BY 1, 2),
     open_transfers AS (SELECT t.from_location AS location_id, sum(tl.value_shipped - tl.value_received) AS v
                          FROM possync.transfer t JOIN possync.transfer_line tl USING (transfer_id)
                         WHERE $1 IS NULL OR t.from_location = $1 GROUP BY 1),
-    transit AS (SELECT l.location_id, sum(l.debit - l.credit) AS v FROM possync.journal_line l
-                 WHERE l.account_code IN (SELECT account_code FROM transit_accounts)
-                   AND ($1 IS NULL OR l.location_id = $1) GROUP BY 1),
+    transit AS (SELECT g.location_id, sum(g.v) AS v FROM (
+                    SELECT l.location_id, l.debit - l.credit AS v FROM possync.journal_line l
+                     WHERE l.account_code IN (SELECT account_code FROM transit_accounts)
+                       AND ($1 IS NULL OR l.location_id = $1)
+                    UNION ALL
+                    SELECT c.location_id, c.debit - c.credit FROM possync.carried_gl c
+                     WHERE c.account_code IN (SELECT account_code FROM transit_accounts)
+                       AND ($1 IS NULL OR c.location_id = $1)) g GROUP BY 1),
     found AS (
         SELECT 'stock_value_vs_gl_inventory' AS check_name, coalesce(s.location_id, g.location_id) AS location_id,
                NULL::text AS sku, coalesce(s.v, 0) AS expected, coalesce(g.v, 0) AS actual
@@ -255,10 +275,18 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'stock_move_chain_broken',
            format('move %s (%s at %s): on_hand_after %s but the moves add up to %s, value_after %s but %s',
                   move_id, sku, location_id, on_hand_after, running_qty, value_after, running_value)
-      FROM (SELECT m.*, sum(qty) OVER w AS running_qty, sum(value) OVER w AS running_value
+      FROM (SELECT m.move_id, m.sku, m.location_id, m.on_hand_after, m.value_after, c.last_move_id,
+                   coalesce(c.qty, 0) + sum(m.qty) OVER w AS running_qty,
+                   coalesce(c.value, 0) + sum(m.value) OVER w AS running_value
               FROM possync.stock_move m
-            WINDOW w AS (PARTITION BY sku, location_id ORDER BY move_id)) r
-     WHERE on_hand_after <> running_qty OR value_after <> running_value
+              LEFT JOIN (SELECT sku, location_id, sum(qty) AS qty, sum(value) AS value, max(last_move_id) AS last_move_id
+                           FROM possync.carried_stock GROUP BY 1, 2) c USING (sku, location_id)
+            WINDOW w AS (PARTITION BY m.sku, m.location_id ORDER BY m.move_id)) r
+     -- what archived months carry comes before every later move; a move posted before an archived month's last
+     -- move there (a late event of that month, a reversal dated in it) has archived moves after it and is not
+     -- checked here
+     WHERE (last_move_id IS NULL OR move_id > last_move_id)
+       AND (on_hand_after <> running_qty OR value_after <> running_value)
     UNION ALL
     SELECT 'balance_differs_from_moves', format('%s at %s: %s %s, moves add up to %s', sku, location_id,
            check_name, expected, actual)
@@ -286,8 +314,16 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                 ELSE format('trigger %s on possync.%s is set to %s, not on: ledger rows may have been changed',
                             g.name, g.tab, CASE t.tgenabled WHEN 'D' THEN 'DISABLE' ELSE 'ENABLE REPLICA' END)
            END
-      FROM (VALUES ('stock_move_append_only', 'stock_move'), ('journal_append_only', 'journal'),
-                   ('journal_line_append_only', 'journal_line'), ('journal_line_balanced', 'journal_line')) AS g(name, tab)
+      FROM (SELECT n.name, n.tab FROM (VALUES ('stock_move_append_only', 'stock_move'), ('journal_append_only', 'journal'),
+                   ('journal_line_append_only', 'journal_line'), ('journal_line_balanced', 'journal_line')) AS n(name, tab)
+            UNION ALL
+            -- every partition carries its parent's triggers
+            SELECT n.name, c.relname
+              FROM (VALUES ('stock_move_append_only', 'stock_move'), ('journal_append_only', 'journal'),
+                           ('journal_line_append_only', 'journal_line'), ('journal_line_balanced', 'journal_line'))
+                   AS n(name, tab)
+              JOIN pg_catalog.pg_inherits i ON i.inhparent = pg_catalog.to_regclass('possync.' || n.tab)
+              JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid) AS g(name, tab)
       LEFT JOIN pg_catalog.pg_trigger t
         ON t.tgname = g.name AND t.tgrelid = pg_catalog.to_regclass('possync.' || g.tab)
      WHERE t.oid IS NULL OR t.tgenabled NOT IN ('O', 'A')
@@ -302,7 +338,15 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
       FROM (SELECT 'journal' AS what, j.journal_id AS id, j.event_id FROM possync.journal j
             UNION ALL
             SELECT 'stock move', m.move_id, m.event_id FROM possync.stock_move m) r
+     -- an event of an archived month is in archived_event
      WHERE NOT EXISTS (SELECT 1 FROM possync.event e WHERE e.event_id = r.event_id)
+       AND NOT EXISTS (SELECT 1 FROM possync.archived_event a WHERE a.event_id = r.event_id)
+    UNION ALL
+    SELECT 'event_without_key', format('event %s (%s) is not in possync.event_key, which keeps event ids unique',
+           e.event_id, e.business_date)
+      FROM possync.event e
+     WHERE NOT EXISTS (SELECT 1 FROM possync.event_key k WHERE k.event_id = e.event_id
+                                                          AND k.business_date = e.business_date)
 $$;
 
 -- The journal lines (and their events) whose sum is an account's balance, for a location and a date range.
@@ -311,13 +355,17 @@ $$;
 -- between those ids (the range's lines, in the usual case where ids grow with the business day), not from the
 -- account's whole history. Bounding by journal id, not by the journal's location, also finds the lines that sit
 -- at another location than their journal (in transit, at the shipping location). Planned per call with the
--- arguments known (EXECUTE ... USING), so absent filters fold away.
+-- arguments known (EXECUTE ... USING), so absent filters fold away and the date range prunes the months' partitions
+-- of both tables (a line carries its journal's business date). A range that reaches into an archived month raises
+-- a WARNING naming the months and the tables that hold their journals: those lines are not in the result.
 CREATE FUNCTION trace(account text, location text DEFAULT NULL, from_date date DEFAULT NULL, to_date date DEFAULT NULL)
 RETURNS TABLE (event_id text, journal_id bigint, line_no integer, business_date date, debit numeric, credit numeric)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     first_journal bigint;
     last_journal bigint;
+    archived_months text;
+    archived_tables text;
 BEGIN
     IF account IS NULL THEN
         RAISE EXCEPTION 'possync.trace: argument account must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -325,6 +373,23 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM possync.account a WHERE a.account_code = trace.account) THEN
         RAISE EXCEPTION 'possync.trace: argument account % is not in possync.account', quote_literal(account)
             USING ERRCODE = 'invalid_parameter_value', HINT = 'pass an account code such as 4000';
+    END IF;
+    -- archived months' lines are not in the ledger any more: say so when the range reaches into one
+    SELECT string_agg(to_char(a.month, 'YYYY-MM'), ', ' ORDER BY a.month),
+           string_agg(t.name, ', ' ORDER BY a.month)
+      INTO archived_months, archived_tables
+      FROM possync.archived_period a
+      LEFT JOIN LATERAL (SELECT string_agg(x, ', ') AS name FROM unnest(a.tables) AS x
+                          WHERE x LIKE '%journal%') t ON true
+     WHERE (trace.to_date IS NULL OR a.month <= trace.to_date)
+       AND (trace.from_date IS NULL OR (a.month + interval '1 month')::date > trace.from_date);
+    IF archived_months IS NOT NULL THEN
+        RAISE WARNING 'possync.trace: the range reaches into archived periods (%): their lines are not listed',
+            archived_months
+            USING DETAIL = format('Their journals are in the detached tables %s; their totals per account and '
+                                  'location are carried in possync.carried_gl.', coalesce(archived_tables, '(none)')),
+                  HINT = 'trace a range of open months, or query the archived tables (restored from their dump if '
+                         'they were dropped)';
     END IF;
     IF from_date IS NOT NULL OR to_date IS NOT NULL THEN
         -- the range's journals from journal_by_day alone (not a walk of every journal id in order)
@@ -338,11 +403,12 @@ BEGIN
     END IF;
     RETURN QUERY EXECUTE $q$
     SELECT j.event_id, l.journal_id, l.line_no, j.business_date, l.debit, l.credit
-      FROM possync.journal_line l JOIN possync.journal j ON j.journal_id = l.journal_id
+      FROM possync.journal_line l
+      JOIN possync.journal j ON j.journal_id = l.journal_id AND j.business_date = l.business_date
      WHERE l.account_code = $1
        AND ($2 IS NULL OR l.location_id = $2)
-       AND ($3 IS NULL OR j.business_date >= $3)
-       AND ($4 IS NULL OR j.business_date <= $4)
+       AND ($3 IS NULL OR (j.business_date >= $3 AND l.business_date >= $3))
+       AND ($4 IS NULL OR (j.business_date <= $4 AND l.business_date <= $4))
        AND ($5 IS NULL OR l.journal_id BETWEEN $5 AND $6)
      ORDER BY j.business_date, l.journal_id, l.line_no $q$
     USING account, location, from_date, to_date, first_journal, last_journal;
@@ -390,10 +456,14 @@ SELECT 'open_exceptions' AS measure, x.kind AS dimension,
             ELSE '1 day or more' END AS age, count(*)::numeric AS value
   FROM possync.exception x WHERE x.status = 'open' GROUP BY 2, 3
 UNION ALL
-SELECT 'manual_adjustments', 'count', NULL, count(DISTINCT m.event_id)::numeric
-  FROM possync.stock_move m JOIN possync.event e USING (event_id) WHERE e.kind = 'adjustment'
+SELECT 'manual_adjustments', 'count', NULL,
+       (SELECT count(DISTINCT m.event_id) FROM possync.stock_move m JOIN possync.event e USING (event_id)
+         WHERE e.kind = 'adjustment')::numeric
+       + (SELECT coalesce(sum(a.adjustment_events), 0) FROM possync.archived_period a)
 UNION ALL
-SELECT 'manual_adjustments', 'value', NULL, coalesce(sum(abs(m.value)), 0)
-  FROM possync.stock_move m JOIN possync.event e USING (event_id) WHERE e.kind = 'adjustment'
+SELECT 'manual_adjustments', 'value', NULL,
+       (SELECT coalesce(sum(abs(m.value)), 0) FROM possync.stock_move m JOIN possync.event e USING (event_id)
+         WHERE e.kind = 'adjustment')
+       + (SELECT coalesce(sum(a.adjustment_value), 0) FROM possync.archived_period a)
 UNION ALL
 SELECT 'days_audited', 'count', NULL, count(*)::numeric FROM possync.audited_day;

@@ -117,15 +117,32 @@ CREATE TABLE source (
 -- updated by every batch: room on the page keeps those updates HOT and the row's chain short
 WITH (fillfactor = 50);
 
--- status: applied, held (waiting for master data or a transfer_out), reversed
+-- A source applied in parallel sessions (apply lanes, see possync.start_lanes): the bridge sends each lane the
+-- events of its share of the locations, in commit order, and each lane keeps its own checkpoint. The source's
+-- stream resumes at the least of them; a lane skips what it has already applied.
+CREATE TABLE source_lane (
+    source_id      text NOT NULL,
+    lane           integer NOT NULL,
+    lanes          integer NOT NULL,
+    checkpoint     pg_lsn NOT NULL,
+    applied_at     timestamptz,
+    events_applied bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (source_id, lane),
+    CONSTRAINT source_lane_in_range CHECK (lane >= 0 AND lane < lanes)
+)
+WITH (fillfactor = 50);
+
+-- status: applied, held (waiting for master data or a transfer_out), reversed. Partitioned by business month
+-- (see "Ledgers partitioned by business month" below): every event has a business date (the contract requires
+-- one, a reversal takes the day it is posted), and its id is unique across months through possync.event_key.
 CREATE TABLE event (
-    event_id      text PRIMARY KEY,
+    event_id      text NOT NULL,
     source        text,
     kind          text NOT NULL,
     location_id   text,
     register      text,
     sequence      bigint,
-    business_date date,
+    business_date date NOT NULL,
     occurred_at   timestamptz,
     received_at   timestamptz NOT NULL DEFAULT now(),
     status        text NOT NULL CONSTRAINT event_status_known CHECK (status IN ('applied', 'held', 'reversed')),
@@ -133,19 +150,27 @@ CREATE TABLE event (
     payload       jsonb NOT NULL,
     -- transfer_in waiting for its transfer_out is found by this key
     hold_key      text
+) PARTITION BY RANGE (business_date);
+-- Each partition has (made by possync.make_ledger_month): the primary key (event_id); the held events by
+-- hold_key; (location_id, register, sequence) for the sales audit, which finds which event used a register's
+-- sequence number; (location_id, business_date, kind) for a store day's events (audit_day finds its day closes,
+-- check_day_close the transactions a close covers).
+
+-- Every event id ever stored, with the month it is stored in: the primary key keeps an id unique across the
+-- event table's partitions (a partitioned table's unique index must include the partition key), and duplicate
+-- detection finds an event's partition from here. Written in the statement that writes the event; kept when the
+-- event's month is archived, so that an id is never posted twice.
+CREATE TABLE event_key (
+    event_id      text PRIMARY KEY,
+    business_date date NOT NULL
 );
-CREATE INDEX event_held ON event (hold_key) WHERE status = 'held';
--- the sales audit finds which event used a register's sequence number
-CREATE INDEX event_by_register_sequence ON event (location_id, register, sequence) WHERE sequence IS NOT NULL;
--- a store day's events: audit_day finds its day closes, check_day_close the transactions a close covers
-CREATE INDEX event_by_location_day ON event (location_id, business_date, kind);
 
 ----------------------------------------------------------------------------------------------------
 -- The stock ledger: append-only moves, and the balance they add up to
 ----------------------------------------------------------------------------------------------------
 
 CREATE TABLE stock_move (
-    move_id       bigint PRIMARY KEY,
+    move_id       bigint NOT NULL,
     event_id      text NOT NULL,
     sku           text NOT NULL,
     location_id   text NOT NULL,
@@ -154,13 +179,15 @@ CREATE TABLE stock_move (
     value         numeric NOT NULL,
     on_hand_after numeric NOT NULL,
     value_after   numeric NOT NULL,
-    posted_at     timestamptz NOT NULL DEFAULT now()
-);
+    posted_at     timestamptz NOT NULL DEFAULT now(),
+    -- the business date of the event that moved the goods (a reversal's moves: the reversed event's date, as
+    -- its journal); the partition key
+    business_date date NOT NULL
+) PARTITION BY RANGE (business_date);
 CREATE SEQUENCE stock_move_move_id_seq AS bigint OWNED BY stock_move.move_id;
 ALTER TABLE stock_move ALTER COLUMN move_id SET DEFAULT nextval('stock_move_move_id_seq');
-CREATE INDEX stock_move_by_event ON stock_move (event_id);
--- reconcile(location) adds up one location's moves per sku from the index alone
-CREATE INDEX stock_move_by_location ON stock_move (location_id, sku) INCLUDE (qty, value);
+-- Each partition has: the primary key (move_id); (event_id); (location_id, sku) INCLUDE (qty, value), from which
+-- reconcile(location) adds up one location's moves per sku.
 
 CREATE TABLE stock_balance (
     sku         text NOT NULL,
@@ -231,33 +258,33 @@ CREATE INDEX reservation_consumed_by ON reservation (consumed_by) WHERE consumed
 ----------------------------------------------------------------------------------------------------
 
 CREATE TABLE journal (
-    journal_id    bigint PRIMARY KEY,
+    journal_id    bigint NOT NULL,
     event_id      text NOT NULL,
     location_id   text,
-    business_date date,
+    business_date date NOT NULL,
     posted_at     timestamptz NOT NULL DEFAULT now(),
     memo          text NOT NULL DEFAULT '',
     reverses      bigint
-);
+) PARTITION BY RANGE (business_date);
 CREATE SEQUENCE journal_id_seq AS bigint OWNED BY journal.journal_id;
-CREATE INDEX journal_by_event ON journal (event_id);
--- trace() bounds a date range by the least and greatest journal id dated in it
-CREATE INDEX journal_by_day ON journal (business_date, journal_id);
+-- Each partition has: the primary key (journal_id); (event_id); (business_date, journal_id), by which trace()
+-- bounds a date range by the least and greatest journal id dated in it.
 
 CREATE TABLE journal_line (
-    journal_id   bigint NOT NULL,
-    line_no      integer NOT NULL,
-    account_code text NOT NULL,
-    location_id  text,
-    debit        numeric NOT NULL DEFAULT 0 CONSTRAINT journal_line_debit_not_negative CHECK (debit >= 0),
-    credit       numeric NOT NULL DEFAULT 0 CONSTRAINT journal_line_credit_not_negative CHECK (credit >= 0),
-    sku          text,
-    PRIMARY KEY (journal_id, line_no),
+    journal_id    bigint NOT NULL,
+    line_no       integer NOT NULL,
+    account_code  text NOT NULL,
+    location_id   text,
+    debit         numeric NOT NULL DEFAULT 0 CONSTRAINT journal_line_debit_not_negative CHECK (debit >= 0),
+    credit        numeric NOT NULL DEFAULT 0 CONSTRAINT journal_line_credit_not_negative CHECK (credit >= 0),
+    sku           text,
+    -- its journal's business date; the partition key
+    business_date date NOT NULL,
     CONSTRAINT journal_line_one_side CHECK (debit = 0 OR credit = 0)
-);
--- an account's lines at a location in journal order: trace() reads a range of journal ids, reconcile(location)
--- adds up debits and credits from the index alone
-CREATE INDEX journal_line_by_account ON journal_line (account_code, location_id, journal_id) INCLUDE (debit, credit);
+) PARTITION BY RANGE (business_date);
+-- Each partition has: the primary key (journal_id, line_no); (account_code, location_id, journal_id) INCLUDE
+-- (debit, credit): an account's lines at a location in journal order, from which trace() reads a range of journal
+-- ids and reconcile(location) adds up debits and credits.
 
 -- A journal's lines must balance at the end of every statement that writes them, whoever writes them. Lines are
 -- never updated or deleted (below), so checking the lines a statement adds, per journal, keeps every journal
@@ -279,10 +306,12 @@ BEGIN
     RETURN NULL;
 END
 $$;
+-- On the parent for statements that name it; possync.make_ledger_month gives every partition the same trigger,
+-- for statements that name a partition (a statement trigger fires only for the table the statement names).
 CREATE TRIGGER journal_line_balanced AFTER INSERT ON journal_line
     REFERENCING NEW TABLE AS new_lines FOR EACH STATEMENT EXECUTE FUNCTION journal_must_balance();
 
--- Ledgers are append-only: a correction is a reversing entry.
+-- Ledgers are append-only: a correction is a reversing entry. (As above, on the parents and on every partition.)
 CREATE FUNCTION ledger_is_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'possync.% is append-only: % is not allowed', TG_TABLE_NAME, TG_OP
@@ -300,6 +329,8 @@ CREATE TRIGGER journal_line_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON j
 ----------------------------------------------------------------------------------------------------
 -- Exceptions: everything that could not post, or posted with something a person should look at
 ----------------------------------------------------------------------------------------------------
+-- Not partitioned by month like the ledgers: an exception changes (resolved, a sequence gap's detail), an open
+-- one must stay in view whatever month it belongs to, and the table stays small (1.3 MB at 2 million sales).
 
 CREATE TABLE exception (
     exception_id bigint PRIMARY KEY,
@@ -364,6 +395,379 @@ CREATE TABLE pending_document (
 );
 
 ----------------------------------------------------------------------------------------------------
+-- Ledgers partitioned by business month
+----------------------------------------------------------------------------------------------------
+-- event, stock_move, journal and journal_line are partitioned by business_date, one partition per month, named
+-- <table>_YYYY_MM (possync.event_2026_11). Posting makes the months a call writes into (and the month after the
+-- latest of them) before it writes anything; possync.make_partitions(through) makes months ahead for a DBA or
+-- pg_cron. A partition is made as an ordinary table with its own primary key, indexes and triggers, then
+-- attached: attaching takes SHARE UPDATE EXCLUSIVE on the parent, which posting sessions (ROW EXCLUSIVE) and
+-- readers do not wait for (CREATE TABLE ... PARTITION OF would take ACCESS EXCLUSIVE). The parents carry no
+-- index: the parents belong to the extension and pg_restore recreates them with CREATE EXTENSION, so an index on
+-- a parent would be built on each partition again when pg_restore attaches it, before the partition's own
+-- (dumped) index is created, and that restore would fail. Partitions never belong to the extension (pg_dump
+-- dumps them, with their rows, as the ordinary tables they are).
+--
+-- A closed month is archived with possync.archive_period(month): its totals are carried in carried_stock and
+-- carried_gl, its event ids and payload digests in archived_event, and its partitions are detached into the
+-- schema possync_archive, as ordinary tables the DBA can dump and drop.
+
+-- Months whose partitions were archived, what they held and where it is. Posting rejects an event dated in one.
+CREATE TABLE archived_period (
+    month             date PRIMARY KEY CONSTRAINT archived_period_first_of_month CHECK (extract(day FROM month) = 1),
+    archived_at       timestamptz NOT NULL DEFAULT now(),
+    archived_by       text NOT NULL DEFAULT session_user,
+    -- the detached partitions, now ordinary tables (possync_archive.<table>_YYYY_MM) until the DBA drops them
+    tables            text[] NOT NULL,
+    events            bigint NOT NULL,
+    stock_moves       bigint NOT NULL,
+    journals          bigint NOT NULL,
+    journal_lines     bigint NOT NULL,
+    -- kpi_audit counts manual adjustments from the beginning
+    adjustment_events bigint NOT NULL,
+    adjustment_value  numeric NOT NULL
+);
+
+-- The events of archived months: an id sent again is judged against its payload's digest (md5 of the stored
+-- jsonb's text): duplicate when equal, conflict otherwise.
+CREATE TABLE archived_event (
+    event_id      text PRIMARY KEY,
+    business_date date NOT NULL,
+    status        text NOT NULL,
+    payload_md5   text NOT NULL
+);
+
+-- What archived months add to each sku and location: reconcile() and check_invariants() add these to the moves
+-- still attached. last_move_id: the month's last move there (the stock_move chain is checked from it on).
+CREATE TABLE carried_stock (
+    month        date NOT NULL,
+    sku          text NOT NULL,
+    location_id  text NOT NULL,
+    qty          numeric NOT NULL,
+    value        numeric NOT NULL,
+    moves        bigint NOT NULL,
+    last_move_id bigint NOT NULL,
+    PRIMARY KEY (month, sku, location_id)
+);
+CREATE INDEX carried_stock_by_location ON carried_stock (location_id, sku) INCLUDE (qty, value, last_move_id);
+
+-- What archived months add to each account and location: trial_balance and reconcile() add these to the lines
+-- still attached.
+CREATE TABLE carried_gl (
+    month        date NOT NULL,
+    account_code text NOT NULL,
+    location_id  text,
+    debit        numeric NOT NULL,
+    credit       numeric NOT NULL,
+    lines        bigint NOT NULL
+);
+CREATE INDEX carried_gl_by_account ON carried_gl (account_code, location_id) INCLUDE (debit, credit);
+
+-- The partition of a ledger table that holds a whole month, if one is attached (made by possync, or by a DBA
+-- with a wider range).
+CREATE FUNCTION ledger_month_partition(parent regclass, month date) RETURNS regclass
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT c.oid::regclass
+      FROM pg_catalog.pg_inherits i
+      JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+     CROSS JOIN LATERAL (SELECT pg_catalog.pg_get_expr(c.relpartbound, c.oid) AS b) x
+     CROSS JOIN LATERAL (
+           SELECT coalesce((pg_catalog.regexp_match(x.b, 'FROM \(''([^'']*)''\)'))[1]::date, '-infinity') AS lo,
+                  coalesce((pg_catalog.regexp_match(x.b, 'TO \(''([^'']*)''\)'))[1]::date, 'infinity') AS hi) r
+     WHERE i.inhparent = parent AND NOT i.inhdetachpending AND x.b <> 'DEFAULT'
+       AND r.lo <= date_trunc('month', month)::date AND (date_trunc('month', month) + interval '1 month')::date <= r.hi
+     LIMIT 1
+$$;
+
+-- Makes the partitions of one month that are missing, in the fixed order event, stock_move, journal,
+-- journal_line; returns how many it made. The caller holds the partition lock (make_ledger_months).
+CREATE FUNCTION make_ledger_month(month date) RETURNS integer
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    first date := date_trunc('month', month)::date;
+    parent text;
+    part text;
+    made integer := 0;
+BEGIN
+    FOREACH parent IN ARRAY ARRAY['event', 'stock_move', 'journal', 'journal_line'] LOOP
+        CONTINUE WHEN possync.ledger_month_partition(format('possync.%I', parent)::regclass, first) IS NOT NULL;
+        part := parent || '_' || to_char(first, 'YYYY_MM');
+        IF to_regclass(format('possync.%I', part)) IS NOT NULL THEN
+            RAISE EXCEPTION 'possync: cannot make the % partition of possync.%: table possync.% exists and is not attached',
+                to_char(first, 'YYYY-MM'), parent, part
+                USING ERRCODE = 'duplicate_table',
+                      HINT = format('attach it (ALTER TABLE possync.%I ATTACH PARTITION possync.%I FOR VALUES FROM (%L) TO (%L)) '
+                                    'or move it away', parent, part, first, (first + interval '1 month')::date);
+        END IF;
+        EXECUTE format('CREATE TABLE possync.%I (LIKE possync.%I INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part, parent);
+        CASE parent
+        WHEN 'event' THEN
+            EXECUTE format('ALTER TABLE possync.%I ADD CONSTRAINT %I PRIMARY KEY (event_id)', part, part || '_pkey');
+            EXECUTE format('CREATE INDEX %I ON possync.%I (hold_key) WHERE status = ''held''', part || '_held', part);
+            EXECUTE format('CREATE INDEX %I ON possync.%I (location_id, register, sequence) WHERE sequence IS NOT NULL',
+                           part || '_by_register_sequence', part);
+            EXECUTE format('CREATE INDEX %I ON possync.%I (location_id, business_date, kind)',
+                           part || '_by_location_day', part);
+        WHEN 'stock_move' THEN
+            EXECUTE format('ALTER TABLE possync.%I ADD CONSTRAINT %I PRIMARY KEY (move_id)', part, part || '_pkey');
+            EXECUTE format('CREATE INDEX %I ON possync.%I (event_id)', part || '_by_event', part);
+            EXECUTE format('CREATE INDEX %I ON possync.%I (location_id, sku) INCLUDE (qty, value)',
+                           part || '_by_location', part);
+            EXECUTE format('CREATE TRIGGER stock_move_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON possync.%I '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION possync.ledger_is_append_only()', part);
+        WHEN 'journal' THEN
+            EXECUTE format('ALTER TABLE possync.%I ADD CONSTRAINT %I PRIMARY KEY (journal_id)', part, part || '_pkey');
+            EXECUTE format('CREATE INDEX %I ON possync.%I (event_id)', part || '_by_event', part);
+            EXECUTE format('CREATE INDEX %I ON possync.%I (business_date, journal_id)', part || '_by_day', part);
+            EXECUTE format('CREATE TRIGGER journal_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON possync.%I '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION possync.ledger_is_append_only()', part);
+        ELSE
+            EXECUTE format('ALTER TABLE possync.%I ADD CONSTRAINT %I PRIMARY KEY (journal_id, line_no)', part, part || '_pkey');
+            EXECUTE format('CREATE INDEX %I ON possync.%I (account_code, location_id, journal_id) INCLUDE (debit, credit)',
+                           part || '_by_account', part);
+            EXECUTE format('CREATE TRIGGER journal_line_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON possync.%I '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION possync.ledger_is_append_only()', part);
+            EXECUTE format('CREATE TRIGGER journal_line_balanced AFTER INSERT ON possync.%I REFERENCING NEW TABLE AS new_lines '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION possync.journal_must_balance()', part);
+        END CASE;
+        EXECUTE format('ALTER TABLE possync.%I ATTACH PARTITION possync.%I FOR VALUES FROM (%L) TO (%L)',
+                       parent, part, first, (first + interval '1 month')::date);
+        -- made by an upgrade script (ALTER EXTENSION ... UPDATE), the table became a member of the extension:
+        -- partitions never are, wherever they were made
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                    WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = format('possync.%I', part)::regclass
+                      AND d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e') THEN
+            EXECUTE format('ALTER EXTENSION possync DROP TABLE possync.%I', part);
+        END IF;
+        made := made + 1;
+    END LOOP;
+    RETURN made;
+END
+$$;
+
+-- Makes the partitions these months need (archived months are never made again), under the partition lock
+-- (advisory, transaction-level: one session makes a month, another that needs it waits and finds it made);
+-- returns how many tables it made.
+CREATE FUNCTION make_ledger_months(months date[]) RETURNS integer
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    m date;
+    made integer := 0;
+BEGIN
+    -- the partition lock ("PSPt"); archive_period takes it too, after the archive lock
+    PERFORM pg_catalog.pg_advisory_xact_lock(1347637364, 0);
+    FOR m IN SELECT DISTINCT date_trunc('month', x)::date FROM unnest(months) AS x WHERE x IS NOT NULL ORDER BY 1 LOOP
+        CONTINUE WHEN EXISTS (SELECT 1 FROM possync.archived_period a WHERE a.month = m);
+        made := made + possync.make_ledger_month(m);
+    END LOOP;
+    RETURN made;
+END
+$$;
+
+-- For posting: makes what the months need unless every ledger table already has them, and returns the months
+-- (first days) that every ledger table has a partition for. SECURITY DEFINER: apply_batch's callers may post, and
+-- posting must be able to make a month; the tables made belong to the extension's owner, as their parents.
+CREATE FUNCTION ensure_ledger_months(months date[]) RETURNS date[]
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    wanted date[];
+    missing boolean;
+BEGIN
+    SELECT array_agg(DISTINCT date_trunc('month', x)::date) INTO wanted FROM unnest(months) AS x WHERE x IS NOT NULL;
+    SELECT EXISTS (SELECT 1 FROM unnest(wanted) AS m, unnest(ARRAY['event', 'stock_move', 'journal', 'journal_line']) AS t
+                    WHERE possync.ledger_month_partition(format('possync.%I', t)::regclass, m) IS NULL
+                      AND NOT EXISTS (SELECT 1 FROM possync.archived_period a WHERE a.month = m))
+      INTO missing;
+    IF missing THEN
+        PERFORM possync.make_ledger_months(wanted);
+    END IF;
+    RETURN (SELECT coalesce(array_agg(m ORDER BY m), '{}') FROM unnest(wanted) AS m
+             WHERE NOT EXISTS (SELECT 1 FROM unnest(ARRAY['event', 'stock_move', 'journal', 'journal_line']) AS t
+                                WHERE possync.ledger_month_partition(format('possync.%I', t)::regclass, m) IS NULL));
+END
+$$;
+
+-- For DBAs and pg_cron: makes every month from the current one through the month of `through`; returns how many
+-- tables it made (0 when they exist). Posting makes what it needs by itself: this takes the making out of the
+-- first posting of a month.
+CREATE FUNCTION make_partitions(through date) RETURNS integer
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF through IS NULL THEN
+        RAISE EXCEPTION 'possync.make_partitions: argument through must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed', HINT = 'pass the last day to make partitions for, e.g. current_date + 90';
+    END IF;
+    IF through > current_date + interval '10 years' THEN
+        RAISE EXCEPTION 'possync.make_partitions: argument through % is more than 10 years ahead', through
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'make a few months ahead; posting makes any month it needs';
+    END IF;
+    RETURN possync.make_ledger_months(ARRAY(
+        SELECT g::date FROM generate_series(date_trunc('month', current_date), date_trunc('month', through),
+                                            interval '1 month') AS g));
+END
+$$;
+
+-- Closes a month for good: its totals are carried (carried_stock, carried_gl, archived_event, archived_period) and
+-- its partitions detached into the schema possync_archive, as ordinary tables to dump and drop. A month can be
+-- archived when it is before the current month, every earlier month holding rows is archived, none of its
+-- events is held and no exception of its events or of its days (day close, sequence audit) is open. Posting waits
+-- while it runs (it takes the archive lock that every posting holds shared).
+CREATE FUNCTION archive_period(month date) RETURNS jsonb
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    first date;
+    next date;
+    parent text;
+    part regclass;
+    parts jsonb := '{}';
+    earlier text;
+    held bigint := 0;
+    open_x bigint := 0;
+    counts jsonb := '{}';
+    n bigint;
+    adj_events bigint := 0;
+    adj_value numeric := 0;
+    moved text[] := '{}';
+    bound text;
+    has_rows boolean;
+    trig text;
+BEGIN
+    IF month IS NULL THEN
+        RAISE EXCEPTION 'possync.archive_period: argument month must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed', HINT = 'pass a day of the month to archive, e.g. ''2026-09-01''';
+    END IF;
+    first := date_trunc('month', month)::date;
+    next := (first + interval '1 month')::date;
+    -- no posting runs while a month is archived (each holds the archive lock, "PSAr", shared), and no partition
+    -- is made (the partition lock, "PSPt")
+    PERFORM pg_catalog.pg_advisory_xact_lock(1347633522, 0);
+    PERFORM pg_catalog.pg_advisory_xact_lock(1347637364, 0);
+    IF EXISTS (SELECT 1 FROM possync.archived_period a WHERE a.month = first) THEN
+        RAISE EXCEPTION 'possync.archive_period: argument month %: period % is archived already', month,
+            to_char(first, 'YYYY-MM')
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'see SELECT * FROM possync.archived_period';
+    END IF;
+    IF first >= date_trunc('month', current_date) THEN
+        RAISE EXCEPTION 'possync.archive_period: argument month %: period % is open', month, to_char(first, 'YYYY-MM')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'only a month before the current one can be closed and archived';
+    END IF;
+    FOREACH parent IN ARRAY ARRAY['event', 'stock_move', 'journal', 'journal_line'] LOOP
+        part := possync.ledger_month_partition(format('possync.%I', parent)::regclass, first);
+        CONTINUE WHEN part IS NULL;
+        bound := pg_catalog.pg_get_expr((SELECT c.relpartbound FROM pg_catalog.pg_class c WHERE c.oid = part), part);
+        IF bound <> format('FOR VALUES FROM (%L) TO (%L)', first, next) THEN
+            RAISE EXCEPTION 'possync.archive_period: argument month %: partition % holds more than the month (%)',
+                month, part, bound
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'archive_period detaches monthly partitions, as possync makes them';
+        END IF;
+        parts := parts || jsonb_build_object(parent, part::text);
+    END LOOP;
+    -- earlier months still attached that hold rows
+    FOR part IN SELECT c.oid::regclass
+                  FROM unnest(ARRAY['event', 'stock_move', 'journal', 'journal_line']) AS t
+                  JOIN pg_catalog.pg_inherits i ON i.inhparent = format('possync.%I', t)::regclass
+                  JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+                 WHERE coalesce((pg_catalog.regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid),
+                                                         'TO \(''([^'']*)''\)'))[1]::date, 'infinity') <= first
+                 ORDER BY 1 LOOP
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', part) INTO STRICT has_rows;
+        IF has_rows THEN
+            earlier := coalesce(earlier || ', ', '') || part::text;
+        END IF;
+    END LOOP;
+    IF earlier IS NOT NULL THEN
+        RAISE EXCEPTION 'possync.archive_period: argument month %: earlier months are not archived (% hold rows)',
+            month, earlier
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'archive the months in order, oldest first';
+    END IF;
+    IF parts ? 'event' THEN
+        EXECUTE format('SELECT count(*) FROM %s WHERE status = ''held''', parts ->> 'event') INTO held;
+    END IF;
+    SELECT count(*) INTO open_x
+      FROM possync.exception x
+      LEFT JOIN possync.event_key k ON k.event_id = x.event_id
+     WHERE x.status = 'open'
+       AND ((k.business_date >= first AND k.business_date < next)
+            OR left(x.detail ->> 'business_date', 7) = to_char(first, 'YYYY-MM'));
+    IF held > 0 OR open_x > 0 THEN
+        RAISE EXCEPTION 'possync.archive_period: argument month %: period % is not closed: % held events, % open exceptions',
+            month, to_char(first, 'YYYY-MM'), held, open_x
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'post held events (possync.replay_held) and resolve the exceptions (possync.open_exceptions, '
+                         'possync.resolve_exception) of the month first';
+    END IF;
+    -- nothing writes to the month from here on (direct writes included) until it is detached
+    IF parts <> '{}' THEN
+        EXECUTE 'LOCK TABLE ' || (SELECT string_agg(v, ', ') FROM jsonb_each_text(parts) AS p(k, v)) || ' IN SHARE MODE';
+    END IF;
+    FOREACH parent IN ARRAY ARRAY['event', 'stock_move', 'journal', 'journal_line'] LOOP
+        n := 0;
+        IF parts ? parent THEN
+            EXECUTE format('SELECT count(*) FROM %s', parts ->> parent) INTO n;
+        END IF;
+        counts := counts || jsonb_build_object(parent, n);
+    END LOOP;
+    IF parts ? 'event' THEN
+        EXECUTE format('INSERT INTO possync.archived_event (event_id, business_date, status, payload_md5) '
+                       'SELECT event_id, business_date, status, md5(payload::text) FROM %s', parts ->> 'event');
+    END IF;
+    IF parts ? 'stock_move' THEN
+        EXECUTE format('INSERT INTO possync.carried_stock (month, sku, location_id, qty, value, moves, last_move_id) '
+                       'SELECT $1, sku, location_id, sum(qty), sum(value), count(*), max(move_id) FROM %s GROUP BY 2, 3',
+                       parts ->> 'stock_move') USING first;
+        IF parts ? 'event' THEN
+            EXECUTE format('SELECT count(DISTINCT m.event_id), coalesce(sum(abs(m.value)), 0) FROM %s m JOIN %s e '
+                           'ON e.event_id = m.event_id WHERE e.kind = ''adjustment''',
+                           parts ->> 'stock_move', parts ->> 'event') INTO adj_events, adj_value;
+        END IF;
+    END IF;
+    IF parts ? 'journal_line' THEN
+        EXECUTE format('INSERT INTO possync.carried_gl (month, account_code, location_id, debit, credit, lines) '
+                       'SELECT $1, account_code, location_id, sum(debit), sum(credit), count(*) FROM %s GROUP BY 2, 3',
+                       parts ->> 'journal_line') USING first;
+    END IF;
+    IF to_regnamespace('possync_archive') IS NULL THEN
+        CREATE SCHEMA possync_archive;
+    END IF;
+    FOREACH parent IN ARRAY ARRAY['event', 'stock_move', 'journal', 'journal_line'] LOOP
+        CONTINUE WHEN NOT parts ? parent;
+        part := (parts ->> parent)::regclass;
+        IF to_regclass(format('possync_archive.%I', (SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = part)))
+           IS NOT NULL THEN
+            RAISE EXCEPTION 'possync.archive_period: argument month %: possync_archive already has a table named as %',
+                month, part
+                USING ERRCODE = 'duplicate_table', HINT = 'rename or drop the table in possync_archive first';
+        END IF;
+        EXECUTE format('ALTER TABLE possync.%I DETACH PARTITION %s', parent, part);
+        -- an ordinary table that needs nothing of possync (DROP EXTENSION leaves it alone)
+        FOR trig IN SELECT t.tgname FROM pg_catalog.pg_trigger t WHERE t.tgrelid = part AND NOT t.tgisinternal LOOP
+            EXECUTE format('DROP TRIGGER %I ON %s', trig, part);
+        END LOOP;
+        IF parent = 'stock_move' THEN
+            EXECUTE format('ALTER TABLE %s ALTER COLUMN move_id DROP DEFAULT', part);
+        END IF;
+        EXECUTE format('ALTER TABLE %s SET SCHEMA possync_archive', part);
+        moved := moved || part::text;
+    END LOOP;
+    INSERT INTO possync.archived_period (month, tables, events, stock_moves, journals, journal_lines,
+                                         adjustment_events, adjustment_value)
+    VALUES (first, moved, (counts ->> 'event')::bigint, (counts ->> 'stock_move')::bigint,
+            (counts ->> 'journal')::bigint, (counts ->> 'journal_line')::bigint, adj_events, adj_value);
+    RETURN jsonb_build_object('month', first, 'status', 'archived', 'tables', to_jsonb(moved),
+                              'events', counts -> 'event', 'stock_moves', counts -> 'stock_move',
+                              'journals', counts -> 'journal', 'journal_lines', counts -> 'journal_line');
+END
+$$;
+
+----------------------------------------------------------------------------------------------------
 -- pg_dump keeps the data of these tables (extension configuration tables)
 ----------------------------------------------------------------------------------------------------
 
@@ -376,6 +780,9 @@ SELECT pg_catalog.pg_extension_config_dump('safety_stock', '');
 SELECT pg_catalog.pg_extension_config_dump('supply', '');
 SELECT pg_catalog.pg_extension_config_dump('supply_receipt', '');
 SELECT pg_catalog.pg_extension_config_dump('source', '');
+SELECT pg_catalog.pg_extension_config_dump('source_lane', '');
+-- event, stock_move, journal and journal_line are partitioned: pg_dump dumps their rows with each partition (an
+-- ordinary table, not a member of the extension), and their entries here add nothing
 SELECT pg_catalog.pg_extension_config_dump('event', '');
 SELECT pg_catalog.pg_extension_config_dump('stock_move', '');
 SELECT pg_catalog.pg_extension_config_dump('stock_balance', '');
@@ -394,3 +801,8 @@ SELECT pg_catalog.pg_extension_config_dump('promotion', '');
 SELECT pg_catalog.pg_extension_config_dump('register_state', '');
 SELECT pg_catalog.pg_extension_config_dump('audited_day', '');
 SELECT pg_catalog.pg_extension_config_dump('pending_document', '');
+SELECT pg_catalog.pg_extension_config_dump('event_key', '');
+SELECT pg_catalog.pg_extension_config_dump('archived_period', '');
+SELECT pg_catalog.pg_extension_config_dump('archived_event', '');
+SELECT pg_catalog.pg_extension_config_dump('carried_stock', '');
+SELECT pg_catalog.pg_extension_config_dump('carried_gl', '');

@@ -36,6 +36,8 @@ mod tests {
     include!("pg_tests/accounting.rs");
     include!("pg_tests/defects.rs");
     include!("pg_tests/voids_and_documents.rs");
+    include!("pg_tests/lanes.rs");
+    include!("pg_tests/periods.rs");
 }
 
 /// Required by `cargo pgrx test`.

@@ -5,7 +5,7 @@
 //!
 //! Each batch is one simple-query round trip holding its statements (one implicit transaction, one commit, as a
 //! possync call in autocommit): journals, journal lines (the balance trigger runs once at the end), events,
-//! stock moves, the balances' new values (one UPDATE ... FROM VALUES) and exceptions when there are any.
+//! event keys, stock moves, the balances' new values (one UPDATE ... FROM VALUES) and exceptions when there are any.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -15,15 +15,19 @@ use tokio_postgres::Client;
 use crate::posting::Measured;
 use crate::BenchError;
 
-/// Copies of the tables a posting writes, with possync's own trigger functions.
+/// Copies of the tables a posting writes, with possync's own trigger functions. The ledgers are copies of a
+/// month's partition (keys and indexes included: the partitioned parents carry none), plus the event key table
+/// that keeps ids unique across months; one unpartitioned table each, so the floor does not route rows.
 const CREATE_FLOOR: &str = "\
     DROP SCHEMA IF EXISTS floor CASCADE; \
     CREATE SCHEMA floor; \
-    CREATE TABLE floor.event (LIKE possync.event INCLUDING ALL); \
-    CREATE TABLE floor.stock_move (LIKE possync.stock_move INCLUDING ALL); \
+    SELECT possync.make_ledger_months(ARRAY['2026-11-01'::date]); \
+    CREATE TABLE floor.event (LIKE possync.event_2026_11 INCLUDING ALL); \
+    CREATE TABLE floor.event_key (LIKE possync.event_key INCLUDING ALL); \
+    CREATE TABLE floor.stock_move (LIKE possync.stock_move_2026_11 INCLUDING ALL); \
     CREATE TABLE floor.stock_balance (LIKE possync.stock_balance INCLUDING ALL) WITH (fillfactor = 60); \
-    CREATE TABLE floor.journal (LIKE possync.journal INCLUDING ALL); \
-    CREATE TABLE floor.journal_line (LIKE possync.journal_line INCLUDING ALL); \
+    CREATE TABLE floor.journal (LIKE possync.journal_2026_11 INCLUDING ALL); \
+    CREATE TABLE floor.journal_line (LIKE possync.journal_line_2026_11 INCLUDING ALL); \
     CREATE TABLE floor.exception (LIKE possync.exception INCLUDING ALL); \
     CREATE TRIGGER journal_line_balanced AFTER INSERT ON floor.journal_line \
         REFERENCING NEW TABLE AS new_lines FOR EACH STATEMENT EXECUTE FUNCTION possync.journal_must_balance(); \
@@ -59,10 +63,11 @@ fn values_queries() -> Vec<(&'static str, String)> {
             ),
         ),
         (
-            "INSERT INTO floor.journal_line (journal_id, line_no, account_code, location_id, debit, credit) VALUES ",
+            "INSERT INTO floor.journal_line (journal_id, line_no, account_code, location_id, debit, credit, \
+             business_date) VALUES ",
             format!(
-                "SELECT {j}, string_agg(format('(%s,%s,%L,%L,%s,%s)', l.journal_id, l.line_no, l.account_code, \
-                   l.location_id, l.debit, l.credit), ',' ORDER BY l.journal_id, l.line_no) \
+                "SELECT {j}, string_agg(format('(%s,%s,%L,%L,%s,%s,%L)', l.journal_id, l.line_no, l.account_code, \
+                   l.location_id, l.debit, l.credit, l.business_date), ',' ORDER BY l.journal_id, l.line_no) \
                    FROM possync.journal j JOIN possync.journal_line l USING (journal_id) \
                   WHERE j.event_id LIKE $1 || '%' GROUP BY 1"
             ),
@@ -78,11 +83,18 @@ fn values_queries() -> Vec<(&'static str, String)> {
             ),
         ),
         (
-            "INSERT INTO floor.stock_move (event_id, sku, location_id, qty, unit_cost, value, on_hand_after, \
-             value_after) VALUES ",
+            "INSERT INTO floor.event_key (event_id, business_date) VALUES ",
             format!(
-                "SELECT {m}, string_agg(format('(%L,%L,%L,%s,%s,%s,%s,%s)', m.event_id, m.sku, m.location_id, m.qty, \
-                   m.unit_cost, m.value, m.on_hand_after, m.value_after), ',' ORDER BY m.move_id) \
+                "SELECT {e}, string_agg(format('(%L,%L)', e.event_id, e.business_date), ',' ORDER BY e.event_id) \
+                   FROM possync.event e WHERE e.event_id LIKE $1 || '%' GROUP BY 1"
+            ),
+        ),
+        (
+            "INSERT INTO floor.stock_move (event_id, sku, location_id, qty, unit_cost, value, on_hand_after, \
+             value_after, business_date) VALUES ",
+            format!(
+                "SELECT {m}, string_agg(format('(%L,%L,%L,%s,%s,%s,%s,%s,%L)', m.event_id, m.sku, m.location_id, m.qty, \
+                   m.unit_cost, m.value, m.on_hand_after, m.value_after, m.business_date), ',' ORDER BY m.move_id) \
                    FROM possync.stock_move m WHERE m.event_id LIKE $1 || '%' GROUP BY 1"
             ),
         ),

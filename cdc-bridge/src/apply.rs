@@ -72,6 +72,9 @@ pub struct BatchOutcome {
 
 /// The call every batch makes, prepared once per connection: one round trip per batch instead of two.
 const APPLY_BATCH: &str = "SELECT possync.apply_batch($1, $2::text::pg_lsn, $3::text::jsonb)::text";
+/// The same for one apply lane (see [`crate::lanes`]).
+const APPLY_LANE_BATCH: &str =
+    "SELECT possync.apply_batch($1, $2::text::pg_lsn, $3::text::jsonb, $4::int4, $5::int4)::text";
 /// The ERP's WAL positions: where the next record goes (past any commit already made) and what is on disk.
 const WAL: &str = "SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text";
 
@@ -80,6 +83,8 @@ pub struct Erp {
     client: Client,
     apply: Statement,
     wal: Statement,
+    /// This session applies lane `.0` of `.1` (see [`crate::lanes`]); None: the source's own door.
+    lane: Option<(i32, i32)>,
 }
 
 /// Where the ERP's WAL stands after a batch.
@@ -101,7 +106,48 @@ impl Erp {
         }
         let apply = client.prepare(APPLY_BATCH).await?;
         let wal = client.prepare(WAL).await?;
-        Ok(Erp { client, apply, wal })
+        Ok(Erp {
+            client,
+            apply,
+            wal,
+            lane: None,
+        })
+    }
+
+    /// Connects a session that applies lane `lane` of `lanes` of a source (see [`crate::lanes`]).
+    pub async fn connect_lane(
+        url: &str,
+        synchronous_commit: bool,
+        lane: usize,
+        lanes: usize,
+    ) -> Result<Erp, ErpError> {
+        let mut erp = Erp::connect(url, synchronous_commit).await?;
+        erp.apply = erp.client.prepare(APPLY_LANE_BATCH).await?;
+        erp.lane = Some((lane as i32, lanes as i32));
+        Ok(erp)
+    }
+
+    /// The lane this session applies, as (lane, lanes).
+    pub fn lane(&self) -> Option<(usize, usize)> {
+        self.lane.map(|(l, n)| (l as usize, n as usize))
+    }
+
+    /// Sets the source up to be applied in `lanes` sessions (`possync.start_lanes`) and returns each lane's
+    /// checkpoint, lane 0 first.
+    pub async fn start_lanes(&self, source: &str, lanes: usize) -> Result<Vec<Lsn>, ErpError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT checkpoint::text FROM possync.start_lanes($1, $2::int4) ORDER BY lane",
+                &[&source, &(lanes as i32)],
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let text: String = r.get(0);
+            out.push(text.parse()?);
+        }
+        Ok(out)
     }
 
     /// The connection, for the statements of a document group (see [`crate::mirror`]).
@@ -173,12 +219,21 @@ impl Erp {
         let lsn = commit_lsn.to_string();
         // pipelined in one round trip: `join` polls the apply first, so it is sent first, and the WAL query
         // runs after the batch's transaction has committed
-        let (row, wal) = futures::future::join(
-            self.client
-                .query_one(&self.apply, &[&source, &lsn, &payload]),
-            self.wal(),
-        )
-        .await;
+        let apply = async {
+            match self.lane {
+                None => {
+                    self.client
+                        .query_one(&self.apply, &[&source, &lsn, &payload])
+                        .await
+                }
+                Some((lane, lanes)) => {
+                    self.client
+                        .query_one(&self.apply, &[&source, &lsn, &payload, &lane, &lanes])
+                        .await
+                }
+            }
+        };
+        let (row, wal) = futures::future::join(apply, self.wal()).await;
         let text: String = row?.get(0);
         // never about the batch's data: retried, and the checkpoint skips the batch if it did commit
         let wal = wal.map_err(|e| ErpError::AfterApply(Box::new(e)))?;

@@ -439,15 +439,17 @@ pub async fn status(erp_url: &str, sources: &[Source]) -> Result<Vec<String>, St
     // events still open (kept as exceptions, never in possync.event)
     let rows = erp
         .query(
-            "SELECT source_id, checkpoint::text, coalesce(applied_at::text, '-'), events_applied, held, rejected \
-             FROM possync.source_status ORDER BY 1",
+            // apply_lanes came with 0.4.0: read so that an older ERP still answers
+            "SELECT source_id, checkpoint::text, coalesce(applied_at::text, '-'), events_applied, held, rejected, \
+                    coalesce((to_jsonb(s) ->> 'apply_lanes')::int4, 1) \
+             FROM possync.source_status s ORDER BY 1",
             &[],
         )
         .await
         .map_err(|e| format!("cannot read possync.source_status: {}", describe(&e)))?;
     let mut lines = vec![format!(
-        "{:<16} {:>14} {:>14} {:>10} {:>6} {:>8}  applied_at",
-        "source", "checkpoint", "lag_bytes", "events", "held", "rejected"
+        "{:<16} {:>14} {:>14} {:>10} {:>6} {:>8} {:>5}  applied_at",
+        "source", "checkpoint", "lag_bytes", "events", "held", "rejected", "lanes"
     )];
     for r in rows {
         let name: String = r.get(0);
@@ -473,13 +475,14 @@ pub async fn status(erp_url: &str, sources: &[Source]) -> Result<Vec<String>, St
             None => "-".into(),
         };
         lines.push(format!(
-            "{:<16} {:>14} {:>14} {:>10} {:>6} {:>8}  {}",
+            "{:<16} {:>14} {:>14} {:>10} {:>6} {:>8} {:>5}  {}",
             name,
             checkpoint,
             lag,
             r.get::<_, i64>(3),
             r.get::<_, i64>(4),
             r.get::<_, i64>(5),
+            r.get::<_, i32>(6),
             r.get::<_, String>(2)
         ));
     }

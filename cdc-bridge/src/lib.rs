@@ -8,6 +8,7 @@ pub mod decoder;
 pub mod document;
 pub mod http;
 pub mod lag;
+pub mod lanes;
 pub mod lsn;
 pub mod mapping;
 pub mod metrics;

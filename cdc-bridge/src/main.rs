@@ -97,6 +97,11 @@ struct Settings {
     /// Directory for those files (default: the system's temporary directory).
     #[arg(long)]
     spill_dir: Option<PathBuf>,
+    /// Apply each source in this many ERP sessions at once, split by location (each location's transactions stay
+    /// in commit order in one session, each session keeps its own checkpoint). 1 to 64; an event mapping only (a
+    /// document mapping's mirror is applied in one session).
+    #[arg(long, default_value_t = 1)]
+    apply_lanes: usize,
     /// Accept that a source's replication slot was lost: NAME=LSN, where LSN is the ERP checkpoint the bridge
     /// named when it refused the source. The bridge makes a new slot, records the accepted loss in the ERP and
     /// streams. A different checkpoint (a later loss) is still refused. Repeat for several sources.
@@ -120,6 +125,7 @@ struct ConfigFile {
     owner_timeout_s: Option<u64>,
     spill_after_changes: Option<usize>,
     spill_dir: Option<PathBuf>,
+    apply_lanes: Option<usize>,
     #[serde(default)]
     source: BTreeMap<String, String>,
 }
@@ -322,7 +328,20 @@ fn resolve(s: &Settings, need_sources: bool) -> Result<Resolved, CliError> {
             .map_err(|source| CliError::Mapping { path, source })?,
         None => Mapping::reference(),
     };
+    let apply_lanes = file.apply_lanes.unwrap_or(s.apply_lanes);
+    if !(1..=possync_bridge::lanes::MAX_LANES).contains(&apply_lanes) {
+        return Err(CliError::Usage(format!(
+            "apply_lanes is {apply_lanes}: give 1 to {}",
+            possync_bridge::lanes::MAX_LANES
+        )));
+    }
+    if apply_lanes > 1 && !mapping.mirrors().is_empty() {
+        return Err(CliError::Usage(format!(
+            "apply_lanes is {apply_lanes}, but the mapping mirrors POS tables for documents: a document mapping is applied in one session (apply_lanes = 1)"
+        )));
+    }
     let apply = ApplySettings {
+        apply_lanes,
         batch_max_txns: file.batch_max_txns.unwrap_or(s.batch_max_txns).max(1),
         batch_max_wait: Duration::from_millis(
             file.batch_max_wait_ms.unwrap_or(s.batch_max_wait_ms),
@@ -605,16 +624,18 @@ mod tests {
         let path = dir.join("bridge.toml");
         std::fs::write(
             &path,
-            "erp = \"postgres://bridge:${POSSYNC_TEST_PW}@erp/erp\"\nbatch_max_txns = 50\n[source]\nstore42 = \"postgres://b:${POSSYNC_TEST_PW}@pos42/pos\"\n",
+            "erp = \"postgres://bridge:${POSSYNC_TEST_PW}@erp/erp\"\nbatch_max_txns = 50\napply_lanes = 3\n[source]\nstore42 = \"postgres://b:${POSSYNC_TEST_PW}@pos42/pos\"\n",
         )
         .expect("write config");
         let settings = Settings {
             config: Some(path),
             sources: vec!["store7=postgres://b@pos7/pos".into()],
             batch_max_txns: 1000,
+            apply_lanes: 1,
             ..Settings::default()
         };
         let r = resolve(&settings, true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.apply.apply_lanes, 3);
         assert_eq!(r.erp, "postgres://bridge:s3cret@erp/erp");
         let names: Vec<&str> = r.sources.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["store42", "store7"]);

@@ -43,6 +43,14 @@ pub fn session_settings(timeout: Duration) -> String {
     format!("SET idle_session_timeout = {ms}; SET tcp_user_timeout = {ms}")
 }
 
+/// The settings of an apply lane's session (see [`crate::lanes`]): it holds no ownership lock, so it may stay
+/// quiet between groups; a transaction it leaves open (a frozen bridge) is ended by the server after `timeout`,
+/// with the lane row it locked, so the next owner's lanes do not wait behind it.
+pub fn lane_session_settings(timeout: Duration) -> String {
+    let ms = timeout.as_millis().max(1);
+    format!("SET idle_in_transaction_session_timeout = {ms}; SET tcp_user_timeout = {ms}")
+}
+
 /// True when START_REPLICATION failed because another process still streams the slot (SQLSTATE 55006).
 pub fn slot_in_use(e: &ReplicationError) -> bool {
     matches!(e, ReplicationError::Server { code, .. } if code == "55006")

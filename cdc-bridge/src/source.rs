@@ -41,6 +41,8 @@ pub struct ApplySettings {
     /// Past this many changes a POS transaction goes to a file in `spill_dir` (see [`crate::spill`]).
     pub spill_after_changes: usize,
     pub spill_dir: std::path::PathBuf,
+    /// ERP sessions one source is applied in, split by location (see [`crate::lanes`]); 1: one session.
+    pub apply_lanes: usize,
 }
 
 impl Default for ApplySettings {
@@ -59,6 +61,7 @@ impl Default for ApplySettings {
             // about 1 KB each held in memory: 20,000 changes keep a transaction's part well under 64 MB
             spill_after_changes: 20_000,
             spill_dir: std::env::temp_dir(),
+            apply_lanes: 1,
         }
     }
 }
@@ -350,6 +353,17 @@ async fn session(
             elapsed_ms = started.elapsed().as_millis() as u64, "copied the mirrored POS tables into the ERP");
         checkpoint = at;
     }
+    let mut lanes = if settings.apply_lanes > 1 && poster.is_none() {
+        let lanes = Lanes::start(&erp, erp_url, &source.name, settings).await?;
+        if let Some(least) = lanes.applied_to.iter().min() {
+            checkpoint = *least;
+        }
+        tracing::info!(source = %source.name, lanes = lanes.erps.len(), checkpoints = ?lanes.applied_to,
+            "applying in lanes split by location");
+        Some(lanes)
+    } else {
+        None
+    };
     metrics.checkpoint.store(checkpoint.0, Ordering::Relaxed);
     if let Err(e) = repl.start(&slot, PUBLICATION, checkpoint).await {
         if !crate::ownership::slot_in_use(&e) {
@@ -383,6 +397,7 @@ async fn session(
         &erp,
         mapping,
         poster.as_ref(),
+        lanes.as_mut(),
         source,
         rx,
         checkpoint,
@@ -624,11 +639,159 @@ pub fn flush_position(committed: Lsn, received: Lsn, handed: Lsn, nothing_in_han
     }
 }
 
+/// The ERP sessions of a source applied in lanes (see [`crate::lanes`]), with what each lane has applied.
+pub(crate) struct Lanes {
+    erps: Vec<Erp>,
+    applied_to: Vec<Lsn>,
+    /// Each lane's commits not yet known to be on the ERP's disk.
+    unflushed: Vec<Unflushed>,
+}
+
+impl Lanes {
+    /// Sets the source's lanes up in the ERP (`possync.start_lanes`) and opens a session per lane.
+    async fn start(
+        erp: &Erp,
+        erp_url: &str,
+        source: &str,
+        settings: &ApplySettings,
+    ) -> Result<Lanes, SessionError> {
+        let count = settings.apply_lanes.clamp(1, crate::lanes::MAX_LANES);
+        let applied_to = erp.start_lanes(source, count).await?;
+        let mut erps = Vec::with_capacity(count);
+        for lane in 0..count {
+            let e =
+                Erp::connect_lane(erp_url, settings.erp_synchronous_commit, lane, count).await?;
+            // a lane holds no ownership lock; a frozen bridge's open lane transaction is ended by the server
+            e.client()
+                .batch_execute(&crate::ownership::lane_session_settings(
+                    settings.owner_timeout,
+                ))
+                .await
+                .map_err(crate::apply::ErpError::from)?;
+            erps.push(e);
+        }
+        Ok(Lanes {
+            erps,
+            unflushed: (0..count).map(|_| Unflushed::default()).collect(),
+            applied_to,
+        })
+    }
+
+    fn closed(&self) -> bool {
+        self.erps.iter().any(Erp::is_closed)
+    }
+
+    /// Applies a group of consecutive POS transactions in the lanes, segment by segment (see
+    /// [`crate::lanes::segments`]), each lane skipping what it has already applied. The group counts as on the
+    /// ERP's disk once every lane's last commit is.
+    async fn apply(
+        &mut self,
+        mapping: &Arc<Mapping>,
+        source: &str,
+        group: &[PosTransaction],
+        metrics: &SourceMetrics,
+        unflushed: &mut Unflushed,
+        committed: &AtomicU64,
+    ) -> Result<(), SessionError> {
+        let Some(last) = group.last() else {
+            return Ok(());
+        };
+        // each lane counts the parts it applied; a POS transaction counts once
+        let transactions_before = metrics.transactions_applied.load(Ordering::Relaxed);
+        let lanes = self.erps.len();
+        let mut waves: Vec<crate::lanes::Segment> = Vec::new();
+        for segment in crate::lanes::segments(group, lanes) {
+            let spilled = segment.iter().flatten().find_map(|p| p.spilled.clone());
+            let Some(spilled) = spilled else {
+                waves.push(segment);
+                continue;
+            };
+            // a spilled transaction's lanes that need another's part committed first go after it
+            let (m, s) = (mapping.clone(), source.to_string());
+            let later = tokio::task::spawn_blocking(move || {
+                crate::spill::later_lanes(&m, &s, &spilled, lanes)
+            })
+            .await
+            .map_err(|e| crate::apply::ErpError::Spill(e.to_string()))?
+            .map_err(|e| crate::apply::ErpError::Spill(e.to_string()))?;
+            if later.iter().any(|l| *l) {
+                let mut first = segment.clone();
+                let mut then = segment;
+                for (lane, is_later) in later.iter().enumerate() {
+                    if *is_later {
+                        first[lane].clear();
+                    } else {
+                        then[lane].clear();
+                    }
+                }
+                waves.push(first);
+                waves.push(then);
+            } else {
+                waves.push(segment);
+            }
+        }
+        for segment in waves {
+            let work: Vec<Vec<PosTransaction>> = segment
+                .into_iter()
+                .zip(&self.applied_to)
+                .map(|(parts, done)| parts.into_iter().filter(|p| p.commit_lsn > *done).collect())
+                .collect();
+            let runs = self
+                .erps
+                .iter()
+                .zip(&work)
+                .zip(self.unflushed.iter_mut())
+                .map(|((erp, parts), lane_unflushed)| async move {
+                    if parts.is_empty() {
+                        return Ok(());
+                    }
+                    // what the POS is told is decided for the whole group below
+                    let lane_committed = AtomicU64::new(0);
+                    apply_isolating(
+                        erp,
+                        mapping,
+                        None,
+                        source,
+                        parts,
+                        metrics,
+                        lane_unflushed,
+                        &lane_committed,
+                        None,
+                    )
+                    .await
+                });
+            futures::future::try_join_all(runs).await?;
+            for (done, parts) in self.applied_to.iter_mut().zip(&work) {
+                if let Some(p) = parts.last() {
+                    *done = p.commit_lsn;
+                }
+            }
+        }
+        let mut waiting = Lsn::ZERO;
+        let mut flushed = Lsn::ZERO;
+        for u in &mut self.unflushed {
+            let (w, f) = u.take();
+            waiting = waiting.max(w);
+            flushed = flushed.max(f);
+        }
+        metrics
+            .transactions_applied
+            .store(transactions_before + group.len() as u64, Ordering::Relaxed);
+        unflushed.push(waiting, last.end_lsn.max(last.commit_lsn));
+        unflushed.confirm(flushed, committed);
+        metrics
+            .checkpoint
+            .store(last.commit_lsn.0, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn apply_loop(
     erp: &Erp,
     mapping: &Arc<Mapping>,
     poster: Option<&crate::mirror::DocumentPoster>,
+    mut lanes: Option<&mut Lanes>,
     source: &Source,
     mut rx: mpsc::Receiver<PosTransaction>,
     checkpoint: Lsn,
@@ -657,6 +820,7 @@ async fn apply_loop(
                 &committed,
                 &mut liveness,
                 &mut flush_check,
+                lanes.as_deref(),
                 publication,
                 source,
                 metrics,
@@ -687,42 +851,58 @@ async fn apply_loop(
         let last_lsn = last.commit_lsn;
         let last_commit_time = last.commit_time;
         let events: usize = batch.iter().map(|t| t.events.len()).sum();
-        // a shutdown request waits for the batch in flight: the call is not cancelled. Meanwhile, when a full
-        // batch of document groups is waiting already, it is taken and planned, so that the ERP does not wait
-        // for the bridge to plan it once this one is done (never when transactions only trickle in: they join
-        // the next batch as they come)
-        let plan_next = async {
-            let p = poster?;
-            if rx.len() < settings.batch_max_txns || broken.is_some() {
-                return None;
+        match lanes.as_deref_mut() {
+            Some(lanes) => {
+                lanes
+                    .apply(
+                        mapping,
+                        &source.name,
+                        &batch,
+                        metrics,
+                        &mut unflushed,
+                        &committed,
+                    )
+                    .await?
             }
-            let mut next = Vec::with_capacity(settings.batch_max_txns);
-            while next.len() < settings.batch_max_txns {
-                match rx.try_recv() {
-                    Ok(t) => next.push(t),
-                    Err(_) => break,
-                }
+            None => {
+                // a shutdown request waits for the batch in flight: the call is not cancelled. Meanwhile, when a full
+                // batch of document groups is waiting already, it is taken and planned, so that the ERP does not wait
+                // for the bridge to plan it once this one is done (never when transactions only trickle in: they join
+                // the next batch as they come)
+                let plan_next = async {
+                    let p = poster?;
+                    if rx.len() < settings.batch_max_txns || broken.is_some() {
+                        return None;
+                    }
+                    let mut next = Vec::with_capacity(settings.batch_max_txns);
+                    while next.len() < settings.batch_max_txns {
+                        match rx.try_recv() {
+                            Ok(t) => next.push(t),
+                            Err(_) => break,
+                        }
+                    }
+                    let plan = p.plan_ahead(&source.name, &next);
+                    Some((next, plan))
+                };
+                let (applied, next) = futures::future::join(
+                    apply_isolating(
+                        erp,
+                        mapping,
+                        poster,
+                        &source.name,
+                        &batch,
+                        metrics,
+                        &mut unflushed,
+                        &committed,
+                        plan,
+                    ),
+                    plan_next,
+                )
+                .await;
+                ahead = next;
+                applied?;
             }
-            let plan = p.plan_ahead(&source.name, &next);
-            Some((next, plan))
-        };
-        let (applied, next) = futures::future::join(
-            apply_isolating(
-                erp,
-                mapping,
-                poster,
-                &source.name,
-                &batch,
-                metrics,
-                &mut unflushed,
-                &committed,
-                plan,
-            ),
-            plan_next,
-        )
-        .await;
-        ahead = next;
-        applied?;
+        }
         applied_to = last_lsn;
         let lag = pg_now_micros().saturating_sub(last_commit_time).max(0) as u64;
         metrics.lag_micros.store(lag, Ordering::Relaxed);
@@ -754,6 +934,7 @@ async fn next_batch(
     committed: &AtomicU64,
     liveness: &mut tokio::time::Interval,
     flush_check: &mut tokio::time::Interval,
+    lanes: Option<&Lanes>,
     publication: &mut crate::publication::Guard,
     source: &Source,
     metrics: &SourceMetrics,
@@ -771,7 +952,7 @@ async fn next_batch(
             }
             // a lost ERP connection also lost the ownership lock: stop streaming so another bridge can take over
             _ = liveness.tick() => {
-                if erp.is_closed() {
+                if erp.is_closed() || lanes.is_some_and(|l| l.closed()) {
                     return Err(SessionError::ErpConnectionLost);
                 }
                 // an owner with nothing to apply still speaks, or it is taken for a frozen one (D7)
@@ -960,14 +1141,20 @@ const ORIGINAL_TEXT_MAX_CHARS: usize = 100_000;
 /// The rejected form of a POS transaction the ERP refused: one `unmapped` event per original event (or one for
 /// a transaction without events), each carrying why (the server's SQLSTATE, message, detail and hint) and the
 /// original event, so that the ERP keeps it as a `malformed` exception. Event ids are
-/// `<source>:erp_error:<commit LSN>:<index>`, never the original id, which stays free for a corrected re-post.
-/// With `as_text`, the original is carried as (truncated) JSON text instead of JSON.
+/// `<source>:erp_error:<commit LSN>:<index>` (`…:<commit LSN>:lane<n>:<index>` for the part of apply lane n),
+/// never the original id, which stays free for a corrected re-post. With `as_text`, the original is carried as
+/// (truncated) JSON text instead of JSON.
 pub fn rejected_form(
     source: &str,
     txn: &PosTransaction,
     error: &crate::pgerr::ServerError,
     as_text: bool,
+    lane: Option<(usize, usize)>,
 ) -> Vec<Value> {
+    let prefix = match lane {
+        None => format!("{source}:erp_error:{}", txn.commit_lsn),
+        Some((l, _)) => format!("{source}:erp_error:{}:lane{l}", txn.commit_lsn),
+    };
     use crate::pgerr::{single_line, truncate_noting_length, REASON_MAX_CHARS};
     let mut why = format!(
         "the ERP raised {} while posting POS transaction {}: {}",
@@ -999,10 +1186,7 @@ pub fn rejected_form(
         .enumerate()
         .map(|(i, original)| {
             let mut u = serde_json::Map::new();
-            u.insert(
-                "event_id".into(),
-                Value::from(format!("{source}:erp_error:{}:{i}", txn.commit_lsn)),
-            );
+            u.insert("event_id".into(), Value::from(format!("{prefix}:{i}")));
             u.insert("kind".into(), Value::from(possync_events::UNMAPPED));
             u.insert("source".into(), Value::from(source));
             u.insert("reason".into(), Value::from(reason.clone()));
@@ -1036,10 +1220,7 @@ pub fn rejected_form(
             .collect();
         let rows = Value::Array(rows);
         let mut u = serde_json::Map::new();
-        u.insert(
-            "event_id".into(),
-            Value::from(format!("{source}:erp_error:{}:rows", txn.commit_lsn)),
-        );
+        u.insert("event_id".into(), Value::from(format!("{prefix}:rows")));
         u.insert("kind".into(), Value::from(possync_events::UNMAPPED));
         u.insert("source".into(), Value::from(source));
         u.insert("reason".into(), Value::from(reason.clone()));
@@ -1090,7 +1271,7 @@ async fn reject_transaction(
         "the ERP refused this POS transaction; keeping it as rejected events and moving on");
     let mut last_error = None;
     for as_text in [false, true] {
-        let events = rejected_form(source, txn, &server, as_text);
+        let events = rejected_form(source, txn, &server, as_text, erp.lane());
         let started = Instant::now();
         match erp.apply_batch(source, txn.commit_lsn, &events).await {
             Ok((outcome, wal)) => {
@@ -1120,27 +1301,44 @@ const FLUSH_CHECK: Duration = Duration::from_millis(100);
 
 /// Batches the ERP committed asynchronously, oldest first, until its WAL flush passes them.
 #[derive(Debug, Default)]
-pub struct Unflushed(std::collections::VecDeque<(Lsn, Lsn)>);
+pub struct Unflushed {
+    queue: std::collections::VecDeque<(Lsn, Lsn)>,
+    /// The furthest ERP flush position seen.
+    flushed: Lsn,
+}
 
 impl Unflushed {
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.queue.is_empty()
     }
 
     /// A batch whose ERP commit ends at or before `erp`, carrying POS transactions up to `pos`.
     pub fn push(&mut self, erp: Lsn, pos: Lsn) {
-        self.0.push_back((erp, pos));
+        self.queue.push_back((erp, pos));
+    }
+
+    /// Empties it: the ERP position the ERP must flush for all of it to be on disk (0/0 when it all is), and
+    /// the furthest flush position seen.
+    pub fn take(&mut self) -> (Lsn, Lsn) {
+        let waiting = self
+            .queue
+            .drain(..)
+            .map(|(erp, _)| erp)
+            .max()
+            .unwrap_or(Lsn::ZERO);
+        (waiting, self.flushed)
     }
 
     /// Moves `committed` (what the POS is told) to the last batch the ERP has flushed.
     pub fn confirm(&mut self, flushed: Lsn, committed: &AtomicU64) {
+        self.flushed = self.flushed.max(flushed);
         let mut last = None;
-        while let Some(&(erp, pos)) = self.0.front() {
+        while let Some(&(erp, pos)) = self.queue.front() {
             if erp > flushed {
                 break;
             }
             last = Some(pos);
-            self.0.pop_front();
+            self.queue.pop_front();
         }
         if let Some(pos) = last {
             committed.fetch_max(pos.0, Ordering::AcqRel);
@@ -1221,7 +1419,7 @@ mod tests {
             detail: Some("line 1\nline 2".into()),
             hint: Some("fix the till".into()),
         };
-        let form = rejected_form("store42", &txn, &error, false);
+        let form = rejected_form("store42", &txn, &error, false, None);
         assert_eq!(form.len(), 2);
         assert_eq!(form[0]["event_id"], "store42:erp_error:0/1972430:0");
         assert_eq!(form[1]["original_event_id"], "B-2");
@@ -1235,7 +1433,7 @@ mod tests {
         assert!(reason.contains("characters in all]"), "{reason}");
         assert!(!reason.chars().any(char::is_control));
         assert_eq!(form[0]["erp_error"]["hint"], "fix the till");
-        let text = rejected_form("store42", &txn, &error, true);
+        let text = rejected_form("store42", &txn, &error, true, None);
         assert!(text[0].get("original").is_none());
         assert!(text[0]["original_text"]
             .as_str()
@@ -1249,14 +1447,17 @@ mod tests {
             events: vec![deep],
             ..txn.clone()
         };
-        let kept = rejected_form("store42", &nested, &error, false);
+        let kept = rejected_form("store42", &nested, &error, false, None);
         assert!(kept[0].get("original").is_none());
         assert!(possync_events::depth(&kept[0]) <= possync_events::domain::MAX_DEPTH);
         let empty = PosTransaction {
             events: vec![],
             ..txn
         };
-        assert_eq!(rejected_form("store42", &empty, &error, false).len(), 1);
+        assert_eq!(
+            rejected_form("store42", &empty, &error, false, None).len(),
+            1
+        );
     }
 
     #[test]

@@ -145,10 +145,51 @@ fn change_at(file: &File, at: At) -> std::io::Result<Change> {
     })
 }
 
+/// Which apply lanes' parts of a spilled transaction must wait for another lane's part (see
+/// [`crate::lanes::Within`]), read from its file: the headers' events in order, without their lines (a
+/// line-level `original_event_id` is not seen here; a transfer's halves and a header's original sale are).
+pub fn later_lanes(
+    mapping: &Mapping,
+    source: &str,
+    txn: &SpilledTxn,
+    lanes: usize,
+) -> std::io::Result<Vec<bool>> {
+    let file = File::open(&txn.file.path)?;
+    let mut reader = BufReader::new(&file);
+    let mut line = String::new();
+    let mut within = crate::lanes::Within::new(lanes);
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
+        let Some(c) = change_of(line.trim_end()) else {
+            continue;
+        };
+        if c.op != ChangeOp::Insert {
+            continue;
+        }
+        if let Some(o) = mapping
+            .outbox_mappings()
+            .iter()
+            .find(|o| o.table == c.table)
+        {
+            if let Some(ev) = c.row.get(&o.column) {
+                within.add(ev);
+            }
+        } else if let Some(em) = mapping.event_mappings().iter().find(|e| e.table == c.table) {
+            within.add(&Value::Object(header_base(source, em, &c.row).0));
+        }
+    }
+    Ok(within.later())
+}
+
 /// Writes the events of a spilled transaction, as the text of one JSON array, in pieces to `emit`, in the order
 /// [`Mapping::events_of`] gives them. Memory: a few bytes per row for the index, one row at a time otherwise.
 /// `documents`: the mirrored rows were posted as documents (see [`crate::mirror::DocumentPoster::spilled`]),
 /// whose events are `extra`, written last; otherwise mirrored rows are kept as rejected records.
+/// `lane`: (lane, lanes) writes only the events of that apply lane (see [`crate::lanes`]).
+#[allow(clippy::too_many_arguments)]
 pub fn write_events(
     mapping: &Mapping,
     source: &str,
@@ -156,8 +197,10 @@ pub fn write_events(
     txn: &SpilledTxn,
     documents: bool,
     extra: &[Value],
+    lane: Option<(usize, usize)>,
     emit: &mut dyn FnMut(String) -> std::io::Result<()>,
 ) -> std::io::Result<u64> {
+    let ours = |ev: &Value| lane.is_none_or(|(l, n)| crate::lanes::event_lane(ev, n) == l);
     let file = File::open(&txn.file.path)?;
     // pass 1: the index
     let mut entries: Vec<Entry> = Vec::new();
@@ -247,6 +290,9 @@ pub fn write_events(
                         "outbox column is missing or NULL".into(),
                     ),
                 };
+                if !ours(&ev) {
+                    continue;
+                }
                 emit(format!("{}{ev}", sep(&mut first)))?;
                 written += 1;
             }
@@ -254,7 +300,27 @@ pub fn write_events(
                 let em = &mapping.event_mappings()[*e];
                 let c = change_at(&file, *at)?;
                 let (base, kind) = header_base(source, em, &c.row);
-                let mut text = Value::Object(base).to_string();
+                let base = Value::Object(base);
+                if !ours(&base) {
+                    // another lane's: its child rows are still its own, not left over
+                    if let Some(key) = em.key.as_ref().and_then(|k| c.row.get(k)) {
+                        for ch in &em.children {
+                            let list_key = (ch.table.clone(), key.to_string());
+                            if children.contains_key(&list_key) {
+                                claimed.insert(list_key, ());
+                            }
+                        }
+                    }
+                    continue;
+                }
+                // the contract form, piece by piece, equal to what the transaction held in memory makes
+                // (Mapping::events_of): a POS transaction posted once from memory and once from its file (apply
+                // lanes re-sending it after a restart, say) is then the same event, a duplicate
+                let header = possync_events::Event::header_from_json(&base).ok();
+                let shown = header
+                    .as_ref()
+                    .map_or_else(|| base.clone(), |h| Value::Object(h.header_json()));
+                let mut text = shown.to_string();
                 text.pop(); // the closing brace: the arrays follow
                 emit(format!("{}{text}", sep(&mut first)))?;
                 let key = em
@@ -269,8 +335,9 @@ pub fn write_events(
                     }
                 }
                 for into in intos {
-                    emit(format!(",{}:[", Value::from(into)))?;
+                    let opener = format!(",{}:[", Value::from(into));
                     let mut first_item = true;
+                    let mut index = 0usize;
                     for ch in em.children.iter().filter(|ch| ch.into == into) {
                         let Some(key) = &key else { continue };
                         let list_key = (ch.table.clone(), key.clone());
@@ -309,17 +376,30 @@ pub fn write_events(
                         for at in in_order {
                             let row = change_at(&file, *at)?.row;
                             let item = Value::Object(child_item(ch, &kind, &row));
-                            emit(format!(
-                                "{}{item}",
-                                if std::mem::take(&mut first_item) {
-                                    ""
-                                } else {
-                                    ","
+                            let item = match (&header, into) {
+                                (Some(h), "lines") => h.line_json(&item, index).unwrap_or(item),
+                                (Some(_), "tenders") => {
+                                    possync_events::Event::tender_json(&item, index).unwrap_or(item)
                                 }
-                            ))?;
+                                _ => item,
+                            };
+                            index += 1;
+                            let lead = if std::mem::take(&mut first_item) {
+                                opener.as_str()
+                            } else {
+                                ","
+                            };
+                            emit(format!("{lead}{item}"))?;
                         }
                     }
-                    emit("]".into())?;
+                    if !first_item {
+                        emit("]".into())?;
+                    } else if !header.as_ref().is_some_and(|h| {
+                        into == "lines" || (into == "tenders" && !h.kind.has_tenders())
+                    }) {
+                        // as the contract form writes an empty array
+                        emit(format!("{opener}]"))?;
+                    }
                 }
                 emit("}".into())?;
                 written += 1;
@@ -345,6 +425,9 @@ pub fn write_events(
                 c.table
             ),
         );
+        if !ours(&ev) {
+            continue;
+        }
         emit(format!("{}{ev}", sep(&mut first)))?;
         written += 1;
     }
@@ -363,10 +446,13 @@ pub fn write_events(
             )
         };
         let ev = unmapped(source, commit_lsn, i, &c, reason);
+        if !ours(&ev) {
+            continue;
+        }
         emit(format!("{}{ev}", sep(&mut first)))?;
         written += 1;
     }
-    for ev in extra {
+    for ev in extra.iter().filter(|ev| ours(ev)) {
         emit(format!("{}{ev}", sep(&mut first)))?;
         written += 1;
     }
@@ -427,6 +513,8 @@ pub async fn apply_spilled(
 ) -> Result<(crate::apply::BatchOutcome, crate::apply::ErpWal), crate::apply::ErpError> {
     use futures::SinkExt;
     let client = erp.client();
+    let lane = erp.lane();
+    let lane_arg = lane.map(|(l, n)| (l as i32, n as i32));
     client
         .batch_execute(
             "BEGIN; CREATE TEMP TABLE IF NOT EXISTS possync_payload (n bigint, part text) ON COMMIT DELETE ROWS",
@@ -473,7 +561,16 @@ pub async fn apply_spilled(
                 }
                 Ok(())
             };
-            let written = write_events(&m, &s, commit_lsn, &f, documents, &doc_events, &mut emit)?;
+            let written = write_events(
+                &m,
+                &s,
+                commit_lsn,
+                &f,
+                documents,
+                &doc_events,
+                lane,
+                &mut emit,
+            )?;
             if !part.is_empty() {
                 flush_part(&mut part, &mut chunk, &mut n);
             }
@@ -500,9 +597,11 @@ pub async fn apply_spilled(
                         (SELECT coalesce(jsonb_object_agg(s, n), '{}') FROM \
                            (SELECT r->>'status' AS s, count(*) AS n FROM jsonb_array_elements(a->'results') r \
                              GROUP BY 1) c))::text \
-                   FROM (SELECT possync.apply_batch($1, $2::text::pg_lsn, \
-                           (SELECT string_agg(part, '' ORDER BY n) FROM possync_payload)::jsonb) AS a) x",
-                &[&source, &commit_lsn.to_string()],
+                   FROM (SELECT CASE WHEN $3::int4 IS NULL \
+                                THEN possync.apply_batch($1, $2::text::pg_lsn, p) \
+                                ELSE possync.apply_batch($1, $2::text::pg_lsn, p, $3::int4, $4::int4) END AS a \
+                           FROM (SELECT (SELECT string_agg(part, '' ORDER BY n) FROM possync_payload)::jsonb AS p) q) x",
+                &[&source, &commit_lsn.to_string(), &lane_arg.map(|l| l.0), &lane_arg.map(|l| l.1)],
             )
             .await?;
         tracing::info!(source, commit_lsn = %commit_lsn, events, changes = spilled.changes,

@@ -195,8 +195,44 @@ impl Event {
         parse::event(value)
     }
 
+    /// Parses and validates an event's header alone: every field but `lines` and `tenders`, which it ignores
+    /// (a day close's totals are read). With [`Event::header_json`], [`Event::line_json`] and
+    /// [`Event::tender_json`] an event too large to hold is written in its contract form piece by piece, equal
+    /// to what [`Event::to_json`] gives for the whole.
+    pub fn header_from_json(value: &Value) -> Result<Event, Malformed> {
+        parse::header(value)
+    }
+
+    /// One line of this event, as `to_json` writes it (`i`: its index, for the field an error names).
+    pub fn line_json(&self, line: &Value, i: usize) -> Result<Value, Malformed> {
+        parse::line(self, line, i).map(|l| serde_json::to_value(l).unwrap_or(Value::Null))
+    }
+
+    /// One tender, as `to_json` writes it.
+    pub fn tender_json(tender: &Value, i: usize) -> Result<Value, Malformed> {
+        parse::tender(tender, i).map(|t| serde_json::to_value(t).unwrap_or(Value::Null))
+    }
+
     /// The event as contract JSON.
     pub fn to_json(&self) -> Value {
+        let mut m = self.header_json();
+        if !self.lines.is_empty() {
+            m.insert(
+                "lines".into(),
+                serde_json::to_value(&self.lines).unwrap_or(Value::Null),
+            );
+        }
+        if self.kind.has_tenders() || !self.tenders.is_empty() {
+            m.insert(
+                "tenders".into(),
+                serde_json::to_value(&self.tenders).unwrap_or(Value::Null),
+            );
+        }
+        Value::Object(m)
+    }
+
+    /// The event's contract JSON without `lines` and `tenders`.
+    pub fn header_json(&self) -> Map<String, Value> {
         let mut m = Map::new();
         let mut put = |k: &str, v: Value| {
             m.insert(k.to_string(), v);
@@ -226,18 +262,6 @@ impl Event {
         if let Some(s) = self.sequence {
             put("sequence", Value::from(s));
         }
-        if !self.lines.is_empty() {
-            put(
-                "lines",
-                serde_json::to_value(&self.lines).unwrap_or(Value::Null),
-            );
-        }
-        if self.kind.has_tenders() || !self.tenders.is_empty() {
-            put(
-                "tenders",
-                serde_json::to_value(&self.tenders).unwrap_or(Value::Null),
-            );
-        }
         if let Some(t) = &self.totals {
             let mut tm = Map::new();
             tm.insert("net_sales".into(), Value::from(t.net_sales.to_string()));
@@ -250,7 +274,7 @@ impl Event {
             tm.insert("last_sequence".into(), Value::from(t.last_sequence));
             put("totals", Value::Object(tm));
         }
-        Value::Object(m)
+        m
     }
 
     /// Σ net over lines that are sold (not returned).

@@ -413,13 +413,7 @@ fn tenders_of(f: &Fields<'_>) -> Result<Vec<Tender>, Malformed> {
     items
         .iter()
         .enumerate()
-        .map(|(i, v)| {
-            let t = object(v, &format!("tenders[{i}]"))?;
-            Ok(Tender {
-                tender_type: t.required_text("type")?,
-                amount: t.required_decimal("amount")?,
-            })
-        })
+        .map(|(i, v)| tender(v, i))
         .collect()
 }
 
@@ -542,7 +536,9 @@ fn totals_of(f: &Fields<'_>) -> Result<DayTotals, Malformed> {
     })
 }
 
-pub(crate) fn event(value: &Value) -> Result<Event, Malformed> {
+/// An event's header: every field but its lines and tenders (a day close's totals included), validated as
+/// [`event`] validates them. A day close or a void is complete here.
+pub(crate) fn header(value: &Value) -> Result<Event, Malformed> {
     let f = object(value, "")?;
     let d = depth(value);
     if d > domain::MAX_DEPTH {
@@ -633,6 +629,16 @@ pub(crate) fn event(value: &Value) -> Result<Event, Malformed> {
         }
         return Ok(ev);
     }
+    Ok(ev)
+}
+
+pub(crate) fn event(value: &Value) -> Result<Event, Malformed> {
+    let mut ev = header(value)?;
+    let kind = ev.kind;
+    if matches!(kind, EventKind::DayClose | EventKind::Void) {
+        return Ok(ev);
+    }
+    let f = object(value, "")?;
     let lines = f
         .array("lines")?
         .ok_or_else(|| bad("lines", format!("is required for a {kind}")))?;
@@ -674,20 +680,48 @@ pub(crate) fn event(value: &Value) -> Result<Event, Malformed> {
         }
         _ => {}
     }
-    // the original sale may be named on the event or on a line; a line's own id wins
-    if matches!(kind, EventKind::Return | EventKind::Exchange) {
-        if let Some(orig) = &ev.original_event_id {
-            for l in ev.lines.iter_mut().filter(|l| l.returned) {
-                l.original_event_id.get_or_insert_with(|| orig.clone());
-            }
+    let (orig, supply) = (ev.original_event_id.take(), ev.supply_id.take());
+    for l in ev.lines.iter_mut() {
+        inherit(kind, orig.as_deref(), supply.as_deref(), l);
+    }
+    ev.original_event_id = orig;
+    ev.supply_id = supply;
+    Ok(ev)
+}
+
+/// What a line takes from its event's header: the original sale of a returned line (a line's own id wins), and
+/// a receipt's supply.
+fn inherit(kind: EventKind, original: Option<&str>, supply: Option<&str>, l: &mut Line) {
+    if matches!(kind, EventKind::Return | EventKind::Exchange) && l.returned {
+        if let Some(orig) = original {
+            l.original_event_id.get_or_insert_with(|| orig.to_string());
         }
     }
     if kind == EventKind::Receipt {
-        if let Some(supply) = &ev.supply_id {
-            for l in ev.lines.iter_mut() {
-                l.supply_id.get_or_insert_with(|| supply.clone());
-            }
+        if let Some(supply) = supply {
+            l.supply_id.get_or_insert_with(|| supply.to_string());
         }
     }
-    Ok(ev)
+}
+
+/// One line of an event with this header, parsed and completed as in a whole event (`i`: its index, for the
+/// field named in an error).
+pub(crate) fn line(header: &Event, v: &Value, i: usize) -> Result<Line, Malformed> {
+    let mut l = line_of(v, i, header.kind)?;
+    inherit(
+        header.kind,
+        header.original_event_id.as_deref(),
+        header.supply_id.as_deref(),
+        &mut l,
+    );
+    Ok(l)
+}
+
+/// One tender (`i`: its index).
+pub(crate) fn tender(v: &Value, i: usize) -> Result<Tender, Malformed> {
+    let t = object(v, &format!("tenders[{i}]"))?;
+    Ok(Tender {
+        tender_type: t.required_text("type")?,
+        amount: t.required_decimal("amount")?,
+    })
 }

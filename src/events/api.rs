@@ -68,6 +68,21 @@ const SOURCE_CHECKPOINT: &str =
 const ADVANCE_SOURCE: &str =
     "UPDATE possync.source SET checkpoint = $2::pg_lsn, applied_at = now(), \
         events_applied = events_applied + $3::bigint WHERE source_id = $1";
+// A single session takes the source back from apply lanes: the lanes' rows go, and the source resumes from the
+// least of their checkpoints (what each lane applied past it is found a duplicate by its event id).
+const FOLD_LANES: &str = "WITH gone AS (DELETE FROM possync.source_lane WHERE source_id = $1 \
+        RETURNING checkpoint, events_applied) \
+     UPDATE possync.source s SET checkpoint = (SELECT min(checkpoint) FROM gone), \
+            events_applied = s.events_applied + (SELECT sum(events_applied) FROM gone) \
+      WHERE s.source_id = $1 AND EXISTS (SELECT 1 FROM gone)";
+const LANE_CHECKPOINT: &str = "SELECT checkpoint::text, lanes FROM possync.source_lane \
+     WHERE source_id = $1 AND lane = $2 FOR UPDATE";
+const ADVANCE_LANE: &str =
+    "UPDATE possync.source_lane SET checkpoint = $3::pg_lsn, applied_at = now(), \
+        events_applied = events_applied + $4::bigint WHERE source_id = $1 AND lane = $2";
+
+/// The most apply lanes one source may be split into.
+pub const MAX_LANES: i32 = 64;
 
 /// The bridge's door (called through the SQL wrapper possync.apply_batch with a pg_lsn): applies the
 /// events and moves the source's checkpoint in the caller's transaction, or skips a batch already applied.
@@ -77,7 +92,54 @@ fn apply_batch_at(
     commit_lsn: Option<&str>,
     events: Option<JsonbText>,
 ) -> JsonB {
+    door("possync.apply_batch", source, commit_lsn, events, None)
+}
+
+/// The door of one apply lane (called through possync.apply_batch(source, commit_lsn, events, lane, lanes)):
+/// the same as apply_batch, against the lane's own checkpoint, which possync.start_lanes set up. Lanes of one
+/// source post in parallel sessions without waiting for each other: none of them writes the source's row.
+#[pg_extern]
+fn apply_lane_batch_at(
+    source: Option<&str>,
+    commit_lsn: Option<&str>,
+    events: Option<JsonbText>,
+    lane: Option<i32>,
+    lanes: Option<i32>,
+) -> JsonB {
     let f = "possync.apply_batch";
+    let Some(lane) = lane else {
+        null_argument(f, "lane")
+    };
+    let Some(lanes) = lanes else {
+        null_argument(f, "lanes")
+    };
+    if !(1..=MAX_LANES).contains(&lanes) {
+        misuse(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{f}: argument lanes is {lanes}, not between 1 and {MAX_LANES}"),
+            "pass the number of apply lanes given to possync.start_lanes",
+        );
+    }
+    if !(0..lanes).contains(&lane) {
+        misuse(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "{f}: argument lane is {lane}, not between 0 and lanes - 1 = {}",
+                lanes - 1
+            ),
+            "lanes are numbered from 0",
+        );
+    }
+    door(f, source, commit_lsn, events, Some((lane, lanes)))
+}
+
+fn door(
+    f: &str,
+    source: Option<&str>,
+    commit_lsn: Option<&str>,
+    events: Option<JsonbText>,
+    lane: Option<(i32, i32)>,
+) -> JsonB {
     let Some(source) = source else {
         null_argument(f, "source")
     };
@@ -103,30 +165,84 @@ fn apply_batch_at(
     };
     let list = event_list(f, &body);
     let result = Spi::connect_mut(|client| {
-        run(client, LOCK_SOURCE, &[text(source)]);
-        let checkpoint = run(client, SOURCE_CHECKPOINT, &[text(source)])
-            .next()
-            .and_then(|row| get_text(&row, 1))
-            .unwrap_or_else(|| "0/0".into());
+        let checkpoint = match lane {
+            None => {
+                run(client, LOCK_SOURCE, &[text(source)]);
+                // a database still on 0.3.0 or earlier (until it is updated) has no lanes
+                if super::periods::has_table("source_lane") {
+                    run(client, FOLD_LANES, &[text(source)]);
+                }
+                run(client, SOURCE_CHECKPOINT, &[text(source)])
+                    .next()
+                    .and_then(|row| get_text(&row, 1))
+                    .unwrap_or_else(|| "0/0".into())
+            }
+            Some((lane, lanes)) => {
+                let row = run(
+                    client,
+                    LANE_CHECKPOINT,
+                    &[text(source), pgrx::datum::DatumWithOid::from(lane)],
+                )
+                .next()
+                .map(|row| {
+                    (
+                        get_text(&row, 1).unwrap_or_else(|| "0/0".into()),
+                        row.get::<i32>(2).ok().flatten(),
+                    )
+                });
+                match row {
+                    Some((checkpoint, Some(n))) if n == lanes => checkpoint,
+                    other => misuse(
+                        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                        format!(
+                            "{f}: source {source:?} is not applied in {lanes} lanes{}",
+                            match other {
+                                Some((_, Some(n))) => format!(" (its lanes were started as {n})"),
+                                _ => String::new(),
+                            }
+                        ),
+                        "call possync.start_lanes(source, lanes) once before applying in lanes",
+                    ),
+                }
+            }
+        };
         if lsn <= parse_lsn(&checkpoint).unwrap_or(0) {
-            return json!({"status": "skipped", "source": source, "commit_lsn": lsn_text,
+            let mut skipped = json!({"status": "skipped", "source": source, "commit_lsn": lsn_text,
                           "checkpoint": checkpoint, "results": []});
+            if let Some((lane, _)) = lane {
+                skipped["lane"] = json!(lane);
+            }
+            return skipped;
         }
         let outcomes = apply(client, list, Some(source));
         let applied = outcomes
             .iter()
             .filter(|o| o.status == Status::Applied)
             .count() as i64;
-        run(
-            client,
-            ADVANCE_SOURCE,
-            &[
-                text(source),
-                text(lsn_text),
-                pgrx::datum::DatumWithOid::from(applied),
-            ],
-        );
-        json!({"status": "applied", "source": source, "commit_lsn": lsn_text, "results": outcomes_json(&outcomes)})
+        let applied = pgrx::datum::DatumWithOid::from(applied);
+        match lane {
+            None => run(
+                client,
+                ADVANCE_SOURCE,
+                &[text(source), text(lsn_text), applied],
+            ),
+            Some((lane, _)) => run(
+                client,
+                ADVANCE_LANE,
+                &[
+                    text(source),
+                    pgrx::datum::DatumWithOid::from(lane),
+                    text(lsn_text),
+                    applied,
+                ],
+            ),
+        };
+        let mut answer = json!({"status": "applied", "source": source, "commit_lsn": lsn_text,
+                                "results": outcomes_json(&outcomes)});
+        if let Some((lane, _)) = lane {
+            answer["lane"] = json!(lane);
+        }
+        answer
     });
     JsonB(result)
 }

@@ -10,8 +10,9 @@ use serde_json::{json, Value};
 
 use super::context::Batch;
 use super::facts::{Effect, Raised, TransferState};
+use super::periods;
 use super::posting::Draft;
-use super::store::{self, Writes};
+use super::store::{self, Known, Writes};
 use crate::audit::config::{check_lines, Rules};
 use crate::audit::sequence::{self, Seen};
 use crate::ledger::JournalLine;
@@ -114,7 +115,9 @@ impl Batch<'_, '_> {
             }
         }
         for (k, m) in d.moves {
-            self.writes.moves.push((ev.event_id.clone(), k, m));
+            self.writes
+                .moves
+                .push((ev.event_id.clone(), k, m, ev.business_date.clone()));
         }
         for effect in d.effects {
             match &effect {
@@ -417,6 +420,13 @@ pub fn apply(
         .filter(|e| e.kind == EventKind::TransferOut)
         .filter_map(|e| e.transfer_id.as_deref().map(transfer_hold_key))
         .collect();
+    let transfers: BTreeSet<String> = work
+        .iter()
+        .filter_map(|w| w.parsed.as_ref().ok())
+        .filter(|e| matches!(e.kind, EventKind::TransferOut | EventKind::TransferIn))
+        .filter_map(|e| e.transfer_id.as_deref().map(transfer_hold_key))
+        .collect();
+    store::lock_transfers(client, &transfers);
     let waiting = store::held_by_keys(client, &shipped);
     let mut follow: HashMap<String, Vec<Work>> = HashMap::new();
     for (_, raw) in waiting {
@@ -431,6 +441,15 @@ pub fn apply(
             });
         }
     }
+
+    // the months this call may write into exist before anything is locked (making one waits for the partition
+    // lock), and no month is archived while the call posts
+    let dates = work
+        .iter()
+        .chain(follow.values().flatten())
+        .filter_map(|w| w.parsed.as_ref().ok())
+        .map(|e| e.business_date.as_str());
+    periods::prepare(client, dates);
 
     // every id this call may post is locked before anything else, then judged against what is committed
     let fresh: Vec<String> = work
@@ -460,8 +479,28 @@ pub fn apply(
     for waiting in follow.values_mut() {
         waiting.retain(still_held);
     }
-    // event id -> the payload the inbox holds for it
+    // event id -> what the inbox holds for it
     let stored = store::known_events(client, &fresh);
+    // an id of an archived month is judged by its payload's digest
+    let resent: Vec<usize> = work
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| !w.replay)
+        .filter(|(_, w)| {
+            w.parsed
+                .as_ref()
+                .is_ok_and(|e| matches!(stored.get(&e.event_id), Some(Known::Archived(_))))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let digests = store::payload_digests(
+        client,
+        &resent
+            .iter()
+            .map(|&i| work[i].payload.as_str())
+            .collect::<Vec<_>>(),
+    );
+    let digest_of: HashMap<usize, String> = resent.into_iter().zip(digests).collect();
 
     let mut skus = BTreeSet::new();
     let mut locs = BTreeSet::new();
@@ -500,13 +539,20 @@ pub fn apply(
             promotions.extend(l.promotion.clone());
         }
     }
+    let months: BTreeSet<String> = work
+        .iter()
+        .filter_map(|w| w.parsed.as_ref().ok())
+        .filter_map(|e| periods::month_of(&e.business_date))
+        .map(periods::first_day)
+        .collect();
     let store::MasterData {
         items,
         locations,
         accounts,
         tax_rates,
         promotions,
-    } = store::master_data(client, &skus, &locs, &tax_codes, &promotions);
+        archived,
+    } = store::master_data(client, &skus, &locs, &tax_codes, &promotions, &months);
     let rules = Rules {
         tax_rates,
         promotions,
@@ -559,7 +605,14 @@ pub fn apply(
                 // judged as if the call's events came one by one: against the first accepted occurrence
                 // earlier in this call, else against the inbox
                 let earlier = seen.get(&ev.event_id).map(|&j| work[j].raw == w.raw);
-                let in_inbox = stored.get(&ev.event_id).map(|p| p == &w.raw);
+                let in_inbox = stored.get(&ev.event_id).map(|k| match k {
+                    Known::Payload(p) => p == &w.raw,
+                    Known::Archived(d) => digest_of.get(&i) == Some(d),
+                    Known::Unavailable => false,
+                });
+                let archived_month = !w.replay
+                    && periods::month_of(&ev.business_date)
+                        .is_some_and(|m| archived.contains(&periods::first_day(m)));
                 match (w.replay, earlier.or(in_inbox)) {
                     (false, Some(true)) => Outcome {
                         event_id: Some(ev.event_id.clone()),
@@ -568,10 +621,16 @@ pub fn apply(
                         raised: Vec::new(),
                     },
                     (false, Some(false)) => {
+                        let why = if matches!(stored.get(&ev.event_id), Some(Known::Unavailable)) {
+                            "was already received, but its stored row cannot be read (its month's partition is \
+                             not attached)"
+                        } else {
+                            "was already received with a different payload"
+                        };
                         let raised = vec![Raised::new(
                             "conflict",
                             format!(
-                                "event {} was already received with a different payload; this one is kept here and was not posted",
+                                "event {} {why}; this one is kept here and was not posted",
                                 ev.event_id
                             ),
                             None,
@@ -585,6 +644,30 @@ pub fn apply(
                         Outcome {
                             event_id: Some(ev.event_id.clone()),
                             status: Status::Conflict,
+                            journal_id: None,
+                            raised,
+                        }
+                    }
+                    _ if archived_month => {
+                        let raised = vec![Raised::new(
+                            "malformed",
+                            format!(
+                                "business_date: {} is in {}, an archived period: nothing can be posted into it; \
+                                 resubmit the event with a date in an open month",
+                                ev.business_date,
+                                &ev.business_date[..7]
+                            ),
+                            None,
+                        )];
+                        batch.writes.rejected(
+                            Some(&ev.event_id),
+                            Some(&ev.location),
+                            &w.payload,
+                            &raised,
+                        );
+                        Outcome {
+                            event_id: Some(ev.event_id.clone()),
+                            status: Status::Rejected,
                             journal_id: None,
                             raised,
                         }

@@ -18,13 +18,24 @@ use crate::stock::{Balances, StockMove};
 const EVENT: &str =
     "SELECT status, journal_id, location_id, business_date::text, kind FROM possync.event \
      WHERE event_id = $1 FOR UPDATE";
+// (every month's index is probed: a reversal's own moves are dated as its journal, not as its event)
 const MOVES: &str =
     "SELECT sku, location_id, qty::text, unit_cost::text, value::text FROM possync.stock_move \
      WHERE event_id = $1 ORDER BY move_id";
 const LINES: &str = "SELECT line_no::bigint, account_code, location_id, debit::text, credit::text FROM possync.journal_line \
      WHERE journal_id = $1 ORDER BY line_no";
-const INSERT_REVERSAL: &str = "INSERT INTO possync.event (event_id, kind, location_id, business_date, status, journal_id, payload) \
+// the reversal is an event of the day it is posted; its id is kept in event_key as every event's
+const INSERT_REVERSAL: &str = "WITH k AS (INSERT INTO possync.event_key (event_id, business_date) \
+        VALUES ($1, current_date)) \
+     INSERT INTO possync.event (event_id, kind, location_id, business_date, status, journal_id, payload) \
      VALUES ($1, 'reversal', $2, current_date, 'applied', $3::bigint, $4::jsonb)";
+const INSERT_REVERSAL_BEFORE_0_4: &str = "INSERT INTO possync.event (event_id, kind, location_id, business_date, \
+        status, journal_id, payload) VALUES ($1, 'reversal', $2, current_date, 'applied', $3::bigint, $4::jsonb)";
+// where an event id is kept, and whether its month is archived
+const STORED_IN: &str = "SELECT k.business_date::text, \
+        EXISTS (SELECT 1 FROM possync.archived_period a \
+                 WHERE a.month = date_trunc('month', k.business_date)::date) \
+     FROM possync.event_key k WHERE k.event_id = $1";
 const MARK_REVERSED: &str = "UPDATE possync.event SET status = 'reversed' WHERE event_id = $1";
 // a fulfillment that consumed holds: reversed, the goods are back and held for the order again
 // (read first for the balance keys, which are locked before reservations, as release() does)
@@ -37,12 +48,23 @@ const HOLD_AGAIN: &str =
 const REOPEN_SUPPLY: &str = "UPDATE possync.supply s SET qty_open = s.qty_open + r.qty \
      FROM possync.supply_receipt r WHERE r.event_id = $1 AND s.supply_id = r.supply_id";
 
+const TODAY: &str = "SELECT current_date::text";
+
 const REVERSES: &str = "SELECT payload ->> 'reverses' FROM possync.event WHERE event_id = $1";
+// an id kept by an archived month is taken too (its payload is not here: it is not this event's reversal)
+const REVERSES_BY_MONTH: &str = "SELECT e.payload ->> 'reverses' FROM possync.event_key k \
+     LEFT JOIN possync.event e ON e.event_id = k.event_id AND e.business_date = k.business_date \
+     WHERE k.event_id = $1";
 
 /// The id of the reversal of `event_id`: `<id>:reversal`, or `<id>:reversal-2`, ... when an event already has
 /// that id (the POS may use any id). Walks the candidates by primary key: the first that is free, or the one
 /// whose payload says it reverses `event_id` (an event already reversed keeps the id its reversal got).
 fn reversal_id_for(client: &mut pgrx::spi::SpiClient<'_>, event_id: &str) -> String {
+    let reverses = if super::periods::by_month() {
+        REVERSES_BY_MONTH
+    } else {
+        REVERSES
+    };
     let base = format!("{event_id}:reversal");
     for n in 1.. {
         let id = if n == 1 {
@@ -50,7 +72,7 @@ fn reversal_id_for(client: &mut pgrx::spi::SpiClient<'_>, event_id: &str) -> Str
         } else {
             format!("{base}-{n}")
         };
-        let Some(row) = run(client, REVERSES, &[text(&id)]).next() else {
+        let Some(row) = run(client, reverses, &[text(&id)]).next() else {
             return id;
         };
         if get_text(&row, 1).as_deref() == Some(event_id) {
@@ -66,7 +88,7 @@ fn write_offs(
     balances: &mut Balances,
     keys: &BTreeSet<(String, String)>,
     writes: &mut Writes,
-    reversal_id: &str,
+    (reversal_id, business_date): (&str, &str),
 ) -> Vec<JournalLine> {
     let stranded: Vec<((String, String), Decimal)> = keys
         .iter()
@@ -78,13 +100,19 @@ fn write_offs(
     }
     let skus = stranded.iter().map(|((s, _), _)| s.clone()).collect();
     let locs = stranded.iter().map(|((_, l), _)| l.clone()).collect();
-    let md = super::store::master_data(client, &skus, &locs, &BTreeSet::new(), &BTreeSet::new());
+    let none = BTreeSet::new();
+    let md = super::store::master_data(client, &skus, &locs, &none, &none, &none);
     let mut journal = JournalDraft::default();
     for (k, amount) in stranded {
         let mut b = balances.get(&k).clone();
         let m = b.write_off(amount);
         balances.set(k.clone(), b);
-        writes.moves.push((reversal_id.to_string(), k.clone(), m));
+        writes.moves.push((
+            reversal_id.to_string(),
+            k.clone(),
+            m,
+            business_date.to_string(),
+        ));
         let class = md.items.get(&k.0).and_then(|i| i.item_class.as_deref());
         journal.debit(Role::Cogs, &k.1, class, amount);
         journal.credit(Role::Inventory, &k.1, class, amount);
@@ -117,6 +145,42 @@ fn reverse_event(event_id: Option<&str>, reason: Option<&str>) -> JsonB {
         )
     };
     let result = Spi::connect_mut(|client| {
+        // the reversal is dated today; its journal and moves are dated as the event it reverses
+        let by_month = super::periods::by_month();
+        if by_month {
+            super::periods::lock_against_archive();
+        }
+        let stored = if by_month {
+            run(client, STORED_IN, &[text(event_id)]).next().map(|r| {
+                (
+                    get_text(&r, 1).unwrap_or_default(),
+                    crate::statements::get_bool(&r, 2).unwrap_or(false),
+                )
+            })
+        } else {
+            None
+        };
+        if let Some((date, true)) = &stored {
+            misuse(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "{f}: argument event_id {event_id:?} is dated {date}, in an archived period: its postings are \
+                     no longer in the ledger"
+                ),
+                "correct it with a new event (an adjustment, a return) dated in an open month",
+            );
+        }
+        let today = run(client, TODAY, &[])
+            .next()
+            .and_then(|r| get_text(&r, 1))
+            .unwrap_or_default();
+        super::periods::prepare(
+            client,
+            stored
+                .iter()
+                .map(|(d, _)| d.as_str())
+                .chain(std::iter::once(today.as_str())),
+        );
         let reversal_id = reversal_id_for(client, event_id);
         let row = run(client, EVENT, &[text(event_id)]).next().map(|r| {
             (
@@ -152,6 +216,8 @@ fn reverse_event(event_id: Option<&str>, reason: Option<&str>) -> JsonB {
                 "a held event has posted nothing; it needs no reversal",
             ),
         }
+        // the reversal's journal and moves are dated as the event it reverses
+        let dated = business_date.clone().unwrap_or_default();
         let moves: Vec<((String, String), StockMove)> = run(client, MOVES, &[text(event_id)])
             .map(|r| {
                 let key = (
@@ -216,12 +282,20 @@ fn reverse_event(event_id: Option<&str>, reason: Option<&str>) -> JsonB {
             let mut b = balances.get(k).clone();
             let back = b.reverse(m);
             balances.set(k.clone(), b);
-            writes.moves.push((reversal_id.clone(), k.clone(), back));
+            writes
+                .moves
+                .push((reversal_id.clone(), k.clone(), back, dated.clone()));
         }
         // what has moved since can leave the reversal on exactly 0 on-hand with value, or with a value of the
         // other sign: written off against cogs, as any incoming move's
         let mut lines = lines;
-        let write_off = write_offs(client, &mut balances, &keys, &mut writes, &reversal_id);
+        let write_off = write_offs(
+            client,
+            &mut balances,
+            &keys,
+            &mut writes,
+            (&reversal_id, &dated),
+        );
         if !write_off.is_empty() {
             let next = lines.iter().map(|l| l.line_no).max().unwrap_or(0);
             lines.extend(write_off.into_iter().enumerate().map(|(i, mut l)| {
@@ -246,7 +320,11 @@ fn reverse_event(event_id: Option<&str>, reason: Option<&str>) -> JsonB {
         let payload = json!({"reverses": event_id, "reason": reason}).to_string();
         run(
             client,
-            INSERT_REVERSAL,
+            if by_month {
+                INSERT_REVERSAL
+            } else {
+                INSERT_REVERSAL_BEFORE_0_4
+            },
             &[
                 text(&reversal_id),
                 DatumWithOid::from(location.clone()),

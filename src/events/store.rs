@@ -8,6 +8,7 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 
 use super::facts::{Effect, Item, Raised, Reservation, TransferLine, TransferState};
+use super::periods;
 use crate::audit::config::Promotion;
 use crate::ledger::journal::Mapping;
 use crate::ledger::{AccountMap, JournalLine};
@@ -15,17 +16,87 @@ use crate::statements::{decimals, get_bool, get_decimal, get_text, internal, run
 use crate::stock::balances::Key;
 use crate::stock::{Balances, StockMove};
 
-const KNOWN_EVENTS: &str =
+// event_key holds every id ever stored and its month; archived_event the payload digests of archived months
+const KNOWN_KEYS: &str = "SELECT k.event_id, k.business_date::text, a.payload_md5 FROM possync.event_key k \
+     LEFT JOIN possync.archived_event a ON a.event_id = k.event_id WHERE k.event_id = ANY($1::text[])";
+// the partitions of those months only
+const KNOWN_PAYLOADS: &str = "SELECT event_id, payload::text FROM possync.event \
+     WHERE event_id = ANY($1::text[]) AND business_date = ANY($2::text[]::date[])";
+const PAYLOAD_DIGESTS: &str =
+    "SELECT md5(p::jsonb::text) FROM unnest($1::text[]) WITH ORDINALITY AS x(p, n) ORDER BY n";
+
+/// What the inbox holds for an event id already received.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Known {
+    /// the stored payload
+    Payload(Value),
+    /// its month is archived: the digest (md5 of the stored jsonb's text) of its payload
+    Archived(String),
+    /// the id is taken but its row cannot be read (its partition was detached or dropped by hand)
+    Unavailable,
+}
+
+// before 0.4.0: one unpartitioned table
+const KNOWN_EVENTS_BEFORE_0_4: &str =
     "SELECT event_id, payload::text FROM possync.event WHERE event_id = ANY($1::text[])";
 
-/// The stored payloads of ids already in the inbox (usually none: only duplicates and conflicts).
-pub fn known_events(client: &mut SpiClient<'_>, ids: &[String]) -> HashMap<String, Value> {
+/// What the inbox holds for ids already received (usually none: only duplicates and conflicts).
+pub fn known_events(client: &mut SpiClient<'_>, ids: &[String]) -> HashMap<String, Known> {
     if ids.is_empty() {
         return HashMap::new();
     }
-    payload_rows(run(client, KNOWN_EVENTS, &[texts(ids.iter().cloned())]))
-        .into_iter()
-        .collect()
+    if !periods::by_month() {
+        let rows = run(
+            client,
+            KNOWN_EVENTS_BEFORE_0_4,
+            &[texts(ids.iter().cloned())],
+        );
+        return payload_rows(rows)
+            .into_iter()
+            .map(|(id, p)| (id, Known::Payload(p)))
+            .collect();
+    }
+    let mut known = HashMap::new();
+    let mut live: Vec<(String, String)> = Vec::new();
+    for row in run(client, KNOWN_KEYS, &[texts(ids.iter().cloned())]) {
+        let id = get_text(&row, 1).unwrap_or_default();
+        match get_text(&row, 3) {
+            Some(digest) => {
+                known.insert(id, Known::Archived(digest));
+            }
+            None => live.push((id, get_text(&row, 2).unwrap_or_default())),
+        }
+    }
+    if live.is_empty() {
+        return known;
+    }
+    let months: BTreeSet<String> = live.iter().map(|(_, d)| d.clone()).collect();
+    let rows = run(
+        client,
+        KNOWN_PAYLOADS,
+        &[texts(live.iter().map(|(id, _)| id.clone())), texts(months)],
+    );
+    for (id, payload) in payload_rows(rows) {
+        known.insert(id, Known::Payload(payload));
+    }
+    for (id, _) in live {
+        known.entry(id).or_insert(Known::Unavailable);
+    }
+    known
+}
+
+/// The digests an archived event's payload is compared by, of these payloads (as sent), in order.
+pub fn payload_digests(client: &mut SpiClient<'_>, payloads: &[&str]) -> Vec<String> {
+    if payloads.is_empty() {
+        return Vec::new();
+    }
+    run(
+        client,
+        PAYLOAD_DIGESTS,
+        &[texts(payloads.iter().map(|p| p.to_string()))],
+    )
+    .map(|row| get_text(&row, 1).unwrap_or_default())
+    .collect()
 }
 
 /// The master data one call needs, read in one statement.
@@ -35,23 +106,37 @@ pub struct MasterData {
     pub accounts: AccountMap,
     pub tax_rates: HashMap<String, Decimal>,
     pub promotions: HashMap<String, Promotion>,
+    /// first days of the call's months that are archived
+    pub archived: HashSet<String>,
 }
 
-const MASTER_DATA: &str = "\
-    SELECT 'i', sku, item_class, standard_cost::text, NULL FROM possync.item WHERE sku = ANY($1::text[]) \
-    UNION ALL SELECT 'l', location_id, NULL, NULL, NULL FROM possync.location WHERE location_id = ANY($2::text[]) \
-    UNION ALL SELECT 'a', role, account_code, location_id, item_class FROM possync.account_map \
-    UNION ALL SELECT 't', tax_code, rate::text, NULL, NULL FROM possync.tax_code WHERE tax_code = ANY($3::text[]) \
-    UNION ALL SELECT 'p', promotion_code, starts_on::text, ends_on::text, max_discount_pct::text \
-      FROM possync.promotion WHERE promotion_code = ANY($4::text[])";
+macro_rules! master_data_sql {
+    () => {
+        "SELECT 'i', sku, item_class, standard_cost::text, NULL FROM possync.item WHERE sku = ANY($1::text[]) \
+         UNION ALL SELECT 'l', location_id, NULL, NULL, NULL FROM possync.location WHERE location_id = ANY($2::text[]) \
+         UNION ALL SELECT 'a', role, account_code, location_id, item_class FROM possync.account_map \
+         UNION ALL SELECT 't', tax_code, rate::text, NULL, NULL FROM possync.tax_code WHERE tax_code = ANY($3::text[]) \
+         UNION ALL SELECT 'p', promotion_code, starts_on::text, ends_on::text, max_discount_pct::text \
+           FROM possync.promotion WHERE promotion_code = ANY($4::text[])"
+    };
+}
+const MASTER_DATA: &str = concat!(
+    master_data_sql!(),
+    " UNION ALL SELECT 'z', month::text, NULL, NULL, NULL FROM possync.archived_period \
+      WHERE month = ANY($5::text[]::date[])"
+);
+// before 0.4.0: no archived months
+const MASTER_DATA_BEFORE_0_4: &str = master_data_sql!();
 
-/// Items and locations the call names, the whole account map (small), tax codes and promotions named.
+/// Items and locations the call names, the whole account map (small), tax codes and promotions named, and which
+/// of the call's months (first days) are archived.
 pub fn master_data(
     client: &mut SpiClient<'_>,
     skus: &BTreeSet<String>,
     locations: &BTreeSet<String>,
     tax_codes: &BTreeSet<String>,
     promotions: &BTreeSet<String>,
+    months: &BTreeSet<String>,
 ) -> MasterData {
     let mut md = MasterData {
         items: HashMap::new(),
@@ -59,15 +144,22 @@ pub fn master_data(
         accounts: AccountMap::default(),
         tax_rates: HashMap::new(),
         promotions: HashMap::new(),
+        archived: HashSet::new(),
     };
     let mut mappings = Vec::new();
-    let args = [
+    let mut args = vec![
         texts(skus.iter().cloned()),
         texts(locations.iter().cloned()),
         texts(tax_codes.iter().cloned()),
         texts(promotions.iter().cloned()),
     ];
-    for row in run(client, MASTER_DATA, &args) {
+    let sql = if periods::by_month() {
+        args.push(texts(months.iter().cloned()));
+        MASTER_DATA
+    } else {
+        MASTER_DATA_BEFORE_0_4
+    };
+    for row in run(client, sql, &args) {
         let key = get_text(&row, 2).unwrap_or_default();
         match get_text(&row, 1).as_deref() {
             Some("i") => {
@@ -97,6 +189,9 @@ pub fn master_data(
                     max_discount_pct: get_decimal(&row, 5),
                 };
                 md.promotions.insert(key, p);
+            }
+            Some("z") => {
+                md.archived.insert(key);
             }
             _ => {}
         }
@@ -132,7 +227,13 @@ pub fn reservations(
         .collect()
 }
 
+// the event's moves are in its month's partition
 const ISSUED: &str = "SELECT sku, (-sum(qty))::text, (-sum(value))::text FROM possync.stock_move \
+     WHERE event_id = $1 AND qty < 0 \
+       AND business_date = (SELECT k.business_date FROM possync.event_key k WHERE k.event_id = $1) GROUP BY sku";
+
+const ISSUED_BEFORE_0_4: &str =
+    "SELECT sku, (-sum(qty))::text, (-sum(value))::text FROM possync.stock_move \
      WHERE event_id = $1 AND qty < 0 GROUP BY sku";
 
 /// Per sku, the quantity and value an event issued.
@@ -140,7 +241,12 @@ pub fn issued_by_event(
     client: &mut SpiClient<'_>,
     event_id: &str,
 ) -> HashMap<String, (Decimal, Decimal)> {
-    run(client, ISSUED, &[text(event_id)])
+    let sql = if periods::by_month() {
+        ISSUED
+    } else {
+        ISSUED_BEFORE_0_4
+    };
+    run(client, sql, &[text(event_id)])
         .map(|row| {
             let sku = get_text(&row, 1).unwrap_or_default();
             (
@@ -206,6 +312,23 @@ const LOCK_EVENT_IDS: &str = "SELECT pg_catalog.pg_advisory_xact_lock(1347634550
 pub fn lock_event_ids(client: &mut SpiClient<'_>, ids: &BTreeSet<String>) {
     if !ids.is_empty() {
         run(client, LOCK_EVENT_IDS, &[texts(ids.iter().cloned())]);
+    }
+}
+
+// transaction-level advisory locks on the transfers a call ships or receives, by bucket, in one order (first key:
+// "PSTr"); taken before the event ids
+const LOCK_TRANSFERS: &str = "SELECT pg_catalog.pg_advisory_xact_lock(1347638386, h) \
+     FROM (SELECT DISTINCT pg_catalog.hashtext(k) & 255 AS h FROM unnest($1::text[]) AS k) x ORDER BY h";
+
+/// Locks the transfers whose transfer_out or transfer_in a call posts, before it looks for held receipts or for
+/// shipments. Two sessions posting the two halves of one transfer at once (apply lanes of one source, or any
+/// two callers) then take turns, and the second finds what the first committed: a transfer_out finds the
+/// transfer_in held for it and posts it, a transfer_in finds its shipment. Without this, each could miss the
+/// other's uncommitted half and leave the receipt held. Taken before the event ids, by every call, in bucket
+/// order, so the two kinds of locks never deadlock among themselves.
+pub fn lock_transfers(client: &mut SpiClient<'_>, keys: &BTreeSet<String>) {
+    if !keys.is_empty() {
+        run(client, LOCK_TRANSFERS, &[texts(keys.iter().cloned())]);
     }
 }
 
@@ -286,7 +409,8 @@ pub struct Writes {
     pub source: Option<String>,
     events: Vec<EventRow>,
     pub replayed: Vec<(String, Option<i64>)>,
-    pub moves: Vec<(String, Key, StockMove)>,
+    /// (event id, key, move, business date)
+    pub moves: Vec<(String, Key, StockMove, String)>,
     journals: Vec<JournalRow>,
     lines: Vec<(i64, JournalLine)>,
     exceptions: Vec<ExceptionRow>,
@@ -431,59 +555,69 @@ impl Writes {
         if !nothing_to_post {
             let (j, l, e, m) = (&self.journals, &self.lines, &self.events, &self.moves);
             let changed = balances.changed();
-            run(
-                client,
-                POST,
-                &[
-                    // journals
-                    texts((1..=j.len() as i64).map(|p| real(Some(p)).map(|r| r.to_string()))),
-                    texts(j.iter().map(|r| r.event_id.clone())),
-                    texts(j.iter().map(|r| r.location.clone())),
-                    texts(j.iter().map(|r| r.business_date.clone())),
-                    texts(j.iter().map(|r| r.memo.clone())),
-                    texts(j.iter().map(|r| r.reverses.map(|x| x.to_string()))),
-                    // journal lines
-                    texts(l.iter().map(|(p, _)| real(Some(*p)).map(|r| r.to_string()))),
-                    texts(l.iter().map(|(_, x)| x.line_no.to_string())),
-                    texts(l.iter().map(|(_, x)| x.account_code.clone())),
-                    texts(l.iter().map(|(_, x)| x.location_id.clone())),
-                    decimals(l.iter().map(|(_, x)| x.debit)),
-                    decimals(l.iter().map(|(_, x)| x.credit)),
-                    // events
-                    texts(e.iter().map(|r| r.event_id.clone())),
-                    texts(e.iter().map(|r| r.source.clone())),
-                    texts(e.iter().map(|r| r.kind.to_string())),
-                    texts(e.iter().map(|r| r.location.clone())),
-                    texts(e.iter().map(|r| r.register.clone())),
-                    texts(e.iter().map(|r| r.sequence.map(|s| s.to_string()))),
-                    texts(e.iter().map(|r| r.business_date.clone())),
-                    texts(e.iter().map(|r| r.occurred_at.clone())),
-                    texts(e.iter().map(|r| r.status.to_string())),
-                    texts(e.iter().map(|r| real(r.journal).map(|x| x.to_string()))),
-                    texts(e.iter().map(|r| r.payload.clone())),
-                    texts(e.iter().map(|r| r.hold_key.clone())),
-                    // stock moves
-                    texts(m.iter().map(|x| x.0.clone())),
-                    texts(m.iter().map(|x| x.1 .0.clone())),
-                    texts(m.iter().map(|x| x.1 .1.clone())),
-                    decimals(m.iter().map(|x| x.2.qty)),
-                    decimals(m.iter().map(|x| x.2.unit_cost)),
-                    decimals(m.iter().map(|x| x.2.value)),
-                    decimals(m.iter().map(|x| x.2.on_hand_after)),
-                    decimals(m.iter().map(|x| x.2.value_after)),
-                    // balances
-                    texts(changed.iter().map(|(k, _)| k.0.clone())),
-                    texts(changed.iter().map(|(k, _)| k.1.clone())),
-                    decimals(changed.iter().map(|(_, b)| b.on_hand)),
-                    decimals(changed.iter().map(|(_, b)| b.value)),
-                    texts(
-                        changed
-                            .iter()
-                            .map(|(_, b)| b.avg_cost.map(|c| c.to_string())),
-                    ),
-                    decimals(changed.iter().map(|(_, b)| b.reserved)),
-                ],
-            );
+            let mut args = vec![
+                // journals
+                texts((1..=j.len() as i64).map(|p| real(Some(p)).map(|r| r.to_string()))),
+                texts(j.iter().map(|r| r.event_id.clone())),
+                texts(j.iter().map(|r| r.location.clone())),
+                texts(j.iter().map(|r| r.business_date.clone())),
+                texts(j.iter().map(|r| r.memo.clone())),
+                texts(j.iter().map(|r| r.reverses.map(|x| x.to_string()))),
+                // journal lines
+                texts(l.iter().map(|(p, _)| real(Some(*p)).map(|r| r.to_string()))),
+                texts(l.iter().map(|(_, x)| x.line_no.to_string())),
+                texts(l.iter().map(|(_, x)| x.account_code.clone())),
+                texts(l.iter().map(|(_, x)| x.location_id.clone())),
+                decimals(l.iter().map(|(_, x)| x.debit)),
+                decimals(l.iter().map(|(_, x)| x.credit)),
+                // a line carries its journal's business date
+                texts(
+                    l.iter()
+                        .map(|(p, _)| j.get(*p as usize - 1).and_then(|r| r.business_date.clone())),
+                ),
+                // events
+                texts(e.iter().map(|r| r.event_id.clone())),
+                texts(e.iter().map(|r| r.source.clone())),
+                texts(e.iter().map(|r| r.kind.to_string())),
+                texts(e.iter().map(|r| r.location.clone())),
+                texts(e.iter().map(|r| r.register.clone())),
+                texts(e.iter().map(|r| r.sequence.map(|s| s.to_string()))),
+                texts(e.iter().map(|r| r.business_date.clone())),
+                texts(e.iter().map(|r| r.occurred_at.clone())),
+                texts(e.iter().map(|r| r.status.to_string())),
+                texts(e.iter().map(|r| real(r.journal).map(|x| x.to_string()))),
+                texts(e.iter().map(|r| r.payload.clone())),
+                texts(e.iter().map(|r| r.hold_key.clone())),
+                // stock moves
+                texts(m.iter().map(|x| x.0.clone())),
+                texts(m.iter().map(|x| x.1 .0.clone())),
+                texts(m.iter().map(|x| x.1 .1.clone())),
+                decimals(m.iter().map(|x| x.2.qty)),
+                decimals(m.iter().map(|x| x.2.unit_cost)),
+                decimals(m.iter().map(|x| x.2.value)),
+                decimals(m.iter().map(|x| x.2.on_hand_after)),
+                decimals(m.iter().map(|x| x.2.value_after)),
+                texts(m.iter().map(|x| x.3.clone())),
+                // balances
+                texts(changed.iter().map(|(k, _)| k.0.clone())),
+                texts(changed.iter().map(|(k, _)| k.1.clone())),
+                decimals(changed.iter().map(|(_, b)| b.on_hand)),
+                decimals(changed.iter().map(|(_, b)| b.value)),
+                texts(
+                    changed
+                        .iter()
+                        .map(|(_, b)| b.avg_cost.map(|c| c.to_string())),
+                ),
+                decimals(changed.iter().map(|(_, b)| b.reserved)),
+            ];
+            if periods::by_month() {
+                run(client, POST, &args);
+            } else {
+                // before 0.4.0: no business date on lines and moves (arguments 13 and 34), no event_key
+                args.remove(33);
+                args.remove(12);
+                run(client, POST_BEFORE_0_4, &args);
+            }
         }
         if !self.exceptions.is_empty() {
             let x = &self.exceptions;
@@ -540,8 +674,41 @@ const ALLOCATE_JOURNAL_IDS: &str =
     "SELECT nextval('possync.journal_id_seq') FROM generate_series(1, $1::bigint)";
 
 // One statement posts a whole call: journals, their lines (checked by the balance trigger at its end), the
-// inbox rows, the stock moves and the balances they lead to.
+// inbox rows with their keys (event_key keeps ids unique across the event table's months), the stock moves and
+// the balances they lead to. Rows go to their business month's partition, which `periods::prepare` made.
 const POST: &str = "WITH journals AS ( \
+        INSERT INTO possync.journal (journal_id, event_id, location_id, business_date, memo, reverses) \
+        SELECT j::bigint, e, l, d::date, m, r::bigint \
+          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS x(j, e, l, d, m, r)), \
+     lines AS ( \
+        INSERT INTO possync.journal_line (journal_id, line_no, account_code, location_id, debit, credit, business_date) \
+        SELECT j::bigint, n::integer, a, l, dr::numeric, cr::numeric, d::date \
+          FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[]) \
+               AS x(j, n, a, l, dr, cr, d)), \
+     events AS ( \
+        INSERT INTO possync.event (event_id, source, kind, location_id, register, sequence, \
+            business_date, occurred_at, status, journal_id, payload, hold_key) \
+        SELECT id, src, k, l, reg, seq::bigint, d::date, coalesce(o::timestamptz, now()), st, j::bigint, p::jsonb, h \
+          FROM unnest($14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[], \
+                      $21::text[], $22::text[], $23::text[], $24::text[], $25::text[]) \
+               AS x(id, src, k, l, reg, seq, d, o, st, j, p, h)), \
+     keys AS ( \
+        INSERT INTO possync.event_key (event_id, business_date) \
+        SELECT id, d::date FROM unnest($14::text[], $20::text[]) AS x(id, d)), \
+     moves AS ( \
+        INSERT INTO possync.stock_move (event_id, sku, location_id, qty, unit_cost, value, on_hand_after, value_after, \
+            business_date) \
+        SELECT e, s, l, q::numeric, c::numeric, v::numeric, oh::numeric, va::numeric, d::date \
+          FROM unnest($26::text[], $27::text[], $28::text[], $29::text[], $30::text[], $31::text[], $32::text[], \
+                      $33::text[], $34::text[]) AS x(e, s, l, q, c, v, oh, va, d)) \
+     UPDATE possync.stock_balance b \
+        SET on_hand = x.on_hand::numeric, value = x.value::numeric, avg_cost = x.avg_cost::numeric, \
+            reserved = x.reserved::numeric, updated_at = now() \
+       FROM unnest($35::text[], $36::text[], $37::text[], $38::text[], $39::text[], $40::text[]) \
+            AS x(sku, location_id, on_hand, value, avg_cost, reserved) \
+      WHERE b.sku = x.sku AND b.location_id = x.location_id";
+
+const POST_BEFORE_0_4: &str = "WITH journals AS ( \
         INSERT INTO possync.journal (journal_id, event_id, location_id, business_date, memo, reverses) \
         SELECT j::bigint, e, l, d::date, m, r::bigint \
           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS x(j, e, l, d, m, r)), \

@@ -115,9 +115,9 @@ fn reconcile_and_invariants_are_empty_for_sound_books_and_name_what_breaks() {
     assert_eq!(count("SELECT * FROM possync.check_invariants()"), 0);
     // a manual journal that moves inventory without stock: balanced, but the books no longer agree
     Spi::run(
-        "INSERT INTO possync.journal (journal_id, event_id, location_id) VALUES (900, 'manual', 'S1');
-         INSERT INTO possync.journal_line (journal_id, line_no, account_code, location_id, debit, credit)
-         VALUES (900, 1, '1200', 'S1', 5.00, 0), (900, 2, '5100', 'S1', 0, 5.00);",
+        "INSERT INTO possync.journal (journal_id, event_id, location_id, business_date) VALUES (900, 'manual', 'S1', '2026-11-26');
+         INSERT INTO possync.journal_line (journal_id, line_no, account_code, location_id, debit, credit, business_date)
+         VALUES (900, 1, '1200', 'S1', 5.00, 0, '2026-11-26'), (900, 2, '5100', 'S1', 0, 5.00, '2026-11-26');",
     )
     .expect("manual journal");
     let row = Spi::get_three::<String, String, String>(
@@ -129,7 +129,7 @@ fn reconcile_and_invariants_are_empty_for_sound_books_and_name_what_breaks() {
     // someone disables the balance trigger and writes a one-sided line
     Spi::run(
         "ALTER TABLE possync.journal_line DISABLE TRIGGER journal_line_balanced;
-         INSERT INTO possync.journal_line (journal_id, line_no, account_code, debit) VALUES (901, 1, '1000', 1);",
+         INSERT INTO possync.journal_line (journal_id, line_no, account_code, debit, business_date) VALUES (901, 1, '1000', 1, '2026-11-26');",
     )
     .expect("tamper");
     let broken: Vec<String> = Spi::connect(|c| {
@@ -169,9 +169,9 @@ fn check_invariants_sees_replica_only_triggers_unknown_accounts_and_deleted_even
     .expect("restore");
     // balanced lines on an account that is not in the chart: the trial balance would be off
     Spi::run(
-        "INSERT INTO possync.journal (journal_id, event_id, location_id) VALUES (900, 's1', 'S1');
-         INSERT INTO possync.journal_line (journal_id, line_no, account_code, location_id, debit, credit)
-         VALUES (900, 1, '9999', 'S1', 5, 0), (900, 2, '1000', 'S1', 0, 5);",
+        "INSERT INTO possync.journal (journal_id, event_id, location_id, business_date) VALUES (900, 's1', 'S1', '2026-11-26');
+         INSERT INTO possync.journal_line (journal_id, line_no, account_code, location_id, debit, credit, business_date)
+         VALUES (900, 1, '9999', 'S1', 5, 0, '2026-11-26'), (900, 2, '1000', 'S1', 0, 5, '2026-11-26');",
     )
     .expect("unknown account");
     assert_eq!(invariants(), vec!["journal_line_unknown_account"]);
@@ -295,12 +295,12 @@ fn reconcile_of_one_location_reports_what_the_whole_reconcile_reports_for_it() {
                  "transfer_id": "T1", "to_location": "S2", "lines": [{"sku": "B", "qty": 2}]}));
     // break the books at both stores, differently
     Spi::run(
-        "INSERT INTO possync.journal (journal_id, event_id, location_id) VALUES (900, 'manual', 'S1');
-         INSERT INTO possync.journal_line (journal_id, line_no, account_code, location_id, debit, credit)
-         VALUES (900, 1, '1200', 'S1', 5.00, 0), (900, 2, '5100', 'S1', 0, 5.00);
-         INSERT INTO possync.journal (journal_id, event_id, location_id) VALUES (901, 'manual', 'S2');
-         INSERT INTO possync.journal_line (journal_id, line_no, account_code, location_id, debit, credit)
-         VALUES (901, 1, '1210', 'S2', 1.00, 0), (901, 2, '5100', 'S2', 0, 1.00);
+        "INSERT INTO possync.journal (journal_id, event_id, location_id, business_date) VALUES (900, 'manual', 'S1', '2026-11-26');
+         INSERT INTO possync.journal_line (journal_id, line_no, account_code, location_id, debit, credit, business_date)
+         VALUES (900, 1, '1200', 'S1', 5.00, 0, '2026-11-26'), (900, 2, '5100', 'S1', 0, 5.00, '2026-11-26');
+         INSERT INTO possync.journal (journal_id, event_id, location_id, business_date) VALUES (901, 'manual', 'S2', '2026-11-26');
+         INSERT INTO possync.journal_line (journal_id, line_no, account_code, location_id, debit, credit, business_date)
+         VALUES (901, 1, '1210', 'S2', 1.00, 0, '2026-11-26'), (901, 2, '5100', 'S2', 0, 1.00, '2026-11-26');
          UPDATE possync.stock_balance SET on_hand = on_hand + 1 WHERE sku = 'A' AND location_id = 'S2';",
     )
     .expect("break");

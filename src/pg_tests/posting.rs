@@ -574,8 +574,9 @@ fn journals_cannot_be_truncated() {
 #[pg_test(error = "journal 77 does not balance: debits 10.00 and credits 9.99")]
 fn an_unbalanced_journal_cannot_be_written() {
     Spi::run(
-        "INSERT INTO possync.journal_line (journal_id, line_no, account_code, debit, credit)
-         VALUES (77, 1, '1000', 10.00, 0), (77, 2, '4000', 0, 9.99)",
+        "SELECT possync.make_ledger_months(ARRAY['2026-11-01'::date]);
+         INSERT INTO possync.journal_line (journal_id, line_no, account_code, debit, credit, business_date)
+         VALUES (77, 1, '1000', 10.00, 0, '2026-11-26'), (77, 2, '4000', 0, 9.99, '2026-11-26')",
     )
     .expect("must fail");
 }

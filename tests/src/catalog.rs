@@ -29,6 +29,9 @@ WITH ext AS (
     SELECT format('constraint %s %s %s', r.relname, c.conname, pg_catalog.pg_get_constraintdef(c.oid))
       FROM rels r JOIN pg_catalog.pg_constraint c ON c.conrelid = r.oid
     UNION ALL
+    SELECT format('partitioned %s by %s', r.relname, pg_catalog.pg_get_partkeydef(r.oid))
+      FROM rels r WHERE r.relkind = 'p'
+    UNION ALL
     SELECT format('index %s', pg_catalog.pg_get_indexdef(i.indexrelid))
       FROM rels r JOIN pg_catalog.pg_index i ON i.indrelid = r.oid
     UNION ALL
@@ -71,6 +74,52 @@ WITH ext AS (
       FROM members m JOIN pg_catalog.pg_description d ON d.classoid = m.classid AND d.objoid = m.objid
 )
 SELECT line FROM described ORDER BY line
+"#;
+
+/// The partitions of possync's partitioned tables, described as one shape per parent: which months they hold
+/// (one each), their columns, constraints, indexes and triggers with the partition's own name written as
+/// `<partition>`, their owner and whether they belong to the extension (they never do). Partitions exist for the
+/// months that hold data, so this is compared between databases that posted, apart from the extension's catalog.
+pub const DESCRIBE_PARTITIONS: &str = r#"
+WITH parts AS (
+    SELECT p.relname AS parent, p.relowner AS parent_owner, c.*
+      FROM pg_catalog.pg_inherits i
+      JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
+      JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+     WHERE p.relnamespace = 'possync'::regnamespace AND p.relkind = 'p'
+), described AS (
+    SELECT format('partition of %s: name=%s bound=%s kind=%s options=%s acl=%s owner_is_parents=%s member=%s',
+                  c.parent,
+                  CASE WHEN c.relname ~ ('^' || c.parent || '_[0-9]{4}_[0-9]{2}$') THEN '<parent>_YYYY_MM' ELSE c.relname END,
+                  CASE WHEN pg_catalog.pg_get_expr(c.relpartbound, c.oid)
+                            ~ '^FOR VALUES FROM \(''[0-9]{4}-[0-9]{2}-01''\) TO \(''[0-9]{4,5}-[0-9]{2}-01''\)$'
+                       THEN 'a month' ELSE pg_catalog.pg_get_expr(c.relpartbound, c.oid) END,
+                  c.relkind, c.reloptions, c.relacl, c.relowner = c.parent_owner,
+                  EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                           WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'))
+           AS line
+      FROM parts c
+    UNION ALL
+    SELECT format('partition of %s: column #%s %s %s not_null=%s default=%s', c.parent,
+                  row_number() OVER (PARTITION BY c.oid ORDER BY a.attnum), a.attname,
+                  pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                  pg_catalog.pg_get_expr(d.adbin, d.adrelid))
+      FROM parts c
+      JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+      LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
+    UNION ALL
+    SELECT format('partition of %s: constraint %s %s', c.parent, replace(k.conname, c.relname, '<partition>'),
+                  pg_catalog.pg_get_constraintdef(k.oid))
+      FROM parts c JOIN pg_catalog.pg_constraint k ON k.conrelid = c.oid
+    UNION ALL
+    SELECT format('partition of %s: %s', c.parent, replace(pg_catalog.pg_get_indexdef(i.indexrelid), c.relname, '<partition>'))
+      FROM parts c JOIN pg_catalog.pg_index i ON i.indrelid = c.oid
+    UNION ALL
+    SELECT format('partition of %s: trigger %s enabled=%s', c.parent,
+                  replace(pg_catalog.pg_get_triggerdef(t.oid), c.relname, '<partition>'), t.tgenabled)
+      FROM parts c JOIN pg_catalog.pg_trigger t ON t.tgrelid = c.oid AND NOT t.tgisinternal
+)
+SELECT DISTINCT line FROM described ORDER BY line
 "#;
 
 /// The rows of every table possync writes, as one digest per table (ordered, so equal rows give equal digests).

@@ -322,3 +322,171 @@ async fn replays_duplicates_and_counts_with_repeated_skus_under_load_never_deadl
         .get(0);
     assert_eq!(broken, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn sessions_posting_into_a_month_not_made_yet_all_post_and_make_it_once() {
+    let _one = serial().await;
+    let erp = erp_cluster().await;
+    let setup = erp.connect("erp").await;
+    receive(
+        &setup,
+        json!([{"sku": SKUS[3], "qty": 100, "unit_cost": "1.00"}]),
+    )
+    .await;
+    // six sessions, each in its own transaction, post at once into months no partition exists for: three into
+    // May 2031, three into one each of June, July and August 2031; each keeps its transaction open a moment
+    // after posting, so the others wait for it while it holds what it made
+    let months = [
+        "2031-05", "2031-05", "2031-05", "2031-06", "2031-07", "2031-08",
+    ];
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(months.len()));
+    let mut tasks = Vec::new();
+    for (n, month) in months.iter().enumerate() {
+        let client = erp.connect("erp").await;
+        let start = start.clone();
+        let mut ev = sale(&format!("month-{n}"), SKUS[3]);
+        ev["business_date"] = json!(format!("{month}-1{n}"));
+        tasks.push(tokio::spawn(async move {
+            client.batch_execute("BEGIN").await.expect("begin");
+            start.wait().await;
+            let status = apply_status(&client, &ev).await;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            client.batch_execute("COMMIT").await.expect("commit");
+            status
+        }));
+    }
+    for (n, t) in tasks.into_iter().enumerate() {
+        let status = t.await.expect("posting task");
+        assert_eq!(status.as_deref(), Ok("applied"), "session {n}");
+    }
+    // every month once in every ledger table (and September 2031, the month after the latest)
+    for table in ["event", "stock_move", "journal", "journal_line"] {
+        let made: Vec<String> = setup
+            .query(
+                "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                  WHERE i.inhparent = $1::text::regclass AND c.relname LIKE '%2031%' ORDER BY 1",
+                &[&format!("possync.{table}")],
+            )
+            .await
+            .expect("partitions")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let expected: Vec<String> = ["05", "06", "07", "08", "09"]
+            .iter()
+            .map(|m| format!("{table}_2031_{m}"))
+            .collect();
+        assert_eq!(made, expected);
+    }
+    assert_eq!(
+        numeric(
+            &setup,
+            "SELECT count(*) FROM possync.event WHERE event_id LIKE 'month-%'"
+        )
+        .await,
+        Decimal::from(months.len())
+    );
+    assert_eq!(
+        numeric(
+            &setup,
+            &format!(
+                "SELECT on_hand FROM possync.stock_balance WHERE sku = '{}' AND location_id = '{STORE}'",
+                SKUS[3]
+            )
+        )
+        .await,
+        Decimal::from(100 - months.len() as i64)
+    );
+    assert_eq!(
+        numeric(&setup, "SELECT count(*) FROM possync.check_invariants()").await,
+        Decimal::ZERO
+    );
+}
+
+/// The two halves of a transfer posted at the same moment by two sessions (two apply lanes of a source, say):
+/// the transfer_in's session has it held but not yet committed when the transfer_out's session posts. The
+/// transfer_out must wait for it and release it, not miss it and leave the receipt held for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transfer_in_held_by_another_open_session_is_released_by_its_transfer_out() {
+    let _one = serial().await;
+    let erp = erp_cluster().await;
+    let setup = erp.connect("erp").await;
+    setup
+        .batch_execute(
+            "INSERT INTO possync.location (location_id, name) VALUES ('S043', 'Store 43')",
+        )
+        .await
+        .expect("second store");
+    receive(
+        &setup,
+        json!([{"sku": SKUS[0], "qty": 10, "unit_cost": "4.00"}]),
+    )
+    .await;
+    let half = |id: &str, kind: &str, at: &str, other: (&str, &str)| {
+        json!({"event_id": id, "kind": kind, "location": at, "transfer_id": "T-RACE",
+               other.0: other.1, "business_date": "2026-11-26",
+               "lines": [{"sku": SKUS[0], "qty": 3}]})
+        .to_string()
+    };
+    let receiving = erp.connect("erp").await;
+    receiving.batch_execute("BEGIN").await.expect("begin");
+    let held: String = receiving
+        .query_one(
+            "SELECT possync.apply_event($1::text::jsonb)->>'status'",
+            &[&half(
+                "t-in",
+                "transfer_in",
+                "S043",
+                ("from_location", STORE),
+            )],
+        )
+        .await
+        .expect("transfer_in")
+        .get(0);
+    assert_eq!(held, "held", "nothing shipped yet");
+    let shipping = erp.connect("erp").await;
+    let out = half("t-out", "transfer_out", STORE, ("to_location", "S043"));
+    let ship = tokio::spawn(async move {
+        shipping
+            .query_one(
+                "SELECT possync.apply_event($1::text::jsonb)->>'status'",
+                &[&out],
+            )
+            .await
+            .map(|r| r.get::<_, String>(0))
+    });
+    // the transfer_out waits for the open session's lock on the transfer
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !ship.is_finished(),
+        "the transfer_out did not wait for the session holding its transfer_in"
+    );
+    receiving.batch_execute("COMMIT").await.expect("commit");
+    let shipped = ship.await.expect("task").expect("transfer_out");
+    assert_eq!(shipped, "applied");
+    let status: String = setup
+        .query_one(
+            "SELECT status FROM possync.event WHERE event_id = 't-in'",
+            &[],
+        )
+        .await
+        .expect("t-in")
+        .get(0);
+    assert_eq!(
+        status, "applied",
+        "the receipt was released by its transfer_out"
+    );
+    assert_eq!(
+        numeric(&setup, &format!("SELECT on_hand FROM possync.stock_balance WHERE sku = '{}' AND location_id = 'S043'", SKUS[0])).await,
+        Decimal::from(3)
+    );
+    assert_eq!(
+        numeric(
+            &setup,
+            "SELECT sum(debit - credit) FROM possync.journal_line WHERE account_code = '1210'"
+        )
+        .await,
+        Decimal::ZERO,
+        "nothing left in transit"
+    );
+}

@@ -11,6 +11,7 @@ mod exactly_once;
 mod hostile;
 mod hung_owner;
 mod lag;
+mod lanes;
 mod large_transaction;
 mod model;
 mod network;

@@ -3,7 +3,9 @@
 //! keeps working. Also: DROP is refused while ledgers hold data, and a pg_dump / pg_restore round trip keeps
 //! every row and keeps posting.
 
-use possync_e2e::catalog::{DESCRIBE_EXTENSION, LEDGER_TABLES};
+use std::collections::HashMap;
+
+use possync_e2e::catalog::{DESCRIBE_EXTENSION, DESCRIBE_PARTITIONS, LEDGER_TABLES};
 use possync_e2e::{serial, workspace_root, Cluster};
 use serde_json::{json, Value};
 use tokio_postgres::Client;
@@ -46,13 +48,42 @@ async fn describe(c: &Client) -> Vec<String> {
         .collect()
 }
 
-/// Every ledger row, the books and the ATP answers: what an upgrade must not change.
-async fn snapshot(c: &Client) -> Vec<(String, String)> {
+async fn describe_partitions(c: &Client) -> Vec<String> {
+    c.query(DESCRIBE_PARTITIONS, &[])
+        .await
+        .unwrap_or_else(|e| panic!("describe the partitions: {e:?}"))
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
+}
+
+/// The columns of each ledger table, in order, as a column list: a snapshot reads the columns a release had, so
+/// that a column a later release adds (stock_move.business_date in 0.4.0) does not count as a changed row.
+async fn ledger_columns(c: &Client) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for t in LEDGER_TABLES {
+        let cols: String = c
+            .query_one(
+                "SELECT string_agg(quote_ident(column_name), ', ' ORDER BY ordinal_position)
+                   FROM information_schema.columns WHERE table_schema = 'possync' AND table_name = $1",
+                &[&t],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("columns of {t}: {e:?}"))
+            .get(0);
+        out.insert(t.to_string(), cols);
+    }
+    out
+}
+
+/// Every ledger row (the given columns of each table), the books and the ATP answers: what an upgrade must not
+/// change.
+async fn snapshot(c: &Client, columns: &HashMap<String, String>) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for t in LEDGER_TABLES {
         out.push((
             t.to_string(),
-            rows(c, &format!("SELECT * FROM possync.{t}")).await,
+            rows(c, &format!("SELECT {} FROM possync.{t}", columns[t])).await,
         ));
     }
     for (name, sql) in [
@@ -413,13 +444,28 @@ async fn every_kept_release_upgrades_in_place_to_what_a_fresh_install_is() {
         fresh_catalog.len() > 100,
         "the catalog description found too little: {fresh_catalog:?}"
     );
+    // a fresh install has no partitions until it posts
+    assert_eq!(describe_partitions(&fresh).await, Vec::<String>::new());
+    let fresh_rejected = store_day(&fresh).await;
+    keeps_working(&fresh, fresh_rejected).await;
+    let fresh_partitions = describe_partitions(&fresh).await;
+    assert!(
+        fresh_partitions.len() > 20,
+        "the partitions' description found too little: {fresh_partitions:?}"
+    );
+    assert_eq!(
+        describe(&fresh).await,
+        fresh_catalog,
+        "posting changed the extension's catalog"
+    );
     for (n, version) in versions.iter().enumerate() {
         let db = format!("from_{n}");
         cluster.create_database(&db).await;
         let c = cluster.connect(&db).await;
         exec(&c, &format!("CREATE EXTENSION possync VERSION '{version}'")).await;
         let rejected = store_day(&c).await;
-        let before = snapshot(&c).await;
+        let columns = ledger_columns(&c).await;
+        let before = snapshot(&c, &columns).await;
         assert_eq!(
             before
                 .iter()
@@ -438,10 +484,31 @@ async fn every_kept_release_upgrades_in_place_to_what_a_fresh_install_is() {
             .unwrap_or_else(|e| panic!("{e:?}"))
             .get(0);
         assert_eq!(now, target, "ALTER EXTENSION possync UPDATE from {version}");
-        let after = snapshot(&c).await;
+        let after = snapshot(&c, &columns).await;
         for ((name, b), (_, a)) in before.iter().zip(after.iter()) {
             assert_eq!(b, a, "{name} changed by the upgrade from {version}");
         }
+        // 0.4.0: the rows are in their business month's partitions; a move and a journal line carry the date of
+        // their event and journal (a reversal's, of the event it reverses)
+        assert_eq!(
+            rows(
+                &c,
+                "SELECT m.move_id FROM possync.stock_move m JOIN possync.event e USING (event_id)
+                  LEFT JOIN possync.event r ON e.kind = 'reversal' AND r.event_id = e.payload ->> 'reverses'
+                 WHERE m.business_date <> coalesce(r.business_date, e.business_date)
+                 UNION ALL
+                 SELECT l.journal_id FROM possync.journal_line l JOIN possync.journal j USING (journal_id)
+                 WHERE l.business_date <> j.business_date
+                 UNION ALL
+                 SELECT count(*) FROM possync.event e
+                 WHERE NOT EXISTS (SELECT 1 FROM possync.event_key k WHERE k.event_id = e.event_id
+                                                                      AND k.business_date = e.business_date)
+                HAVING count(*) > 0"
+            )
+            .await,
+            "",
+            "business dates and event keys after the upgrade from {version}"
+        );
         let upgraded_catalog = describe(&c).await;
         assert!(
             upgraded_catalog == fresh_catalog,
@@ -450,6 +517,14 @@ async fn every_kept_release_upgrades_in_place_to_what_a_fresh_install_is() {
             diff(&upgraded_catalog, &fresh_catalog)
         );
         keeps_working(&c, rejected).await;
+        // the partitions the upgrade made for the data and those posting made since have the shape posting
+        // gives a partition in a fresh install
+        let upgraded_partitions = describe_partitions(&c).await;
+        assert!(
+            upgraded_partitions == fresh_partitions,
+            "the partitions upgraded from {version} differ from those of a fresh install:\n{}",
+            diff(&upgraded_partitions, &fresh_partitions)
+        );
     }
 }
 
@@ -520,7 +595,12 @@ async fn a_restored_database_keeps_every_ledger_row_and_keeps_posting() {
     let c = cluster.connect("erp").await;
     exec(&c, "CREATE EXTENSION possync").await;
     store_day(&c).await;
-    let before = snapshot(&c).await;
+    let columns = ledger_columns(&c).await;
+    let before = snapshot(&c, &columns).await;
+    assert!(
+        !describe_partitions(&c).await.is_empty(),
+        "the ledgers' rows are in partitions"
+    );
     let dump = cluster.dir().join("erp.dump");
     cluster.pg_tool("pg_dump", &["-Fc", "-f", &dump.to_string_lossy(), "erp"]);
     cluster.create_database("restored").await;
@@ -529,10 +609,20 @@ async fn a_restored_database_keeps_every_ledger_row_and_keeps_posting() {
         &["--exit-on-error", "-d", "restored", &dump.to_string_lossy()],
     );
     let r = cluster.connect("restored").await;
-    let after = snapshot(&r).await;
+    let after = snapshot(&r, &columns).await;
     for ((name, b), (_, a)) in before.iter().zip(after.iter()) {
         assert_eq!(b, a, "{name} differs after pg_dump / pg_restore");
     }
+    assert_eq!(
+        describe_partitions(&r).await,
+        describe_partitions(&c).await,
+        "the restored partitions"
+    );
+    assert_eq!(
+        describe(&r).await,
+        describe(&c).await,
+        "the restored extension"
+    );
     let dup = apply(
         &r,
         sale(

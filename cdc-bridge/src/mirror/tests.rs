@@ -462,25 +462,6 @@ fn a_group_of_orders_is_planned_as_the_mirror_writes_and_one_group_statement() {
 }
 
 #[test]
-#[ignore]
-fn planning_a_group_of_300_orders_takes() {
-    let poster = normalized_poster();
-    let txns = orders(300);
-    let started = std::time::Instant::now();
-    let rounds = 200;
-    for _ in 0..rounds {
-        let writes =
-            MirrorWrites::collect(&poster.shapes, txns.iter().flat_map(|t| t.changes.iter()));
-        let planned = poster.plan("benchshop", "0/4B0", &txns, &writes);
-        assert!(planned.is_ok());
-    }
-    println!(
-        "planning 300 orders: {:.2} ms",
-        started.elapsed().as_secs_f64() * 1e3 / f64::from(rounds)
-    );
-}
-
-#[test]
 fn a_row_image_gives_its_columns_values_in_the_shapes_order() {
     let columns: Vec<(String, String)> = ["id", "state", "amount", "note"]
         .iter()

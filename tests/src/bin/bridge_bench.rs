@@ -7,7 +7,8 @@
 //! BENCH_BATCH_WAIT_MS (its --batch-max-wait-ms, 0), BENCH_DRAIN_ONLY=1 (only the two backlog drains, reference and
 //! normalized mapping: no live lag, no native subscription), BENCH_DRAIN_ROUNDS (1: with more, the reference and
 //! normalized drains alternate that many times and the medians are reported, with each round's figures),
-//! BENCH_PROFILE=1 (the ERP's statements by total time after each drain, from pg_stat_statements).
+//! BENCH_PROFILE=1 (the ERP's statements by total time after each drain, from pg_stat_statements),
+//! BENCH_LANES_BACKLOG (30000 sales over BENCH_LANES_STORES stores, 30, drained in 1, 2 and 4 apply lanes).
 
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,93 @@ BEGIN
     END LOOP;
 END $$;
 "#;
+
+/// The same sales spread over a chain's stores (`L00`, `L01`, ...), for the drain in apply lanes.
+const CHAIN_SALES_PROCEDURE: &str = r#"
+CREATE PROCEDURE public.bench_chain_sales(prefix text, n int, stores int) LANGUAGE plpgsql AS $$
+DECLARE
+    skus text[] := ARRAY[SKUS_LIST];
+    i int; l int; q numeric; p numeric; t numeric; total numeric;
+BEGIN
+    FOR i IN 1..n LOOP
+        INSERT INTO pos.sale (txn_id, store_id, register_id, seq, business_date, occurred_at)
+        VALUES (prefix || i, 'L' || lpad((i % stores)::text, 2, '0'), prefix, i, '2026-11-26', clock_timestamp());
+        total := 0;
+        FOR l IN 1..3 LOOP
+            q := 1 + (i + l) % 3;
+            p := 1 + ((i * 7 + l * 13) % 4000) / 100.0;
+            t := round(q * p * 0.08875, 2);
+            total := total + q * p + t;
+            INSERT INTO pos.sale_line (txn_id, line_no, sku, qty, unit_price, tax, tax_code)
+            VALUES (prefix || i, l, skus[1 + (i + l) % array_length(skus, 1)], q, p, t, 'NY');
+        END LOOP;
+        INSERT INTO pos.tender (txn_id, tender_no, tender_type, amount) VALUES (prefix || i, 1, 'card', total);
+        COMMIT;
+    END LOOP;
+END $$;
+"#;
+
+/// Drains a backlog of `backlog` sales over `stores` stores with the bridge in `lanes` apply lanes (a source of
+/// its own, so a slot of its own); returns the transactions per second.
+async fn drain_in_lanes(
+    pos: &Cluster,
+    erp_db: &Client,
+    erp_url: &str,
+    bridge_args: &[&str],
+    backlog: u32,
+    stores: u32,
+    lanes: usize,
+) -> f64 {
+    let name = format!("lanes{lanes}");
+    let prefix = format!("C{lanes}-");
+    let lanes_arg = lanes.to_string();
+    let mut args: Vec<&str> = bridge_args.to_vec();
+    args.extend(["--apply-lanes", lanes_arg.as_str()]);
+    let source = [(name.as_str(), pos.url("pos"))];
+    // the slot first, then the backlog while the bridge is stopped
+    let bridge = Bridge::start(erp_url, &source, &args);
+    bridge.wait_streaming(&name, Duration::from_secs(60));
+    let _ = bridge.terminate();
+    pos.connect("pos")
+        .await
+        .batch_execute(&format!(
+            "CALL public.bench_chain_sales('{prefix}', {backlog}, {stores})"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("chain backlog: {e}"));
+    let bridge = Bridge::start(erp_url, &source, &args);
+    let started = Instant::now();
+    // the bridge's own count, as for the drain above: polling the ERP would take its cores from the drain
+    loop {
+        let applied = bridge
+            .metric("possync_bridge_transactions_applied_total", &name)
+            .unwrap_or(0.0);
+        if applied >= f64::from(backlog) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "{lanes} lane(s) drained {applied} of {backlog}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let posted = count(
+        erp_db,
+        &format!("SELECT count(*) FROM possync.event WHERE event_id LIKE '{prefix}%' AND status = 'applied'"),
+    )
+    .await;
+    assert_eq!(
+        posted,
+        i64::from(backlog),
+        "{lanes} lane(s) posted {posted} of {backlog}"
+    );
+    let _ = bridge.terminate();
+    eprintln!(
+        "bench: {backlog} sales over {stores} stores drained in {lanes} lane(s) in {secs:.1} s"
+    );
+    f64::from(backlog) / secs
+}
 
 /// The same sales on the normalized POS schema (`shop`): an order with 3 lines, their tax rows and 1 payment,
 /// drafted and paid in one transaction each, so that a drain of it compares with the reference schema's.
@@ -432,6 +520,45 @@ async fn main() {
         );
     }
 
+    // 5. a chain's backlog drained in 1, 2 and 4 apply lanes
+    let lanes_backlog: u32 = env_or("BENCH_LANES_BACKLOG", 30_000);
+    let stores: u32 = env_or("BENCH_LANES_STORES", 30);
+    let mut chain = String::new();
+    for i in 0..stores {
+        let lines: Vec<String> = SKUS
+            .iter()
+            .map(|s| format!(r#"{{"sku": "{s}", "qty": "10000000", "unit_cost": "5.00"}}"#))
+            .collect();
+        chain.push_str(&format!(
+            r#"INSERT INTO possync.location (location_id, name) VALUES ('L{i:02}', 'chain store {i}');
+               SELECT possync.apply_event('{{"event_id": "bench-opening-L{i:02}", "kind": "receipt", "location": "L{i:02}",
+                 "business_date": "2026-11-26", "occurred_at": "2026-11-26T07:00:00Z", "lines": [{}]}}');"#,
+            lines.join(", ")
+        ));
+    }
+    erp_db
+        .batch_execute(&chain)
+        .await
+        .unwrap_or_else(|e| panic!("chain stores: {e}"));
+    pos_db
+        .batch_execute(&CHAIN_SALES_PROCEDURE.replace("SKUS_LIST", &skus.join(", ")))
+        .await
+        .unwrap_or_else(|e| panic!("chain procedure: {e}"));
+    let mut lane_rates = Vec::new();
+    for lanes in [1usize, 2, 4] {
+        let rate = drain_in_lanes(
+            &pos,
+            &erp_db,
+            &erp_url,
+            &bridge_args,
+            lanes_backlog,
+            stores,
+            lanes,
+        )
+        .await;
+        lane_rates.push((lanes, rate));
+    }
+
     let bridge_rate = median(&ref_rates);
     let doc_rate = median(&doc_rates);
     let cores = std::thread::available_parallelism()
@@ -477,6 +604,14 @@ async fn main() {
         ref_cpu.walsender * 1e6 / f64::from(backlog),
         ref_cpu.bridge * 1e6 / f64::from(backlog),
     );
+    let one_lane = lane_rates.first().map_or(f64::NAN, |(_, r)| *r);
+    for (lanes, rate) in &lane_rates {
+        println!(
+            "row|drain of {lanes_backlog} txns over {stores} stores, {lanes} apply lane(s) (txns/s)|{rate:.0}|{native_rate:.0}|{:.2}|≥ 0.50|{:.2}× one lane; {cores} cores shared by the POS, the ERP and the bridge",
+            rate / native_rate,
+            rate / one_lane
+        );
+    }
     let rss_live = live.as_ref().map_or(0.0, |l| l.rss);
     println!(
         "row|bridge peak RSS (MB)|{:.1}|—|—|< 64 MB|live phase {rss_live:.1} MB, reference drain {rss_drain:.1} MB, normalized drain {rss_doc:.1} MB",

@@ -1,0 +1,438 @@
+//! Apply lanes: one source's POS transactions applied in several ERP sessions at once, split by location.
+//!
+//! Every event goes to the lane its location hashes to, so each location's events are applied in commit order
+//! by one session, and each lane keeps its own checkpoint in the ERP (`possync.start_lanes`,
+//! `possync.apply_batch(source, commit_lsn, events, lane, lanes)`). A POS transaction whose events span
+//! locations is applied in parts, one per lane, each at the transaction's commit LSN. The split is a pure
+//! function of the event's location and the number of lanes, so after a restart each lane is sent exactly the
+//! events it was sent before and skips those at or below its checkpoint.
+//!
+//! A group of transactions is applied lane by lane in parallel, and the next group starts when every lane has
+//! committed. Inside a group, an event that needs another one posted first in a different lane (a transfer_in
+//! and its transfer_out, a return and the sale it names) would race it: the group is cut before such an event
+//! into segments applied one after the other, so it finds the other committed, as it would in a single session.
+//! A transfer_out to a store of another lane goes in a segment of its own: posting it may post the transfer_in
+//! held for it, into the receiving store's stock, which must come between that store's events before and after.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use crate::assembler::PosTransaction;
+
+/// The most lanes a source may be applied in (the extension's limit).
+pub const MAX_LANES: usize = 64;
+
+/// The lane of a location: FNV-1a of its bytes, modulo the number of lanes. Stable across builds and
+/// platforms (a restart must route every event as before). Events without a location go to lane 0.
+pub fn lane_of(location: Option<&str>, lanes: usize) -> usize {
+    let Some(location) = location else { return 0 };
+    if lanes <= 1 {
+        return 0;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in location.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % lanes as u64) as usize
+}
+
+/// The lane of an event (by its `location`).
+pub fn event_lane(event: &Value, lanes: usize) -> usize {
+    lane_of(event.get("location").and_then(Value::as_str), lanes)
+}
+
+fn text<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
+    v.get(field).and_then(Value::as_str)
+}
+
+/// What posting this event makes available to later ones.
+fn provides(event: &Value) -> Vec<String> {
+    let mut keys = Vec::new();
+    if let Some(id) = text(event, "event_id") {
+        keys.push(format!("event:{id}"));
+    }
+    keys.extend(transfer_key(event));
+    keys
+}
+
+/// Both halves of a transfer meet on its id: whichever comes second posts against the first (a transfer_in
+/// finds its transfer_out, a transfer_out releases the transfer_in held for it), so it must find it committed.
+fn transfer_key(event: &Value) -> Option<String> {
+    match text(event, "kind") {
+        Some("transfer_out" | "transfer_in") => {
+            text(event, "transfer_id").map(|t| format!("transfer:{t}"))
+        }
+        _ => None,
+    }
+}
+
+/// What this event needs posted before it to post as it would in a single session.
+fn needs(event: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = transfer_key(event).into_iter().collect();
+    if let Some(o) = text(event, "original_event_id") {
+        keys.push(format!("event:{o}"));
+    }
+    if let Some(lines) = event.get("lines").and_then(Value::as_array) {
+        for l in lines {
+            if let Some(o) = text(l, "original_event_id") {
+                keys.push(format!("event:{o}"));
+            }
+        }
+    }
+    keys
+}
+
+/// Within one POS transaction, which lanes' parts need another lane's part of it posted first: fed the
+/// transaction's events in order, it marks a lane when one of its events needs what an earlier event of another
+/// lane gives. Those lanes' parts are applied in a segment after the others'.
+pub struct Within {
+    given: HashMap<String, usize>,
+    later: Vec<bool>,
+}
+
+impl Within {
+    pub fn new(lanes: usize) -> Within {
+        Within {
+            given: HashMap::new(),
+            later: vec![false; lanes.max(1)],
+        }
+    }
+
+    /// The next event of the transaction; returns its lane.
+    pub fn add(&mut self, event: &Value) -> usize {
+        let lanes = self.later.len();
+        let lane = event_lane(event, lanes);
+        if needs(event)
+            .iter()
+            .any(|k| self.given.get(k).is_some_and(|l| *l != lane))
+        {
+            self.later[lane] = true;
+        }
+        for k in provides(event) {
+            self.given.entry(k).or_insert(lane);
+        }
+        lane
+    }
+
+    /// Per lane, whether its part goes in a later segment.
+    pub fn later(self) -> Vec<bool> {
+        self.later
+    }
+}
+
+/// Whether an event is a transfer_out to a store of another lane: posting it also posts a transfer_in held for
+/// it there, in that store's stock.
+fn releases_elsewhere(lanes: usize) -> impl Fn(&Value) -> bool {
+    move |ev: &Value| {
+        text(ev, "kind") == Some("transfer_out")
+            && lane_of(text(ev, "to_location"), lanes) != event_lane(ev, lanes)
+    }
+}
+
+/// One segment of a group: for each lane, the parts of consecutive POS transactions it applies, in commit order.
+pub type Segment = Vec<Vec<PosTransaction>>;
+
+/// A POS transaction with only some of its events.
+fn part_of(txn: &PosTransaction, events: Vec<Value>) -> PosTransaction {
+    PosTransaction {
+        commit_lsn: txn.commit_lsn,
+        end_lsn: txn.end_lsn,
+        commit_time: txn.commit_time,
+        events,
+        changes: txn.changes.clone(),
+        spilled: txn.spilled.clone(),
+    }
+}
+
+/// Splits a group of consecutive POS transactions into segments of per-lane parts (see the module's words).
+/// A spilled transaction (its events are in a file, read by each lane for its own) is a segment of its own, sent
+/// to every lane; which of its lanes must follow others is read from its file when it is applied
+/// ([`crate::spill::later_lanes`]). In the last segment every lane ends with the group's last transaction, with no events when it
+/// has none there, so that every lane's checkpoint reaches the end of the group.
+pub fn segments(group: &[PosTransaction], lanes: usize) -> Vec<Segment> {
+    let lanes = lanes.max(1);
+    let mut out: Vec<Segment> = Vec::new();
+    let mut current: Segment = vec![Vec::new(); lanes];
+    let mut provided: HashMap<String, usize> = HashMap::new();
+    let mut filled = false;
+    let close = |current: &mut Segment, out: &mut Vec<Segment>, filled: &mut bool| {
+        if std::mem::take(filled) {
+            out.push(std::mem::replace(current, vec![Vec::new(); lanes]));
+        }
+    };
+    for txn in group {
+        if txn.spilled.is_some() {
+            close(&mut current, &mut out, &mut filled);
+            provided.clear();
+            out.push(vec![vec![part_of(txn, Vec::new())]; lanes]);
+            continue;
+        }
+        let mut parts: Vec<Vec<Value>> = vec![Vec::new(); lanes];
+        let mut cut = false;
+        let mut within = Within::new(lanes);
+        for ev in &txn.events {
+            let lane = within.add(ev);
+            if needs(ev)
+                .iter()
+                .any(|k| provided.get(k).is_some_and(|l| *l != lane))
+            {
+                cut = true;
+            }
+            parts[lane].push(ev.clone());
+        }
+        let later = within.later();
+        // a transfer_out may post, with itself, the transfer_in held for it at the receiving store, which
+        // another lane applies: it goes alone, between that store's events before it and after it
+        let releases = txn.events.iter().any(releases_elsewhere(lanes));
+        if cut || releases {
+            close(&mut current, &mut out, &mut filled);
+            provided.clear();
+        }
+        for pass in [false, true] {
+            if pass {
+                if !later.iter().any(|l| *l) {
+                    break;
+                }
+                close(&mut current, &mut out, &mut filled);
+                provided.clear();
+            }
+            for (lane, events) in parts.iter().enumerate() {
+                if events.is_empty() || later[lane] != pass {
+                    continue;
+                }
+                for ev in events {
+                    for k in provides(ev) {
+                        provided.insert(k, lane);
+                    }
+                }
+                current[lane].push(part_of(txn, events.clone()));
+                filled = true;
+            }
+        }
+        // a transaction with no events at all (mirrored rows only, say) still moves lane 0's checkpoint
+        if txn.events.is_empty() {
+            current[0].push(part_of(txn, Vec::new()));
+            filled = true;
+        }
+        if releases {
+            close(&mut current, &mut out, &mut filled);
+            provided.clear();
+        }
+    }
+    close(&mut current, &mut out, &mut filled);
+    if let Some(last) = group.last() {
+        if out.is_empty() {
+            out.push(vec![Vec::new(); lanes]);
+        }
+        let reached: Vec<bool> = (0..lanes)
+            .map(|lane| {
+                out.iter()
+                    .any(|seg| seg[lane].last().map(|p| p.commit_lsn) == Some(last.commit_lsn))
+            })
+            .collect();
+        if let Some(tail) = out.last_mut() {
+            for (parts, reached) in tail.iter_mut().zip(reached) {
+                if !reached {
+                    parts.push(part_of(last, Vec::new()));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::lsn::Lsn;
+
+    fn txn(lsn: u64, events: Vec<Value>) -> PosTransaction {
+        PosTransaction {
+            commit_lsn: Lsn(lsn),
+            end_lsn: Lsn(lsn + 8),
+            commit_time: 0,
+            events,
+            changes: Vec::new(),
+            spilled: None,
+        }
+    }
+
+    fn sale(id: &str, loc: &str) -> Value {
+        json!({"event_id": id, "kind": "sale", "location": loc})
+    }
+
+    /// Two locations that land in different lanes of 2.
+    fn two_apart() -> (String, String) {
+        let a = "S1".to_string();
+        let b = (2..100)
+            .map(|i| format!("S{i}"))
+            .find(|l| lane_of(Some(l), 2) != lane_of(Some(&a), 2))
+            .expect("some location hashes to the other lane");
+        (a, b)
+    }
+
+    fn ids(parts: &[PosTransaction]) -> Vec<(u64, Vec<String>)> {
+        parts
+            .iter()
+            .map(|p| {
+                (
+                    p.commit_lsn.0,
+                    p.events
+                        .iter()
+                        .filter_map(|e| text(e, "event_id").map(str::to_string))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn routing_is_fixed_by_location_and_spreads_locations() {
+        // fixed values: a change here would send events to other lanes than before a restart
+        assert_eq!(lane_of(Some("S042"), 4), lane_of(Some("S042"), 4));
+        assert_eq!(lane_of(None, 4), 0);
+        assert_eq!(lane_of(Some("anything"), 1), 0);
+        let mut per_lane = [0usize; 4];
+        for i in 0..400 {
+            per_lane[lane_of(Some(&format!("S{i:03}")), 4)] += 1;
+        }
+        assert!(per_lane.iter().all(|n| *n > 60), "{per_lane:?}");
+    }
+
+    #[test]
+    fn a_group_is_split_by_location_and_every_lane_reaches_its_end() {
+        let (a, b) = two_apart();
+        let (la, lb) = (lane_of(Some(&a), 2), lane_of(Some(&b), 2));
+        let group = vec![
+            txn(10, vec![sale("x1", &a)]),
+            txn(20, vec![sale("x2", &a), sale("y2", &b)]),
+            txn(30, vec![sale("x3", &a)]),
+        ];
+        let segs = segments(&group, 2);
+        assert_eq!(segs.len(), 1);
+        assert_eq!(
+            ids(&segs[0][la]),
+            vec![
+                (10, vec!["x1".into()]),
+                (20, vec!["x2".into()]),
+                (30, vec!["x3".into()])
+            ]
+        );
+        // lane b gets its part of 20 and an empty 30, so its checkpoint reaches the end of the group
+        assert_eq!(
+            ids(&segs[0][lb]),
+            vec![(20, vec!["y2".into()]), (30, vec![])]
+        );
+    }
+
+    #[test]
+    fn an_event_needing_one_from_another_lane_starts_a_new_segment() {
+        let (a, b) = two_apart();
+        let (la, lb) = (lane_of(Some(&a), 2), lane_of(Some(&b), 2));
+        let out = json!({"event_id": "t-out", "kind": "transfer_out", "location": a, "transfer_id": "T9",
+                         "to_location": b});
+        let inn =
+            json!({"event_id": "t-in", "kind": "transfer_in", "location": b, "transfer_id": "T9"});
+        let ret = json!({"event_id": "r1", "kind": "return", "location": a,
+                         "lines": [{"sku": "A", "original_event_id": "s1"}]});
+        let group = vec![
+            txn(10, vec![out]),
+            txn(20, vec![sale("s1", &b)]),
+            txn(30, vec![inn]),
+            txn(40, vec![ret]),
+            txn(50, vec![sale("s5", &a)]),
+        ];
+        let segs = segments(&group, 2);
+        // the transfer_out goes alone (it may post a transfer_in held at b); the transfer_in then finds it
+        // committed; the return is cut from the segment of the sale it names
+        assert_eq!(segs.len(), 3, "{segs:?}");
+        assert_eq!(ids(&segs[0][la]), vec![(10, vec!["t-out".into()])]);
+        assert!(segs[0][lb].is_empty());
+        assert_eq!(
+            ids(&segs[1][lb]),
+            vec![(20, vec!["s1".into()]), (30, vec!["t-in".into()])]
+        );
+        assert!(segs[1][la].is_empty());
+        assert_eq!(
+            ids(&segs[2][la]),
+            vec![(40, vec!["r1".into()]), (50, vec!["s5".into()])]
+        );
+        assert_eq!(ids(&segs[2][lb]), vec![(50, vec![])]);
+        // a return whose sale is in the same segment, in another lane, is cut from it
+        let group = vec![
+            txn(10, vec![sale("s1", &b)]),
+            txn(
+                20,
+                vec![json!({"event_id": "r", "kind": "return",
+            "location": a, "original_event_id": "s1"})],
+            ),
+        ];
+        assert_eq!(segments(&group, 2).len(), 2);
+        // in the same lane nothing is cut
+        let same = vec![
+            txn(10, vec![sale("s1", &a)]),
+            txn(
+                20,
+                vec![json!({"event_id": "r", "kind": "return",
+            "location": a, "original_event_id": "s1"})],
+            ),
+        ];
+        assert_eq!(segments(&same, 2).len(), 1);
+    }
+
+    #[test]
+    fn a_transfer_in_after_its_transfer_out_in_one_transaction_follows_it() {
+        let (a, b) = two_apart();
+        let (la, lb) = (lane_of(Some(&a), 2), lane_of(Some(&b), 2));
+        let group = vec![txn(
+            10,
+            vec![
+                json!({"event_id": "o", "kind": "transfer_out", "location": a, "transfer_id": "T1"}),
+                json!({"event_id": "i", "kind": "transfer_in", "location": b, "transfer_id": "T1"}),
+            ],
+        )];
+        let segs = segments(&group, 2);
+        assert_eq!(segs.len(), 2, "{segs:?}");
+        assert_eq!(ids(&segs[0][la]), vec![(10, vec!["o".into()])]);
+        assert!(segs[0][lb].is_empty());
+        // each lane applies its part of the transaction once
+        assert_eq!(ids(&segs[1][lb]), vec![(10, vec!["i".into()])]);
+        assert!(segs[1][la].is_empty(), "lane a already ends at 10");
+    }
+
+    #[test]
+    fn a_transfer_out_after_its_held_transfer_in_follows_it() {
+        let (a, b) = two_apart();
+        let group = vec![
+            txn(
+                10,
+                vec![
+                    json!({"event_id": "i", "kind": "transfer_in", "location": b, "transfer_id": "T1"}),
+                ],
+            ),
+            txn(
+                20,
+                vec![
+                    json!({"event_id": "o", "kind": "transfer_out", "location": a, "transfer_id": "T1"}),
+                ],
+            ),
+        ];
+        assert_eq!(segments(&group, 2).len(), 2);
+    }
+
+    #[test]
+    fn a_transaction_without_events_moves_lane_zero() {
+        let (a, _) = two_apart();
+        let group = vec![txn(10, vec![]), txn(20, vec![sale("x", &a)])];
+        let segs = segments(&group, 2);
+        assert_eq!(segs.len(), 1);
+        assert_eq!(segs[0][0].first().map(|p| p.commit_lsn.0), Some(10));
+        for lane in &segs[0] {
+            assert_eq!(lane.last().map(|p| p.commit_lsn.0), Some(20));
+        }
+    }
+}
