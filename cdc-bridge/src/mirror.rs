@@ -548,7 +548,7 @@ pub fn group_sql(
 ) -> String {
     let mut ctes = Vec::new();
     let mut parts = vec![
-        "SELECT (o.p->>0)::int, 0, o.ord, NULL::text, o.p->1 FROM jsonb_array_elements($3::text::jsonb) WITH ORDINALITY AS o(p, ord)"
+        "SELECT (o.p->>0)::int, 0, o.ord, NULL::text, o.p->1 FROM json_array_elements($3::text::json) WITH ORDINALITY AS o(p, ord)"
             .to_string(),
     ];
     let mut noted = Vec::new();
@@ -616,8 +616,8 @@ pub fn group_sql(
     };
     format!(
         "{with}SELECT possync.apply_batch($1, $2::text::pg_lsn, \
-           (SELECT coalesce(jsonb_agg(x.ev ORDER BY x.at, x.grp, x.ord, x.key COLLATE \"C\"), '[]'::jsonb) \
-              FROM ({parts}) AS x(at, grp, ord, key, ev)))::text{count}{from} WHERE {IN_GROUP}",
+           (SELECT coalesce(json_agg(x.ev ORDER BY x.at, x.grp, x.ord, x.key COLLATE \"C\"), '[]'::json) \
+              FROM ({parts}) AS x(at, grp, ord, key, ev))::jsonb)::text{count}{from} WHERE {IN_GROUP}",
         parts = parts.join(" UNION ALL ")
     )
 }
