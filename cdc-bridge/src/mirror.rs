@@ -452,17 +452,34 @@ const ARM: &str = "SELECT c::text, pg_catalog.set_config('possync_bridge.in_grou
      FROM (SELECT possync.source_checkpoint($1) AS c) AS s";
 
 /// A statement of a group, with its arguments.
-struct Planned<'a> {
+struct Planned {
     sql: String,
-    params: Vec<Box<dyn ToSql + Sync + Send + 'a>>,
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
 }
 
-impl Planned<'_> {
+impl Planned {
     fn args(&self) -> Vec<&(dyn ToSql + Sync)> {
         self.params
             .iter()
             .map(|p| p.as_ref() as &(dyn ToSql + Sync))
             .collect()
+    }
+}
+
+/// A group's statements planned ahead, while the group before it is applied (see
+/// [`DocumentPoster::plan_ahead`]); used when the same transactions come to be applied.
+pub struct GroupPlan {
+    first: Lsn,
+    last: Lsn,
+    txns: usize,
+    planned: Vec<Planned>,
+}
+
+impl GroupPlan {
+    fn is_for(&self, txns: &[PosTransaction]) -> bool {
+        txns.len() == self.txns
+            && txns.first().map(|t| t.commit_lsn) == Some(self.first)
+            && txns.last().map(|t| t.commit_lsn) == Some(self.last)
     }
 }
 
@@ -531,7 +548,7 @@ pub fn group_sql(
 ) -> String {
     let mut ctes = Vec::new();
     let mut parts = vec![
-        "SELECT (o.p->>0)::int, 0, o.ord, NULL::text, o.p->1 FROM jsonb_array_elements($3::text::jsonb) WITH ORDINALITY AS o(p, ord)"
+        "SELECT (o.p->>0)::int, 0, o.ord, NULL::text, o.p->1 FROM json_array_elements($3::text::json) WITH ORDINALITY AS o(p, ord)"
             .to_string(),
     ];
     let mut noted = Vec::new();
@@ -599,8 +616,8 @@ pub fn group_sql(
     };
     format!(
         "{with}SELECT possync.apply_batch($1, $2::text::pg_lsn, \
-           (SELECT coalesce(jsonb_agg(x.ev ORDER BY x.at, x.grp, x.ord, x.key COLLATE \"C\"), '[]'::jsonb) \
-              FROM ({parts}) AS x(at, grp, ord, key, ev)))::text{count}{from} WHERE {IN_GROUP}",
+           (SELECT coalesce(json_agg(x.ev ORDER BY x.at, x.grp, x.ord, x.key COLLATE \"C\"), '[]'::json) \
+              FROM ({parts}) AS x(at, grp, ord, key, ev))::jsonb)::text{count}{from} WHERE {IN_GROUP}",
         parts = parts.join(" UNION ALL ")
     )
 }
@@ -612,13 +629,13 @@ fn json_typed(ty: &str) -> bool {
 
 /// One text array per column, for [`crate::document::rows_from_arrays`]: each row's value as its column's
 /// input reads it.
-fn column_arrays<'a>(
+fn column_arrays(
     columns: &[(String, String)],
-    rows: &[&'a Map<String, Value>],
-) -> Vec<Box<dyn ToSql + Sync + Send + 'a>> {
+    rows: &[&Map<String, Value>],
+) -> Vec<Box<dyn ToSql + Sync + Send>> {
     let by_name = by_name(columns);
     let json: Vec<bool> = columns.iter().map(|(_, ty)| json_typed(ty)).collect();
-    let mut arrays: Vec<Vec<Option<Cow<'a, str>>>> = columns
+    let mut arrays: Vec<Vec<Option<String>>> = columns
         .iter()
         .map(|_| Vec::with_capacity(rows.len()))
         .collect();
@@ -626,12 +643,12 @@ fn column_arrays<'a>(
     for row in rows {
         values_of(row, columns, &by_name, &mut values);
         for ((array, value), json) in arrays.iter_mut().zip(&values).zip(&json) {
-            array.push(text_of(*value, *json));
+            array.push(text_of(*value, *json).map(Cow::into_owned));
         }
     }
     arrays
         .into_iter()
-        .map(|a| Box::new(a) as Box<dyn ToSql + Sync + Send + 'a>)
+        .map(|a| Box::new(a) as Box<dyn ToSql + Sync + Send>)
         .collect()
 }
 
@@ -894,12 +911,13 @@ impl DocumentPoster {
         erp: &Erp,
         source: &str,
         txns: &[PosTransaction],
+        ahead: Option<GroupPlan>,
     ) -> Result<(BatchOutcome, ErpWal), ErpError> {
         let client = erp.client();
         let Some(last) = txns.last() else {
             return Ok((BatchOutcome::default(), erp.wal().await?));
         };
-        let e = match self.apply_pipelined(erp, source, txns).await {
+        let e = match self.apply_pipelined(erp, source, txns, ahead).await {
             Ok((Some(answer), wal)) => return Ok((outcome_of(&answer), wal)),
             Ok((None, wal)) => return Ok((BatchOutcome::default(), wal)),
             Err(Pipelined::Failed(e)) => {
@@ -937,14 +955,37 @@ impl DocumentPoster {
         Ok((outcome_of(&answer), wal))
     }
 
-    /// The statements of a pipelined group after its BEGIN: [`ARM`], the mirror's writes, the group statement.
-    fn plan<'a>(
+    /// Plans the group `txns` will make, for [`DocumentPoster::apply`] to send without planning it then: the
+    /// bridge plans the next group while the ERP applies the current one. None for a spilled transaction
+    /// (applied on its own, from its file) or one the mapping cannot plan (it is then planned, and fails, when
+    /// applied).
+    pub fn plan_ahead(&self, source: &str, txns: &[PosTransaction]) -> Option<GroupPlan> {
+        if txns.iter().any(|t| t.spilled.is_some()) {
+            return None;
+        }
+        let (first, last) = (txns.first()?, txns.last()?);
+        let writes =
+            MirrorWrites::collect(&self.shapes, txns.iter().flat_map(|t| t.changes.iter()));
+        let planned = self
+            .plan(source, &last.commit_lsn.to_string(), txns, &writes)
+            .ok()?;
+        Some(GroupPlan {
+            first: first.commit_lsn,
+            last: last.commit_lsn,
+            txns: txns.len(),
+            planned,
+        })
+    }
+
+    /// The statements of a pipelined group after its BEGIN: [`ARM`], the mirror's writes, the group statement,
+    /// with their arguments (owned: a group may be planned while the one before it is applied).
+    fn plan(
         &self,
-        source: &'a str,
-        lsn_text: &'a str,
-        txns: &'a [PosTransaction],
-        writes: &'a MirrorWrites<'a>,
-    ) -> Result<Vec<Planned<'a>>, ErpError> {
+        source: &str,
+        lsn_text: &str,
+        txns: &[PosTransaction],
+        writes: &MirrorWrites<'_>,
+    ) -> Result<Vec<Planned>, ErpError> {
         let mut changes: Vec<(usize, &Change)> =
             Vec::with_capacity(txns.iter().map(|t| t.changes.len()).sum());
         for (i, t) in txns.iter().enumerate() {
@@ -954,7 +995,7 @@ impl DocumentPoster {
         let mut indirect = self.direct_touches(&changes, &mut touched);
         let mut planned = vec![Planned {
             sql: ARM.to_string(),
-            params: vec![Box::new(source), Box::new(lsn_text)],
+            params: vec![Box::new(source.to_string()), Box::new(lsn_text.to_string())],
         }];
         planned.extend(self.mirror_statements(writes, true));
         // the group's own events (header/child mappings beside the documents), each with its transaction
@@ -963,9 +1004,9 @@ impl DocumentPoster {
             .enumerate()
             .flat_map(|(i, t)| t.events.iter().map(move |e| serde_json::json!([i, e])))
             .collect();
-        let mut params: Vec<Box<dyn ToSql + Sync + Send + 'a>> = vec![
-            Box::new(source),
-            Box::new(lsn_text),
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+            Box::new(source.to_string()),
+            Box::new(lsn_text.to_string()),
             Box::new(serde_json::to_string(&own)?),
             Box::new(i32::try_from(txns.len().saturating_sub(1)).unwrap_or(i32::MAX)),
         ];
@@ -1005,6 +1046,7 @@ impl DocumentPoster {
         erp: &Erp,
         source: &str,
         txns: &[PosTransaction],
+        ahead: Option<GroupPlan>,
     ) -> Result<(Option<Value>, ErpWal), Pipelined> {
         let client = erp.client();
         let Some(last) = txns.last() else {
@@ -1013,9 +1055,15 @@ impl DocumentPoster {
         let commit_lsn = last.commit_lsn;
         let lsn_text = commit_lsn.to_string();
         let t0 = std::time::Instant::now();
-        let writes =
-            MirrorWrites::collect(&self.shapes, txns.iter().flat_map(|t| t.changes.iter()));
-        let planned = self.plan(source, &lsn_text, txns, &writes)?;
+        let planned_ahead = ahead.as_ref().is_some_and(|a| a.is_for(txns));
+        let planned = match ahead {
+            Some(a) if planned_ahead => a.planned,
+            _ => {
+                let writes =
+                    MirrorWrites::collect(&self.shapes, txns.iter().flat_map(|t| t.changes.iter()));
+                self.plan(source, &lsn_text, txns, &writes)?
+            }
+        };
         let t_plan = t0.elapsed();
         let begin = self.begin();
         // once every statement is prepared, BEGIN goes in the pipeline too (the statements that write carry
@@ -1106,6 +1154,7 @@ impl DocumentPoster {
             pipeline_ms = (t_pipeline - t_plan).as_secs_f64() * 1e3,
             answer_ms = (t0.elapsed() - t_pipeline).as_secs_f64() * 1e3,
             between_groups_ms = since_last.unwrap_or(0.0),
+            planned_ahead,
             begin_waited = !pipelined_begin,
             "document group"
         );
@@ -1207,7 +1256,7 @@ impl DocumentPoster {
     }
 
     /// The `touched_by` queries for those images, one per (document, table), each with its document.
-    fn touched_by_statements<'c>(&self, indirect: Indirect<'c>) -> Vec<(usize, Planned<'c>)> {
+    fn touched_by_statements(&self, indirect: Indirect<'_>) -> Vec<(usize, Planned)> {
         let mut out = Vec::new();
         for ((d_i, t_i), images) in indirect {
             let tb = &self.documents[d_i].touched_by[t_i];
@@ -1441,7 +1490,7 @@ impl DocumentPoster {
     /// the deleted rows, the rows the group inserted (plain INSERTs when `fresh`, else with the rest), the
     /// other complete rows (upserts), the partial ones (UPDATEs of the columns they carry). Rows go as one text
     /// array per column.
-    fn mirror_statements<'w>(&self, writes: &'w MirrorWrites<'_>, fresh: bool) -> Vec<Planned<'w>> {
+    fn mirror_statements(&self, writes: &MirrorWrites<'_>, fresh: bool) -> Vec<Planned> {
         let mut out = Vec::new();
         for (&s_i, t) in &writes.tables {
             let Some(shape) = self.shapes.get(s_i) else {

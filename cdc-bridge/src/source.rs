@@ -880,6 +880,7 @@ async fn apply_group(
                     metrics,
                     lane_unflushed,
                     &lane_committed,
+                    None,
                 )
                 .await
             },
@@ -930,62 +931,39 @@ async fn apply_loop(
     let mut unflushed = Unflushed::default();
     let mut flush_check = tokio::time::interval(FLUSH_CHECK);
     flush_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // the next batch, taken and planned while the one before it was applied (a backlog of document groups)
+    let mut ahead: Option<(Vec<PosTransaction>, Option<crate::mirror::GroupPlan>)> = None;
     loop {
-        let first = loop {
-            tokio::select! {
-                t = rx.recv() => match t {
-                    Some(t) => break t,
-                    None => return Err(SessionError::ApplierGone),
-                },
-                _ = shutdown.changed() => {
-                    confirm_before_stop(erp, &mut unflushed, &committed).await;
-                    return Ok(SessionEnd::Shutdown);
-                }
-                // a lost ERP connection also lost the ownership lock: stop streaming so another bridge can take over
-                _ = liveness.tick() => {
-                    if erp.is_closed() || lanes.as_ref().is_some_and(|l| l.closed()) {
-                        return Err(SessionError::ErpConnectionLost);
-                    }
-                    // an owner with nothing to apply still speaks, or it is taken for a frozen one (D7)
-                    erp.ping().await?;
-                    if let Some(broken) = publication.idle_tick().await? {
-                        return Err(crate::publication::refuse_now(erp, source, metrics, broken).await);
-                    }
-                },
-                // idle with batches not yet known to be on the ERP's disk: ask how far it has flushed
-                _ = flush_check.tick(), if !unflushed.is_empty() => {
-                    let wal = erp.wal().await?;
-                    unflushed.confirm(wal.flushed, &committed);
-                }
-            }
+        let (mut batch, mut plan) = match ahead.take() {
+            Some(next) => next,
+            None => match next_batch(
+                &mut rx,
+                settings,
+                erp,
+                &mut unflushed,
+                &committed,
+                &mut liveness,
+                &mut flush_check,
+                lanes.as_deref(),
+                publication,
+                source,
+                metrics,
+                &mut shutdown,
+            )
+            .await?
+            {
+                Some(batch) => (batch, None),
+                None => return Ok(SessionEnd::Shutdown),
+            },
         };
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + settings.batch_max_wait;
-        while batch.len() < settings.batch_max_txns {
-            match rx.try_recv() {
-                Ok(t) => {
-                    batch.push(t);
-                    continue;
-                }
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-                Err(mpsc::error::TryRecvError::Empty) => {}
-            }
-            // the timer ticks in whole milliseconds: a wait that is over must not cost another tick
-            if tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            tokio::select! {
-                t = rx.recv() => match t {
-                    Some(t) => batch.push(t),
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
+        let taken = batch.len();
         // after a restart the stream may repeat the transaction at the checkpoint
         batch.retain(|t| t.commit_lsn > applied_to);
         // D5: only what was streamed while the publication was verified whole is applied
         let broken = publication.admit(&mut batch).await?;
+        if batch.len() != taken {
+            plan = None;
+        }
         let Some(last) = batch.last() else {
             match broken {
                 Some(b) => {
@@ -997,7 +975,6 @@ async fn apply_loop(
         let last_lsn = last.commit_lsn;
         let last_commit_time = last.commit_time;
         let events: usize = batch.iter().map(|t| t.events.len()).sum();
-        // a shutdown request waits for the batch in flight: the call is not cancelled
         match lanes.as_deref_mut() {
             Some(lanes) => {
                 lanes
@@ -1013,17 +990,42 @@ async fn apply_loop(
                     .await?
             }
             None => {
-                apply_isolating(
-                    erp,
-                    mapping,
-                    poster,
-                    &source.name,
-                    &batch,
-                    metrics,
-                    &mut unflushed,
-                    &committed,
+                // a shutdown request waits for the batch in flight: the call is not cancelled. Meanwhile, when a full
+                // batch of document groups is waiting already, it is taken and planned, so that the ERP does not wait
+                // for the bridge to plan it once this one is done (never when transactions only trickle in: they join
+                // the next batch as they come)
+                let plan_next = async {
+                    let p = poster?;
+                    if rx.len() < settings.batch_max_txns || broken.is_some() {
+                        return None;
+                    }
+                    let mut next = Vec::with_capacity(settings.batch_max_txns);
+                    while next.len() < settings.batch_max_txns {
+                        match rx.try_recv() {
+                            Ok(t) => next.push(t),
+                            Err(_) => break,
+                        }
+                    }
+                    let plan = p.plan_ahead(&source.name, &next);
+                    Some((next, plan))
+                };
+                let (applied, next) = futures::future::join(
+                    apply_isolating(
+                        erp,
+                        mapping,
+                        poster,
+                        &source.name,
+                        &batch,
+                        metrics,
+                        &mut unflushed,
+                        &committed,
+                        plan,
+                    ),
+                    plan_next,
                 )
-                .await?
+                .await;
+                ahead = next;
+                applied?;
             }
         }
         applied_to = last_lsn;
@@ -1045,6 +1047,78 @@ async fn apply_loop(
     }
 }
 
+/// Waits for the next transactions and takes up to a batch of them (see [`ApplySettings::batch_max_txns`] and
+/// `batch_max_wait`), while idle keeping the ERP session alive, the publication checked and the POS told what
+/// the ERP has flushed. None: a shutdown was asked for (what the ERP flushed is confirmed first).
+#[allow(clippy::too_many_arguments)]
+async fn next_batch(
+    rx: &mut mpsc::Receiver<PosTransaction>,
+    settings: &ApplySettings,
+    erp: &Erp,
+    unflushed: &mut Unflushed,
+    committed: &AtomicU64,
+    liveness: &mut tokio::time::Interval,
+    flush_check: &mut tokio::time::Interval,
+    lanes: Option<&Lanes>,
+    publication: &mut crate::publication::Guard,
+    source: &Source,
+    metrics: &SourceMetrics,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<Vec<PosTransaction>>, SessionError> {
+    let first = loop {
+        tokio::select! {
+            t = rx.recv() => match t {
+                Some(t) => break t,
+                None => return Err(SessionError::ApplierGone),
+            },
+            _ = shutdown.changed() => {
+                confirm_before_stop(erp, unflushed, committed).await;
+                return Ok(None);
+            }
+            // a lost ERP connection also lost the ownership lock: stop streaming so another bridge can take over
+            _ = liveness.tick() => {
+                if erp.is_closed() || lanes.is_some_and(|l| l.closed()) {
+                    return Err(SessionError::ErpConnectionLost);
+                }
+                // an owner with nothing to apply still speaks, or it is taken for a frozen one (D7)
+                erp.ping().await?;
+                if let Some(broken) = publication.idle_tick().await? {
+                    return Err(crate::publication::refuse_now(erp, source, metrics, broken).await);
+                }
+            },
+            // idle with batches not yet known to be on the ERP's disk: ask how far it has flushed
+            _ = flush_check.tick(), if !unflushed.is_empty() => {
+                let wal = erp.wal().await?;
+                unflushed.confirm(wal.flushed, committed);
+            }
+        }
+    };
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + settings.batch_max_wait;
+    while batch.len() < settings.batch_max_txns {
+        match rx.try_recv() {
+            Ok(t) => {
+                batch.push(t);
+                continue;
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        // the timer ticks in whole milliseconds: a wait that is over must not cost another tick
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::select! {
+            t = rx.recv() => match t {
+                Some(t) => batch.push(t),
+                None => break,
+            },
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    Ok(Some(batch))
+}
+
 /// Applies consecutive POS transactions, oldest first, in as few apply_batch calls as the ERP allows.
 ///
 /// A connection or availability error ends the session (it is retried with backoff and the stream resumes at
@@ -1062,13 +1136,14 @@ pub(crate) async fn apply_isolating(
     metrics: &SourceMetrics,
     unflushed: &mut Unflushed,
     committed: &AtomicU64,
+    ahead: Option<crate::mirror::GroupPlan>,
 ) -> Result<(), SessionError> {
     // a spilled transaction is posted alone, from its file; the transactions around it as usual
     if let Some(at) = batch.iter().position(|t| t.spilled.is_some()) {
         let (before, rest) = batch.split_at(at);
         if !before.is_empty() {
             Box::pin(apply_isolating(
-                erp, mapping, poster, source, before, metrics, unflushed, committed,
+                erp, mapping, poster, source, before, metrics, unflushed, committed, None,
             ))
             .await?;
         }
@@ -1103,13 +1178,15 @@ pub(crate) async fn apply_isolating(
         }
         if !after.is_empty() {
             Box::pin(apply_isolating(
-                erp, mapping, poster, source, after, metrics, unflushed, committed,
+                erp, mapping, poster, source, after, metrics, unflushed, committed, None,
             ))
             .await?;
         }
         return Ok(());
     }
     let mut pending = std::collections::VecDeque::from([(0, batch.len())]);
+    // a plan made ahead is for the whole batch: its first attempt
+    let mut ahead = ahead;
     while let Some((from, to)) = pending.pop_front() {
         let Some(part) = batch.get(from..to) else {
             continue;
@@ -1120,7 +1197,7 @@ pub(crate) async fn apply_isolating(
         let started = Instant::now();
         let applied = match poster {
             Some(p) if part.iter().any(|t| !t.changes.is_empty()) => {
-                p.apply(erp, source, part).await
+                p.apply(erp, source, part, ahead.take()).await
             }
             _ => {
                 let events: Vec<&Value> = part.iter().flat_map(|t| t.events.iter()).collect();

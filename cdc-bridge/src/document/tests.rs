@@ -64,7 +64,7 @@ fn dotted_fields_make_nested_objects() {
     ]);
     assert_eq!(
         sql,
-        "jsonb_build_object('location', (x.loc), 'totals', jsonb_build_object('net_sales', (x.net), 'tax', (x.tax)))"
+        "json_build_object('location', (x.loc), 'totals', json_build_object('net_sales', (x.net), 'tax', (x.tax)))"
     );
 }
 
@@ -114,6 +114,15 @@ fn touches_come_from_the_header_its_children_and_touched_by() {
             "(SELECT u.c0::bigint AS \"line_id\", u.c1::integer AS \"tax_id\", u.c2::numeric(14,2) AS \"amount\", u.i AS _possync_txn \
              FROM unnest($1::text[], $2::text[], $3::text[], $4::int[]) AS u(c0, c1, c2, i)) AS pos_order_line_tax"
         ),
+        "{sql}"
+    );
+    // the header SQL runs once per image: the key's filter is not pushed into the images' query
+    assert!(
+        sql.starts_with("SELECT k, max(i) FROM (SELECT k, i FROM (SELECT ((SELECT l.order_id"),
+        "{sql}"
+    );
+    assert!(
+        sql.contains(" OFFSET 0) AS tb) AS touched(k, i) WHERE k IS NOT NULL GROUP BY k"),
         "{sql}"
     );
 }
