@@ -415,6 +415,29 @@ async fn sessions_posting_into_a_month_not_made_yet_all_post_and_make_it_once() 
     );
 }
 
+/// A second store, S043, and stock of the first sku at the first store to ship from.
+async fn second_store_with_stock(setup: &tokio_postgres::Client) {
+    setup
+        .batch_execute(
+            "INSERT INTO possync.location (location_id, name) VALUES ('S043', 'Store 43')",
+        )
+        .await
+        .expect("second store");
+    receive(
+        setup,
+        json!([{"sku": SKUS[0], "qty": 10, "unit_cost": "4.00"}]),
+    )
+    .await;
+}
+
+/// One half of transfer `transfer` of 3 of the first sku, as event JSON text.
+fn transfer_half(transfer: &str, id: &str, kind: &str, at: &str, other: (&str, &str)) -> String {
+    json!({"event_id": id, "kind": kind, "location": at, "transfer_id": transfer,
+           other.0: other.1, "business_date": "2026-11-26",
+           "lines": [{"sku": SKUS[0], "qty": 3}]})
+    .to_string()
+}
+
 /// The two halves of a transfer posted at the same moment by two sessions (two apply lanes of a source, say):
 /// the transfer_in's session has it held but not yet committed when the transfer_out's session posts. The
 /// transfer_out must wait for it and release it, not miss it and leave the receipt held for good.
@@ -423,22 +446,9 @@ async fn a_transfer_in_held_by_another_open_session_is_released_by_its_transfer_
     let _one = serial().await;
     let erp = erp_cluster().await;
     let setup = erp.connect("erp").await;
-    setup
-        .batch_execute(
-            "INSERT INTO possync.location (location_id, name) VALUES ('S043', 'Store 43')",
-        )
-        .await
-        .expect("second store");
-    receive(
-        &setup,
-        json!([{"sku": SKUS[0], "qty": 10, "unit_cost": "4.00"}]),
-    )
-    .await;
+    second_store_with_stock(&setup).await;
     let half = |id: &str, kind: &str, at: &str, other: (&str, &str)| {
-        json!({"event_id": id, "kind": kind, "location": at, "transfer_id": "T-RACE",
-               other.0: other.1, "business_date": "2026-11-26",
-               "lines": [{"sku": SKUS[0], "qty": 3}]})
-        .to_string()
+        transfer_half("T-RACE", id, kind, at, other)
     };
     let receiving = erp.connect("erp").await;
     receiving.batch_execute("BEGIN").await.expect("begin");
@@ -511,22 +521,9 @@ async fn a_posting_waiting_for_an_archive_holds_no_ledger_against_it() {
     let _one = serial().await;
     let erp = erp_cluster().await;
     let setup = erp.connect("erp").await;
-    setup
-        .batch_execute(
-            "INSERT INTO possync.location (location_id, name) VALUES ('S043', 'Store 43')",
-        )
-        .await
-        .expect("second store");
-    receive(
-        &setup,
-        json!([{"sku": SKUS[0], "qty": 10, "unit_cost": "4.00"}]),
-    )
-    .await;
+    second_store_with_stock(&setup).await;
     let half = |id: &str, kind: &str, at: &str, other: (&str, &str)| {
-        json!({"event_id": id, "kind": kind, "location": at, "transfer_id": "T-ARCH",
-               other.0: other.1, "business_date": "2026-11-26",
-               "lines": [{"sku": SKUS[0], "qty": 3}]})
-        .to_string()
+        transfer_half("T-ARCH", id, kind, at, other)
     };
     let held: String = setup
         .query_one(
