@@ -74,6 +74,58 @@ BEGIN
 END $$;
 "#;
 
+/// A chain of `stores` stores given stock in the ERP, then its backlog drained in 1, 2 and 4 apply lanes:
+/// (lanes, tx/s) each.
+#[allow(clippy::too_many_arguments)]
+async fn drain_chain_in_lanes(
+    pos: &Cluster,
+    pos_db: &Client,
+    erp_db: &Client,
+    erp_url: &str,
+    bridge_args: &[&str],
+    skus: &[String],
+    lanes_backlog: u32,
+    stores: u32,
+) -> Vec<(usize, f64)> {
+    let mut chain = String::new();
+
+    for i in 0..stores {
+        let lines: Vec<String> = SKUS
+            .iter()
+            .map(|s| format!(r#"{{"sku": "{s}", "qty": "10000000", "unit_cost": "5.00"}}"#))
+            .collect();
+        chain.push_str(&format!(
+            r#"INSERT INTO possync.location (location_id, name) VALUES ('L{i:02}', 'chain store {i}');
+               SELECT possync.apply_event('{{"event_id": "bench-opening-L{i:02}", "kind": "receipt", "location": "L{i:02}",
+                 "business_date": "2026-11-26", "occurred_at": "2026-11-26T07:00:00Z", "lines": [{}]}}');"#,
+            lines.join(", ")
+        ));
+    }
+    erp_db
+        .batch_execute(&chain)
+        .await
+        .unwrap_or_else(|e| panic!("chain stores: {e}"));
+    pos_db
+        .batch_execute(&CHAIN_SALES_PROCEDURE.replace("SKUS_LIST", &skus.join(", ")))
+        .await
+        .unwrap_or_else(|e| panic!("chain procedure: {e}"));
+    let mut lane_rates = Vec::new();
+    for lanes in [1usize, 2, 4] {
+        let rate = drain_in_lanes(
+            pos,
+            erp_db,
+            erp_url,
+            bridge_args,
+            lanes_backlog,
+            stores,
+            lanes,
+        )
+        .await;
+        lane_rates.push((lanes, rate));
+    }
+    lane_rates
+}
+
 /// Drains a backlog of `backlog` sales over `stores` stores with the bridge in `lanes` apply lanes (a source of
 /// its own, so a slot of its own); returns the transactions per second.
 async fn drain_in_lanes(
@@ -520,43 +572,22 @@ async fn main() {
         );
     }
 
-    // 5. a chain's backlog drained in 1, 2 and 4 apply lanes
+    // 5. a chain's backlog drained in 1, 2 and 4 apply lanes (beside native replication: not with the drains only)
     let lanes_backlog: u32 = env_or("BENCH_LANES_BACKLOG", 30_000);
     let stores: u32 = env_or("BENCH_LANES_STORES", 30);
-    let mut chain = String::new();
-    for i in 0..stores {
-        let lines: Vec<String> = SKUS
-            .iter()
-            .map(|s| format!(r#"{{"sku": "{s}", "qty": "10000000", "unit_cost": "5.00"}}"#))
-            .collect();
-        chain.push_str(&format!(
-            r#"INSERT INTO possync.location (location_id, name) VALUES ('L{i:02}', 'chain store {i}');
-               SELECT possync.apply_event('{{"event_id": "bench-opening-L{i:02}", "kind": "receipt", "location": "L{i:02}",
-                 "business_date": "2026-11-26", "occurred_at": "2026-11-26T07:00:00Z", "lines": [{}]}}');"#,
-            lines.join(", ")
-        ));
-    }
-    erp_db
-        .batch_execute(&chain)
-        .await
-        .unwrap_or_else(|e| panic!("chain stores: {e}"));
-    pos_db
-        .batch_execute(&CHAIN_SALES_PROCEDURE.replace("SKUS_LIST", &skus.join(", ")))
-        .await
-        .unwrap_or_else(|e| panic!("chain procedure: {e}"));
     let mut lane_rates = Vec::new();
-    for lanes in [1usize, 2, 4] {
-        let rate = drain_in_lanes(
+    if !drain_only {
+        lane_rates = drain_chain_in_lanes(
             &pos,
+            &pos_db,
             &erp_db,
             &erp_url,
             &bridge_args,
+            &skus,
             lanes_backlog,
             stores,
-            lanes,
         )
         .await;
-        lane_rates.push((lanes, rate));
     }
 
     let bridge_rate = median(&ref_rates);
@@ -604,7 +635,7 @@ async fn main() {
         ref_cpu.walsender * 1e6 / f64::from(backlog),
         ref_cpu.bridge * 1e6 / f64::from(backlog),
     );
-    let one_lane = lane_rates.first().map_or(f64::NAN, |(_, r)| *r);
+    let one_lane = lane_rates.first().map_or(0.0, |(_, r)| *r);
     for (lanes, rate) in &lane_rates {
         println!(
             "row|drain of {lanes_backlog} txns over {stores} stores, {lanes} apply lane(s) (txns/s)|{rate:.0}|{native_rate:.0}|{:.2}|≥ 0.50|{:.2}× one lane; {cores} cores shared by the POS, the ERP and the bridge",
