@@ -583,4 +583,35 @@ async fn a_posting_waiting_for_an_archive_holds_no_ledger_against_it() {
         .expect("a-in")
         .get(0);
     assert_eq!(status, "applied", "the held receipt was released");
+
+    // replay_held reads the held events: it too waits for the archive before it reads them
+    let unknown = sale("a-held", "NOT-AN-ITEM");
+    assert_eq!(apply_status(&setup, &unknown).await.as_deref(), Ok("held"));
+    archiving
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(1347633522, 0)")
+        .await
+        .expect("archive lock again");
+    let replaying = erp.connect("erp").await;
+    let replay = tokio::spawn(async move {
+        replaying
+            .query_one("SELECT possync.replay_held()", &[])
+            .await
+            .map(|r| r.get::<_, i32>(0))
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !replay.is_finished(),
+        "replay_held did not wait for the archive"
+    );
+    archiving
+        .batch_execute(
+            "SET lock_timeout = '20s'; LOCK TABLE possync.event IN ACCESS EXCLUSIVE MODE; COMMIT",
+        )
+        .await
+        .expect("the archive takes the ledger while replay_held waits for it");
+    let replayed = replay
+        .await
+        .expect("task")
+        .expect("replay_held after the archive");
+    assert_eq!(replayed, 0, "the item is still unknown");
 }
