@@ -415,6 +415,23 @@ async fn sessions_posting_into_a_month_not_made_yet_all_post_and_make_it_once() 
     );
 }
 
+/// Posts `event` (JSON text) from its own session in a task that answers its status, so that the test can see it
+/// wait for a lock.
+fn posting_in_background(
+    session: tokio_postgres::Client,
+    event: String,
+) -> tokio::task::JoinHandle<Result<String, tokio_postgres::Error>> {
+    tokio::spawn(async move {
+        session
+            .query_one(
+                "SELECT possync.apply_event($1::text::jsonb)->>'status'",
+                &[&event],
+            )
+            .await
+            .map(|r| r.get::<_, String>(0))
+    })
+}
+
 /// A second store, S043, and stock of the first sku at the first store to ship from.
 async fn second_store_with_stock(setup: &tokio_postgres::Client) {
     setup
@@ -468,15 +485,7 @@ async fn a_transfer_in_held_by_another_open_session_is_released_by_its_transfer_
     assert_eq!(held, "held", "nothing shipped yet");
     let shipping = erp.connect("erp").await;
     let out = half("t-out", "transfer_out", STORE, ("to_location", "S043"));
-    let ship = tokio::spawn(async move {
-        shipping
-            .query_one(
-                "SELECT possync.apply_event($1::text::jsonb)->>'status'",
-                &[&out],
-            )
-            .await
-            .map(|r| r.get::<_, String>(0))
-    });
+    let ship = posting_in_background(shipping, out);
     // the transfer_out waits for the open session's lock on the transfer
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(
@@ -547,15 +556,7 @@ async fn a_posting_waiting_for_an_archive_holds_no_ledger_against_it() {
         .expect("archive lock");
     let shipping = erp.connect("erp").await;
     let out = half("a-out", "transfer_out", STORE, ("to_location", "S043"));
-    let ship = tokio::spawn(async move {
-        shipping
-            .query_one(
-                "SELECT possync.apply_event($1::text::jsonb)->>'status'",
-                &[&out],
-            )
-            .await
-            .map(|r| r.get::<_, String>(0))
-    });
+    let ship = posting_in_background(shipping, out);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(
         !ship.is_finished(),
