@@ -1332,6 +1332,11 @@ impl Rejection {
         }
     }
 
+    /// Why, as every record says it.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
     /// A record without its original: id `<prefix>:<n>`, kind, source, reason, the server's fields.
     pub fn record(&self, n: &str) -> serde_json::Map<String, Value> {
         let mut u = serde_json::Map::new();
@@ -1506,6 +1511,42 @@ async fn reject_transaction(
             }
             Err(e) => return Err(e.into()),
         }
+    }
+    // a spilled transaction whose rejected form is refused as well is too large for the ERP to keep (jsonb holds
+    // at most 1 GB): its file is kept on this host instead, and one record says where, so that the source moves
+    // on instead of retrying it for good
+    if let (Some(spilled), Some(e)) = (&txn.spilled, &last_error) {
+        let kept = crate::spill::keep(spilled, source, txn.commit_lsn)
+            .map_err(|io| SessionError::Erp(ErpError::Spill(io.to_string())))?;
+        let rejection = Rejection::new(source, txn.commit_lsn, &server, true, erp.lane());
+        let mut record = rejection.record("kept");
+        record.insert(
+            "reason".into(),
+            Value::from(format!(
+                "{}; neither its events nor their rejected form fit into the ERP ({e}): its {} changes are kept in \
+                 the file {} on the bridge's host",
+                rejection.reason(),
+                spilled.changes,
+                kept.display()
+            )),
+        );
+        record.insert("kept_file".into(), Value::from(kept.display().to_string()));
+        record.insert("changes".into(), Value::from(spilled.changes));
+        let started = Instant::now();
+        let (outcome, wal) = erp
+            .apply_batch(source, txn.commit_lsn, &[Value::Object(record)])
+            .await?;
+        metrics.observe_apply(started.elapsed());
+        settle(metrics, unflushed, committed, txn, wal);
+        count(metrics, &outcome, 1);
+        if outcome.applied {
+            metrics
+                .rejected_transactions
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::error!(source, commit_lsn = %txn.commit_lsn, kept = %kept.display(), changes = spilled.changes,
+            "the ERP took neither this POS transaction nor its rejected form: its rows are kept in this file");
+        return Ok(());
     }
     Err(SessionError::Erp(last_error.unwrap_or(ErpError::Refused)))
 }

@@ -59,6 +59,25 @@ fn name_prefix(source: &str) -> String {
     format!("possync-spill-{}-", crate::source::sanitize(source))
 }
 
+/// Keeps a spilled transaction's file beside it as `possync-kept-<source>-<commit LSN>.jsonl` (a hard link, or a
+/// copy where linking fails), for when the ERP can take neither its events nor its rejected form: the file then
+/// is where its rows are kept. Returns the kept file's path.
+pub fn keep(txn: &SpilledTxn, source: &str, commit_lsn: Lsn) -> std::io::Result<PathBuf> {
+    let name = format!(
+        "possync-kept-{}-{}.jsonl",
+        crate::source::sanitize(source),
+        commit_lsn.to_string().replace('/', "-")
+    );
+    let kept = txn.file.path.with_file_name(name);
+    if kept.exists() {
+        return Ok(kept);
+    }
+    if std::fs::hard_link(&txn.file.path, &kept).is_err() {
+        std::fs::copy(&txn.file.path, &kept)?;
+    }
+    Ok(kept)
+}
+
 /// Creates a spill file: a new file only (never one that exists, nor through a symbolic link someone put in its
 /// place in a shared directory), readable by the bridge's user alone (it holds sales), locked as in use.
 fn create(path: &Path) -> std::io::Result<File> {
@@ -72,7 +91,21 @@ fn create(path: &Path) -> std::io::Result<File> {
         let _ = std::fs::remove_file(path);
         return Err(e.into());
     }
-    Ok(file)
+    // between its creation and its lock another session's clean-up may have taken it for a leftover (sources
+    // whose names differ only in case or punctuation share a prefix) and removed it: the path must still be this
+    // file
+    use std::os::unix::fs::MetadataExt;
+    let ours = file.metadata()?;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.dev() == ours.dev() && m.ino() == ours.ino() => Ok(file),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!(
+                "{} was removed or replaced as it was created",
+                path.display()
+            ),
+        )),
+    }
 }
 
 /// Removes the spill files of `source` in `dir` that a bridge left behind (it was killed or crashed while it held
@@ -162,13 +195,23 @@ pub fn change_of(line: &str) -> Option<Change> {
 impl Spill {
     /// Starts a spill file in `dir` with the changes held so far.
     pub fn start(dir: &Path, source: &str, held: Vec<Change>) -> std::io::Result<Spill> {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!(
-            "{}{}-{n}.jsonl",
-            name_prefix(source),
-            std::process::id()
-        ));
-        let file = create(&path)?;
+        // a name taken meanwhile (see `create`) is tried again under the next number
+        let mut attempt = 0;
+        let (path, file) = loop {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = dir.join(format!(
+                "{}{}-{n}.jsonl",
+                name_prefix(source),
+                std::process::id()
+            ));
+            match create(&path) {
+                Ok(file) => break (path, file),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 3 => {
+                    attempt += 1
+                }
+                Err(e) => return Err(e),
+            }
+        };
         // the lock goes with the open file, shared by both handles: held until the transaction is dropped
         let lock = match file.try_clone() {
             Ok(l) => l,

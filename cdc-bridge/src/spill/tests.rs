@@ -517,3 +517,36 @@ fn a_session_removes_only_its_sources_spill_files_that_nothing_holds() {
         0
     );
 }
+
+#[test]
+fn a_spilled_transaction_the_erp_cannot_take_is_kept_in_a_file_of_its_own() {
+    let dir = TempDir::new("kept");
+    let spilled = Spill::start(&dir.0, "pos-east", vec![sale("A"), line("A", 1)])
+        .and_then(Spill::finish)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let original = std::fs::read_to_string(&spilled.file.path).unwrap_or_else(|e| panic!("{e}"));
+    let lsn = Lsn(0x1975EF8);
+    let kept = keep(&spilled, "pos-east", lsn).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        kept.file_name().and_then(|n| n.to_str()),
+        Some("possync-kept-pos_east-0-1975EF8.jsonl")
+    );
+    // kept again (a retry after a crash): the same file
+    assert_eq!(
+        keep(&spilled, "pos-east", lsn).unwrap_or_else(|e| panic!("{e}")),
+        kept
+    );
+    // the spill file goes once the transaction is settled; what was kept stays, whole, and no session's
+    // clean-up takes it for a leftover
+    let spill_path = spilled.file.path.clone();
+    drop(spilled);
+    assert!(!spill_path.exists());
+    assert_eq!(
+        remove_leftovers(&dir.0, "pos-east").unwrap_or_else(|e| panic!("{e}")),
+        0
+    );
+    assert_eq!(
+        std::fs::read_to_string(&kept).unwrap_or_else(|e| panic!("{e}")),
+        original
+    );
+}
