@@ -430,7 +430,7 @@ async fn remove_leftover_spills(source: &str, dir: &std::path::Path) {
             tracing::info!(source, files = n, dir = %dir.display(), "removed spill files left behind by an earlier bridge")
         }
         Ok(Err(e)) => tracing::warn!(source, error = %e, "cannot look for spill files left behind"),
-        Err(e) => tracing::warn!(source, error = %e, "cannot look for spill files left behind"),
+        Err(e) => tracing::warn!(source, error = %e, "the look for spill files left behind did not finish"),
     }
 }
 
