@@ -11,9 +11,12 @@
 //! committed. Inside a group, an event that needs another one posted first in a different lane (a transfer_in
 //! and its transfer_out, a return and the sale it names) would race it: the group is cut before such an event
 //! into segments applied one after the other, so it finds the other committed, as it would in a single session.
-//! A transfer_out to a store of another lane goes in a segment of its own: posting it may post the transfer_in
-//! held for it, into the receiving store's stock, which must come between that store's events before and after
-//! (inside its own POS transaction too: see [`Within`]).
+//! A POS transaction that cannot be split without changing an order one session keeps is applied whole, by
+//! lane 0, in a segment of its own: one whose events need each other across lanes, one with a transfer_out to
+//! a store of another lane (posting it may post the transfer_in held there, into that store's stock, which must
+//! fall between that store's events before and after it), and a spilled transaction (its events are in a file,
+//! and which of them need which is not known before it is read). Such transactions are rare in a POS stream
+//! (most touch one store), and this keeps every store's stock moving in the order one session gives it.
 
 use std::collections::HashMap;
 
@@ -85,61 +88,31 @@ fn needs(event: &Value) -> Vec<String> {
     keys
 }
 
-/// Within one POS transaction, which lanes' parts need another lane's part of it posted first: fed the
-/// transaction's events in order, it marks a lane when one of its events needs what an earlier event of another
-/// lane gives. Those lanes' parts are applied in a segment after the others'.
-///
-/// A transfer_out to a store of another lane may post the transfer_in held there, moving that store's stock
-/// in the transfer_out's lane: the receiving store's events that come after it in the transaction go after it
-/// (their lane is marked), and when the store's own events came first, the transfer_out's lane goes after
-/// them. Each lane applies its part of a transaction once, so a store with events both before and after such
-/// a transfer_out has them all before it.
+/// Within one POS transaction, whether an event needs what an event of another lane gave before it: then its
+/// lanes' parts cannot run at once, and the transaction is applied whole by one lane.
 pub struct Within {
     given: HashMap<String, usize>,
-    later: Vec<bool>,
-    /// The stores seen in the transaction, each with the lane of a transfer_out from another lane that came to
-    /// it before any event of its own (None: its own events came first).
-    stock: HashMap<String, Option<usize>>,
+    lanes: usize,
+    crosses: bool,
 }
 
 impl Within {
     pub fn new(lanes: usize) -> Within {
         Within {
             given: HashMap::new(),
-            later: vec![false; lanes.max(1)],
-            stock: HashMap::new(),
+            lanes: lanes.max(1),
+            crosses: false,
         }
     }
 
     /// The next event of the transaction; returns its lane.
     pub fn add(&mut self, event: &Value) -> usize {
-        let lanes = self.later.len();
-        let lane = event_lane(event, lanes);
-        let mut later = needs(event)
+        let lane = event_lane(event, self.lanes);
+        if needs(event)
             .iter()
-            .any(|k| self.given.get(k).is_some_and(|l| *l != lane));
-        if let Some(at) = text(event, "location") {
-            match self.stock.get(at) {
-                // a transfer_out of another lane came to this store first: its stock moves there first
-                Some(Some(l)) => later |= *l != lane,
-                Some(None) => {}
-                None => {
-                    self.stock.insert(at.to_string(), None);
-                }
-            }
-        }
-        if let Some(to) = text(event, "to_location").filter(|_| releases_elsewhere(lanes)(event)) {
-            match self.stock.get(to) {
-                // the receiving store's own events came first: they are applied before this one
-                Some(None) => later = true,
-                Some(Some(_)) => {}
-                None => {
-                    self.stock.insert(to.to_string(), Some(lane));
-                }
-            }
-        }
-        if later {
-            self.later[lane] = true;
+            .any(|k| self.given.get(k).is_some_and(|l| *l != lane))
+        {
+            self.crosses = true;
         }
         for k in provides(event) {
             self.given.entry(k).or_insert(lane);
@@ -147,9 +120,9 @@ impl Within {
         lane
     }
 
-    /// Per lane, whether its part goes in a later segment.
-    pub fn later(self) -> Vec<bool> {
-        self.later
+    /// Whether an event of the transaction needs one of another lane's before it.
+    pub fn crosses(&self) -> bool {
+        self.crosses
     }
 }
 
@@ -177,11 +150,21 @@ fn part_of(txn: &PosTransaction, events: Vec<Value>) -> PosTransaction {
     }
 }
 
-/// Splits a group of consecutive POS transactions into segments of per-lane parts (see the module's words).
-/// A spilled transaction (its events are in a file, read by each lane for its own) is a segment of its own, sent
-/// to every lane; which of its lanes must follow others is read from its file when it is applied
-/// ([`crate::spill::later_lanes`]). In the last segment every lane ends with the group's last transaction, with no events when it
-/// has none there, so that every lane's checkpoint reaches the end of the group.
+/// A part that carries no events: it only moves a lane's checkpoint to the transaction's commit LSN.
+fn marker(txn: &PosTransaction) -> PosTransaction {
+    PosTransaction {
+        commit_lsn: txn.commit_lsn,
+        end_lsn: txn.end_lsn,
+        commit_time: txn.commit_time,
+        events: Vec::new(),
+        changes: Vec::new(),
+        spilled: None,
+    }
+}
+
+/// Splits a group of consecutive POS transactions into segments of per-lane parts (see the module's words). In
+/// the last segment every lane ends with the group's last transaction, with no events when it has none there,
+/// so that every lane's checkpoint reaches the end of the group.
 pub fn segments(group: &[PosTransaction], lanes: usize) -> Vec<Segment> {
     let lanes = lanes.max(1);
     let mut out: Vec<Segment> = Vec::new();
@@ -193,11 +176,18 @@ pub fn segments(group: &[PosTransaction], lanes: usize) -> Vec<Segment> {
             out.push(std::mem::replace(current, vec![Vec::new(); lanes]));
         }
     };
+    // a transaction applied whole by lane 0, in a segment of its own
+    let alone =
+        |txn: &PosTransaction, current: &mut Segment, out: &mut Vec<Segment>, filled: &mut bool| {
+            close(current, out, filled);
+            let mut segment: Segment = vec![Vec::new(); lanes];
+            segment[0].push(part_of(txn, txn.events.clone()));
+            out.push(segment);
+        };
     for txn in group {
         if txn.spilled.is_some() {
-            close(&mut current, &mut out, &mut filled);
+            alone(txn, &mut current, &mut out, &mut filled);
             provided.clear();
-            out.push(vec![vec![part_of(txn, Vec::new())]; lanes]);
             continue;
         }
         let mut parts: Vec<Vec<Value>> = vec![Vec::new(); lanes];
@@ -213,44 +203,31 @@ pub fn segments(group: &[PosTransaction], lanes: usize) -> Vec<Segment> {
             }
             parts[lane].push(ev.clone());
         }
-        let later = within.later();
-        // a transfer_out may post, with itself, the transfer_in held for it at the receiving store, which
-        // another lane applies: it goes alone, between that store's events before it and after it
-        let releases = txn.events.iter().any(releases_elsewhere(lanes));
-        if cut || releases {
+        if within.crosses() || txn.events.iter().any(releases_elsewhere(lanes)) {
+            alone(txn, &mut current, &mut out, &mut filled);
+            provided.clear();
+            continue;
+        }
+        if cut {
             close(&mut current, &mut out, &mut filled);
             provided.clear();
         }
-        for pass in [false, true] {
-            if pass {
-                if !later.iter().any(|l| *l) {
-                    break;
-                }
-                close(&mut current, &mut out, &mut filled);
-                provided.clear();
+        for (lane, events) in parts.into_iter().enumerate() {
+            if events.is_empty() {
+                continue;
             }
-            for (lane, events) in parts.iter_mut().enumerate() {
-                if events.is_empty() || later[lane] != pass {
-                    continue;
+            for ev in &events {
+                for k in provides(ev) {
+                    provided.insert(k, lane);
                 }
-                for ev in events.iter() {
-                    for k in provides(ev) {
-                        provided.insert(k, lane);
-                    }
-                }
-                // each lane's part goes in exactly one pass: moved, not copied
-                current[lane].push(part_of(txn, std::mem::take(events)));
-                filled = true;
             }
+            current[lane].push(part_of(txn, events));
+            filled = true;
         }
         // a transaction with no events at all (mirrored rows only, say) still moves lane 0's checkpoint
         if txn.events.is_empty() {
             current[0].push(part_of(txn, Vec::new()));
             filled = true;
-        }
-        if releases {
-            close(&mut current, &mut out, &mut filled);
-            provided.clear();
         }
     }
     close(&mut current, &mut out, &mut filled);
@@ -267,7 +244,7 @@ pub fn segments(group: &[PosTransaction], lanes: usize) -> Vec<Segment> {
         if let Some(tail) = out.last_mut() {
             for (parts, reached) in tail.iter_mut().zip(reached) {
                 if !reached {
-                    parts.push(part_of(last, Vec::new()));
+                    parts.push(marker(last));
                 }
             }
         }
@@ -365,36 +342,34 @@ mod tests {
     fn an_event_needing_one_from_another_lane_starts_a_new_segment() {
         let (a, b) = two_apart();
         let (la, lb) = (lane_of(Some(&a), 2), lane_of(Some(&b), 2));
-        let out = json!({"event_id": "t-out", "kind": "transfer_out", "location": a, "transfer_id": "T9",
+        let out = json!({"event_id": "t-out", "kind": "transfer_out", "location": b, "transfer_id": "T9",
                          "to_location": b});
         let inn =
-            json!({"event_id": "t-in", "kind": "transfer_in", "location": b, "transfer_id": "T9"});
-        let ret = json!({"event_id": "r1", "kind": "return", "location": a,
+            json!({"event_id": "t-in", "kind": "transfer_in", "location": a, "transfer_id": "T9"});
+        let ret = json!({"event_id": "r1", "kind": "return", "location": b,
                          "lines": [{"sku": "A", "original_event_id": "s1"}]});
         let group = vec![
             txn(10, vec![out]),
-            txn(20, vec![sale("s1", &b)]),
+            txn(20, vec![sale("s1", &a)]),
             txn(30, vec![inn]),
             txn(40, vec![ret]),
-            txn(50, vec![sale("s5", &a)]),
+            txn(50, vec![sale("s5", &b)]),
         ];
         let segs = segments(&group, 2);
-        // the transfer_out goes alone (it may post a transfer_in held at b); the transfer_in then finds it
-        // committed; the return is cut from the segment of the sale it names
-        assert_eq!(segs.len(), 3, "{segs:?}");
-        assert_eq!(ids(&segs[0][la]), vec![(10, vec!["t-out".into()])]);
-        assert!(segs[0][lb].is_empty());
+        // the transfer_in is cut from the segment of its transfer_out; the return then finds its sale committed
+        // in the segment before
+        assert_eq!(segs.len(), 2, "{segs:?}");
+        assert_eq!(ids(&segs[0][lb]), vec![(10, vec!["t-out".into()])]);
+        assert_eq!(ids(&segs[0][la]), vec![(20, vec!["s1".into()])]);
+        assert_eq!(
+            ids(&segs[1][la]),
+            vec![(30, vec!["t-in".into()]), (50, vec![])]
+        );
         assert_eq!(
             ids(&segs[1][lb]),
-            vec![(20, vec!["s1".into()]), (30, vec!["t-in".into()])]
-        );
-        assert!(segs[1][la].is_empty());
-        assert_eq!(
-            ids(&segs[2][la]),
             vec![(40, vec!["r1".into()]), (50, vec!["s5".into()])]
         );
-        assert_eq!(ids(&segs[2][lb]), vec![(50, vec![])]);
-        // a return whose sale is in the same segment, in another lane, is cut from it
+        // a return in the segment of the sale it names, in another lane, is cut from it
         let group = vec![
             txn(10, vec![sale("s1", &b)]),
             txn(
@@ -417,58 +392,84 @@ mod tests {
     }
 
     #[test]
-    fn a_transfer_in_after_its_transfer_out_in_one_transaction_follows_it() {
+    fn a_transaction_whose_events_need_each_other_across_lanes_is_applied_whole_by_lane_zero() {
         let (a, b) = two_apart();
         let (la, lb) = (lane_of(Some(&a), 2), lane_of(Some(&b), 2));
-        let group = vec![txn(
-            10,
-            vec![
-                json!({"event_id": "o", "kind": "transfer_out", "location": a, "transfer_id": "T1"}),
-                json!({"event_id": "i", "kind": "transfer_in", "location": b, "transfer_id": "T1"}),
-            ],
-        )];
+        let group = vec![
+            txn(5, vec![sale("before", &a)]),
+            txn(
+                10,
+                vec![
+                    json!({"event_id": "o", "kind": "transfer_out", "location": a, "transfer_id": "T1"}),
+                    sale("s", &b),
+                    json!({"event_id": "i", "kind": "transfer_in", "location": b, "transfer_id": "T1"}),
+                ],
+            ),
+            txn(20, vec![sale("after", &b)]),
+        ];
         let segs = segments(&group, 2);
-        assert_eq!(segs.len(), 2, "{segs:?}");
-        assert_eq!(ids(&segs[0][la]), vec![(10, vec!["o".into()])]);
-        assert!(segs[0][lb].is_empty());
-        // each lane applies its part of the transaction once
-        assert_eq!(ids(&segs[1][lb]), vec![(10, vec!["i".into()])]);
-        assert!(segs[1][la].is_empty(), "lane a already ends at 10");
+        assert_eq!(segs.len(), 3, "{segs:?}");
+        assert_eq!(ids(&segs[0][la]), vec![(5, vec!["before".into()])]);
+        // alone, in its order, by lane 0; the other lane has nothing of it
+        assert_eq!(
+            ids(&segs[1][0]),
+            vec![(10, vec!["o".into(), "s".into(), "i".into()])]
+        );
+        assert!(segs[1][1].is_empty());
+        assert_eq!(ids(&segs[2][lb]), vec![(20, vec!["after".into()])]);
     }
 
     #[test]
-    fn the_receiving_stores_events_after_a_transfer_out_to_it_in_one_transaction_follow_it() {
+    fn a_transfer_out_to_a_store_of_another_lane_goes_whole_by_lane_zero_between_its_neighbours() {
         let (a, b) = two_apart();
         let (la, lb) = (lane_of(Some(&a), 2), lane_of(Some(&b), 2));
         let out = json!({"event_id": "o", "kind": "transfer_out", "location": a, "transfer_id": "T1",
                          "to_location": b});
-        // the transfer_out may post the receipt held at b: b's sale after it in the transaction goes after it
-        let group = vec![txn(10, vec![out.clone(), sale("s", &b)])];
+        // it may post the receipt held at b: b's events around it in its transaction keep their order, and
+        // b's events of the transactions before and after it come before and after it
+        let group = vec![
+            txn(5, vec![sale("s0", &b)]),
+            txn(
+                10,
+                vec![sale("s1", &b), out.clone(), sale("s2", &b), out.clone()],
+            ),
+            txn(20, vec![sale("s3", &b)]),
+        ];
         let segs = segments(&group, 2);
-        assert_eq!(segs.len(), 2, "{segs:?}");
-        assert_eq!(ids(&segs[0][la]), vec![(10, vec!["o".into()])]);
-        assert!(segs[0][lb].is_empty());
-        assert_eq!(ids(&segs[1][lb]), vec![(10, vec!["s".into()])]);
-        assert!(segs[1][la].is_empty());
-        // b's sale before it in the transaction goes before it
-        let group = vec![txn(10, vec![sale("s", &b), out.clone()])];
-        let segs = segments(&group, 2);
-        assert_eq!(segs.len(), 2, "{segs:?}");
-        assert_eq!(ids(&segs[0][lb]), vec![(10, vec!["s".into()])]);
-        assert!(segs[0][la].is_empty());
-        assert_eq!(ids(&segs[1][la]), vec![(10, vec!["o".into()])]);
-        // a store of b's lane that is not the receiving one does not wait
-        let c = (2..200)
-            .map(|i| format!("S{i}"))
-            .find(|l| *l != b && lane_of(Some(l), 2) == lb)
-            .expect("another store in b's lane");
-        let group = vec![txn(10, vec![out.clone(), sale("s", &c)])];
-        assert_eq!(segments(&group, 2).len(), 1);
+        assert_eq!(segs.len(), 3, "{segs:?}");
+        assert_eq!(ids(&segs[0][lb]), vec![(5, vec!["s0".into()])]);
+        assert_eq!(
+            ids(&segs[1][0]),
+            vec![(10, vec!["s1".into(), "o".into(), "s2".into(), "o".into()])]
+        );
+        assert!(segs[1][1].is_empty());
+        assert_eq!(ids(&segs[2][lb]), vec![(20, vec!["s3".into()])]);
+        assert_eq!(ids(&segs[2][la]), vec![(20, vec![])]);
         // a transfer_out within one lane orders nothing
         let near = json!({"event_id": "o", "kind": "transfer_out", "location": a, "transfer_id": "T1",
                           "to_location": a});
         let group = vec![txn(10, vec![near, sale("s", &a)])];
         assert_eq!(segments(&group, 2).len(), 1);
+    }
+
+    #[test]
+    fn a_spilled_transaction_is_applied_whole_by_lane_zero_and_the_others_only_move_their_checkpoints(
+    ) {
+        let (a, _) = two_apart();
+        let dir = std::env::temp_dir();
+        let spilled = crate::spill::Spill::start(&dir, "lanes-test", Vec::new())
+            .and_then(crate::spill::Spill::finish)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut big = txn(20, vec![]);
+        big.spilled = Some(std::sync::Arc::new(spilled));
+        let group = vec![txn(10, vec![sale("x", &a)]), big];
+        let segs = segments(&group, 2);
+        assert_eq!(segs.len(), 2, "{segs:?}");
+        assert!(segs[1][0][0].spilled.is_some());
+        // the other lane reaches the group's end with a part that carries neither events nor the file
+        assert_eq!(segs[1][1].len(), 1);
+        assert_eq!(segs[1][1][0].commit_lsn.0, 20);
+        assert!(segs[1][1][0].spilled.is_none() && segs[1][1][0].events.is_empty());
     }
 
     #[test]

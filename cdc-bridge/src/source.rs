@@ -430,7 +430,9 @@ async fn remove_leftover_spills(source: &str, dir: &std::path::Path) {
             tracing::info!(source, files = n, dir = %dir.display(), "removed spill files left behind by an earlier bridge")
         }
         Ok(Err(e)) => tracing::warn!(source, error = %e, "cannot look for spill files left behind"),
-        Err(e) => tracing::warn!(source, error = %e, "the look for spill files left behind did not finish"),
+        Err(e) => {
+            tracing::warn!(source, error = %e, "the look for spill files left behind did not finish")
+        }
     }
 }
 
@@ -828,37 +830,8 @@ async fn apply_group(
     // each lane counts the parts it applied; a POS transaction counts once
     let transactions_before = metrics.transactions_applied.load(Ordering::Relaxed);
     let lanes = erps.len();
-    let mut waves: Vec<crate::lanes::Segment> = Vec::new();
+    // a spilled transaction is applied whole by lane 0 (see crate::lanes): its file is read once
     for segment in crate::lanes::segments(group, lanes) {
-        let spilled = segment.iter().flatten().find_map(|p| p.spilled.clone());
-        let Some(spilled) = spilled else {
-            waves.push(segment);
-            continue;
-        };
-        // a spilled transaction's lanes that need another's part committed first go after it
-        let (m, s) = (mapping.clone(), source.to_string());
-        let later =
-            tokio::task::spawn_blocking(move || crate::spill::later_lanes(&m, &s, &spilled, lanes))
-                .await
-                .map_err(|e| crate::apply::ErpError::Spill(e.to_string()))?
-                .map_err(|e| crate::apply::ErpError::Spill(e.to_string()))?;
-        if later.iter().any(|l| *l) {
-            let mut first = segment.clone();
-            let mut then = segment;
-            for (lane, is_later) in later.iter().enumerate() {
-                if *is_later {
-                    first[lane].clear();
-                } else {
-                    then[lane].clear();
-                }
-            }
-            waves.push(first);
-            waves.push(then);
-        } else {
-            waves.push(segment);
-        }
-    }
-    for segment in waves {
         let work: Vec<Vec<PosTransaction>> = segment
             .into_iter()
             .zip(applied_to.iter())

@@ -273,98 +273,6 @@ fn change_at(file: &File, at: At) -> std::io::Result<Change> {
     })
 }
 
-/// Which apply lanes' parts of a spilled transaction must wait for another lane's part (see
-/// [`crate::lanes::Within`]), read from its file: the events in order, a header's with only what its lines need
-/// (a line's `original_event_id`). When a child mapping names `original_event_id`, a first pass notes where its
-/// rows are (a few bytes each); otherwise the file is read once.
-pub fn later_lanes(
-    mapping: &Mapping,
-    source: &str,
-    txn: &SpilledTxn,
-    lanes: usize,
-) -> std::io::Result<Vec<bool>> {
-    let file = File::open(&txn.file.path)?;
-    let names_original =
-        |ch: &crate::mapping::ChildMapping| ch.fields.contains_key("original_event_id");
-    let wanted = mapping
-        .event_mappings()
-        .iter()
-        .any(|em| em.children.iter().any(names_original));
-    // child rows that may name an original event, by (table, the header's key)
-    let mut originals: HashMap<(String, String), Vec<At>> = HashMap::new();
-    if wanted {
-        each_change(&file, |at, c| {
-            if c.op != ChangeOp::Insert {
-                return;
-            }
-            for em in mapping.event_mappings() {
-                for ch in em
-                    .children
-                    .iter()
-                    .filter(|ch| ch.table == c.table && names_original(ch))
-                {
-                    if let Some(v) = c.row.get(&ch.key) {
-                        originals
-                            .entry((ch.table.clone(), v.to_string()))
-                            .or_default()
-                            .push(at);
-                    }
-                }
-            }
-        })?;
-    }
-    let mut within = crate::lanes::Within::new(lanes);
-    let mut claimed: HashSet<(String, String)> = HashSet::new();
-    let mut failed: Option<std::io::Error> = None;
-    each_change(&file, |_, c| {
-        if c.op != ChangeOp::Insert || failed.is_some() {
-            return;
-        }
-        if let Some(o) = mapping
-            .outbox_mappings()
-            .iter()
-            .find(|o| o.table == c.table)
-        {
-            if let Some(ev) = c.row.get(&o.column) {
-                within.add(ev);
-            }
-        } else if let Some(em) = mapping.event_mappings().iter().find(|e| e.table == c.table) {
-            let (mut base, kind) = header_base(source, em, &c.row);
-            let key = em
-                .key
-                .as_ref()
-                .and_then(|k| c.row.get(k))
-                .map(Value::to_string);
-            let mut lines = Vec::new();
-            for ch in em.children.iter().filter(|ch| names_original(ch)) {
-                let Some(key) = &key else { continue };
-                let Some(rows) = claim(&mut claimed, &originals, &ch.table, key) else {
-                    continue;
-                };
-                for at in rows {
-                    match change_at(&file, *at) {
-                        Ok(child) => {
-                            let item = child_item(ch, &kind, &child.row);
-                            if let Some(o) = item.get("original_event_id") {
-                                lines.push(serde_json::json!({ "original_event_id": o }));
-                            }
-                        }
-                        Err(e) => failed = Some(e),
-                    }
-                }
-            }
-            if !lines.is_empty() {
-                base.insert("lines".into(), Value::Array(lines));
-            }
-            within.add(&Value::Object(base));
-        }
-    })?;
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(within.later()),
-    }
-}
-
 /// The child rows of `table` under a header's `key`, unless an earlier header claimed them (a child row belongs
 /// to the first header with its key, as in memory).
 fn claim<'m, V>(
@@ -407,7 +315,6 @@ fn each_change(mut file: &File, mut f: impl FnMut(At, Change)) -> std::io::Resul
 /// [`Mapping::events_of`] gives them. Memory: a few bytes per row for the index, one row at a time otherwise.
 /// `documents`: the mirrored rows were posted as documents (see [`crate::mirror::DocumentPoster::spilled`]),
 /// whose events are `extra`, written last; otherwise mirrored rows are kept as rejected records.
-/// `lane`: (lane, lanes) writes only the events of that apply lane (see [`crate::lanes`]).
 #[allow(clippy::too_many_arguments)]
 pub fn write_events(
     mapping: &Mapping,
@@ -416,11 +323,10 @@ pub fn write_events(
     txn: &SpilledTxn,
     documents: bool,
     extra: &[Value],
-    lane: Option<(usize, usize)>,
     emit: &mut dyn FnMut(String) -> std::io::Result<()>,
 ) -> std::io::Result<u64> {
     write(
-        mapping, source, commit_lsn, txn, documents, extra, lane, None, emit,
+        mapping, source, commit_lsn, txn, documents, extra, None, emit,
     )
 }
 
@@ -432,7 +338,6 @@ pub fn write_rejected(
     source: &str,
     commit_lsn: Lsn,
     txn: &SpilledTxn,
-    lane: Option<(usize, usize)>,
     rejection: &Rejection,
     emit: &mut dyn FnMut(String) -> std::io::Result<()>,
 ) -> std::io::Result<u64> {
@@ -443,7 +348,6 @@ pub fn write_rejected(
         txn,
         false,
         &[],
-        lane,
         Some(rejection),
         emit,
     )
@@ -602,11 +506,9 @@ fn write(
     txn: &SpilledTxn,
     documents: bool,
     extra: &[Value],
-    lane: Option<(usize, usize)>,
     wrap: Option<&Rejection>,
     emit: &mut dyn FnMut(String) -> std::io::Result<()>,
 ) -> std::io::Result<u64> {
-    let ours = |ev: &Value| lane.is_none_or(|(l, n)| crate::lanes::event_lane(ev, n) == l);
     let file = File::open(&txn.file.path)?;
     // pass 1: the index
     let mut entries: Vec<Entry> = Vec::new();
@@ -684,27 +586,13 @@ fn write(
                         ),
                     ),
                 };
-                if ours(&ev) {
-                    out.event(&ev)?;
-                }
+                out.event(&ev)?;
             }
             Entry::Header(at, e) => {
                 let em = &mapping.event_mappings()[*e];
                 let c = change_at(&file, *at)?;
                 let (base, kind) = header_base(source, em, &c.row);
                 let base = Value::Object(base);
-                if !ours(&base) {
-                    // another lane's: its child rows are still its own, not left over
-                    if let Some(key) = em.key.as_ref().and_then(|k| c.row.get(k)) {
-                        for ch in &em.children {
-                            let list_key = (ch.table.clone(), key.to_string());
-                            if children.contains_key(&list_key) {
-                                claimed.insert(list_key);
-                            }
-                        }
-                    }
-                    continue;
-                }
                 // the contract form, piece by piece, equal to what the transaction held in memory makes
                 // (Mapping::events_of): a POS transaction posted once from memory and once from its file (apply
                 // lanes re-sending it after a restart, say) is then the same event, a duplicate
@@ -810,11 +698,9 @@ fn write(
             )
         };
         let ev = unmapped(source, commit_lsn, i, &c, reason);
-        if ours(&ev) {
-            out.event(&ev)?;
-        }
+        out.event(&ev)?;
     }
-    for ev in extra.iter().filter(|ev| ours(ev)) {
+    for ev in extra {
         out.event(ev)?;
     }
     // a refused transaction without events is kept as one record of why, as in memory
@@ -945,10 +831,9 @@ pub async fn apply_spilled(
                     &f,
                     documents,
                     &doc_events,
-                    lane,
                     &mut emit,
                 )?,
-                Some(r) => write_rejected(&m, &s, commit_lsn, &f, lane, r, &mut emit)?,
+                Some(r) => write_rejected(&m, &s, commit_lsn, &f, r, &mut emit)?,
             };
             if !part.is_empty() {
                 flush_part(&mut part, &mut chunk, &mut n);

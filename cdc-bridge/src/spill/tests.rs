@@ -101,7 +101,7 @@ fn a_spilled_transaction_makes_the_events_the_held_one_makes() {
     let path = txn.file.path.clone();
     let mut text = String::new();
     let mut pieces = 0;
-    let written = write_events(&mapping, "east", lsn, &txn, false, &[], None, &mut |p| {
+    let written = write_events(&mapping, "east", lsn, &txn, false, &[], &mut |p| {
         pieces += 1;
         text.push_str(&p);
         Ok(())
@@ -140,61 +140,6 @@ fn a_spilled_transaction_makes_the_events_the_held_one_makes() {
     assert!(!path.exists(), "the file goes with the transaction");
 }
 
-#[test]
-fn the_lanes_of_a_spilled_transaction_write_its_events_between_them_once() {
-    let mapping = Mapping::reference();
-    let mut changes = Vec::new();
-    for (i, store) in ["S1", "S2", "S3", "S4", "S5", "S6"].iter().enumerate() {
-        let id = format!("T{i}");
-        let mut s = sale(&id);
-        s.row.insert("store_id".into(), json!(store));
-        changes.push(s);
-        changes.push(line(&id, 1));
-        changes.push(line(&id, 2));
-    }
-    changes.push(line("ORPHAN", 1));
-    let lsn = Lsn(0x2000);
-    let mut spill =
-        Spill::start(&std::env::temp_dir(), "east", Vec::new()).unwrap_or_else(|e| panic!("{e}"));
-    for c in &changes {
-        spill.push(c).unwrap_or_else(|e| panic!("{e}"));
-    }
-    let txn = spill.finish().unwrap_or_else(|e| panic!("{e}"));
-    let events = |lane: Option<(usize, usize)>| -> Vec<Value> {
-        let mut text = String::new();
-        write_events(&mapping, "east", lsn, &txn, false, &[], lane, &mut |p| {
-            text.push_str(&p);
-            Ok(())
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-        match serde_json::from_str(&text) {
-            Ok(Value::Array(a)) => a,
-            other => panic!("{other:?}: {text}"),
-        }
-    };
-    let all = events(None);
-    let lanes = 3;
-    let mut together = Vec::new();
-    for lane in 0..lanes {
-        let part = events(Some((lane, lanes)));
-        for ev in &part {
-            assert_eq!(crate::lanes::event_lane(ev, lanes), lane, "{ev}");
-        }
-        together.extend(part);
-    }
-    let key = |v: &Value| v.to_string();
-    let mut a: Vec<String> = all.iter().map(key).collect();
-    let mut b: Vec<String> = together.iter().map(key).collect();
-    a.sort();
-    b.sort();
-    assert_eq!(a, b, "every event once, each in its own lane");
-    // the orphan line is kept once, in lane 0, and no lane takes another's lines for orphans
-    assert_eq!(
-        together.iter().filter(|e| e["kind"] == "unmapped").count(),
-        1
-    );
-}
-
 fn spill_of(changes: &[Change]) -> SpilledTxn {
     let mut spill =
         Spill::start(&std::env::temp_dir(), "east", Vec::new()).unwrap_or_else(|e| panic!("{e}"));
@@ -206,7 +151,7 @@ fn spill_of(changes: &[Change]) -> SpilledTxn {
 
 fn rejected_of(mapping: &Mapping, lsn: Lsn, txn: &SpilledTxn, rejection: &Rejection) -> Vec<Value> {
     let mut text = String::new();
-    let written = write_rejected(mapping, "east", lsn, txn, None, rejection, &mut |p| {
+    let written = write_rejected(mapping, "east", lsn, txn, rejection, &mut |p| {
         text.push_str(&p);
         Ok(())
     })
@@ -323,108 +268,6 @@ fn copy_fields_escape_what_copy_text_format_reads_specially() {
     let mut out = String::new();
     copy_field(&mut out, "a\\b\tc\nd\re\"f");
     assert_eq!(out, "a\\\\b\\tc\\nd\\re\"f");
-}
-
-#[test]
-fn the_lane_of_a_transfer_in_after_its_transfer_out_in_one_spilled_transaction_goes_second() {
-    let mapping = Mapping::reference();
-    let lanes = 2;
-    let a = "S1";
-    let b = (2..100)
-        .map(|i| format!("S{i}"))
-        .find(|l| crate::lanes::lane_of(Some(l), lanes) != crate::lanes::lane_of(Some(a), lanes))
-        .expect("a store in the other lane");
-    let half = |id: &str, kind: &str, at: &str, other: &str| {
-        insert(
-            "pos.stock_event",
-            json!({"event_id": id, "store_id": at, "kind": kind, "ref": "T1", "other_store_id": other,
-                   "reason": null, "business_date": "2026-11-26", "occurred_at": "2026-11-26T08:00:00+00:00"}),
-        )
-    };
-    let spilled = |changes: Vec<Change>| {
-        let mut spill = Spill::start(&std::env::temp_dir(), "east", Vec::new())
-            .unwrap_or_else(|e| panic!("{e}"));
-        for c in &changes {
-            spill.push(c).unwrap_or_else(|e| panic!("{e}"));
-        }
-        spill.finish().unwrap_or_else(|e| panic!("{e}"))
-    };
-    let txn = spilled(vec![
-        half("o", "transfer_out", a, &b),
-        half("i", "transfer_in", &b, a),
-    ]);
-    let later = later_lanes(&mapping, "east", &txn, lanes).unwrap_or_else(|e| panic!("{e}"));
-    let lane_b = crate::lanes::lane_of(Some(&b), lanes);
-    assert!(later[lane_b] && !later[1 - lane_b], "{later:?}");
-    // a sale at the receiving store after a transfer_out to it (which may post the receipt held there)
-    let mut at_b = sale("X");
-    at_b.row.insert("store_id".into(), json!(b));
-    let txn = spilled(vec![half("o", "transfer_out", a, &b), at_b.clone()]);
-    let later = later_lanes(&mapping, "east", &txn, lanes).unwrap_or_else(|e| panic!("{e}"));
-    assert!(later[lane_b] && !later[1 - lane_b], "{later:?}");
-    // and before it: the transfer_out's lane goes second
-    let txn = spilled(vec![at_b, half("o", "transfer_out", a, &b)]);
-    let later = later_lanes(&mapping, "east", &txn, lanes).unwrap_or_else(|e| panic!("{e}"));
-    assert!(!later[lane_b] && later[1 - lane_b], "{later:?}");
-    // with a sale only, no lane waits
-    let txn = spilled(vec![sale("X")]);
-    let later = later_lanes(&mapping, "east", &txn, lanes).unwrap_or_else(|e| panic!("{e}"));
-    assert!(later.iter().all(|l| !l));
-}
-
-#[test]
-fn the_lane_of_a_return_whose_line_names_a_sale_of_another_lane_in_one_spilled_transaction_goes_second(
-) {
-    // the reference mapping with a line-level original: an exchange's lines may name different sales
-    let text = crate::mapping::REFERENCE_MAPPING.replace(
-        "returned = \"returned\"",
-        "returned = \"returned\"\noriginal_event_id = \"original_line_txn\"",
-    );
-    let mapping = Mapping::from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
-    let lanes = 2;
-    let a = "S1";
-    let b = (2..100)
-        .map(|i| format!("S{i}"))
-        .find(|l| crate::lanes::lane_of(Some(l), lanes) != crate::lanes::lane_of(Some(a), lanes))
-        .expect("a store in the other lane");
-    let at = |mut c: Change, store: &str| {
-        c.row.insert("store_id".into(), json!(store));
-        c
-    };
-    let named_line = |txn: &str, original: Option<&str>| {
-        let mut l = line(txn, 1);
-        l.row.insert("original_line_txn".into(), json!(original));
-        l
-    };
-    let spilled = |changes: Vec<Change>| {
-        let mut spill = Spill::start(&std::env::temp_dir(), "east", Vec::new())
-            .unwrap_or_else(|e| panic!("{e}"));
-        for c in &changes {
-            spill.push(c).unwrap_or_else(|e| panic!("{e}"));
-        }
-        spill.finish().unwrap_or_else(|e| panic!("{e}"))
-    };
-    let mut ret = at(sale("R"), &b);
-    ret.row.insert("kind".into(), json!("return"));
-    // the sale at store a, then a return at store b whose header names no sale and whose line names it: the
-    // line comes after its header in the file, as a POS writes them
-    let txn = spilled(vec![
-        at(sale("X"), a),
-        named_line("X", None),
-        ret.clone(),
-        named_line("R", Some("X")),
-    ]);
-    let later = later_lanes(&mapping, "east", &txn, lanes).unwrap_or_else(|e| panic!("{e}"));
-    let lane_b = crate::lanes::lane_of(Some(&b), lanes);
-    assert!(later[lane_b] && !later[1 - lane_b], "{later:?}");
-    // the same line naming a sale of another transaction: nothing here to wait for
-    let txn = spilled(vec![
-        at(sale("X"), a),
-        ret,
-        named_line("R", Some("elsewhere")),
-    ]);
-    let later = later_lanes(&mapping, "east", &txn, lanes).unwrap_or_else(|e| panic!("{e}"));
-    assert!(later.iter().all(|l| !l), "{later:?}");
 }
 
 /// A directory of its own under the system's temporary one, removed at the end.
