@@ -432,6 +432,33 @@ fn posting_in_background(
     })
 }
 
+/// Runs the call `start` begins while an archive is in progress (the archive lock held, as archive_period takes
+/// it first), sees it wait, then lets the archive take the ledger exclusively, as archive_period does next: it
+/// must get it (the waiting call holds none of it; one that did would make one of the two fail with a deadlock).
+/// Returns what the call answers once the archive is done.
+async fn while_archiving<T: Send + 'static>(
+    archiving: &tokio_postgres::Client,
+    what: &str,
+    start: impl FnOnce() -> tokio::task::JoinHandle<Result<T, tokio_postgres::Error>>,
+) -> T {
+    archiving
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(1347633522, 0)")
+        .await
+        .expect("archive lock");
+    let call = start();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!call.is_finished(), "{what} did not wait for the archive");
+    archiving
+        .batch_execute(
+            "SET lock_timeout = '20s'; LOCK TABLE possync.event IN ACCESS EXCLUSIVE MODE; COMMIT",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the archive takes the ledger while {what} waits for it: {e}"));
+    call.await
+        .expect("task")
+        .unwrap_or_else(|e| panic!("{what} after the archive: {e}"))
+}
+
 /// A second store, S043, and stock of the first sku at the first store to ship from.
 async fn second_store_with_stock(setup: &tokio_postgres::Client) {
     setup
@@ -550,30 +577,12 @@ async fn a_posting_waiting_for_an_archive_holds_no_ledger_against_it() {
     assert_eq!(held, "held");
     // an archive in progress: the archive lock (as archive_period takes it first), the ledgers next
     let archiving = erp.connect("erp").await;
-    archiving
-        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(1347633522, 0)")
-        .await
-        .expect("archive lock");
     let shipping = erp.connect("erp").await;
     let out = half("a-out", "transfer_out", STORE, ("to_location", "S043"));
-    let ship = posting_in_background(shipping, out);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(
-        !ship.is_finished(),
-        "the posting did not wait for the archive"
-    );
-    // the archive now needs the ledger exclusively: it gets it (nothing of the waiting posting holds it), where a
-    // posting holding it would have made one of the two fail with a deadlock
-    archiving
-        .batch_execute(
-            "SET lock_timeout = '20s'; LOCK TABLE possync.event IN ACCESS EXCLUSIVE MODE; COMMIT",
-        )
-        .await
-        .expect("the archive takes the ledger while a posting waits for it");
-    let shipped = ship
-        .await
-        .expect("task")
-        .expect("transfer_out after the archive");
+    let shipped = while_archiving(&archiving, "a transfer_out", || {
+        posting_in_background(shipping, out)
+    })
+    .await;
     assert_eq!(shipped, "applied");
     let status: String = setup
         .query_one(
@@ -588,31 +597,15 @@ async fn a_posting_waiting_for_an_archive_holds_no_ledger_against_it() {
     // replay_held reads the held events: it too waits for the archive before it reads them
     let unknown = sale("a-held", "NOT-AN-ITEM");
     assert_eq!(apply_status(&setup, &unknown).await.as_deref(), Ok("held"));
-    archiving
-        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(1347633522, 0)")
-        .await
-        .expect("archive lock again");
     let replaying = erp.connect("erp").await;
-    let replay = tokio::spawn(async move {
-        replaying
-            .query_one("SELECT possync.replay_held()", &[])
-            .await
-            .map(|r| r.get::<_, i32>(0))
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(
-        !replay.is_finished(),
-        "replay_held did not wait for the archive"
-    );
-    archiving
-        .batch_execute(
-            "SET lock_timeout = '20s'; LOCK TABLE possync.event IN ACCESS EXCLUSIVE MODE; COMMIT",
-        )
-        .await
-        .expect("the archive takes the ledger while replay_held waits for it");
-    let replayed = replay
-        .await
-        .expect("task")
-        .expect("replay_held after the archive");
+    let replayed = while_archiving(&archiving, "replay_held", || {
+        tokio::spawn(async move {
+            replaying
+                .query_one("SELECT possync.replay_held()", &[])
+                .await
+                .map(|r| r.get::<_, i32>(0))
+        })
+    })
+    .await;
     assert_eq!(replayed, 0, "the item is still unknown");
 }
