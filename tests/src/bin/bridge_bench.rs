@@ -24,41 +24,19 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// A server-side procedure committing `n` sales of 3 lines and 1 tender, one transaction each.
+/// A server-side procedure committing `n` sales of 3 lines and 1 tender, one transaction each: at the store, or
+/// with `stores` spread over a chain's stores (`L00`, `L01`, ..., for the drain in apply lanes).
 const SALES_PROCEDURE: &str = r#"
-CREATE PROCEDURE public.bench_sales(prefix text, n int, start_at int DEFAULT 1) LANGUAGE plpgsql AS $$
+CREATE PROCEDURE public.bench_sales(prefix text, n int, start_at int DEFAULT 1, stores int DEFAULT 0)
+LANGUAGE plpgsql AS $$
 DECLARE
     skus text[] := ARRAY[SKUS_LIST];
     i int; l int; q numeric; p numeric; t numeric; total numeric;
 BEGIN
     FOR i IN start_at..start_at + n - 1 LOOP
         INSERT INTO pos.sale (txn_id, store_id, register_id, seq, business_date, occurred_at)
-        VALUES (prefix || i, 'STORE', prefix, i, '2026-11-26', clock_timestamp());
-        total := 0;
-        FOR l IN 1..3 LOOP
-            q := 1 + (i + l) % 3;
-            p := 1 + ((i * 7 + l * 13) % 4000) / 100.0;
-            t := round(q * p * 0.08875, 2);
-            total := total + q * p + t;
-            INSERT INTO pos.sale_line (txn_id, line_no, sku, qty, unit_price, tax, tax_code)
-            VALUES (prefix || i, l, skus[1 + (i + l) % array_length(skus, 1)], q, p, t, 'NY');
-        END LOOP;
-        INSERT INTO pos.tender (txn_id, tender_no, tender_type, amount) VALUES (prefix || i, 1, 'card', total);
-        COMMIT;
-    END LOOP;
-END $$;
-"#;
-
-/// The same sales spread over a chain's stores (`L00`, `L01`, ...), for the drain in apply lanes.
-const CHAIN_SALES_PROCEDURE: &str = r#"
-CREATE PROCEDURE public.bench_chain_sales(prefix text, n int, stores int) LANGUAGE plpgsql AS $$
-DECLARE
-    skus text[] := ARRAY[SKUS_LIST];
-    i int; l int; q numeric; p numeric; t numeric; total numeric;
-BEGIN
-    FOR i IN 1..n LOOP
-        INSERT INTO pos.sale (txn_id, store_id, register_id, seq, business_date, occurred_at)
-        VALUES (prefix || i, 'L' || lpad((i % stores)::text, 2, '0'), prefix, i, '2026-11-26', clock_timestamp());
+        VALUES (prefix || i, CASE WHEN stores > 0 THEN 'L' || lpad((i % stores)::text, 2, '0') ELSE 'STORE' END,
+                prefix, i, '2026-11-26', clock_timestamp());
         total := 0;
         FOR l IN 1..3 LOOP
             q := 1 + (i + l) % 3;
@@ -75,20 +53,16 @@ END $$;
 "#;
 
 /// A chain of `stores` stores given stock in the ERP, then its backlog drained in 1, 2 and 4 apply lanes:
-/// (lanes, tx/s) each.
-#[allow(clippy::too_many_arguments)]
+/// (lanes, tx/s) each. The POS has `public.bench_sales` (see [`SALES_PROCEDURE`]).
 async fn drain_chain_in_lanes(
     pos: &Cluster,
-    pos_db: &Client,
     erp_db: &Client,
     erp_url: &str,
     bridge_args: &[&str],
-    skus: &[String],
     lanes_backlog: u32,
     stores: u32,
 ) -> Vec<(usize, f64)> {
     let mut chain = String::new();
-
     for i in 0..stores {
         let lines: Vec<String> = SKUS
             .iter()
@@ -105,10 +79,6 @@ async fn drain_chain_in_lanes(
         .batch_execute(&chain)
         .await
         .unwrap_or_else(|e| panic!("chain stores: {e}"));
-    pos_db
-        .batch_execute(&CHAIN_SALES_PROCEDURE.replace("SKUS_LIST", &skus.join(", ")))
-        .await
-        .unwrap_or_else(|e| panic!("chain procedure: {e}"));
     let mut lane_rates = Vec::new();
     for lanes in [1usize, 2, 4] {
         let rate = drain_in_lanes(
@@ -150,7 +120,7 @@ async fn drain_in_lanes(
     pos.connect("pos")
         .await
         .batch_execute(&format!(
-            "CALL public.bench_chain_sales('{prefix}', {backlog}, {stores})"
+            "CALL public.bench_sales('{prefix}', {backlog}, 1, {stores})"
         ))
         .await
         .unwrap_or_else(|e| panic!("chain backlog: {e}"));
@@ -577,17 +547,9 @@ async fn main() {
     let stores: u32 = env_or("BENCH_LANES_STORES", 30);
     let mut lane_rates = Vec::new();
     if !drain_only {
-        lane_rates = drain_chain_in_lanes(
-            &pos,
-            &pos_db,
-            &erp_db,
-            &erp_url,
-            &bridge_args,
-            &skus,
-            lanes_backlog,
-            stores,
-        )
-        .await;
+        lane_rates =
+            drain_chain_in_lanes(&pos, &erp_db, &erp_url, &bridge_args, lanes_backlog, stores)
+                .await;
     }
 
     let bridge_rate = median(&ref_rates);
