@@ -18,6 +18,30 @@ AS $$
 $$;
 
 
+-- The first default partition of a ledger table that holds rows of the month, if any: such a month cannot have
+-- partitions of its own (they could not be attached beside those rows), nor be archived.
+CREATE FUNCTION ledger_month_in_default(month date) RETURNS regclass
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    first date := date_trunc('month', month)::date;
+    parent text;
+    dflt regclass;
+    held boolean;
+BEGIN
+    FOREACH parent IN ARRAY ARRAY['event', 'stock_move', 'journal', 'journal_line'] LOOP
+        dflt := possync.ledger_default_partition(format('possync.%I', parent)::regclass);
+        CONTINUE WHEN dflt IS NULL;
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE business_date >= $1 AND business_date < $2)', dflt)
+           INTO STRICT held USING first, (first + interval '1 month')::date;
+        IF held THEN
+            RETURN dflt;
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
 -- Makes one partition of a ledger table, with its primary key, indexes and triggers, and attaches it: the month
 -- from `first` (<parent>_YYYY_MM), or the default partition when `first` is NULL (<parent>_default).
 CREATE FUNCTION make_ledger_partition(parent text, first date) RETURNS void
@@ -88,19 +112,11 @@ AS $$
 DECLARE
     first date := date_trunc('month', month)::date;
     parent text;
-    dflt regclass;
-    held boolean;
     made integer := 0;
 BEGIN
-    FOREACH parent IN ARRAY ARRAY['event', 'stock_move', 'journal', 'journal_line'] LOOP
-        dflt := possync.ledger_default_partition(format('possync.%I', parent)::regclass);
-        CONTINUE WHEN dflt IS NULL;
-        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE business_date >= $1 AND business_date < $2)', dflt)
-           INTO STRICT held USING first, (first + interval '1 month')::date;
-        IF held THEN
-            RETURN 0;
-        END IF;
-    END LOOP;
+    IF possync.ledger_month_in_default(first) IS NOT NULL THEN
+        RETURN 0;
+    END IF;
     FOREACH parent IN ARRAY ARRAY['event', 'stock_move', 'journal', 'journal_line'] LOOP
         CONTINUE WHEN possync.ledger_month_partition(format('possync.%I', parent)::regclass, first) IS NOT NULL;
         PERFORM possync.make_ledger_partition(parent, first);
@@ -218,19 +234,14 @@ BEGIN
     END IF;
     -- rows of the month in a default partition (dated outside the partition window when they were posted) stay
     -- in the ledgers: archiving detaches a month's own partitions only
-    FOREACH parent IN ARRAY ARRAY['event', 'stock_move', 'journal', 'journal_line'] LOOP
-        part := possync.ledger_default_partition(format('possync.%I', parent)::regclass);
-        CONTINUE WHEN part IS NULL;
-        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE business_date >= $1 AND business_date < $2)', part)
-           INTO STRICT has_rows USING first, next;
-        IF has_rows THEN
-            RAISE EXCEPTION 'possync.archive_period: argument month %: % holds rows of period %, which has no partitions of its own',
-                month, part, to_char(first, 'YYYY-MM')
-                USING ERRCODE = 'object_not_in_prerequisite_state',
-                      HINT = 'a month is archived by detaching its own partitions; rows dated outside the partition '
-                             'window when they were posted stay in the default partitions, and in the books';
-        END IF;
-    END LOOP;
+    part := possync.ledger_month_in_default(first);
+    IF part IS NOT NULL THEN
+        RAISE EXCEPTION 'possync.archive_period: argument month %: % holds rows of period %, which has no partitions of its own',
+            month, part, to_char(first, 'YYYY-MM')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'a month is archived by detaching its own partitions; rows dated outside the partition '
+                         'window when they were posted stay in the default partitions, and in the books';
+    END IF;
     FOREACH parent IN ARRAY ARRAY['event', 'stock_move', 'journal', 'journal_line'] LOOP
         part := possync.ledger_month_partition(format('possync.%I', parent)::regclass, first);
         CONTINUE WHEN part IS NULL;
@@ -347,7 +358,8 @@ END
 $$;
 
 
-REVOKE ALL ON FUNCTION ledger_default_partition(regclass), make_ledger_partition(text, date), make_ledger_defaults() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ledger_default_partition(regclass), ledger_month_in_default(date), make_ledger_partition(text, date),
+    make_ledger_defaults() FROM PUBLIC;
 
 ----------------------------------------------------------------------------------------------------
 -- What archived sales issued

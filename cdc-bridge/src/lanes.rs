@@ -90,14 +90,14 @@ fn needs(event: &Value) -> Vec<String> {
 
 /// Within one POS transaction, whether an event needs what an event of another lane gave before it: then its
 /// lanes' parts cannot run at once, and the transaction is applied whole by one lane.
-pub struct Within {
+struct Within {
     given: HashMap<String, usize>,
     lanes: usize,
     crosses: bool,
 }
 
 impl Within {
-    pub fn new(lanes: usize) -> Within {
+    fn new(lanes: usize) -> Within {
         Within {
             given: HashMap::new(),
             lanes: lanes.max(1),
@@ -106,7 +106,7 @@ impl Within {
     }
 
     /// The next event of the transaction; returns its lane.
-    pub fn add(&mut self, event: &Value) -> usize {
+    fn add(&mut self, event: &Value) -> usize {
         let lane = event_lane(event, self.lanes);
         if needs(event)
             .iter()
@@ -121,7 +121,7 @@ impl Within {
     }
 
     /// Whether an event of the transaction needs one of another lane's before it.
-    pub fn crosses(&self) -> bool {
+    fn crosses(&self) -> bool {
         self.crosses
     }
 }

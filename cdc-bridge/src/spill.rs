@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -273,27 +273,8 @@ fn change_at(file: &File, at: At) -> std::io::Result<Change> {
     })
 }
 
-/// The child rows of `table` under a header's `key`, unless an earlier header claimed them (a child row belongs
-/// to the first header with its key, as in memory).
-fn claim<'m, V>(
-    claimed: &mut HashSet<(String, String)>,
-    lists: &'m HashMap<(String, String), V>,
-    table: &str,
-    key: &str,
-) -> Option<&'m V> {
-    let list_key = (table.to_string(), key.to_string());
-    if claimed.contains(&list_key) {
-        return None;
-    }
-    let rows = lists.get(&list_key)?;
-    claimed.insert(list_key);
-    Some(rows)
-}
-
-/// Calls `f` with each change of a spilled file and where its line is, in file order (from the start, wherever
-/// an earlier pass left the file's position).
-fn each_change(mut file: &File, mut f: impl FnMut(At, Change)) -> std::io::Result<()> {
-    file.seek(SeekFrom::Start(0))?;
+/// Calls `f` with each change of a spilled file and where its line is, in file order.
+fn each_change(file: &File, mut f: impl FnMut(At, Change)) -> std::io::Result<()> {
     let mut reader = BufReader::new(file);
     let mut line = String::new();
     let mut offset = 0u64;
@@ -615,7 +596,13 @@ fn write(
                 for (into, lists) in &mut arrays {
                     for ch in em.children.iter().filter(|ch| ch.into == *into) {
                         let Some(key) = &key else { continue };
-                        if let Some(rows) = claim(&mut claimed, &children, &ch.table, key) {
+                        // a child row belongs to the first header with its key, as in memory
+                        let list_key = (ch.table.clone(), key.clone());
+                        if claimed.contains(&list_key) {
+                            continue;
+                        }
+                        if let Some(rows) = children.get(&list_key) {
+                            claimed.insert(list_key);
                             lists.push((ch, rows));
                         }
                     }

@@ -227,16 +227,21 @@ pub fn reservations(
         .collect()
 }
 
-// the event's moves are in its month's partition; what a sale of an archived month issued is in archived_issue
-const ISSUED: &str = "SELECT sku, (-sum(qty))::text, (-sum(value))::text FROM possync.stock_move \
-     WHERE event_id = $1 AND qty < 0 \
-       AND business_date = (SELECT k.business_date FROM possync.event_key k WHERE k.event_id = $1) GROUP BY sku \
-     UNION ALL SELECT sku, qty::text, value::text FROM possync.archived_issue WHERE event_id = $1";
-
+// the event's moves are in its month's partition
+macro_rules! issued_sql {
+    () => {
+        "SELECT sku, (-sum(qty))::text, (-sum(value))::text FROM possync.stock_move \
+         WHERE event_id = $1 AND qty < 0 \
+           AND business_date = (SELECT k.business_date FROM possync.event_key k WHERE k.event_id = $1) GROUP BY sku"
+    };
+}
+// what a sale of an archived month issued is in archived_issue
+const ISSUED: &str = concat!(
+    issued_sql!(),
+    " UNION ALL SELECT sku, qty::text, value::text FROM possync.archived_issue WHERE event_id = $1"
+);
 // 0.4.0: months are archived, but what their sales issued is not kept
-const ISSUED_0_4: &str = "SELECT sku, (-sum(qty))::text, (-sum(value))::text FROM possync.stock_move \
-     WHERE event_id = $1 AND qty < 0 \
-       AND business_date = (SELECT k.business_date FROM possync.event_key k WHERE k.event_id = $1) GROUP BY sku";
+const ISSUED_0_4: &str = issued_sql!();
 
 const ISSUED_BEFORE_0_4: &str =
     "SELECT sku, (-sum(qty))::text, (-sum(value))::text FROM possync.stock_move \
@@ -633,15 +638,7 @@ impl Writes {
             let x = &self.exceptions;
             run(
                 client,
-                // through the bridge's door, an event that was not posted can come again: after a restart with
-                // another number of apply lanes, every lane resumes at the least checkpoint of the old ones, and
-                // what lay past it is sent again. A stored event is then a duplicate by its id; one kept only as
-                // an exception (rejected, conflict) is not recorded a second time
-                if self.source.is_some() {
-                    INSERT_EXCEPTIONS_ONCE
-                } else {
-                    INSERT_EXCEPTIONS
-                },
+                INSERT_EXCEPTIONS,
                 &[
                     texts(x.iter().map(|r| r.event_id.clone())),
                     texts(x.iter().map(|r| r.kind.to_string())),
@@ -761,16 +758,15 @@ const MARK_REPLAYED: &str = "WITH posted AS ( \
        FROM posted WHERE x.event_id = posted.event_id AND x.status = 'open' \
         AND x.kind IN ('unknown_sku', 'unknown_location', 'missing_account', 'awaiting_transfer_out')";
 
+// Through the bridge's door (a source is named) an event that was not posted can come again: after a restart
+// with another number of apply lanes every lane resumes at the least checkpoint of the old ones, and what lay past
+// it is sent again. A stored event is then a duplicate by its id; one kept only as an exception (rejected,
+// conflict) is not recorded a second time.
 const INSERT_EXCEPTIONS: &str = "INSERT INTO possync.exception (event_id, kind, reason, payload, location_id, amount, source) \
      SELECT e, k, r, p::jsonb, l, a::numeric, s \
        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
-         AS x(e, k, r, p, l, a, s)";
-
-const INSERT_EXCEPTIONS_ONCE: &str = "INSERT INTO possync.exception (event_id, kind, reason, payload, location_id, amount, source) \
-     SELECT e, k, r, p::jsonb, l, a::numeric, s \
-       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
          AS x(e, k, r, p, l, a, s) \
-      WHERE p IS NULL OR e IS NULL OR NOT EXISTS (SELECT 1 FROM possync.exception o \
+      WHERE s IS NULL OR p IS NULL OR e IS NULL OR NOT EXISTS (SELECT 1 FROM possync.exception o \
               WHERE o.event_id = x.e AND o.kind = x.k AND o.payload = x.p::jsonb)";
 
 const LOCK_SUPPLY: &str = "SELECT supply_id, qty_open::text FROM possync.supply \
