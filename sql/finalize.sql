@@ -166,6 +166,12 @@ BEGIN
 END
 $$;
 
+-- The JSON object of its key/value pairs without the pairs whose value is NULL: the same JSON as
+-- json_strip_nulls(json_build_object(...)), made in one pass, with each argument's type looked at once per call
+-- site (src/json_object.rs). The bridge builds the events of a normalized POS with it, in SQL over its mirror.
+CREATE FUNCTION json_object_present(VARIADIC "any") RETURNS json
+    LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'possync_json_object_present';
+
 -- Nothing is granted to PUBLIC; roles get what they need through these two functions.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA possync FROM PUBLIC;
 
@@ -177,7 +183,8 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA possync TO %s', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION possync.apply_batch(text, pg_lsn, jsonb), '
                    'possync.apply_batch(text, pg_lsn, jsonb, integer, integer), possync.start_lanes(text, integer), '
-                   'possync.source_checkpoint(text), possync.note_documents(text, text, text[], text[]) TO %s',
+                   'possync.source_checkpoint(text), possync.note_documents(text, text, text[], text[]), '
+                   'possync.json_object_present("any") TO %s',
                    role_name);
     -- possync-bridge status reads where each source stands
     EXECUTE format('GRANT SELECT ON possync.source_status TO %s', role_name);

@@ -10,6 +10,7 @@ pub mod audit;
 mod errors;
 pub mod events;
 mod guc;
+mod json_object;
 pub mod ledger;
 mod statements;
 pub mod stock;
@@ -38,6 +39,7 @@ mod tests {
     include!("pg_tests/voids_and_documents.rs");
     include!("pg_tests/lanes.rs");
     include!("pg_tests/periods.rs");
+    include!("pg_tests/json_object.rs");
 }
 
 /// Required by `cargo pgrx test`.

@@ -72,6 +72,20 @@ pub async fn check(
                     describe(&e)
                 ))),
             }
+            if !mapping.documents().is_empty() {
+                // not a problem: without it the documents' events are built with PostgreSQL's own functions
+                let fast = erp
+                    .query_one(crate::mirror::JSON_OBJECT_PRESENT, &[])
+                    .await
+                    .is_ok_and(|r| r.get::<_, bool>(0));
+                out.push(ok(if fast {
+                    "ERP: documents' events are built with possync.json_object_present"
+                } else {
+                    "ERP: documents' events are built with json_build_object and json_strip_nulls, which is slower: \
+                     possync 0.6.0 has possync.json_object_present, which SELECT possync.grant_bridge('<role>') \
+                     lets this role execute"
+                }));
+            }
         }
     }
     for s in sources {

@@ -148,13 +148,24 @@ pub struct DocumentError {
     pub reason: String,
 }
 
+/// How the compiled SQL builds an event's JSON objects. Both make the same JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Json {
+    /// `json_strip_nulls(json_build_object(...))`: PostgreSQL's own functions, wherever the SQL runs (the POS,
+    /// for a dry run; an ERP whose possync predates 0.6.0, or whose bridge role may not execute the other).
+    Builtin,
+    /// `possync.json_object_present(...)` (possync 0.6.0 on): the same objects, written in one pass, without
+    /// looking up each argument's type on every call or parsing the event again to drop its null fields.
+    Possync,
+}
+
 /// Where the compiled SQL runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target<'a> {
     /// In the ERP over the mirror: `$1` is the text array of header keys, `$2` the source name. `key_type` is
     /// the key column's SQL type: the keys are cast to it, so that the header's key index finds them (a filter
     /// on the key cast to text would read the whole table).
-    Erp { key_type: &'a str },
+    Erp { key_type: &'a str, json: Json },
     /// In the POS, for a dry run: the `limit` most recent final headers; `$1` is the source name.
     PosDryRun { limit: u32 },
     /// In the ERP over the mirror, every settled header (for `remap`); `$1` is the source name.
@@ -305,12 +316,12 @@ pub fn validate(mirrors: &[MirrorTable], documents: &[Document]) -> Result<(), D
 /// which a profile of the normalized drain found to be about half of a document's evaluation. The JSON they
 /// make is the same (keys are unique here, nulls are stripped the same way), and `possync.apply_batch` reads
 /// it as `jsonb` once, as it reads the reference mapping's events.
-fn build_object(fields: &[(&str, String)]) -> String {
+fn build_object(fields: &[(&str, String)], json: Json) -> String {
     let mut tree: BTreeMap<String, Node> = BTreeMap::new();
     for (path, sql) in fields {
         insert_path(&mut tree, path, sql.clone());
     }
-    render_tree(&tree)
+    render_tree(&tree, json)
 }
 
 enum Node {
@@ -337,15 +348,29 @@ fn insert_path(tree: &mut BTreeMap<String, Node>, path: &str, sql: String) {
     }
 }
 
-fn render_tree(tree: &BTreeMap<String, Node>) -> String {
+fn render_tree(tree: &BTreeMap<String, Node>, json: Json) -> String {
     let parts: Vec<String> = tree
         .iter()
         .map(|(k, v)| match v {
-            Node::Leaf(sql) => format!("{}, ({sql})", literal(k)),
-            Node::Branch(inner) => format!("{}, {}", literal(k), render_tree(inner)),
+            // the key typed, as json_object_present takes "any" and an unknown literal has no type
+            Node::Leaf(sql) => format!("{}::text, ({sql})", literal(k)),
+            Node::Branch(inner) => format!("{}::text, {}", literal(k), render_tree(inner, json)),
         })
         .collect();
-    format!("json_build_object({})", parts.join(", "))
+    match json {
+        Json::Builtin => format!("json_build_object({})", parts.join(", ")),
+        // json_object_present has no form without arguments
+        Json::Possync if parts.is_empty() => "'{}'::json".to_string(),
+        Json::Possync => format!("possync.json_object_present({})", parts.join(", ")),
+    }
+}
+
+/// The event object made by `object` without its null fields (json_object_present leaves them out itself).
+fn without_nulls(object: String, json: Json) -> String {
+    match json {
+        Json::Builtin => format!("json_strip_nulls({object})"),
+        Json::Possync => object,
+    }
 }
 
 fn lookups_sql(lookups: &[Lookup]) -> String {
@@ -377,7 +402,7 @@ fn check_lookup(l: &Lookup, mirrored: &dyn Fn(&str) -> bool) -> Result<(), Strin
     }
 }
 
-fn child_sql(d: &Document, c: &DocumentChild) -> String {
+fn child_sql(d: &Document, c: &DocumentChild, json: Json) -> String {
     let fields: Vec<(&str, String)> = c
         .fields
         .iter()
@@ -395,7 +420,7 @@ fn child_sql(d: &Document, c: &DocumentChild) -> String {
         .unwrap_or_default();
     format!(
         "(SELECT coalesce(json_agg({obj}{order}), '[]'::json) FROM {table} AS {alias}{joins} WHERE {alias}.{parent} = {h}.{key}{filter})",
-        obj = build_object(&fields),
+        obj = build_object(&fields, json),
         table = sql_name(&c.table),
         alias = c.alias,
         joins = lookups_sql(&c.lookups),
@@ -406,7 +431,7 @@ fn child_sql(d: &Document, c: &DocumentChild) -> String {
 }
 
 /// The event of a final header, as SQL.
-fn event_sql(d: &Document, source: &str) -> String {
+fn event_sql(d: &Document, source: &str, json: Json) -> String {
     let mut fields: Vec<(&str, String)> = d
         .fields
         .iter()
@@ -415,7 +440,10 @@ fn event_sql(d: &Document, source: &str) -> String {
     fields.push(("source", source.to_string()));
     let mut arrays: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for c in &d.children {
-        arrays.entry(&c.into).or_default().push(child_sql(d, c));
+        arrays
+            .entry(&c.into)
+            .or_default()
+            .push(child_sql(d, c, json));
     }
     for (into, parts) in &arrays {
         // two children into the same array: json has no `||`, jsonb's concatenates the arrays
@@ -432,11 +460,11 @@ fn event_sql(d: &Document, source: &str) -> String {
         };
         fields.push((into, sql));
     }
-    format!("json_strip_nulls({})", build_object(&fields))
+    without_nulls(build_object(&fields, json), json)
 }
 
 /// The `void` event of a cancelled header, as SQL.
-fn void_sql(d: &Document, source: &str) -> String {
+fn void_sql(d: &Document, source: &str, json: Json) -> String {
     let mut fields: Vec<(&str, String)> = d
         .fields
         .iter()
@@ -445,7 +473,7 @@ fn void_sql(d: &Document, source: &str) -> String {
         .collect();
     fields.push(("kind", literal("void")));
     fields.push(("source", source.to_string()));
-    format!("json_strip_nulls({})", build_object(&fields))
+    without_nulls(build_object(&fields, json), json)
 }
 
 /// What a header is.
@@ -459,9 +487,15 @@ pub fn compile(d: &Document, target: Target<'_>) -> String {
         Target::Erp { .. } => "$2::text",
         Target::PosDryRun { .. } | Target::ErpAll => "$1::text",
     };
-    let select = select_sql(d, source, true);
+    let json = match target {
+        Target::Erp { json, .. } => json,
+        Target::PosDryRun { .. } | Target::ErpAll => Json::Builtin,
+    };
+    let select = select_sql(d, source, true, json);
     match target {
-        Target::Erp { key_type } => format!("{select} WHERE {}", key_filter(d, "$1", key_type)),
+        Target::Erp { key_type, .. } => {
+            format!("{select} WHERE {}", key_filter(d, "$1", key_type))
+        }
         Target::ErpAll => format!(
             "{select} WHERE s.state <> {PENDING_L} ORDER BY {h}.{k}",
             PENDING_L = literal(PENDING),
@@ -481,8 +515,8 @@ pub fn compile(d: &Document, target: Target<'_>) -> String {
 /// posts what it finds without sending it to the bridge: rows of (key text, state text, event json or NULL
 /// while pending), the source name being parameter `source`. The same SQL as [`compile`] for the ERP, but the
 /// event stays json.
-pub fn compile_keys(d: &Document, key_type: &str, keys: &str, source: usize) -> String {
-    let select = select_sql(d, &format!("${source}::text"), false);
+pub fn compile_keys(d: &Document, key_type: &str, keys: &str, source: usize, json: Json) -> String {
+    let select = select_sql(d, &format!("${source}::text"), false, json);
     format!("{select} WHERE {}", key_filter(d, keys, key_type))
 }
 
@@ -497,7 +531,7 @@ fn key_filter(d: &Document, param: &str, key_type: &str) -> String {
 }
 
 /// SELECT key, state, event FROM the header and its lookups, without a WHERE clause.
-fn select_sql(d: &Document, source: &str, event_as_text: bool) -> String {
+fn select_sql(d: &Document, source: &str, event_as_text: bool, json: Json) -> String {
     let void = d.void.as_deref().unwrap_or("false");
     let state = format!(
         "CASE WHEN ({final_when}) THEN {FINAL_L} WHEN ({void}) THEN {VOID_L} ELSE {PENDING_L} END",
@@ -517,8 +551,8 @@ fn select_sql(d: &Document, source: &str, event_as_text: bool) -> String {
         "(CASE s.state WHEN {FINAL_L} THEN {event} WHEN {VOID_L} THEN {void_event} END)",
         FINAL_L = literal(FINAL),
         VOID_L = literal(VOID),
-        event = event_sql(d, source),
-        void_event = void_sql(d, source),
+        event = event_sql(d, source, json),
+        void_event = void_sql(d, source, json),
     );
     let cast = if event_as_text { "::text" } else { "" };
     format!(

@@ -18,7 +18,7 @@ use tokio_postgres::{Client, Statement};
 use crate::apply::{outcome_of, BatchOutcome, Erp, ErpError, ErpWal};
 use crate::assembler::PosTransaction;
 use crate::document::{
-    compile, header_key, ident, literal, rows_from_arrays, text_of, touched_by_sql, Document,
+    compile, header_key, ident, literal, rows_from_arrays, text_of, touched_by_sql, Document, Json,
     Target,
 };
 use crate::lsn::Lsn;
@@ -200,6 +200,11 @@ pub fn ddl(schema: &str, shapes: &[TableShape]) -> String {
     }
     sql
 }
+
+/// Whether the ERP has `possync.json_object_present` (0.6.0) and the bridge's role may execute it: one row, a
+/// boolean.
+pub const JSON_OBJECT_PRESENT: &str = "SELECT coalesce(has_function_privilege(\
+     to_regprocedure('possync.json_object_present(\"any\")'), 'EXECUTE'), false)";
 
 /// The bridge's own table in the mirror schema: headers kept as rejected because their mapping failed.
 pub const FAILED: &str = "_possync_failed";
@@ -545,6 +550,7 @@ pub fn group_sql(
     key_types: &[String],
     touched: &[Vec<Vec<(String, String)>>],
     note_documents: bool,
+    json: crate::document::Json,
 ) -> String {
     let mut ctes = Vec::new();
     let mut parts = vec![
@@ -579,7 +585,8 @@ pub fn group_sql(
                 d,
                 key_type,
                 &format!("ARRAY(SELECT key FROM k{i})"),
-                1
+                1,
+                json,
             ),
         ));
         if note_documents {
@@ -745,10 +752,21 @@ impl DocumentPoster {
                     })
             })
             .collect::<Result<_, _>>()?;
+        // possync 0.6.0 builds the events' JSON in one pass, when the bridge's role may call it
+        let json = if client
+            .query_one(JSON_OBJECT_PRESENT, &[])
+            .await
+            .map_err(erp_err("looking for possync.json_object_present"))?
+            .get(0)
+        {
+            Json::Possync
+        } else {
+            Json::Builtin
+        };
         let queries: Vec<String> = documents
             .iter()
             .zip(&key_types)
-            .map(|(d, key_type)| compile(d, Target::Erp { key_type }))
+            .map(|(d, key_type)| compile(d, Target::Erp { key_type, json }))
             .collect();
         let note_documents: bool = client
             .query_one(
@@ -782,7 +800,13 @@ impl DocumentPoster {
             .iter()
             .map(|ts| ts.iter().map(|&i| shapes[i].columns.clone()).collect())
             .collect();
-        let group = group_sql(&documents, &key_types, &touched_columns, note_documents);
+        let group = group_sql(
+            &documents,
+            &key_types,
+            &touched_columns,
+            note_documents,
+            json,
+        );
         let set_path = format!("SET search_path TO {}", ident(&schema));
         client
             .batch_execute(&format!("BEGIN; {set_path}"))

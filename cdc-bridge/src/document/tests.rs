@@ -24,7 +24,13 @@ fn the_normalized_mapping_mirrors_its_tables_and_publishes_them() {
 fn a_document_compiles_to_one_query_over_the_mirror_with_lookups_as_left_joins() {
     let m = normalized();
     let d = &m.documents()[0];
-    let sql = compile(d, Target::Erp { key_type: "bigint" });
+    let sql = compile(
+        d,
+        Target::Erp {
+            key_type: "bigint",
+            json: Json::Builtin,
+        },
+    );
     assert!(sql.starts_with("SELECT (o.id)::text, s.state,"), "{sql}");
     // the keys are cast to the key's type, so that its index finds them
     assert!(
@@ -40,10 +46,14 @@ fn a_document_compiles_to_one_query_over_the_mirror_with_lookups_as_left_joins()
         "{sql}"
     );
     assert!(sql.contains("WHERE l.order_id = o.id)"), "{sql}");
-    assert!(sql.contains("'source', ($2::text)"), "{sql}");
+    assert!(sql.contains("'source'::text, ($2::text)"), "{sql}");
+    assert!(
+        sql.contains("THEN json_strip_nulls(json_build_object("),
+        "{sql}"
+    );
     // the void event carries only what a void has
     let void_part = &sql[sql.find("WHEN 'void' THEN").unwrap_or(0)..];
-    assert!(void_part.contains("'kind', ('void')"), "{void_part}");
+    assert!(void_part.contains("'kind'::text, ('void')"), "{void_part}");
     assert!(
         !void_part[..void_part.find(" END)::text").unwrap_or(void_part.len())].contains("'lines'")
     );
@@ -52,20 +62,49 @@ fn a_document_compiles_to_one_query_over_the_mirror_with_lookups_as_left_joins()
         dry.ends_with("WHERE s.state <> 'pending' ORDER BY o.id DESC LIMIT 7"),
         "{dry}"
     );
-    assert!(dry.contains("'source', ($1::text)"), "{dry}");
+    assert!(dry.contains("'source'::text, ($1::text)"), "{dry}");
+    // against possync 0.6.0, the same objects in one pass each, with nothing to strip afterwards
+    let ours = compile(
+        d,
+        Target::Erp {
+            key_type: "bigint",
+            json: Json::Possync,
+        },
+    );
+    assert!(
+        ours.contains("THEN possync.json_object_present('business_date'::text,"),
+        "{ours}"
+    );
+    assert!(
+        ours.contains("json_agg(possync.json_object_present('discount'::text,"),
+        "{ours}"
+    );
+    assert!(
+        !ours.contains("json_build_object") && !ours.contains("json_strip_nulls"),
+        "{ours}"
+    );
+    // a dry run runs in the POS, which has no possync
+    assert!(!dry.contains("possync."), "{dry}");
 }
 
 #[test]
 fn dotted_fields_make_nested_objects() {
-    let sql = build_object(&[
+    let fields = [
         ("totals.tax", "x.tax".into()),
         ("totals.net_sales", "x.net".into()),
         ("location", "x.loc".into()),
-    ]);
+    ];
     assert_eq!(
-        sql,
-        "json_build_object('location', (x.loc), 'totals', json_build_object('net_sales', (x.net), 'tax', (x.tax)))"
+        build_object(&fields, Json::Builtin),
+        "json_build_object('location'::text, (x.loc), 'totals'::text, json_build_object('net_sales'::text, (x.net), 'tax'::text, (x.tax)))"
     );
+    assert_eq!(
+        build_object(&fields, Json::Possync),
+        "possync.json_object_present('location'::text, (x.loc), 'totals'::text, possync.json_object_present('net_sales'::text, (x.net), 'tax'::text, (x.tax)))"
+    );
+    // json_object_present takes at least one pair
+    assert_eq!(build_object(&[], Json::Possync), "'{}'::json");
+    assert_eq!(build_object(&[], Json::Builtin), "json_build_object()");
 }
 
 #[test]
@@ -203,6 +242,7 @@ sku = "c.\"Sku\""
         d,
         Target::Erp {
             key_type: "integer",
+            json: Json::Builtin,
         },
     );
     assert!(sql.contains("FROM \"Orders\" AS h"), "{sql}");

@@ -180,7 +180,13 @@ fn a_group_statement_finds_evaluates_notes_and_posts_in_one_call() {
         ("amount".to_string(), "numeric(14,2)".to_string()),
     ];
     let touched = vec![vec![tax]];
-    let sql = group_sql(m.documents(), &["bigint".to_string()], &touched, true);
+    let sql = group_sql(
+        m.documents(),
+        &["bigint".to_string()],
+        &touched,
+        true,
+        crate::document::Json::Builtin,
+    );
     // the keys: those the bridge found ($5, $6) and those the touched_by SQL finds from the tax rows ($7..$10)
     assert!(
         sql.starts_with("WITH k0 AS MATERIALIZED (SELECT key, max(at) AS at FROM (SELECT u.key, u.at FROM unnest($5::text[], $6::int[]) AS u(key, at) UNION ALL SELECT k, i FROM (SELECT ((SELECT l.order_id FROM pos_order_line l WHERE l.id = pos_order_line_tax.line_id))::text AS k, pos_order_line_tax._possync_txn AS i FROM"),
@@ -200,7 +206,7 @@ fn a_group_statement_finds_evaluates_notes_and_posts_in_one_call() {
         sql.contains("WHERE o.id = ANY(ARRAY(SELECT key FROM k0)::text[]::bigint[])"),
         "{sql}"
     );
-    assert!(sql.contains("'source', ($1::text)"), "{sql}");
+    assert!(sql.contains("'source'::text, ($1::text)"), "{sql}");
     assert!(
         sql.contains("possync.note_documents($1, 'pos_order',"),
         "{sql}"
@@ -220,7 +226,13 @@ fn a_group_statement_finds_evaluates_notes_and_posts_in_one_call() {
         "{sql}"
     );
     // without note_documents (an older ERP) the notes are left out
-    let older = group_sql(m.documents(), &["bigint".to_string()], &touched, false);
+    let older = group_sql(
+        m.documents(),
+        &["bigint".to_string()],
+        &touched,
+        false,
+        crate::document::Json::Builtin,
+    );
     assert!(!older.contains("note_documents"), "{older}");
     assert!(
         older.ends_with(
