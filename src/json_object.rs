@@ -16,21 +16,30 @@
 //! with the null fields of its objects left out as `json_strip_nulls` leaves them out; a pair whose value is
 //! JSON `null` is left out too.
 
-use std::ffi::{c_char, CStr};
+use std::ffi::CStr;
 
 use pgrx::fcinfo::direct_function_call_as_datum;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-/// How an argument is written: PostgreSQL's own JSON categories (json.c), for the base type of a domain.
+/// How an argument is written: PostgreSQL's own JSON categories (json.c), for the base type of a domain, with
+/// the integers and the text types written here rather than through their output functions.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]
 enum Category {
     Bool,
+    Int2,
+    Int4,
+    Int8,
+    /// float and numeric: their output, as a number when it is a JSON number
     Number,
     DateTime,
-    /// json and jsonb: their output is JSON
+    /// text, varchar, char(n): their characters, as a string
+    Text,
+    /// json: its text
     Json,
+    /// jsonb: its output
+    Jsonb,
     Array,
     Composite,
     /// a type of the database's own with a cast to json: the cast function
@@ -45,8 +54,11 @@ struct Arg {
     category: Category,
     /// the base type
     typoid: pg_sys::Oid,
-    /// the output function (Number, Json, Other) or the cast function (Cast)
+    /// the output function (Number, Jsonb, Other) or the cast function (Cast)
     func: pg_sys::FmgrInfo,
+    /// a key that is the same on every call (a constant): written once, as JSON, in the call site's memory
+    key: *mut u8,
+    key_len: usize,
 }
 
 /// PostgreSQL's `json_categorize_type` (PostgreSQL 15), with its function looked up once.
@@ -60,19 +72,20 @@ unsafe fn categorize(typoid: pg_sys::Oid, cxt: pg_sys::MemoryContext, arg: &mut 
     };
     arg.category = match base {
         pg_sys::BOOLOID => Category::Bool,
-        pg_sys::INT2OID
-        | pg_sys::INT4OID
-        | pg_sys::INT8OID
-        | pg_sys::FLOAT4OID
-        | pg_sys::FLOAT8OID
-        | pg_sys::NUMERICOID => {
+        pg_sys::INT2OID => Category::Int2,
+        pg_sys::INT4OID => Category::Int4,
+        pg_sys::INT8OID => Category::Int8,
+        pg_sys::FLOAT4OID | pg_sys::FLOAT8OID | pg_sys::NUMERICOID => {
             output(&mut func, &mut varlena);
             Category::Number
         }
         pg_sys::DATEOID | pg_sys::TIMESTAMPOID | pg_sys::TIMESTAMPTZOID => Category::DateTime,
-        pg_sys::JSONOID | pg_sys::JSONBOID => {
+        // their output functions give their characters as they are
+        pg_sys::TEXTOID | pg_sys::VARCHAROID | pg_sys::BPCHAROID => Category::Text,
+        pg_sys::JSONOID => Category::Json,
+        pg_sys::JSONBOID => {
             output(&mut func, &mut varlena);
-            Category::Json
+            Category::Jsonb
         }
         _ if pg_sys::get_element_type(base) != pg_sys::InvalidOid
             || base == pg_sys::ANYARRAYOID
@@ -147,56 +160,92 @@ fn is_json_number(s: &[u8]) -> bool {
     i == s.len()
 }
 
-/// A JSON text (a `json` datum's characters) with the null fields of its objects left out, as
-/// `json_strip_nulls` leaves them out; the text as it is when it holds no `null` at all.
-unsafe fn stripped(text: *mut pg_sys::text) -> *mut c_char {
-    let chars = pg_sys::text_to_cstring(text);
-    if !CStr::from_ptr(chars)
-        .to_bytes()
-        .windows(4)
-        .any(|w| w == b"null")
-    {
-        return chars;
+/// The characters of a text-like varlena datum (text, varchar, char(n), json), detoasted when they have to be.
+/// Borrowed from the datum, or from its detoasted copy in the current memory context.
+unsafe fn text_bytes<'a>(value: pg_sys::Datum) -> &'a [u8] {
+    let mut ptr = value.cast_mut_ptr::<pg_sys::varlena>();
+    if pgrx::varlena::varatt_is_1b_e(ptr) || pgrx::varlena::varatt_is_4b_c(ptr) {
+        ptr = pg_sys::pg_detoast_datum_packed(ptr);
     }
-    match direct_function_call_as_datum(
-        pg_sys::json_strip_nulls,
-        &[Some(pg_sys::Datum::from(text))],
-    ) {
-        Some(out) => pg_sys::text_to_cstring(out.cast_mut_ptr()),
-        None => chars,
-    }
+    std::slice::from_raw_parts(
+        pgrx::varlena::vardata_any(ptr).cast::<u8>(),
+        pgrx::varlena::varsize_any_exhdr(ptr),
+    )
 }
 
-/// A value of the Json, Array, Composite or Cast category as JSON text, nulls of its objects left out (None:
-/// the function called gave SQL NULL, written as JSON `null` would be: left out).
-unsafe fn json_value(arg: &mut Arg, value: pg_sys::Datum) -> Option<*mut c_char> {
-    let json = match arg.category {
-        Category::Json => {
-            let out = pg_sys::OutputFunctionCall(&mut arg.func, value);
-            pg_sys::cstring_to_text(out)
+/// Appends `s` as a JSON string, escaped as PostgreSQL's `escape_json` escapes it.
+fn push_string(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    for &c in s {
+        match c {
+            0 => break,
+            b'\x08' => out.extend_from_slice(b"\\b"),
+            b'\x0c' => out.extend_from_slice(b"\\f"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            c if c < b' ' => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(c >> 4)]);
+                out.push(HEX[usize::from(c & 15)]);
+            }
+            c => out.push(c),
         }
-        Category::Array => direct_function_call_as_datum(pg_sys::array_to_json, &[Some(value)])
-            .map_or(std::ptr::null_mut(), |d| d.cast_mut_ptr()),
-        Category::Composite => direct_function_call_as_datum(pg_sys::row_to_json, &[Some(value)])
-            .map_or(std::ptr::null_mut(), |d| d.cast_mut_ptr()),
-        _ => pg_sys::FunctionCall1Coll(&mut arg.func, pg_sys::InvalidOid, value).cast_mut_ptr(),
-    };
-    (!json.is_null()).then(|| stripped(json))
+    }
+    out.push(b'"');
 }
 
-/// Writes a scalar (not a JSON category) as PostgreSQL's `datum_to_json` does; as a key, always a string.
-unsafe fn write_scalar(buf: pg_sys::StringInfo, arg: &mut Arg, value: pg_sys::Datum, key: bool) {
+/// A JSON text with the null fields of its objects left out, as `json_strip_nulls` leaves them out: the text as
+/// it is when it holds no `null` at all (the common case: nothing to parse), else through `json_strip_nulls`.
+/// `datum` is the same text as a json datum when the caller has one.
+unsafe fn push_json(out: &mut Vec<u8>, text: &[u8], datum: Option<pg_sys::Datum>) -> bool {
+    let stripped: &[u8] = if text.windows(4).any(|w| w == b"null") {
+        let json = datum.unwrap_or_else(|| {
+            pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+                text.as_ptr().cast(),
+                i32::try_from(text.len()).unwrap_or(i32::MAX),
+            ))
+        });
+        match direct_function_call_as_datum(pg_sys::json_strip_nulls, &[Some(json)]) {
+            Some(d) => text_bytes(d),
+            None => return false,
+        }
+    } else {
+        text
+    };
+    // a pair whose value is JSON null is left out, as json_strip_nulls leaves it out
+    if stripped.trim_ascii() == b"null" {
+        return false;
+    }
+    out.extend_from_slice(stripped);
+    true
+}
+
+/// Writes a value as PostgreSQL's `datum_to_json` writes it (as a key, `key`: always as a string). False when
+/// it is JSON `null` and nothing was written.
+unsafe fn push_value(out: &mut Vec<u8>, arg: &mut Arg, value: pg_sys::Datum, key: bool) -> bool {
+    let int = |out: &mut Vec<u8>, text: &str| {
+        if key {
+            push_string(out, text.as_bytes());
+        } else {
+            out.extend_from_slice(text.as_bytes());
+        }
+    };
     match arg.category {
-        Category::Bool => {
-            let text: &CStr = if value.value() != 0 {
-                c"true"
+        Category::Bool => int(out, if value.value() != 0 { "true" } else { "false" }),
+        // pass-by-value: the low bytes of the datum
+        Category::Int2 => int(out, &(value.value() as i16).to_string()),
+        Category::Int4 => int(out, &(value.value() as i32).to_string()),
+        Category::Int8 => int(out, &(value.value() as i64).to_string()),
+        Category::Number => {
+            let text = CStr::from_ptr(pg_sys::OutputFunctionCall(&mut arg.func, value)).to_bytes();
+            if !key && is_json_number(text) {
+                out.extend_from_slice(text);
             } else {
-                c"false"
-            };
-            if key {
-                pg_sys::escape_json(buf, text.as_ptr());
-            } else {
-                pg_sys::appendStringInfoString(buf, text.as_ptr());
+                push_string(out, text);
             }
         }
         Category::DateTime => {
@@ -206,23 +255,41 @@ unsafe fn write_scalar(buf: pg_sys::StringInfo, arg: &mut Arg, value: pg_sys::Da
                 arg.typoid,
                 std::ptr::null(),
             );
-            pg_sys::appendStringInfoChar(buf, b'"' as c_char);
-            pg_sys::appendStringInfoString(buf, text);
-            pg_sys::appendStringInfoChar(buf, b'"' as c_char);
+            out.push(b'"');
+            out.extend_from_slice(CStr::from_ptr(text).to_bytes());
+            out.push(b'"');
         }
-        Category::Number => {
-            let text = pg_sys::OutputFunctionCall(&mut arg.func, value);
-            if !key && is_json_number(CStr::from_ptr(text).to_bytes()) {
-                pg_sys::appendStringInfoString(buf, text);
-            } else {
-                pg_sys::escape_json(buf, text);
-            }
+        Category::Text => push_string(out, text_bytes(value)),
+        Category::Other => push_string(
+            out,
+            CStr::from_ptr(pg_sys::OutputFunctionCall(&mut arg.func, value)).to_bytes(),
+        ),
+        Category::Json => return push_json(out, text_bytes(value), Some(value)),
+        Category::Jsonb => {
+            let text = CStr::from_ptr(pg_sys::OutputFunctionCall(&mut arg.func, value)).to_bytes();
+            return push_json(out, text, None);
         }
-        _ => {
-            let text = pg_sys::OutputFunctionCall(&mut arg.func, value);
-            pg_sys::escape_json(buf, text);
+        Category::Array | Category::Composite | Category::Cast => {
+            let json = match arg.category {
+                Category::Array => {
+                    direct_function_call_as_datum(pg_sys::array_to_json, &[Some(value)])
+                }
+                Category::Composite => {
+                    direct_function_call_as_datum(pg_sys::row_to_json, &[Some(value)])
+                }
+                _ => Some(pg_sys::FunctionCall1Coll(
+                    &mut arg.func,
+                    pg_sys::InvalidOid,
+                    value,
+                )),
+            };
+            return match json {
+                Some(d) if !d.is_null() => push_json(out, text_bytes(d), Some(d)),
+                _ => false,
+            };
         }
     }
+    true
 }
 
 fn invalid(message: String, hint: &str) -> ! {
@@ -281,7 +348,11 @@ pub unsafe extern "C-unwind" fn possync_json_object_present(
             if i % 2 == 0
                 && matches!(
                     (*args.add(i)).category,
-                    Category::Json | Category::Array | Category::Composite | Category::Cast
+                    Category::Json
+                        | Category::Jsonb
+                        | Category::Array
+                        | Category::Composite
+                        | Category::Cast
                 )
             {
                 invalid(
@@ -290,13 +361,29 @@ pub unsafe extern "C-unwind" fn possync_json_object_present(
                 );
             }
         }
+        // a constant key is written once, into the call site's memory
+        let first = fc.args.as_slice(nargs);
+        for i in (0..nargs).step_by(2) {
+            let arg = &mut *args.add(i);
+            if !first[i].isnull
+                && pg_sys::get_fn_expr_arg_stable(flinfo, i32::try_from(i).unwrap_or(i32::MAX))
+            {
+                let mut key = Vec::new();
+                push_value(&mut key, arg, first[i].value, true);
+                let mem = pg_sys::MemoryContextAlloc(flinfo.fn_mcxt, key.len().max(1)).cast::<u8>();
+                std::ptr::copy_nonoverlapping(key.as_ptr(), mem, key.len());
+                arg.key = mem;
+                arg.key_len = key.len();
+            }
+        }
         flinfo.fn_extra = args.cast();
     }
     let args = std::slice::from_raw_parts_mut(flinfo.fn_extra.cast::<Arg>(), nargs);
     let values = fc.args.as_slice(nargs);
-    let buf = pg_sys::makeStringInfo();
-    pg_sys::appendStringInfoChar(buf, b'{' as c_char);
+    let mut out: Vec<u8> = Vec::with_capacity(64 * nargs.max(1));
+    out.push(b'{');
     let mut first = true;
+    let mut value_out: Vec<u8> = Vec::new();
     for (p, (pair, arg)) in values
         .chunks_exact(2)
         .zip(args.chunks_exact_mut(2))
@@ -313,30 +400,27 @@ pub unsafe extern "C-unwind" fn possync_json_object_present(
         if value.isnull {
             continue;
         }
-        let json = match value_arg.category {
-            Category::Json | Category::Array | Category::Composite | Category::Cast => {
-                match json_value(value_arg, value.value) {
-                    Some(text) if CStr::from_ptr(text).to_bytes().trim_ascii() != b"null" => {
-                        Some(text)
-                    }
-                    _ => continue,
-                }
-            }
-            _ => None,
-        };
+        value_out.clear();
+        if !push_value(&mut value_out, value_arg, value.value, false) {
+            continue;
+        }
         if !first {
-            pg_sys::appendStringInfoChar(buf, b',' as c_char);
+            out.push(b',');
         }
         first = false;
-        write_scalar(buf, key_arg, key.value, true);
-        pg_sys::appendStringInfoChar(buf, b':' as c_char);
-        match json {
-            Some(text) => pg_sys::appendStringInfoString(buf, text),
-            None => write_scalar(buf, value_arg, value.value, false),
+        if key_arg.key.is_null() {
+            push_value(&mut out, key_arg, key.value, true);
+        } else {
+            out.extend_from_slice(std::slice::from_raw_parts(key_arg.key, key_arg.key_len));
         }
+        out.push(b':');
+        out.extend_from_slice(&value_out);
     }
-    pg_sys::appendStringInfoChar(buf, b'}' as c_char);
-    pg_sys::Datum::from(pg_sys::cstring_to_text_with_len((*buf).data, (*buf).len))
+    out.push(b'}');
+    pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+        out.as_ptr().cast(),
+        i32::try_from(out.len()).unwrap_or(i32::MAX),
+    ))
 }
 
 /// PG_FUNCTION_INFO_V1 for [`possync_json_object_present`].

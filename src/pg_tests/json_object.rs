@@ -24,9 +24,14 @@ const JSON_OBJECT_COLUMNS: &[(&str, &str, &[&str])] = &[
     (
         "t",
         "text",
-        &["NULL", "''", "'null'", "'annulled'", r#"'a "quoted" \ back\slash'"#, r"E'tab\there\nnew line\u0001'", "'ünïcødé ☃'"],
+        &["NULL", "''", "'null'", "'annulled'", r#"'a "quoted" \ back\slash'"#, r"E'tab\there\nnew line\u0001'", "'ünïcødé ☃'",
+          "chr(8) || chr(12) || chr(27) || chr(31) || chr(127) || '/'",
+          // long enough to be compressed and stored out of line in the table: read detoasted
+          r#"repeat('ab"\ ', 3000)"#],
     ),
     ("c", "char(3)", &["NULL", "'ab'", "'USD'"]),
+    ("vc", "varchar(12)", &["NULL", "''", r#"'x "y"'"#]),
+    ("nm", "name", &["NULL", "'pg_class'"]),
     ("u", "uuid", &["NULL", "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'"]),
     ("iv", "interval", &["NULL", "'1 day 02:00'", "'-3 months'"]),
     (
