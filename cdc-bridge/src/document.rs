@@ -95,13 +95,41 @@ fn default_header_alias() -> String {
     "h".into()
 }
 
-/// A table whose changes touch documents other than through a child's parent column.
+/// A table whose changes touch documents other than through a child's parent column: either `header`, SQL that
+/// finds the header, or `through` and `on`, for a table whose rows hang from a child's rows (a line's tax rows,
+/// its modifiers).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TouchedBy {
     pub table: String,
     /// SQL giving the header's key from a changed row, which is called by the table's name.
-    pub header: String,
+    pub header: Option<String>,
+    /// The document's child table whose row a changed row belongs to (`[[document.children]]` table)...
+    pub through: Option<String>,
+    /// ... and the changed row's column holding that child row's key. The bridge then finds the header itself
+    /// when the group carries the child row too (it was written with it, the usual case: its own change touched
+    /// the header already), and asks the mirror only for the other rows.
+    pub on: Option<String>,
+}
+
+impl TouchedBy {
+    /// The SQL that finds the header of a changed row, which is called by the table's name: `header`, or for
+    /// `through`, the child row's parent column (`key` is the child table's key column).
+    pub fn header_sql(&self, d: &Document, key: &str) -> Option<String> {
+        if let Some(h) = &self.header {
+            return Some(h.clone());
+        }
+        let (through, on) = (self.through.as_deref()?, self.on.as_deref()?);
+        let child = d.children.iter().find(|c| c.table == through)?;
+        Some(format!(
+            "(SELECT _possync_through.{parent} FROM {table} AS _possync_through WHERE _possync_through.{key} = {row}.{on})",
+            parent = sql_name(&child.parent),
+            table = sql_name(through),
+            key = sql_name(key),
+            row = sql_name(&self.table),
+            on = sql_name(on),
+        ))
+    }
 }
 
 /// A header table whose rows become events once final.
@@ -296,6 +324,35 @@ pub fn validate(mirrors: &[MirrorTable], documents: &[Document]) -> Result<(), D
         for t in &d.touched_by {
             if !mirrored(&t.table) {
                 return Err(not_mirrored(&t.table));
+            }
+            match (&t.header, &t.through, &t.on) {
+                (Some(_), None, None) => {}
+                (None, Some(through), Some(on)) => {
+                    if !d.children.iter().any(|c| &c.table == through) {
+                        return Err(err(
+                            &d.name,
+                            format!("touched_by {}: through = \"{through}\" must be a table of the document's children", t.table),
+                        ));
+                    }
+                    if on.is_empty() || on.contains('\0') {
+                        return Err(err(
+                            &d.name,
+                            format!(
+                                "touched_by {}: on = \"{on}\" must be a column of {}",
+                                t.table, t.table
+                            ),
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(err(
+                        &d.name,
+                        format!(
+                            "touched_by {} needs either header, or through and on",
+                            t.table
+                        ),
+                    ))
+                }
             }
         }
         if d.key.is_empty() || d.key.contains('\0') {
@@ -633,7 +690,8 @@ pub fn touched_by_sql_from(t: &TouchedBy, columns: &[(String, String)], first: u
 pub fn touched_by_rows_sql(t: &TouchedBy, columns: &[(String, String)], first: usize) -> String {
     format!(
         "SELECT k, i FROM (SELECT ({expr})::text AS k, {alias}._possync_txn AS i FROM {rows} AS {alias} OFFSET 0) AS tb",
-        expr = t.header,
+        // completed for `through` when the poster is prepared; a header nothing finds touches nothing
+        expr = t.header.as_deref().unwrap_or("NULL"),
         rows = rows_from_arrays(columns, first, true),
         alias = sql_name(&t.table),
     )

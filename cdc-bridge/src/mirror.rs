@@ -389,6 +389,9 @@ pub struct DocumentPoster {
     group: String,
     /// Per document, per `touched_by` entry, the index of its table in `shapes`.
     touched_shapes: Vec<Vec<usize>>,
+    /// Per document, per `touched_by` entry given with `through`: how the bridge finds the header of a row
+    /// from the group's own row of the child table it hangs from.
+    through: Vec<Vec<Option<Through>>>,
     /// When the last group was done (for the debug log: how long the ERP waited for the next one).
     last_done: Mutex<Option<std::time::Instant>>,
     /// A POS table (`schema.table`) to its index in `shapes`.
@@ -405,6 +408,67 @@ struct Route {
     direct: Vec<(usize, String)>,
     /// (document, `touched_by` entry): a query finds the header.
     indirect: Vec<(usize, usize)>,
+}
+
+/// A `touched_by` table whose rows hang from the rows of a child table (`through` and `on`).
+#[derive(Debug, Clone)]
+struct Through {
+    /// The child table (its `schema.table` in the POS), its key column and its column holding the header's key.
+    child: String,
+    key: String,
+    parent: String,
+    /// The `touched_by` table's column holding the child row's key.
+    on: String,
+}
+
+/// Completes the `touched_by` entries given with `through` and `on`: their header SQL (what the group statement
+/// asks the mirror for a row whose child row the group does not carry), and how the bridge finds the header
+/// itself from the group's own rows of the child table.
+fn resolve_through(
+    documents: &mut [Document],
+    shapes: &[TableShape],
+) -> Result<Vec<Vec<Option<Through>>>, MirrorError> {
+    let mut all = Vec::with_capacity(documents.len());
+    for d in documents.iter_mut() {
+        let mut per = Vec::with_capacity(d.touched_by.len());
+        for t_i in 0..d.touched_by.len() {
+            let t = &d.touched_by[t_i];
+            let (Some(through), Some(on)) = (t.through.clone(), t.on.clone()) else {
+                per.push(None);
+                continue;
+            };
+            let shape = shapes.iter().find(|s| s.name == through).ok_or_else(|| {
+                MirrorError::Invalid(format!(
+                    "document {}: touched_by {}: table {through} is not mirrored",
+                    d.name, t.table
+                ))
+            })?;
+            let [key] = shape.key.as_slice() else {
+                return Err(MirrorError::Invalid(format!(
+                    "document {}: touched_by {} through {through}: its key has {} columns; through needs a one-column key (give header SQL instead)",
+                    d.name,
+                    t.table,
+                    shape.key.len()
+                )));
+            };
+            let parent = d
+                .children
+                .iter()
+                .find(|c| c.table == through)
+                .map(|c| c.parent.clone())
+                .unwrap_or_default();
+            let header = t.header_sql(d, key);
+            d.touched_by[t_i].header = header;
+            per.push(Some(Through {
+                child: shape.pos_table.clone(),
+                key: key.clone(),
+                parent,
+                on,
+            }));
+        }
+        all.push(per);
+    }
+    Ok(all)
 }
 
 impl Route {
@@ -735,7 +799,8 @@ impl DocumentPoster {
             };
             MirrorError::Erp { context, source: e }
         })?;
-        let documents: Vec<Document> = mapping.documents().to_vec();
+        let mut documents: Vec<Document> = mapping.documents().to_vec();
+        let through = resolve_through(&mut documents, &shapes)?;
         let key_types: Vec<String> = documents
             .iter()
             .map(|d| {
@@ -865,6 +930,7 @@ impl DocumentPoster {
             note_documents,
             group,
             touched_shapes,
+            through,
             last_done: Mutex::new(None),
             shape_index,
             routes,
@@ -1256,6 +1322,27 @@ impl DocumentPoster {
         touched: &mut Touched,
     ) -> Indirect<'c> {
         let mut indirect = Indirect::new();
+        // per `through` entry, the header of each child row the group inserted or updated, from its new image
+        // (whose own change touched that header already)
+        let mut parents: HashMap<(usize, usize), HashMap<String, String>> = HashMap::new();
+        for (d_i, per) in self.through.iter().enumerate() {
+            for (t_i, th) in per.iter().enumerate() {
+                let Some(th) = th else { continue };
+                let mut found = HashMap::new();
+                for &(_, c) in changes {
+                    if c.table != th.child || !matches!(c.op, ChangeOp::Insert | ChangeOp::Update) {
+                        continue;
+                    }
+                    if let (Some(k), Some(p)) = (
+                        c.row.get(&th.key).and_then(header_key),
+                        c.row.get(&th.parent).and_then(header_key),
+                    ) {
+                        found.insert(k.into_owned(), p.into_owned());
+                    }
+                }
+                parents.insert((d_i, t_i), found);
+            }
+        }
         for &(i, c) in changes {
             let Some(route) = self
                 .shape_index
@@ -1272,7 +1359,15 @@ impl DocumentPoster {
                     }
                 }
                 for &(d_i, t_i) in &route.indirect {
-                    indirect.entry((d_i, t_i)).or_default().push((i, image));
+                    let through = self.through.get(d_i).and_then(|p| p.get(t_i));
+                    let header = through.and_then(Option::as_ref).and_then(|th| {
+                        let child = image.get(&th.on).and_then(header_key)?;
+                        parents.get(&(d_i, t_i))?.get(child.as_ref())
+                    });
+                    match header {
+                        Some(h) => touched.mark(d_i, h, i),
+                        None => indirect.entry((d_i, t_i)).or_default().push((i, image)),
+                    }
                 }
             }
         }

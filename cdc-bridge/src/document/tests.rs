@@ -145,8 +145,16 @@ fn touches_come_from_the_header_its_children_and_touched_by() {
         ("tax_id".to_string(), "integer".to_string()),
         ("amount".to_string(), "numeric(14,2)".to_string()),
     ];
-    let sql = touched_by_sql(&d.touched_by[0], &columns);
-    assert!(sql.contains("pos_order_line_tax.line_id"), "{sql}");
+    // the example gives touched_by as `through` its line: the SQL finds the line's order (the key, id, comes
+    // from the mirror's shape when the poster is prepared)
+    assert_eq!(d.touched_by[0].header, None);
+    let mut resolved = d.touched_by[0].clone();
+    resolved.header = resolved.header_sql(d, "id");
+    let sql = touched_by_sql(&resolved, &columns);
+    assert!(
+        sql.contains("((SELECT _possync_through.order_id FROM pos_order_line AS _possync_through WHERE _possync_through.id = pos_order_line_tax.line_id))"),
+        "{sql}"
+    );
     // the images come as one text array per column, cast to the mirror's types, named as the table
     assert!(
         sql.contains(
@@ -157,7 +165,9 @@ fn touches_come_from_the_header_its_children_and_touched_by() {
     );
     // the header SQL runs once per image: the key's filter is not pushed into the images' query
     assert!(
-        sql.starts_with("SELECT k, max(i) FROM (SELECT k, i FROM (SELECT ((SELECT l.order_id"),
+        sql.starts_with(
+            "SELECT k, max(i) FROM (SELECT k, i FROM (SELECT ((SELECT _possync_through.order_id"
+        ),
         "{sql}"
     );
     assert!(
@@ -263,4 +273,37 @@ sku = "c.\"Sku\""
         m.mirrors().iter().all(|t| t.copy),
         "tables are copied unless told not to"
     );
+}
+
+#[test]
+fn touched_by_takes_header_sql_or_through_a_child_and_its_column() {
+    let base = NORMALIZED.replace("through = \"pos_order_line\"\non = \"line_id\"", "THROUGH");
+    assert!(base.contains("THROUGH"));
+    let with = |spec: &str| Mapping::from_toml(&base.replace("THROUGH", spec)).map(|_| ());
+    assert!(with("header = \"(SELECT 1)\"").is_ok());
+    assert!(with("through = \"pos_order_line\"\non = \"line_id\"").is_ok());
+    for (spec, says) in [
+        ("", "needs either header, or through and on"),
+        (
+            "through = \"pos_order_line\"",
+            "needs either header, or through and on",
+        ),
+        (
+            "header = \"(SELECT 1)\"\nthrough = \"pos_order_line\"\non = \"line_id\"",
+            "needs either header, or through and on",
+        ),
+        (
+            "through = \"pos_order\"\non = \"line_id\"",
+            "must be a table of the document's children",
+        ),
+        (
+            "through = \"product\"\non = \"line_id\"",
+            "must be a table of the document's children",
+        ),
+    ] {
+        match with(spec) {
+            Ok(()) => panic!("{spec:?} was accepted"),
+            Err(e) => assert!(e.to_string().contains(says), "{spec:?}: {e}"),
+        }
+    }
 }

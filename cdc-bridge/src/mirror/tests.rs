@@ -180,8 +180,10 @@ fn a_group_statement_finds_evaluates_notes_and_posts_in_one_call() {
         ("amount".to_string(), "numeric(14,2)".to_string()),
     ];
     let touched = vec![vec![tax]];
+    let mut documents = m.documents().to_vec();
+    documents[0].touched_by[0].header = documents[0].touched_by[0].header_sql(&documents[0], "id");
     let sql = group_sql(
-        m.documents(),
+        &documents,
         &["bigint".to_string()],
         &touched,
         true,
@@ -189,7 +191,7 @@ fn a_group_statement_finds_evaluates_notes_and_posts_in_one_call() {
     );
     // the keys: those the bridge found ($5, $6) and those the touched_by SQL finds from the tax rows ($7..$10)
     assert!(
-        sql.starts_with("WITH k0 AS MATERIALIZED (SELECT key, max(at) AS at FROM (SELECT u.key, u.at FROM unnest($5::text[], $6::int[]) AS u(key, at) UNION ALL SELECT k, i FROM (SELECT ((SELECT l.order_id FROM pos_order_line l WHERE l.id = pos_order_line_tax.line_id))::text AS k, pos_order_line_tax._possync_txn AS i FROM"),
+        sql.starts_with("WITH k0 AS MATERIALIZED (SELECT key, max(at) AS at FROM (SELECT u.key, u.at FROM unnest($5::text[], $6::int[]) AS u(key, at) UNION ALL SELECT k, i FROM (SELECT ((SELECT _possync_through.order_id FROM pos_order_line AS _possync_through WHERE _possync_through.id = pos_order_line_tax.line_id))::text AS k, pos_order_line_tax._possync_txn AS i FROM"),
         "{sql}"
     );
     // a transaction's own events first, then each document's events by key in byte order
@@ -270,6 +272,7 @@ fn every_statement_that_writes_the_mirror_writes_only_inside_a_group() {
         note_documents: true,
         group: String::new(),
         touched_shapes: Vec::new(),
+        through: Vec::new(),
         last_done: Mutex::new(None),
         shape_index: HashMap::from([("shop.pos_order".to_string(), 0)]),
         routes: vec![Route::default()],
@@ -377,7 +380,11 @@ fn normalized_poster() -> DocumentPoster {
             &["id"],
         ),
     ];
-    let documents = m.documents().to_vec();
+    let mut documents = m.documents().to_vec();
+    let through = match resolve_through(&mut documents, &shapes) {
+        Ok(t) => t,
+        Err(e) => panic!("through: {e}"),
+    };
     DocumentPoster {
         schema: "possync_pos_benchshop".into(),
         queries: Vec::new(),
@@ -386,6 +393,7 @@ fn normalized_poster() -> DocumentPoster {
         note_documents: true,
         group: String::new(),
         touched_shapes: vec![vec![2]],
+        through,
         last_done: Mutex::new(None),
         shape_index: shapes
             .iter()
@@ -469,8 +477,68 @@ fn a_group_of_orders_is_planned_as_the_mirror_writes_and_one_group_statement() {
             .count(),
         4
     );
-    // $1..$4, the 300 orders' keys and transactions, and the 900 tax rows (3 columns and their transactions)
+    // $1..$4, the 300 orders' keys and transactions, and the tax rows (3 columns and their transactions)
     assert_eq!(planned[5].params.len(), 4 + 2 + 4);
+}
+
+#[test]
+fn a_tax_row_written_with_its_line_is_routed_by_the_bridge_and_one_alone_by_the_mirror() {
+    let poster = normalized_poster();
+    let mut txns = orders(3);
+    // a later transaction changes a tax row of a line the group does not carry (one of an earlier order)
+    let mut alone = orders(1).remove(0);
+    alone.changes = vec![Change {
+        table: "shop.pos_order_line_tax".into(),
+        op: ChangeOp::Update,
+        row: match json!({"line_id": 99, "tax_id": 1, "amount": "3.56"}) {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        },
+        old: None,
+    }];
+    txns.push(alone);
+    let mut changes: Vec<(usize, &Change)> = Vec::new();
+    for (i, t) in txns.iter().enumerate() {
+        changes.extend(t.changes.iter().map(|c| (i, c)));
+    }
+    let mut touched = Touched::new(1);
+    let indirect = poster.direct_touches(&changes, &mut touched);
+    // the tax rows that came with their lines ask nothing of the mirror; the one alone does
+    let images: Vec<usize> = indirect.values().flatten().map(|(i, _)| *i).collect();
+    assert_eq!(images, vec![3], "{indirect:?}");
+    // each order is touched by its own transaction
+    let mut keys: Vec<(String, usize)> =
+        touched.0[0].iter().map(|(k, &a)| (k.clone(), a)).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![("1".into(), 0), ("2".into(), 1), ("3".into(), 2)]
+    );
+    // in one group with the line it hangs from, the lone tax row's order is found without the mirror, at the
+    // tax row's transaction
+    let mut txns = orders(2);
+    let mut later = orders(1).remove(0);
+    later.changes = vec![Change {
+        table: "shop.pos_order_line_tax".into(),
+        op: ChangeOp::Insert,
+        row: match json!({"line_id": 6, "tax_id": 2, "amount": "1.00"}) {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        },
+        old: None,
+    }];
+    txns.push(later);
+    let mut changes: Vec<(usize, &Change)> = Vec::new();
+    for (i, t) in txns.iter().enumerate() {
+        changes.extend(t.changes.iter().map(|c| (i, c)));
+    }
+    let mut touched = Touched::new(1);
+    let indirect = poster.direct_touches(&changes, &mut touched);
+    assert!(indirect.values().all(Vec::is_empty), "{indirect:?}");
+    let mut keys: Vec<(String, usize)> =
+        touched.0[0].iter().map(|(k, &a)| (k.clone(), a)).collect();
+    keys.sort();
+    assert_eq!(keys, vec![("1".into(), 0), ("2".into(), 2)]);
 }
 
 #[test]
