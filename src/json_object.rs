@@ -9,8 +9,8 @@
 //! This function works out each argument's category once per call site (cached in `fn_extra`) and leaves out
 //! NULL values as it writes, so nothing is parsed again.
 //!
-//! The JSON is the same as the two builtins make (the test compares them over generated values of every
-//! category): numbers as their output when that is a JSON number (else a string, such as "NaN"), booleans,
+//! The JSON is equal, as jsonb, to what the two builtins make (the test compares them over generated values of
+//! every category; whitespace inside a json value may differ), and the same values are refused: numbers as their output when that is a JSON number (else a string, such as "NaN"), booleans,
 //! dates and timestamps as `to_json` writes them, any other scalar as the string of its output. A value that is
 //! itself JSON (json, jsonb, an array, a row, a type with a cast to json) is written as the builtins write it,
 //! with the null fields of its objects left out as `json_strip_nulls` leaves them out; a pair whose value is
@@ -56,8 +56,12 @@ struct Arg {
     typoid: pg_sys::Oid,
     /// the output function (Number, Jsonb, Other) or the cast function (Cast)
     func: pg_sys::FmgrInfo,
-    /// a key that is the same on every call (a constant): written once, as JSON, in the call site's memory
+    /// a text key as the first call gave it (its characters, then the same written as JSON), in the call
+    /// site's memory: a later call whose key has the same characters writes the JSON kept here (a key is
+    /// compared, not assumed constant: from PL/pgSQL a variable is a parameter whose value changes between
+    /// calls of one call site)
     key: *mut u8,
+    key_raw_len: usize,
     key_len: usize,
 }
 
@@ -199,23 +203,27 @@ fn push_string(out: &mut Vec<u8>, s: &[u8]) {
 }
 
 /// A JSON text with the null fields of its objects left out, as `json_strip_nulls` leaves them out: the text as
-/// it is when it holds no `null` at all (the common case: nothing to parse), else through `json_strip_nulls`.
+/// it is when it holds no `null` and no `\u` escape (the common case: nothing to parse), else through
+/// `json_strip_nulls`.
 /// `datum` is the same text as a json datum when the caller has one.
 unsafe fn push_json(out: &mut Vec<u8>, text: &[u8], datum: Option<pg_sys::Datum>) -> bool {
-    let stripped: &[u8] = if text.windows(4).any(|w| w == b"null") {
-        let json = datum.unwrap_or_else(|| {
-            pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
-                text.as_ptr().cast(),
-                i32::try_from(text.len()).unwrap_or(i32::MAX),
-            ))
-        });
-        match direct_function_call_as_datum(pg_sys::json_strip_nulls, &[Some(json)]) {
-            Some(d) => text_bytes(d),
-            None => return false,
-        }
-    } else {
-        text
-    };
+    // a \u escape goes through json_strip_nulls too: it refuses those the builtins refuse (\u0000, a code point
+    // the server encoding lacks) where they refuse them, in the value's own expression
+    let stripped: &[u8] =
+        if text.windows(4).any(|w| w == b"null") || text.windows(2).any(|w| w == b"\\u") {
+            let json = datum.unwrap_or_else(|| {
+                pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+                    text.as_ptr().cast(),
+                    i32::try_from(text.len()).unwrap_or(i32::MAX),
+                ))
+            });
+            match direct_function_call_as_datum(pg_sys::json_strip_nulls, &[Some(json)]) {
+                Some(d) => text_bytes(d),
+                None => return false,
+            }
+        } else {
+            text
+        };
     // a pair whose value is JSON null is left out, as json_strip_nulls leaves it out
     if stripped.trim_ascii() == b"null" {
         return false;
@@ -361,19 +369,20 @@ pub unsafe extern "C-unwind" fn possync_json_object_present(
                 );
             }
         }
-        // a constant key is written once, into the call site's memory
+        // each text key as the first call gives it, and as JSON, kept in the call site's memory
         let first = fc.args.as_slice(nargs);
         for i in (0..nargs).step_by(2) {
             let arg = &mut *args.add(i);
-            if !first[i].isnull
-                && pg_sys::get_fn_expr_arg_stable(flinfo, i32::try_from(i).unwrap_or(i32::MAX))
-            {
-                let mut key = Vec::new();
-                push_value(&mut key, arg, first[i].value, true);
-                let mem = pg_sys::MemoryContextAlloc(flinfo.fn_mcxt, key.len().max(1)).cast::<u8>();
-                std::ptr::copy_nonoverlapping(key.as_ptr(), mem, key.len());
+            if !first[i].isnull && arg.category == Category::Text {
+                let raw = text_bytes(first[i].value);
+                let mut kept = raw.to_vec();
+                push_string(&mut kept, raw);
+                let mem =
+                    pg_sys::MemoryContextAlloc(flinfo.fn_mcxt, kept.len().max(1)).cast::<u8>();
+                std::ptr::copy_nonoverlapping(kept.as_ptr(), mem, kept.len());
                 arg.key = mem;
-                arg.key_len = key.len();
+                arg.key_raw_len = raw.len();
+                arg.key_len = kept.len() - raw.len();
             }
         }
         flinfo.fn_extra = args.cast();
@@ -408,10 +417,15 @@ pub unsafe extern "C-unwind" fn possync_json_object_present(
             out.push(b',');
         }
         first = false;
-        if key_arg.key.is_null() {
-            push_value(&mut out, key_arg, key.value, true);
-        } else {
-            out.extend_from_slice(std::slice::from_raw_parts(key_arg.key, key_arg.key_len));
+        let kept = (!key_arg.key.is_null()).then(|| {
+            std::slice::from_raw_parts(key_arg.key, key_arg.key_raw_len + key_arg.key_len)
+                .split_at(key_arg.key_raw_len)
+        });
+        match kept {
+            Some((raw, json)) if text_bytes(key.value) == raw => out.extend_from_slice(json),
+            _ => {
+                push_value(&mut out, key_arg, key.value, true);
+            }
         }
         out.push(b':');
         out.extend_from_slice(&value_out);

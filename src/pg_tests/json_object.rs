@@ -153,6 +153,27 @@ fn json_object_present_names_what_is_wrong_with_its_arguments() {
         error_of("SELECT possync.json_object_present(VARIADIC ARRAY['a', 'b'])"),
         "22023: possync.json_object_present: give the keys and values as arguments, not as one VARIADIC array"
     );
+    // a json value the builtins refuse (\u0000 cannot become text) is refused here too, by the same error
+    let builtin = error_of(r#"SELECT json_strip_nulls(json_build_object('a'::text, '"\u0000x"'::json))"#);
+    assert!(builtin.starts_with("22P05"), "{builtin}");
+    assert_eq!(
+        error_of(r#"SELECT possync.json_object_present('a'::text, '"\u0000x"'::json)"#),
+        builtin
+    );
+    // from PL/pgSQL a key is a parameter whose value changes from call to call at the same call site
+    Spi::run(
+        "CREATE FUNCTION tests.jo_pair(k text, v integer) RETURNS json LANGUAGE plpgsql
+             AS $$ BEGIN RETURN possync.json_object_present(k, v); END $$",
+    )
+    .expect("function");
+    assert_eq!(
+        Spi::get_one::<String>(
+            "SELECT string_agg(tests.jo_pair(k, n)::text, ' ' ORDER BY n)
+               FROM (VALUES ('a', 1), ('b', 2), ('a', 3), ('ab', 4)) AS x(k, n)"
+        )
+        .expect("keys"),
+        Some(r#"{"a":1} {"b":2} {"a":3} {"ab":4}"#.into())
+    );
     // a key of another scalar type is written as the builtin writes it, as a string
     assert_eq!(
         Spi::get_one::<bool>(
