@@ -232,6 +232,14 @@ unsafe fn push_json(out: &mut Vec<u8>, text: &[u8], datum: Option<pg_sys::Datum>
     true
 }
 
+/// [`push_json`] of a json datum (None or a null pointer: SQL NULL, left out as JSON `null` is).
+unsafe fn push_json_datum(out: &mut Vec<u8>, json: Option<pg_sys::Datum>) -> bool {
+    match json {
+        Some(d) if !d.is_null() => push_json(out, text_bytes(d), Some(d)),
+        _ => false,
+    }
+}
+
 /// Writes a value as PostgreSQL's `datum_to_json` writes it (as a key, `key`: always as a string). False when
 /// it is JSON `null` and nothing was written.
 unsafe fn push_value(out: &mut Vec<u8>, arg: &mut Arg, value: pg_sys::Datum, key: bool) -> bool {
@@ -272,29 +280,32 @@ unsafe fn push_value(out: &mut Vec<u8>, arg: &mut Arg, value: pg_sys::Datum, key
             out,
             CStr::from_ptr(pg_sys::OutputFunctionCall(&mut arg.func, value)).to_bytes(),
         ),
-        Category::Json => return push_json(out, text_bytes(value), Some(value)),
+        Category::Json => return push_json_datum(out, Some(value)),
         Category::Jsonb => {
             let text = CStr::from_ptr(pg_sys::OutputFunctionCall(&mut arg.func, value)).to_bytes();
             return push_json(out, text, None);
         }
-        Category::Array | Category::Composite | Category::Cast => {
-            let json = match arg.category {
-                Category::Array => {
-                    direct_function_call_as_datum(pg_sys::array_to_json, &[Some(value)])
-                }
-                Category::Composite => {
-                    direct_function_call_as_datum(pg_sys::row_to_json, &[Some(value)])
-                }
-                _ => Some(pg_sys::FunctionCall1Coll(
+        Category::Array => {
+            return push_json_datum(
+                out,
+                direct_function_call_as_datum(pg_sys::array_to_json, &[Some(value)]),
+            )
+        }
+        Category::Composite => {
+            return push_json_datum(
+                out,
+                direct_function_call_as_datum(pg_sys::row_to_json, &[Some(value)]),
+            )
+        }
+        Category::Cast => {
+            return push_json_datum(
+                out,
+                Some(pg_sys::FunctionCall1Coll(
                     &mut arg.func,
                     pg_sys::InvalidOid,
                     value,
                 )),
-            };
-            return match json {
-                Some(d) if !d.is_null() => push_json(out, text_bytes(d), Some(d)),
-                _ => false,
-            };
+            )
         }
     }
     true
